@@ -1,0 +1,461 @@
+//! Request validation and proto ⇄ domain conversion. Every check names the field as the proto
+//! spells it, so a caller sees exactly what to fix.
+
+use prost_types::Timestamp;
+
+use crate::domain::{self, Kind, Millis};
+use crate::error::PdpError;
+use crate::proto;
+
+pub const MAX_ID_LEN: usize = 128;
+pub const MAX_NAME_LEN: usize = 256;
+pub const MAX_NOTE_LEN: usize = 512;
+pub const MAX_REFERENCE_LEN: usize = 1024;
+pub const MAX_AI_FEATURES: usize = 32;
+
+/// A required id: 1-128 characters of `[A-Za-z0-9._:-]`.
+pub fn id(field: &str, value: &str) -> Result<String, PdpError> {
+    if value.is_empty() {
+        return Err(PdpError::invalid(field, "required"));
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(PdpError::invalid(
+            field,
+            format!("{} bytes; at most {MAX_ID_LEN}", value.len()),
+        ));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(PdpError::invalid(
+            field,
+            format!("character {bad:?} not allowed; ids use [A-Za-z0-9._:-]"),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// An id that may be left empty.
+pub fn optional_id(field: &str, value: &str) -> Result<Option<String>, PdpError> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        id(field, value).map(Some)
+    }
+}
+
+/// Free text: bounded, no control characters (they end up in logs and terminals).
+pub fn text(field: &str, value: &str, max: usize) -> Result<String, PdpError> {
+    if value.len() > max {
+        return Err(PdpError::invalid(
+            field,
+            format!("{} bytes; at most {max}", value.len()),
+        ));
+    }
+    if value.chars().any(|c| c.is_control()) {
+        return Err(PdpError::invalid(
+            field,
+            "control characters are not allowed",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+pub fn required_text(field: &str, value: &str, max: usize) -> Result<String, PdpError> {
+    if value.trim().is_empty() {
+        return Err(PdpError::invalid(field, "required"));
+    }
+    text(field, value, max)
+}
+
+/// A proto enum field: unknown numbers and UNSPECIFIED are both rejected.
+pub fn enum_field<E>(field: &str, raw: i32) -> Result<E, PdpError>
+where
+    E: TryFrom<i32>,
+{
+    if raw == 0 {
+        return Err(PdpError::invalid(field, "required (UNSPECIFIED given)"));
+    }
+    E::try_from(raw).map_err(|_| PdpError::invalid(field, format!("unknown value {raw}")))
+}
+
+/// An enum that may be left UNSPECIFIED.
+pub fn optional_enum<E>(field: &str, raw: i32) -> Result<Option<E>, PdpError>
+where
+    E: TryFrom<i32>,
+{
+    if raw == 0 {
+        Ok(None)
+    } else {
+        enum_field(field, raw).map(Some)
+    }
+}
+
+pub fn timestamp(ms: Millis) -> Timestamp {
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+pub fn millis(field: &str, ts: &Timestamp) -> Result<Millis, PdpError> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(PdpError::invalid(field, "nanos must be in 0..1e9"));
+    }
+    ts.seconds
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(i64::from(ts.nanos / 1_000_000)))
+        .filter(|ms| *ms >= 0)
+        .ok_or_else(|| PdpError::invalid(field, "out of range"))
+}
+
+pub fn kind_from_proto(field: &str, raw: i32) -> Result<Kind, PdpError> {
+    let kind: proto::RegistrationKind = enum_field(field, raw)?;
+    Ok(match kind {
+        proto::RegistrationKind::Unspecified => {
+            return Err(PdpError::invalid(field, "required (UNSPECIFIED given)"));
+        }
+        proto::RegistrationKind::Merchant => Kind::Merchant,
+        proto::RegistrationKind::Provider => Kind::Provider,
+        proto::RegistrationKind::Anchor => Kind::Anchor,
+        proto::RegistrationKind::Driver => Kind::Driver,
+        proto::RegistrationKind::Room => Kind::Room,
+        proto::RegistrationKind::AiFeature => Kind::AiFeature,
+    })
+}
+
+fn kind_to_proto(kind: Kind) -> proto::RegistrationKind {
+    match kind {
+        Kind::Merchant => proto::RegistrationKind::Merchant,
+        Kind::Provider => proto::RegistrationKind::Provider,
+        Kind::Anchor => proto::RegistrationKind::Anchor,
+        Kind::Driver => proto::RegistrationKind::Driver,
+        Kind::Room => proto::RegistrationKind::Room,
+        Kind::AiFeature => proto::RegistrationKind::AiFeature,
+    }
+}
+
+pub fn tier_from_proto(field: &str, raw: i32) -> Result<domain::Tier, PdpError> {
+    Ok(match enum_field::<proto::MerchantTier>(field, raw)? {
+        proto::MerchantTier::ChineseGoldSupplier => domain::Tier::ChineseGoldSupplier,
+        proto::MerchantTier::GlobalGoldSupplier => domain::Tier::GlobalGoldSupplier,
+        proto::MerchantTier::Other => domain::Tier::Other,
+        proto::MerchantTier::Unspecified => {
+            return Err(PdpError::invalid(field, "required (UNSPECIFIED given)"));
+        }
+    })
+}
+
+fn tier_to_proto(tier: domain::Tier) -> proto::MerchantTier {
+    match tier {
+        domain::Tier::ChineseGoldSupplier => proto::MerchantTier::ChineseGoldSupplier,
+        domain::Tier::GlobalGoldSupplier => proto::MerchantTier::GlobalGoldSupplier,
+        domain::Tier::Other => proto::MerchantTier::Other,
+    }
+}
+
+fn image_style_from_proto(field: &str, raw: i32) -> Result<domain::ImageStyle, PdpError> {
+    use domain::ImageStyle as D;
+    use proto::ImageStyle as P;
+    Ok(match enum_field::<P>(field, raw)? {
+        P::RealisticHuman => D::RealisticHuman,
+        P::Cartoon => D::Cartoon,
+        P::Anime => D::Anime,
+        P::Animal => D::Animal,
+        P::Other => D::Other,
+        P::Unspecified => return Err(PdpError::invalid(field, "required (UNSPECIFIED given)")),
+    })
+}
+
+fn image_style_to_proto(style: domain::ImageStyle) -> proto::ImageStyle {
+    use domain::ImageStyle as D;
+    use proto::ImageStyle as P;
+    match style {
+        D::RealisticHuman => P::RealisticHuman,
+        D::Cartoon => P::Cartoon,
+        D::Anime => P::Anime,
+        D::Animal => P::Animal,
+        D::Other => P::Other,
+    }
+}
+
+pub fn livestream_type_from_proto(
+    field: &str,
+    raw: i32,
+) -> Result<Option<domain::LivestreamType>, PdpError> {
+    use domain::LivestreamType as D;
+    use proto::LivestreamType as P;
+    Ok(match optional_enum::<P>(field, raw)? {
+        None | Some(P::Unspecified) => None,
+        Some(P::WorkstationReception) => Some(D::WorkstationReception),
+        Some(P::DailyMarketing) => Some(D::DailyMarketing),
+        Some(P::EventLivestream) => Some(D::EventLivestream),
+        Some(P::Other) => Some(D::Other),
+    })
+}
+
+fn livestream_type_to_proto(t: domain::LivestreamType) -> proto::LivestreamType {
+    use domain::LivestreamType as D;
+    use proto::LivestreamType as P;
+    match t {
+        D::WorkstationReception => P::WorkstationReception,
+        D::DailyMarketing => P::DailyMarketing,
+        D::EventLivestream => P::EventLivestream,
+        D::Other => P::Other,
+    }
+}
+
+pub fn drive_mode_from_proto(field: &str, raw: i32) -> Result<Option<domain::DriveMode>, PdpError> {
+    use domain::DriveMode as D;
+    use proto::DriveMode as P;
+    Ok(match optional_enum::<P>(field, raw)? {
+        None | Some(P::Unspecified) => None,
+        Some(P::RealPerson) => Some(D::RealPerson),
+        Some(P::Autonomous) => Some(D::Autonomous),
+        Some(P::TextToVideo) => Some(D::TextToVideo),
+        Some(P::PreRecorded) => Some(D::PreRecorded),
+    })
+}
+
+fn drive_mode_to_proto(m: domain::DriveMode) -> proto::DriveMode {
+    use domain::DriveMode as D;
+    use proto::DriveMode as P;
+    match m {
+        D::RealPerson => P::RealPerson,
+        D::Autonomous => P::Autonomous,
+        D::TextToVideo => P::TextToVideo,
+        D::PreRecorded => P::PreRecorded,
+    }
+}
+
+fn review_status_to_proto(s: domain::ReviewStatus) -> proto::ReviewStatus {
+    use domain::ReviewStatus as D;
+    use proto::ReviewStatus as P;
+    match s {
+        D::NotRequired => P::NotRequired,
+        D::PendingReview => P::PendingReview,
+        D::Approved => P::Approved,
+        D::Rejected => P::Rejected,
+        D::Revoked => P::Revoked,
+    }
+}
+
+pub fn penalty_to_proto(p: domain::Penalty) -> proto::Penalty {
+    match p {
+        domain::Penalty::None => proto::Penalty::None,
+        domain::Penalty::E1 => proto::Penalty::E1ShutDownAndFreeze,
+        domain::Penalty::E2 => proto::Penalty::E2WarnShutDownAndFreeze,
+    }
+}
+
+/// The penalty a decision applied, UNSPECIFIED when none.
+pub fn applied_penalty(p: Option<domain::Penalty>) -> i32 {
+    p.map_or(proto::Penalty::Unspecified, penalty_to_proto) as i32
+}
+
+/// Validates a Register request's record into an id and a domain body.
+pub fn record_from_proto(
+    record: Option<proto::register_request::Record>,
+) -> Result<(String, domain::RecordBody), PdpError> {
+    use proto::register_request::Record;
+    let record = record.ok_or_else(|| {
+        PdpError::invalid(
+            "record",
+            "required: one of merchant, provider, anchor, driver, room, ai_feature",
+        )
+    })?;
+    Ok(match record {
+        Record::Merchant(m) => (
+            id("merchant.id", &m.id)?,
+            domain::RecordBody::Merchant {
+                tier: tier_from_proto("merchant.tier", m.tier)?,
+                display_name: text("merchant.display_name", &m.display_name, MAX_NAME_LEN)?,
+            },
+        ),
+        Record::Provider(p) => (
+            id("provider.id", &p.id)?,
+            domain::RecordBody::Provider {
+                display_name: text("provider.display_name", &p.display_name, MAX_NAME_LEN)?,
+            },
+        ),
+        Record::Anchor(a) => (
+            id("anchor.id", &a.id)?,
+            domain::RecordBody::Anchor {
+                owner_merchant_id: id("anchor.owner_merchant_id", &a.owner_merchant_id)?,
+                provider_id: id("anchor.provider_id", &a.provider_id)?,
+                image_style: image_style_from_proto("anchor.image_style", a.image_style)?,
+                image_reference: required_text(
+                    "anchor.image_reference",
+                    &a.image_reference,
+                    MAX_REFERENCE_LEN,
+                )?,
+                display_name: text("anchor.display_name", &a.display_name, MAX_NAME_LEN)?,
+            },
+        ),
+        Record::Driver(d) => (
+            id("driver.id", &d.id)?,
+            domain::RecordBody::Driver {
+                owner_merchant_id: id("driver.owner_merchant_id", &d.owner_merchant_id)?,
+                identity_reference: required_text(
+                    "driver.identity_reference",
+                    &d.identity_reference,
+                    MAX_REFERENCE_LEN,
+                )?,
+                display_name: text("driver.display_name", &d.display_name, MAX_NAME_LEN)?,
+            },
+        ),
+        Record::Room(r) => (
+            id("room.id", &r.id)?,
+            domain::RecordBody::Room {
+                owner_merchant_id: id("room.owner_merchant_id", &r.owner_merchant_id)?,
+                display_name: text("room.display_name", &r.display_name, MAX_NAME_LEN)?,
+            },
+        ),
+        Record::AiFeature(f) => (
+            id("ai_feature.id", &f.id)?,
+            domain::RecordBody::AiFeature {
+                display_name: text("ai_feature.display_name", &f.display_name, MAX_NAME_LEN)?,
+            },
+        ),
+    })
+}
+
+fn record_to_proto(id: &str, body: &domain::RecordBody) -> proto::registration::Record {
+    use proto::registration::Record;
+    let id = id.to_owned();
+    match body.clone() {
+        domain::RecordBody::Merchant { tier, display_name } => Record::Merchant(proto::Merchant {
+            id,
+            tier: tier_to_proto(tier) as i32,
+            display_name,
+        }),
+        domain::RecordBody::Provider { display_name } => {
+            Record::Provider(proto::ServiceProvider { id, display_name })
+        }
+        domain::RecordBody::Anchor {
+            owner_merchant_id,
+            provider_id,
+            image_style,
+            image_reference,
+            display_name,
+        } => Record::Anchor(proto::VirtualAnchor {
+            id,
+            owner_merchant_id,
+            provider_id,
+            image_style: image_style_to_proto(image_style) as i32,
+            image_reference,
+            display_name,
+        }),
+        domain::RecordBody::Driver {
+            owner_merchant_id,
+            identity_reference,
+            display_name,
+        } => Record::Driver(proto::Driver {
+            id,
+            owner_merchant_id,
+            identity_reference,
+            display_name,
+        }),
+        domain::RecordBody::Room {
+            owner_merchant_id,
+            display_name,
+        } => Record::Room(proto::LivestreamRoom {
+            id,
+            owner_merchant_id,
+            display_name,
+        }),
+        domain::RecordBody::AiFeature { display_name } => {
+            Record::AiFeature(proto::AiFeature { id, display_name })
+        }
+    }
+}
+
+pub fn registration_to_proto(r: &domain::Registration) -> proto::Registration {
+    proto::Registration {
+        kind: kind_to_proto(r.kind()) as i32,
+        id: r.id.clone(),
+        revision: r.revision,
+        review_status: review_status_to_proto(r.review_status) as i32,
+        last_review: r.last_review.as_ref().map(|review| proto::Review {
+            reviewer: review.reviewer.clone(),
+            note: review.note.clone(),
+            reviewed_at: Some(timestamp(review.reviewed_at)),
+            approval_expires_at: review.approval_expires_at.map(timestamp),
+        }),
+        created_at: Some(timestamp(r.created_at)),
+        updated_at: Some(timestamp(r.updated_at)),
+        record: Some(record_to_proto(&r.id, &r.body)),
+        provider_listing: r.provider_listing.as_ref().map(|l| proto::ProviderListing {
+            listed: l.listed,
+            changed_at: l.changed_at.map(timestamp),
+        }),
+        ai_feature_clearance: r
+            .ai_feature_clearance
+            .as_ref()
+            .map(|c| proto::AiFeatureClearance {
+                security_assessment_passed: c.security_assessment_passed,
+                filing_number: c.filing_number.clone(),
+                changed_at: c.changed_at.map(timestamp),
+            }),
+    }
+}
+
+pub fn account_to_proto(
+    merchant: &domain::Registration,
+    account: &domain::Account,
+    now: Millis,
+) -> proto::Account {
+    let tier = match &merchant.body {
+        domain::RecordBody::Merchant { tier, .. } => tier_to_proto(*tier),
+        _ => proto::MerchantTier::Unspecified,
+    };
+    proto::Account {
+        merchant_id: account.merchant_id.clone(),
+        tier: tier as i32,
+        warnings: account.warnings,
+        frozen_until: account.frozen_at(now).map(timestamp),
+        penalties: account.penalties,
+        last_penalty: account.last_penalty.as_ref().map(|p| proto::PenaltyRecord {
+            penalty: penalty_to_proto(p.penalty) as i32,
+            rule_ids: p.rule_ids.clone(),
+            session_id: p.session_id.clone(),
+            applied_at: Some(timestamp(p.applied_at)),
+            frozen_until: Some(timestamp(p.frozen_until)),
+            discovered_by: p.discovered_by.clone(),
+        }),
+    }
+}
+
+pub fn session_to_proto(s: &domain::Session) -> proto::Session {
+    let state = match s.state {
+        domain::SessionState::Active => proto::SessionState::Active,
+        domain::SessionState::ShutDown => proto::SessionState::ShutDown,
+        domain::SessionState::Ended => proto::SessionState::Ended,
+    };
+    proto::Session {
+        id: s.id.clone(),
+        state: state as i32,
+        merchant_id: s.merchant_id.clone(),
+        room_id: s.room_id.clone(),
+        anchor_id: s.anchor_id.clone(),
+        driver_id: s.driver_id.clone(),
+        livestream_type: livestream_type_to_proto(s.livestream_type) as i32,
+        drive_mode: drive_mode_to_proto(s.drive_mode) as i32,
+        ai_features: s.ai_features.iter().cloned().collect(),
+        gateway_id: s.gateway_id.clone(),
+        started_at: Some(timestamp(s.started_at)),
+        closed_at: s.closed_at.map(timestamp),
+        close_reason: s.close_reason.clone(),
+        penalty_applied: applied_penalty(s.penalty_applied),
+    }
+}
+
+pub fn violation_to_proto(v: &crate::policy::Violation) -> proto::Violation {
+    proto::Violation {
+        rule_id: v.rule_id.clone(),
+        message_en: v.message_en.clone(),
+        message_zh: v.message_zh.clone(),
+        penalty: penalty_to_proto(v.penalty) as i32,
+    }
+}

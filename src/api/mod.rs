@@ -1,0 +1,461 @@
+//! The gRPC transport: tonic services, request validation, proto conversion and the single
+//! mapping from `PdpError` to `Status`. No rules live here.
+
+pub mod convert;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::domain::{Kind, ReviewCommand, Verdict};
+use crate::error::PdpError;
+use crate::policy::Phase;
+use crate::proto;
+use crate::service::{AuthorizeCommand, Enforcement, Pdp};
+use convert::{
+    MAX_AI_FEATURES, MAX_ID_LEN, MAX_NOTE_LEN, applied_penalty, enum_field, id, optional_id,
+    required_text, text,
+};
+
+/// The one place errors become gRPC statuses.
+pub fn status(error: PdpError) -> Status {
+    match &error {
+        PdpError::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
+        PdpError::NotFound(_) => Status::not_found(error.to_string()),
+        PdpError::Aborted(_) => Status::aborted(error.to_string()),
+        PdpError::FailedPrecondition(_) => Status::failed_precondition(error.to_string()),
+        PdpError::Storage(_) | PdpError::Corrupt { .. } => {
+            tracing::error!(%error, "store failure");
+            Status::unavailable(error.to_string())
+        }
+    }
+}
+
+fn ai_features(raw: &[String]) -> Result<Vec<String>, PdpError> {
+    if raw.len() > MAX_AI_FEATURES {
+        return Err(PdpError::invalid(
+            "ai_features",
+            format!("{} entries; at most {MAX_AI_FEATURES}", raw.len()),
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, feature) in raw.iter().enumerate() {
+        let field = format!("ai_features[{i}]");
+        let feature = id(&field, feature)?;
+        if !seen.insert(feature.clone()) {
+            return Err(PdpError::invalid(
+                field,
+                format!("duplicate feature {feature}"),
+            ));
+        }
+        out.push(feature);
+    }
+    Ok(out)
+}
+
+fn authorize_command(req: &proto::AuthorizeRequest) -> Result<AuthorizeCommand, PdpError> {
+    let phase = match enum_field::<proto::Phase>("phase", req.phase)? {
+        proto::Phase::Start => Phase::Start,
+        proto::Phase::Live => Phase::Live,
+        proto::Phase::Unspecified => {
+            return Err(PdpError::invalid("phase", "required (UNSPECIFIED given)"));
+        }
+    };
+    let livestream_type =
+        convert::livestream_type_from_proto("livestream_type", req.livestream_type)?;
+    let drive_mode = convert::drive_mode_from_proto("drive_mode", req.drive_mode)?;
+    let command = AuthorizeCommand {
+        phase,
+        merchant_id: optional_id("merchant_id", &req.merchant_id)?,
+        room_id: optional_id("room_id", &req.room_id)?,
+        anchor_id: optional_id("anchor_id", &req.anchor_id)?,
+        driver_id: optional_id("driver_id", &req.driver_id)?,
+        livestream_type,
+        drive_mode,
+        ai_features: ai_features(&req.ai_features)?,
+        session_id: optional_id("session_id", &req.session_id)?,
+        gateway_id: optional_id("gateway_id", &req.gateway_id)?.unwrap_or_default(),
+    };
+    match phase {
+        Phase::Start => {
+            for (field, present) in [
+                ("merchant_id", command.merchant_id.is_some()),
+                ("room_id", command.room_id.is_some()),
+                ("anchor_id", command.anchor_id.is_some()),
+                ("driver_id", command.driver_id.is_some()),
+                ("livestream_type", command.livestream_type.is_some()),
+                ("drive_mode", command.drive_mode.is_some()),
+            ] {
+                if !present {
+                    return Err(PdpError::invalid(field, "required at START"));
+                }
+            }
+            if command.session_id.is_some() {
+                return Err(PdpError::invalid(
+                    "session_id",
+                    "must be empty at START: the PDP opens the session",
+                ));
+            }
+        }
+        Phase::Live => {
+            if command.session_id.is_none() {
+                return Err(PdpError::invalid("session_id", "required at LIVE"));
+            }
+        }
+    }
+    Ok(command)
+}
+
+/// `anchorpdp.v1.PolicyDecisionPoint`.
+pub struct DecisionService {
+    pdp: Arc<Pdp>,
+}
+
+impl DecisionService {
+    pub fn new(pdp: Arc<Pdp>) -> Self {
+        DecisionService { pdp }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionService {
+    async fn authorize(
+        &self,
+        request: Request<proto::AuthorizeRequest>,
+    ) -> Result<Response<proto::AuthorizeResponse>, Status> {
+        let command = authorize_command(request.get_ref()).map_err(status)?;
+        let outcome = self.pdp.authorize(command).await.map_err(status)?;
+        let decision = &outcome.decision;
+        tracing::info!(
+            decision_id = %outcome.decision_id,
+            allowed = decision.allowed,
+            rules = %decision.rule_ids().join(","),
+            session_id = outcome.session_id.as_deref().unwrap_or(""),
+            policy_version = %decision.policy_version,
+            "authorize"
+        );
+        let enforcement = match outcome.enforcement {
+            Enforcement::None => proto::Enforcement::None,
+            Enforcement::RefuseStart => proto::Enforcement::RefuseStart,
+            Enforcement::ShutDown => proto::Enforcement::ShutDown,
+        };
+        Ok(Response::new(proto::AuthorizeResponse {
+            decision: if decision.allowed {
+                proto::Decision::Allow
+            } else {
+                proto::Decision::Deny
+            } as i32,
+            violations: decision
+                .violations
+                .iter()
+                .map(convert::violation_to_proto)
+                .collect(),
+            enforcement: enforcement as i32,
+            penalty_applied: applied_penalty(outcome.penalty_applied),
+            warning_issued: outcome.warning_issued,
+            frozen_until: outcome.frozen_until.map(convert::timestamp),
+            session_id: outcome.session_id.clone().unwrap_or_default(),
+            recheck_after: outcome.recheck_after.map(|d| prost_types::Duration {
+                seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+            }),
+            decision_id: outcome.decision_id.clone(),
+            policy_version: decision.policy_version.clone(),
+            decided_at: Some(convert::timestamp(outcome.decided_at)),
+        }))
+    }
+
+    async fn end_session(
+        &self,
+        request: Request<proto::EndSessionRequest>,
+    ) -> Result<Response<proto::EndSessionResponse>, Status> {
+        let req = request.get_ref();
+        let session_id = id("session_id", &req.session_id).map_err(status)?;
+        let reason = text("reason", &req.reason, MAX_NOTE_LEN).map_err(status)?;
+        let session = self
+            .pdp
+            .end_session(&session_id, &reason)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::EndSessionResponse {
+            session: Some(convert::session_to_proto(&session)),
+        }))
+    }
+
+    async fn register(
+        &self,
+        request: Request<proto::RegisterRequest>,
+    ) -> Result<Response<proto::RegisterResponse>, Status> {
+        let req = request.into_inner();
+        let (record_id, body) = convert::record_from_proto(req.record).map_err(status)?;
+        let outcome = self
+            .pdp
+            .register(&record_id, body, req.expected_revision)
+            .await
+            .map_err(status)?;
+        tracing::info!(
+            kind = outcome.registration.kind().name(),
+            id = %record_id,
+            revision = outcome.registration.revision,
+            changed = outcome.changed,
+            "register"
+        );
+        Ok(Response::new(proto::RegisterResponse {
+            registration: Some(convert::registration_to_proto(&outcome.registration)),
+            changed: outcome.changed,
+        }))
+    }
+}
+
+/// `anchorpdp.v1.PolicyAdmin`.
+pub struct AdminService {
+    pdp: Arc<Pdp>,
+}
+
+impl AdminService {
+    pub fn new(pdp: Arc<Pdp>) -> Self {
+        AdminService { pdp }
+    }
+}
+
+const DEFAULT_PAGE_SIZE: u32 = 100;
+const MAX_PAGE_SIZE: u32 = 1000;
+
+#[tonic::async_trait]
+impl proto::policy_admin_server::PolicyAdmin for AdminService {
+    async fn review_filing(
+        &self,
+        request: Request<proto::ReviewFilingRequest>,
+    ) -> Result<Response<proto::ReviewFilingResponse>, Status> {
+        let req = request.get_ref();
+        let command = (|| {
+            let kind = convert::kind_from_proto("kind", req.kind)?;
+            if !kind.needs_review() {
+                return Err(PdpError::invalid(
+                    "kind",
+                    format!(
+                        "{} records are not reviewed; use ANCHOR, DRIVER or ROOM",
+                        kind.name()
+                    ),
+                ));
+            }
+            let verdict = match enum_field::<proto::Verdict>("verdict", req.verdict)? {
+                proto::Verdict::Approve => Verdict::Approve,
+                proto::Verdict::Reject => Verdict::Reject,
+                proto::Verdict::Revoke => Verdict::Revoke,
+                proto::Verdict::Unspecified => {
+                    return Err(PdpError::invalid("verdict", "required (UNSPECIFIED given)"));
+                }
+            };
+            Ok(ReviewCommand {
+                kind,
+                id: id("id", &req.id)?,
+                verdict,
+                reviewer: required_text("reviewer", &req.reviewer, MAX_ID_LEN)?,
+                note: text("note", &req.note, MAX_NOTE_LEN)?,
+                expected_revision: req.expected_revision,
+                approval_expires_at: req
+                    .approval_expires_at
+                    .as_ref()
+                    .map(|ts| convert::millis("approval_expires_at", ts))
+                    .transpose()?,
+            })
+        })()
+        .map_err(status)?;
+        let registration = self.pdp.review(&command).await.map_err(status)?;
+        tracing::info!(
+            kind = command.kind.name(),
+            id = %command.id,
+            verdict = ?command.verdict,
+            reviewer = %command.reviewer,
+            "review"
+        );
+        Ok(Response::new(proto::ReviewFilingResponse {
+            registration: Some(convert::registration_to_proto(&registration)),
+        }))
+    }
+
+    async fn set_provider_listing(
+        &self,
+        request: Request<proto::SetProviderListingRequest>,
+    ) -> Result<Response<proto::SetProviderListingResponse>, Status> {
+        let req = request.get_ref();
+        let provider_id = id("provider_id", &req.provider_id).map_err(status)?;
+        let operator = required_text("operator", &req.operator, MAX_ID_LEN).map_err(status)?;
+        let outcome = self
+            .pdp
+            .set_provider_listing(&provider_id, req.listed, &operator, req.expected_revision)
+            .await
+            .map_err(status)?;
+        tracing::info!(provider_id = %provider_id, listed = req.listed, %operator, "provider listing");
+        Ok(Response::new(proto::SetProviderListingResponse {
+            registration: Some(convert::registration_to_proto(&outcome.registration)),
+        }))
+    }
+
+    async fn set_ai_feature_filing(
+        &self,
+        request: Request<proto::SetAiFeatureFilingRequest>,
+    ) -> Result<Response<proto::SetAiFeatureFilingResponse>, Status> {
+        let req = request.get_ref();
+        let feature_id = id("feature_id", &req.feature_id).map_err(status)?;
+        let filing_number =
+            text("filing_number", &req.filing_number, MAX_ID_LEN).map_err(status)?;
+        let operator = required_text("operator", &req.operator, MAX_ID_LEN).map_err(status)?;
+        let outcome = self
+            .pdp
+            .set_ai_feature_filing(
+                &feature_id,
+                req.security_assessment_passed,
+                &filing_number,
+                &operator,
+                req.expected_revision,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::SetAiFeatureFilingResponse {
+            registration: Some(convert::registration_to_proto(&outcome.registration)),
+        }))
+    }
+
+    async fn report_violation(
+        &self,
+        request: Request<proto::ReportViolationRequest>,
+    ) -> Result<Response<proto::ReportViolationResponse>, Status> {
+        let req = request.get_ref();
+        let session_id = id("session_id", &req.session_id).map_err(status)?;
+        let rule_id = id("rule_id", &req.rule_id).map_err(status)?;
+        let inspector = required_text("inspector", &req.inspector, MAX_ID_LEN).map_err(status)?;
+        let note = text("note", &req.note, MAX_NOTE_LEN).map_err(status)?;
+        let outcome = self
+            .pdp
+            .report_violation(&session_id, &rule_id, &inspector, &note)
+            .await
+            .map_err(status)?;
+        let enforced = &outcome.enforced;
+        tracing::warn!(
+            session_id = %session_id,
+            rule_id = %rule_id,
+            %inspector,
+            penalty = ?enforced.penalty_applied,
+            "violation reported"
+        );
+        let account = match self.pdp.get_account(&enforced.session.merchant_id) {
+            Ok((merchant, _)) => Some(convert::account_to_proto(
+                &merchant,
+                &enforced.account,
+                outcome.now,
+            )),
+            Err(_) => None,
+        };
+        Ok(Response::new(proto::ReportViolationResponse {
+            session: Some(convert::session_to_proto(&enforced.session)),
+            penalty_applied: applied_penalty(enforced.penalty_applied),
+            warning_issued: enforced.warning_issued,
+            account,
+            violation: Some(convert::violation_to_proto(&outcome.violation)),
+        }))
+    }
+
+    async fn lift_freeze(
+        &self,
+        request: Request<proto::LiftFreezeRequest>,
+    ) -> Result<Response<proto::LiftFreezeResponse>, Status> {
+        let req = request.get_ref();
+        let merchant_id = id("merchant_id", &req.merchant_id).map_err(status)?;
+        let operator = required_text("operator", &req.operator, MAX_ID_LEN).map_err(status)?;
+        let reason = text("reason", &req.reason, MAX_NOTE_LEN).map_err(status)?;
+        let (account, was_frozen) = self
+            .pdp
+            .lift_freeze(&merchant_id, &operator, &reason)
+            .await
+            .map_err(status)?;
+        tracing::warn!(merchant_id = %merchant_id, %operator, was_frozen, "freeze lifted");
+        let (merchant, _) = self.pdp.get_account(&merchant_id).map_err(status)?;
+        Ok(Response::new(proto::LiftFreezeResponse {
+            account: Some(convert::account_to_proto(
+                &merchant,
+                &account,
+                self.pdp.now(),
+            )),
+            was_frozen,
+        }))
+    }
+
+    async fn get_registration(
+        &self,
+        request: Request<proto::GetRegistrationRequest>,
+    ) -> Result<Response<proto::GetRegistrationResponse>, Status> {
+        let req = request.get_ref();
+        let kind = convert::kind_from_proto("kind", req.kind).map_err(status)?;
+        let record_id = id("id", &req.id).map_err(status)?;
+        let registration = self
+            .pdp
+            .get_registration(kind, &record_id)
+            .map_err(status)?;
+        Ok(Response::new(proto::GetRegistrationResponse {
+            registration: Some(convert::registration_to_proto(&registration)),
+        }))
+    }
+
+    async fn list_registrations(
+        &self,
+        request: Request<proto::ListRegistrationsRequest>,
+    ) -> Result<Response<proto::ListRegistrationsResponse>, Status> {
+        let req = request.get_ref();
+        let kind: Kind = convert::kind_from_proto("kind", req.kind).map_err(status)?;
+        let page_size = match req.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n > MAX_PAGE_SIZE => {
+                return Err(status(PdpError::invalid(
+                    "page_size",
+                    format!("{n}; at most {MAX_PAGE_SIZE}"),
+                )));
+            }
+            n => n,
+        };
+        // The token is the last id of the previous page: ids are unique and sorted.
+        let after = optional_id("page_token", &req.page_token).map_err(status)?;
+        let limit = usize::try_from(page_size).unwrap_or(usize::MAX);
+        let mut page = self
+            .pdp
+            .list_registrations(kind, after.as_deref(), limit + 1)
+            .map_err(status)?;
+        let next_page_token = if page.len() > limit {
+            page.truncate(limit);
+            page.last().map(|r| r.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(proto::ListRegistrationsResponse {
+            registrations: page.iter().map(convert::registration_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<proto::GetAccountRequest>,
+    ) -> Result<Response<proto::GetAccountResponse>, Status> {
+        let merchant_id = id("merchant_id", &request.get_ref().merchant_id).map_err(status)?;
+        let (merchant, account) = self.pdp.get_account(&merchant_id).map_err(status)?;
+        let now = self.pdp.now();
+        Ok(Response::new(proto::GetAccountResponse {
+            account: Some(convert::account_to_proto(&merchant, &account, now)),
+            read_at: Some(convert::timestamp(now)),
+        }))
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<proto::GetSessionRequest>,
+    ) -> Result<Response<proto::GetSessionResponse>, Status> {
+        let session_id = id("session_id", &request.get_ref().session_id).map_err(status)?;
+        let session = self.pdp.get_session(&session_id).map_err(status)?;
+        Ok(Response::new(proto::GetSessionResponse {
+            session: Some(convert::session_to_proto(&session)),
+        }))
+    }
+}

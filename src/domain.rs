@@ -1,0 +1,859 @@
+//! The PDP's vocabulary: records, accounts, sessions and the pure state transitions between
+//! them. Nothing here knows gRPC, sled or Cedar, so every transition is unit-testable and the
+//! store can run it inside a transaction.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::PdpError;
+
+/// 7 × 24 hours: the freeze E1 and E2 impose.
+pub const FREEZE_MS: i64 = 7 * 24 * 60 * 60 * 1000;
+
+/// Unix time in milliseconds.
+pub type Millis = i64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    Merchant,
+    Provider,
+    Anchor,
+    Driver,
+    Room,
+    AiFeature,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::Merchant,
+        Kind::Provider,
+        Kind::Anchor,
+        Kind::Driver,
+        Kind::Room,
+        Kind::AiFeature,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Merchant => "merchant",
+            Kind::Provider => "provider",
+            Kind::Anchor => "anchor",
+            Kind::Driver => "driver",
+            Kind::Room => "room",
+            Kind::AiFeature => "ai_feature",
+        }
+    }
+
+    /// Anchor image, driver and room filings are the three parts of admission (R7).
+    pub fn needs_review(self) -> bool {
+        matches!(self, Kind::Anchor | Kind::Driver | Kind::Room)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Tier {
+    ChineseGoldSupplier,
+    GlobalGoldSupplier,
+    Other,
+}
+
+impl Tier {
+    pub fn policy_name(self) -> &'static str {
+        match self {
+            Tier::ChineseGoldSupplier => "CHINESE_GOLD_SUPPLIER",
+            Tier::GlobalGoldSupplier => "GLOBAL_GOLD_SUPPLIER",
+            Tier::Other => "OTHER",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImageStyle {
+    RealisticHuman,
+    Cartoon,
+    Anime,
+    Animal,
+    Other,
+}
+
+impl ImageStyle {
+    pub fn policy_name(self) -> &'static str {
+        match self {
+            ImageStyle::RealisticHuman => "REALISTIC_HUMAN",
+            ImageStyle::Cartoon => "CARTOON",
+            ImageStyle::Anime => "ANIME",
+            ImageStyle::Animal => "ANIMAL",
+            ImageStyle::Other => "OTHER",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LivestreamType {
+    WorkstationReception,
+    DailyMarketing,
+    EventLivestream,
+    Other,
+}
+
+impl LivestreamType {
+    pub fn policy_name(self) -> &'static str {
+        match self {
+            LivestreamType::WorkstationReception => "WORKSTATION_RECEPTION",
+            LivestreamType::DailyMarketing => "DAILY_MARKETING",
+            LivestreamType::EventLivestream => "EVENT_LIVESTREAM",
+            LivestreamType::Other => "OTHER",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DriveMode {
+    RealPerson,
+    Autonomous,
+    TextToVideo,
+    PreRecorded,
+}
+
+impl DriveMode {
+    pub fn policy_name(self) -> &'static str {
+        match self {
+            DriveMode::RealPerson => "REAL_PERSON",
+            DriveMode::Autonomous => "AUTONOMOUS",
+            DriveMode::TextToVideo => "TEXT_TO_VIDEO",
+            DriveMode::PreRecorded => "PRE_RECORDED",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReviewStatus {
+    NotRequired,
+    PendingReview,
+    Approved,
+    Rejected,
+    Revoked,
+}
+
+impl ReviewStatus {
+    pub fn policy_name(self) -> &'static str {
+        match self {
+            ReviewStatus::NotRequired => "NOT_REQUIRED",
+            ReviewStatus::PendingReview => "PENDING_REVIEW",
+            ReviewStatus::Approved => "APPROVED",
+            ReviewStatus::Rejected => "REJECTED",
+            ReviewStatus::Revoked => "REVOKED",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verdict {
+    Approve,
+    Reject,
+    Revoke,
+}
+
+/// What a rule brings when it is found broken in a live broadcast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Penalty {
+    /// Denied or shut down, nothing more.
+    None,
+    /// Shut down + 7-day freeze.
+    E1,
+    /// Warning + shut down + 7-day freeze.
+    E2,
+}
+
+impl Penalty {
+    pub fn freezes(self) -> bool {
+        matches!(self, Penalty::E1 | Penalty::E2)
+    }
+
+    pub fn warns(self) -> bool {
+        matches!(self, Penalty::E2)
+    }
+}
+
+/// The filed content of a record. Material fields are what a reviewer approved; changing one
+/// sends an approved filing back to review.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RecordBody {
+    Merchant {
+        tier: Tier,
+        display_name: String,
+    },
+    Provider {
+        display_name: String,
+    },
+    Anchor {
+        owner_merchant_id: String,
+        provider_id: String,
+        image_style: ImageStyle,
+        image_reference: String,
+        display_name: String,
+    },
+    Driver {
+        owner_merchant_id: String,
+        identity_reference: String,
+        display_name: String,
+    },
+    Room {
+        owner_merchant_id: String,
+        display_name: String,
+    },
+    AiFeature {
+        display_name: String,
+    },
+}
+
+impl RecordBody {
+    pub fn kind(&self) -> Kind {
+        match self {
+            RecordBody::Merchant { .. } => Kind::Merchant,
+            RecordBody::Provider { .. } => Kind::Provider,
+            RecordBody::Anchor { .. } => Kind::Anchor,
+            RecordBody::Driver { .. } => Kind::Driver,
+            RecordBody::Room { .. } => Kind::Room,
+            RecordBody::AiFeature { .. } => Kind::AiFeature,
+        }
+    }
+
+    /// The owner merchant of a filing, if the kind has one.
+    pub fn owner(&self) -> Option<&str> {
+        match self {
+            RecordBody::Anchor {
+                owner_merchant_id, ..
+            }
+            | RecordBody::Driver {
+                owner_merchant_id, ..
+            }
+            | RecordBody::Room {
+                owner_merchant_id, ..
+            } => Some(owner_merchant_id),
+            _ => None,
+        }
+    }
+
+    /// Records this one must point at, as (kind, id, field name).
+    pub fn references(&self) -> Vec<(Kind, &str, &'static str)> {
+        let mut refs = Vec::new();
+        if let Some(owner) = self.owner() {
+            refs.push((Kind::Merchant, owner, "owner_merchant_id"));
+        }
+        if let RecordBody::Anchor { provider_id, .. } = self {
+            refs.push((Kind::Provider, provider_id.as_str(), "provider_id"));
+        }
+        refs
+    }
+
+    /// Equal in everything a reviewer approved (display names are not material).
+    pub fn materially_equal(&self, other: &RecordBody) -> bool {
+        match (self, other) {
+            (
+                RecordBody::Anchor {
+                    owner_merchant_id: o1,
+                    provider_id: p1,
+                    image_style: s1,
+                    image_reference: i1,
+                    ..
+                },
+                RecordBody::Anchor {
+                    owner_merchant_id: o2,
+                    provider_id: p2,
+                    image_style: s2,
+                    image_reference: i2,
+                    ..
+                },
+            ) => o1 == o2 && p1 == p2 && s1 == s2 && i1 == i2,
+            (
+                RecordBody::Driver {
+                    owner_merchant_id: o1,
+                    identity_reference: i1,
+                    ..
+                },
+                RecordBody::Driver {
+                    owner_merchant_id: o2,
+                    identity_reference: i2,
+                    ..
+                },
+            ) => o1 == o2 && i1 == i2,
+            (
+                RecordBody::Room {
+                    owner_merchant_id: o1,
+                    ..
+                },
+                RecordBody::Room {
+                    owner_merchant_id: o2,
+                    ..
+                },
+            ) => o1 == o2,
+            _ => self == other,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewInfo {
+    pub verdict: Verdict,
+    pub reviewer: String,
+    pub note: String,
+    pub reviewed_at: Millis,
+    pub approval_expires_at: Option<Millis>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderListing {
+    pub listed: bool,
+    pub changed_at: Option<Millis>,
+    pub changed_by: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AiFeatureClearance {
+    pub security_assessment_passed: bool,
+    pub filing_number: String,
+    pub changed_at: Option<Millis>,
+    pub changed_by: String,
+}
+
+impl AiFeatureClearance {
+    pub fn filed(&self) -> bool {
+        !self.filing_number.is_empty()
+    }
+}
+
+/// A stored record with its platform-controlled state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub id: String,
+    pub revision: u64,
+    pub review_status: ReviewStatus,
+    pub last_review: Option<ReviewInfo>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub body: RecordBody,
+    pub provider_listing: Option<ProviderListing>,
+    pub ai_feature_clearance: Option<AiFeatureClearance>,
+}
+
+impl Registration {
+    pub fn kind(&self) -> Kind {
+        self.body.kind()
+    }
+
+    /// The approval's expiry, if the record is approved with one.
+    pub fn approval_expires_at(&self) -> Option<Millis> {
+        if self.review_status != ReviewStatus::Approved {
+            return None;
+        }
+        self.last_review
+            .as_ref()
+            .and_then(|r| r.approval_expires_at)
+    }
+}
+
+fn check_revision(
+    expected: Option<u64>,
+    current: Option<&Registration>,
+    what: &str,
+) -> Result<(), PdpError> {
+    let actual = current.map_or(0, |r| r.revision);
+    match expected {
+        Some(expected) if expected != actual => Err(PdpError::Aborted(format!(
+            "{what}: expected revision {expected}, stored revision is {actual}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The outcome of a write: the record as stored, and whether anything changed.
+#[derive(Clone, Debug)]
+pub struct WriteOutcome {
+    pub registration: Registration,
+    pub changed: bool,
+}
+
+/// Register: file a new record or update a stored one.
+pub fn apply_register(
+    current: Option<&Registration>,
+    id: &str,
+    body: RecordBody,
+    expected_revision: Option<u64>,
+    now: Millis,
+) -> Result<WriteOutcome, PdpError> {
+    let what = format!("{} {id}", body.kind().name());
+    if let Some(current) = current
+        && current.body == body
+    {
+        // Idempotent re-send: a client retrying after a lost reply must not see a conflict
+        // for a write that already took effect.
+        return Ok(WriteOutcome {
+            registration: current.clone(),
+            changed: false,
+        });
+    }
+    check_revision(expected_revision, current, &what)?;
+    let registration = match current {
+        None => Registration {
+            id: id.to_owned(),
+            revision: 1,
+            review_status: if body.kind().needs_review() {
+                ReviewStatus::PendingReview
+            } else {
+                ReviewStatus::NotRequired
+            },
+            last_review: None,
+            created_at: now,
+            updated_at: now,
+            provider_listing: (body.kind() == Kind::Provider).then(|| ProviderListing {
+                listed: false,
+                changed_at: None,
+                changed_by: String::new(),
+            }),
+            ai_feature_clearance: (body.kind() == Kind::AiFeature).then(|| AiFeatureClearance {
+                security_assessment_passed: false,
+                filing_number: String::new(),
+                changed_at: None,
+                changed_by: String::new(),
+            }),
+            body,
+        },
+        Some(current) => {
+            let mut next = current.clone();
+            let material = !current.body.materially_equal(&body);
+            if material && current.kind().needs_review() {
+                next.review_status = ReviewStatus::PendingReview;
+            }
+            next.body = body;
+            next.revision += 1;
+            next.updated_at = now;
+            next
+        }
+    };
+    Ok(WriteOutcome {
+        registration,
+        changed: true,
+    })
+}
+
+/// A reviewer's verdict on an anchor, driver or room filing.
+pub struct ReviewCommand {
+    pub kind: Kind,
+    pub id: String,
+    pub verdict: Verdict,
+    pub reviewer: String,
+    pub note: String,
+    pub expected_revision: Option<u64>,
+    pub approval_expires_at: Option<Millis>,
+}
+
+pub fn apply_review(
+    current: Option<&Registration>,
+    cmd: &ReviewCommand,
+    now: Millis,
+) -> Result<Registration, PdpError> {
+    let what = format!("{} {}", cmd.kind.name(), cmd.id);
+    let current = current.ok_or_else(|| PdpError::NotFound(format!("{what} is not registered")))?;
+    if !cmd.kind.needs_review() {
+        return Err(PdpError::FailedPrecondition(format!(
+            "{what}: only anchor, driver and room filings are reviewed"
+        )));
+    }
+    check_revision(cmd.expected_revision, Some(current), &what)?;
+    let from = current.review_status;
+    let to = match (cmd.verdict, from) {
+        (Verdict::Approve, ReviewStatus::PendingReview) => ReviewStatus::Approved,
+        (Verdict::Reject, ReviewStatus::PendingReview) => ReviewStatus::Rejected,
+        (Verdict::Revoke, ReviewStatus::Approved) => ReviewStatus::Revoked,
+        (verdict, from) => {
+            return Err(PdpError::FailedPrecondition(format!(
+                "{what} is {}: {verdict:?} needs {}",
+                from.policy_name(),
+                if verdict == Verdict::Revoke {
+                    "APPROVED"
+                } else {
+                    "PENDING_REVIEW"
+                }
+            )));
+        }
+    };
+    if let Some(expires) = cmd.approval_expires_at {
+        if cmd.verdict != Verdict::Approve {
+            return Err(PdpError::invalid(
+                "approval_expires_at",
+                "only an APPROVE verdict can carry an expiry",
+            ));
+        }
+        if expires <= now {
+            return Err(PdpError::invalid(
+                "approval_expires_at",
+                "must be in the future",
+            ));
+        }
+    }
+    let mut next = current.clone();
+    next.review_status = to;
+    next.last_review = Some(ReviewInfo {
+        verdict: cmd.verdict,
+        reviewer: cmd.reviewer.clone(),
+        note: cmd.note.clone(),
+        reviewed_at: now,
+        approval_expires_at: cmd.approval_expires_at,
+    });
+    next.revision += 1;
+    next.updated_at = now;
+    Ok(next)
+}
+
+pub fn apply_provider_listing(
+    current: Option<&Registration>,
+    id: &str,
+    listed: bool,
+    operator: &str,
+    expected_revision: Option<u64>,
+    now: Millis,
+) -> Result<WriteOutcome, PdpError> {
+    let what = format!("provider {id}");
+    let current = current.ok_or_else(|| PdpError::NotFound(format!("{what} is not registered")))?;
+    check_revision(expected_revision, Some(current), &what)?;
+    if current.provider_listing.as_ref().map(|l| l.listed) == Some(listed) {
+        return Ok(WriteOutcome {
+            registration: current.clone(),
+            changed: false,
+        });
+    }
+    let mut next = current.clone();
+    next.provider_listing = Some(ProviderListing {
+        listed,
+        changed_at: Some(now),
+        changed_by: operator.to_owned(),
+    });
+    next.revision += 1;
+    next.updated_at = now;
+    Ok(WriteOutcome {
+        registration: next,
+        changed: true,
+    })
+}
+
+pub fn apply_ai_feature_filing(
+    current: Option<&Registration>,
+    id: &str,
+    security_assessment_passed: bool,
+    filing_number: &str,
+    operator: &str,
+    expected_revision: Option<u64>,
+    now: Millis,
+) -> Result<WriteOutcome, PdpError> {
+    let what = format!("ai_feature {id}");
+    let current = current.ok_or_else(|| PdpError::NotFound(format!("{what} is not registered")))?;
+    check_revision(expected_revision, Some(current), &what)?;
+    let unchanged = current.ai_feature_clearance.as_ref().is_some_and(|c| {
+        c.security_assessment_passed == security_assessment_passed
+            && c.filing_number == filing_number
+    });
+    if unchanged {
+        return Ok(WriteOutcome {
+            registration: current.clone(),
+            changed: false,
+        });
+    }
+    let mut next = current.clone();
+    next.ai_feature_clearance = Some(AiFeatureClearance {
+        security_assessment_passed,
+        filing_number: filing_number.to_owned(),
+        changed_at: Some(now),
+        changed_by: operator.to_owned(),
+    });
+    next.revision += 1;
+    next.updated_at = now;
+    Ok(WriteOutcome {
+        registration: next,
+        changed: true,
+    })
+}
+
+/// One penalty applied to an account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PenaltyRecord {
+    pub penalty: Penalty,
+    pub rule_ids: Vec<String>,
+    pub session_id: String,
+    pub applied_at: Millis,
+    pub frozen_until: Millis,
+    pub discovered_by: String,
+}
+
+/// A merchant's standing. Kept apart from the merchant registration so that re-registering a
+/// merchant never races with a penalty.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub merchant_id: String,
+    pub warnings: u32,
+    pub frozen_until: Option<Millis>,
+    pub penalties: u32,
+    pub last_penalty: Option<PenaltyRecord>,
+    pub freeze_lifted: Option<FreezeLift>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreezeLift {
+    pub operator: String,
+    pub reason: String,
+    pub lifted_at: Millis,
+}
+
+impl Account {
+    pub fn new(merchant_id: &str) -> Self {
+        Account {
+            merchant_id: merchant_id.to_owned(),
+            ..Account::default()
+        }
+    }
+
+    /// The freeze end, if the account is frozen at `now`.
+    pub fn frozen_at(&self, now: Millis) -> Option<Millis> {
+        self.frozen_until.filter(|until| *until > now)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionState {
+    Active,
+    ShutDown,
+    Ended,
+}
+
+/// A broadcast admitted at START.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub state: SessionState,
+    pub merchant_id: String,
+    pub room_id: String,
+    pub anchor_id: String,
+    pub driver_id: String,
+    pub livestream_type: LivestreamType,
+    pub drive_mode: DriveMode,
+    pub ai_features: BTreeSet<String>,
+    pub gateway_id: String,
+    pub started_at: Millis,
+    pub closed_at: Option<Millis>,
+    pub close_reason: String,
+    pub penalty_applied: Option<Penalty>,
+}
+
+/// What a live discovery (a failed LIVE re-check or an inspector's report) asks to apply.
+#[derive(Clone, Debug)]
+pub struct Discovery {
+    pub session_id: String,
+    pub rule_ids: Vec<String>,
+    /// The heaviest penalty among the broken rules.
+    pub penalty: Penalty,
+    pub discovered_by: String,
+    pub reason: String,
+    pub at: Millis,
+}
+
+/// What enforcing a discovery did.
+#[derive(Clone, Debug)]
+pub struct Enforced {
+    pub session: Session,
+    pub account: Account,
+    /// The penalty this discovery applied; `None` when the rules carry none or the session was
+    /// penalized before.
+    pub penalty_applied: Option<Penalty>,
+    pub warning_issued: bool,
+}
+
+/// Shuts the session down and applies the penalty, at most once per session. A discovery in a
+/// new broadcast extends a running freeze to 7 days from now if that is later; it never
+/// shortens one.
+pub fn apply_discovery(
+    session: &Session,
+    account: &Account,
+    discovery: &Discovery,
+) -> Result<Enforced, PdpError> {
+    if session.state == SessionState::Ended {
+        return Err(PdpError::FailedPrecondition(format!(
+            "session {} has ended; violations are enforced on live broadcasts",
+            session.id
+        )));
+    }
+    let mut session = session.clone();
+    let mut account = account.clone();
+    if session.state == SessionState::Active {
+        session.state = SessionState::ShutDown;
+        session.closed_at = Some(discovery.at);
+        session.close_reason = discovery.reason.clone();
+    }
+    let mut penalty_applied = None;
+    let mut warning_issued = false;
+    if discovery.penalty.freezes() && session.penalty_applied.is_none() {
+        let until = discovery.at + FREEZE_MS;
+        account.frozen_until = Some(account.frozen_until.map_or(until, |u| u.max(until)));
+        if discovery.penalty.warns() {
+            account.warnings += 1;
+            warning_issued = true;
+        }
+        account.penalties += 1;
+        account.last_penalty = Some(PenaltyRecord {
+            penalty: discovery.penalty,
+            rule_ids: discovery.rule_ids.clone(),
+            session_id: session.id.clone(),
+            applied_at: discovery.at,
+            frozen_until: until,
+            discovered_by: discovery.discovered_by.clone(),
+        });
+        session.penalty_applied = Some(discovery.penalty);
+        penalty_applied = Some(discovery.penalty);
+    }
+    Ok(Enforced {
+        session,
+        account,
+        penalty_applied,
+        warning_issued,
+    })
+}
+
+/// What the store knows about everything a request names: one consistent snapshot, the only
+/// source of facts for a decision. `None` means the id is not registered.
+#[derive(Clone, Debug)]
+pub struct Facts {
+    pub merchant_id: String,
+    pub room_id: String,
+    pub anchor_id: String,
+    pub driver_id: String,
+    pub merchant: Option<Registration>,
+    pub account: Option<Account>,
+    pub room: Option<Registration>,
+    pub anchor: Option<Registration>,
+    /// The anchor's provider, when the anchor is known.
+    pub provider: Option<Registration>,
+    pub driver: Option<Registration>,
+    pub ai_features: Vec<(String, Option<Registration>)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anchor(style: ImageStyle, name: &str) -> RecordBody {
+        RecordBody::Anchor {
+            owner_merchant_id: "m1".into(),
+            provider_id: "p1".into(),
+            image_style: style,
+            image_reference: "img://1".into(),
+            display_name: name.into(),
+        }
+    }
+
+    fn approved(body: RecordBody) -> Registration {
+        let mut r = apply_register(None, "a1", body, None, 0)
+            .map(|o| o.registration)
+            .unwrap_or_else(|e| panic!("{e}"));
+        r.review_status = ReviewStatus::Approved;
+        r
+    }
+
+    #[test]
+    fn display_name_change_keeps_approval_material_change_resets_it() {
+        let current = approved(anchor(ImageStyle::RealisticHuman, "a"));
+        let renamed = apply_register(
+            Some(&current),
+            "a1",
+            anchor(ImageStyle::RealisticHuman, "b"),
+            None,
+            1,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(renamed.registration.review_status, ReviewStatus::Approved);
+        assert_eq!(renamed.registration.revision, 2);
+        let restyled = apply_register(
+            Some(&current),
+            "a1",
+            anchor(ImageStyle::Anime, "a"),
+            None,
+            1,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            restyled.registration.review_status,
+            ReviewStatus::PendingReview
+        );
+    }
+
+    #[test]
+    fn identical_resend_is_a_no_op_even_with_a_stale_revision() {
+        let current = approved(anchor(ImageStyle::RealisticHuman, "a"));
+        let again = apply_register(
+            Some(&current),
+            "a1",
+            anchor(ImageStyle::RealisticHuman, "a"),
+            Some(0),
+            5,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!again.changed);
+        assert_eq!(again.registration, current);
+    }
+
+    fn session() -> Session {
+        Session {
+            id: "s1".into(),
+            state: SessionState::Active,
+            merchant_id: "m1".into(),
+            room_id: "r1".into(),
+            anchor_id: "a1".into(),
+            driver_id: "d1".into(),
+            livestream_type: LivestreamType::DailyMarketing,
+            drive_mode: DriveMode::RealPerson,
+            ai_features: BTreeSet::new(),
+            gateway_id: String::new(),
+            started_at: 0,
+            closed_at: None,
+            close_reason: String::new(),
+            penalty_applied: None,
+        }
+    }
+
+    fn discovery(penalty: Penalty, at: Millis) -> Discovery {
+        Discovery {
+            session_id: "s1".into(),
+            rule_ids: vec!["R6".into()],
+            penalty,
+            discovered_by: "test".into(),
+            reason: "test".into(),
+            at,
+        }
+    }
+
+    #[test]
+    fn penalty_applies_once_per_session() {
+        let first = apply_discovery(&session(), &Account::new("m1"), &discovery(Penalty::E2, 10))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(first.penalty_applied, Some(Penalty::E2));
+        assert_eq!(first.account.warnings, 1);
+        assert_eq!(first.account.frozen_until, Some(10 + FREEZE_MS));
+        let second = apply_discovery(&first.session, &first.account, &discovery(Penalty::E1, 20))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(second.penalty_applied, None);
+        assert_eq!(second.account, first.account);
+    }
+
+    #[test]
+    fn new_discovery_extends_but_never_shortens_a_freeze() {
+        let mut account = Account::new("m1");
+        account.frozen_until = Some(100 + FREEZE_MS);
+        let later = apply_discovery(&session(), &account, &discovery(Penalty::E1, 200))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(later.account.frozen_until, Some(200 + FREEZE_MS));
+        account.frozen_until = Some(10 * FREEZE_MS);
+        let earlier = apply_discovery(&session(), &account, &discovery(Penalty::E1, 200))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(earlier.account.frozen_until, Some(10 * FREEZE_MS));
+    }
+}

@@ -1,0 +1,449 @@
+//! Loading a policy directory: schema, policies, rule annotations, validation. A set that
+//! fails any check is refused whole, with `file:line:col` and the reason for every problem.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use cedar_policy::{
+    Effect, PolicyId, PolicySet, Schema, SchemaFragment, ValidationMode, Validator,
+};
+use miette::Diagnostic;
+use sha2::{Digest, Sha256};
+
+use crate::domain::Penalty;
+
+/// One thing wrong with a policy directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyProblem {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem is about the file or directory as a whole.
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub struct PolicyLoadError {
+    pub dir: PathBuf,
+    pub problems: Vec<PolicyProblem>,
+}
+
+impl fmt::Display for PolicyLoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid policy set in {} ({} problem{}):",
+            self.dir.display(),
+            self.problems.len(),
+            if self.problems.len() == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.problems {
+            write!(f, "\n  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A rule as its annotations describe it, read once at load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleInfo {
+    pub id: String,
+    pub penalty: Penalty,
+    pub message_en: String,
+    pub message_zh: String,
+    /// Position in load order, so violations are reported in the order the rules are written.
+    pub order: usize,
+}
+
+/// A validated policy set, ready to decide.
+pub struct PolicyBundle {
+    pub(crate) set: PolicySet,
+    pub(crate) schema: Schema,
+    pub(crate) rules: HashMap<PolicyId, RuleInfo>,
+    rules_by_id: BTreeMap<String, RuleInfo>,
+    version: String,
+    pub(crate) types: super::decide::EntityTypes,
+}
+
+impl PolicyBundle {
+    /// Content hash of every schema and policy file, e.g. `sha256:1f2e…` (16 hex digits).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The rule a `forbid` policy enforces, by rule id.
+    pub fn rule(&self, rule_id: &str) -> Option<&RuleInfo> {
+        self.rules_by_id.get(rule_id)
+    }
+
+    /// Every rule, by id.
+    pub fn rules(&self) -> impl Iterator<Item = &RuleInfo> {
+        self.rules_by_id.values()
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(1, |l| l.chars().count() + 1);
+    (line, column)
+}
+
+fn describe(diag: &dyn Diagnostic, fallback: &dyn fmt::Display) -> String {
+    let mut message = fallback.to_string();
+    if let Some(help) = diag.help() {
+        message.push_str(&format!(" (help: {help})"));
+    }
+    message
+}
+
+fn first_offset(diag: &dyn Diagnostic) -> Option<usize> {
+    diag.labels()
+        .and_then(|mut labels| labels.next())
+        .map(|label| label.offset())
+}
+
+struct SourceFile {
+    path: PathBuf,
+    text: String,
+}
+
+impl SourceFile {
+    fn problem_at(&self, offset: Option<usize>, message: String) -> PolicyProblem {
+        let (line, column) = offset.map_or((0, 0), |o| line_col(&self.text, o));
+        PolicyProblem {
+            file: self.path.clone(),
+            line,
+            column,
+            message,
+        }
+    }
+}
+
+fn read_sources(
+    dir: &Path,
+    problems: &mut Vec<PolicyProblem>,
+) -> (Vec<SourceFile>, Vec<SourceFile>) {
+    let mut schemas = Vec::new();
+    let mut policies = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            problems.push(PolicyProblem {
+                file: dir.to_owned(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read policy directory: {e}"),
+            });
+            return (schemas, policies);
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        let target = match path.extension().and_then(|e| e.to_str()) {
+            Some("cedarschema") => &mut schemas,
+            Some("cedar") => &mut policies,
+            _ => continue,
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => target.push(SourceFile { path, text }),
+            Err(e) => problems.push(PolicyProblem {
+                file: path,
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    (schemas, policies)
+}
+
+fn rule_id_is_valid(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn parse_penalty(value: &str) -> Option<Penalty> {
+    match value {
+        "none" => Some(Penalty::None),
+        "E1" => Some(Penalty::E1),
+        "E2" => Some(Penalty::E2),
+        _ => None,
+    }
+}
+
+/// Loads and validates every `*.cedarschema` and `*.cedar` file in `dir`.
+pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
+    let mut problems = Vec::new();
+    let (schema_files, policy_files) = read_sources(dir, &mut problems);
+    let fail = |problems: Vec<PolicyProblem>| PolicyLoadError {
+        dir: dir.to_owned(),
+        problems,
+    };
+
+    if schema_files.is_empty() {
+        problems.push(PolicyProblem {
+            file: dir.to_owned(),
+            line: 0,
+            column: 0,
+            message: "no *.cedarschema file: the policies cannot be validated".into(),
+        });
+    }
+    if policy_files.is_empty() {
+        problems.push(PolicyProblem {
+            file: dir.to_owned(),
+            line: 0,
+            column: 0,
+            message: "no *.cedar policy file".into(),
+        });
+    }
+
+    let mut fragments = Vec::new();
+    for file in &schema_files {
+        match SchemaFragment::from_cedarschema_str(&file.text) {
+            Ok((fragment, _warnings)) => fragments.push(fragment),
+            Err(e) => problems.push(file.problem_at(first_offset(&e), describe(&e, &e))),
+        }
+    }
+    let schema = if problems.is_empty() {
+        match Schema::from_schema_fragments(fragments) {
+            Ok(schema) => Some(schema),
+            Err(e) => {
+                let file = schema_files.first().map_or(dir, |f| f.path.as_path());
+                problems.push(PolicyProblem {
+                    file: file.to_owned(),
+                    line: 0,
+                    column: 0,
+                    message: describe(&e, &e),
+                });
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let mut set = PolicySet::new();
+    let mut rules = HashMap::new();
+    let mut rules_by_id = BTreeMap::new();
+    let mut origin: HashMap<PolicyId, (usize, usize)> = HashMap::new();
+    let mut permits = 0usize;
+    for (file_index, file) in policy_files.iter().enumerate() {
+        let parsed = match PolicySet::from_str(&file.text) {
+            Ok(parsed) => parsed,
+            Err(errors) => {
+                for error in errors.iter() {
+                    problems.push(file.problem_at(first_offset(error), describe(error, error)));
+                }
+                continue;
+            }
+        };
+        if parsed.templates().next().is_some() {
+            problems.push(file.problem_at(None, "policy templates are not supported".into()));
+        }
+        // `PolicySet::from_str` names policies policy0, policy1, ... in source order.
+        let mut in_order: Vec<_> = parsed.policies().collect();
+        in_order.sort_by_key(|p| {
+            p.id()
+                .to_string()
+                .trim_start_matches("policy")
+                .parse::<usize>()
+                .unwrap_or(usize::MAX)
+        });
+        let mut search_from = 0usize;
+        for policy in in_order {
+            let offset = policy.to_cedar().and_then(|text| {
+                let found = file.text.get(search_from..)?.find(&text)? + search_from;
+                search_from = found + text.len();
+                Some(found)
+            });
+            let at = |message: String| file.problem_at(offset, message);
+            let Some(rule_id) = policy.annotation("id") else {
+                problems.push(at(
+                    "policy has no @id(\"...\") annotation: every policy needs a rule id".into(),
+                ));
+                continue;
+            };
+            if !rule_id_is_valid(rule_id) {
+                problems.push(at(format!(
+                    "@id(\"{rule_id}\"): a rule id is 1-64 characters of [A-Za-z0-9_-]"
+                )));
+                continue;
+            }
+            let policy_id = PolicyId::new(rule_id);
+            if let Some((other_file, _)) = origin.get(&policy_id) {
+                let other = policy_files
+                    .get(*other_file)
+                    .map_or_else(String::new, |f| f.path.display().to_string());
+                problems.push(at(format!("duplicate rule id {rule_id} (also in {other})")));
+                continue;
+            }
+            match policy.effect() {
+                Effect::Permit => permits += 1,
+                Effect::Forbid => {
+                    let mut missing = Vec::new();
+                    let penalty = match policy.annotation("penalty") {
+                        Some(value) => match parse_penalty(value) {
+                            Some(p) => Some(p),
+                            None => {
+                                problems.push(at(format!(
+                                    "rule {rule_id}: @penalty(\"{value}\") must be one of none, E1, E2"
+                                )));
+                                None
+                            }
+                        },
+                        None => {
+                            missing.push("@penalty");
+                            None
+                        }
+                    };
+                    let message_en = policy
+                        .annotation("message_en")
+                        .filter(|m| !m.trim().is_empty());
+                    let message_zh = policy
+                        .annotation("message_zh")
+                        .filter(|m| !m.trim().is_empty());
+                    if message_en.is_none() {
+                        missing.push("@message_en");
+                    }
+                    if message_zh.is_none() {
+                        missing.push("@message_zh");
+                    }
+                    if !missing.is_empty() {
+                        problems.push(at(format!(
+                            "rule {rule_id}: missing or empty {}",
+                            missing.join(", ")
+                        )));
+                    }
+                    if let (Some(penalty), Some(en), Some(zh)) = (penalty, message_en, message_zh) {
+                        let info = RuleInfo {
+                            id: rule_id.to_owned(),
+                            penalty,
+                            message_en: en.to_owned(),
+                            message_zh: zh.to_owned(),
+                            order: rules.len(),
+                        };
+                        rules.insert(policy_id.clone(), info.clone());
+                        rules_by_id.insert(rule_id.to_owned(), info);
+                    }
+                }
+            }
+            origin.insert(policy_id.clone(), (file_index, offset.unwrap_or(0)));
+            if let Err(e) = set.add(policy.new_id(policy_id)) {
+                problems.push(at(e.to_string()));
+            }
+        }
+    }
+    if permits == 0 && !policy_files.is_empty() {
+        problems.push(PolicyProblem {
+            file: dir.to_owned(),
+            line: 0,
+            column: 0,
+            message: "no permit policy: every broadcast would be denied".into(),
+        });
+    }
+
+    let Some(schema) = schema else {
+        return Err(fail(problems));
+    };
+    if problems.is_empty() {
+        let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+        for error in result.validation_errors() {
+            let policy_id = error.policy_id();
+            match origin
+                .get(policy_id)
+                .and_then(|(i, _)| policy_files.get(*i))
+            {
+                Some(file) => {
+                    problems.push(file.problem_at(first_offset(error), error.to_string()))
+                }
+                None => problems.push(PolicyProblem {
+                    file: dir.to_owned(),
+                    line: 0,
+                    column: 0,
+                    message: error.to_string(),
+                }),
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(fail(problems));
+    }
+
+    let types = super::decide::EntityTypes::new().map_err(|message| {
+        fail(vec![PolicyProblem {
+            file: dir.to_owned(),
+            line: 0,
+            column: 0,
+            message,
+        }])
+    })?;
+    let mut hasher = Sha256::new();
+    for file in schema_files.iter().chain(&policy_files) {
+        let name = file
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        hasher.update(name.unwrap_or_default().as_bytes());
+        hasher.update([0]);
+        hasher.update(file.text.as_bytes());
+        hasher.update([0]);
+    }
+    let digest = hasher.finalize();
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Ok(PolicyBundle {
+        set,
+        schema,
+        rules,
+        rules_by_id,
+        version: format!("sha256:{hex}"),
+        types,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+
+    #[test]
+    fn shipped_policies_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let bundle = load(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let ids: Vec<_> = bundle.rules().map(|r| r.id.clone()).collect();
+        assert_eq!(
+            ids,
+            ["E3", "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9"]
+        );
+        assert_eq!(bundle.rule("R2").map(|r| r.penalty), Some(Penalty::E1));
+        assert_eq!(bundle.rule("R7").map(|r| r.penalty), Some(Penalty::E2));
+    }
+}

@@ -1,0 +1,150 @@
+//! Wiring: opens the store, loads the policies, and serves every gRPC service until told to
+//! stop, then flushes.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::api::{AdminService, DecisionService};
+use crate::clock::Clock;
+use crate::config::ServeArgs;
+use crate::error::PdpError;
+use crate::policy::{self, PolicyLoadError};
+use crate::proto::policy_admin_server::PolicyAdminServer;
+use crate::proto::policy_decision_point_server::PolicyDecisionPointServer;
+use crate::service::Pdp;
+use crate::store::Store;
+
+/// Calls in flight on one connection; past this latency only grows (see DESIGN.md).
+const CONCURRENCY_PER_CONNECTION: usize = 64;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Policies(#[from] PolicyLoadError),
+    #[error("store: {0}")]
+    Store(#[from] PdpError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Loads policies and opens the store. Refuses an invalid policy set before touching the store.
+pub fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, StartError> {
+    let policies = policy::load(&args.policies)?;
+    let store = Store::open(&args.data_dir)?;
+    tracing::info!(
+        policies = %args.policies.display(),
+        policy_version = policies.version(),
+        rules = policies.rules().count(),
+        data_dir = %args.data_dir.display(),
+        "loaded"
+    );
+    Ok(Arc::new(Pdp::new(
+        store,
+        Arc::new(policies),
+        clock,
+        Duration::from_secs(args.recheck_secs),
+    )))
+}
+
+/// Serves on `listener` until `shutdown` resolves, then waits for calls in flight and flushes
+/// the store.
+pub async fn serve(
+    listener: TcpListener,
+    pdp: Arc<Pdp>,
+    args: &ServeArgs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let max_message = usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX);
+    let decision = PolicyDecisionPointServer::new(DecisionService::new(pdp.clone()))
+        .max_decoding_message_size(max_message);
+    let admin = PolicyAdminServer::new(AdminService::new(pdp.clone()))
+        .max_decoding_message_size(max_message);
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<PolicyDecisionPointServer<DecisionService>>()
+        .await;
+    health_reporter
+        .set_serving::<PolicyAdminServer<AdminService>>()
+        .await;
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    Server::builder()
+        .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
+        .timeout(REQUEST_TIMEOUT)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(decision)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    pdp.store().flush_blocking()?;
+    tracing::info!("stopped; store flushed");
+    Ok(())
+}
+
+/// Binds the configured address and serves until SIGINT or SIGTERM.
+pub async fn run(args: ServeArgs, clock: Arc<dyn Clock>) -> Result<(), StartError> {
+    let pdp = open(&args, clock)?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: args.listen,
+        source,
+    })?;
+    tracing::info!(%addr, "anchor-pdp listening (gRPC)");
+    serve(listener, pdp, &args, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT: shutting down"),
+        () = terminate => tracing::info!("SIGTERM: shutting down"),
+    }
+}

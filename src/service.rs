@@ -1,0 +1,531 @@
+//! The PDP's operations, between transport and store: read the facts, decide, enforce, and
+//! make every acknowledged change durable. Knows neither tonic nor sled.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::domain::{
+    Account, Discovery, DriveMode, Enforced, Kind, LivestreamType, Millis, Penalty, RecordBody,
+    Registration, ReviewCommand, Session, SessionState, WriteOutcome,
+};
+use crate::error::PdpError;
+use crate::policy::{Decision, Observation, Phase, PolicyBundle, Violation};
+use crate::store::Store;
+
+/// The pseudo rule id of a LIVE re-check on a session that is not live.
+pub const SESSION_RULE_ID: &str = "SESSION";
+
+/// What the PDP did about a decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enforcement {
+    None,
+    RefuseStart,
+    ShutDown,
+}
+
+/// An Authorize request after transport validation.
+#[derive(Clone, Debug)]
+pub struct AuthorizeCommand {
+    pub phase: Phase,
+    pub merchant_id: Option<String>,
+    pub room_id: Option<String>,
+    pub anchor_id: Option<String>,
+    pub driver_id: Option<String>,
+    pub livestream_type: Option<LivestreamType>,
+    pub drive_mode: Option<DriveMode>,
+    pub ai_features: Vec<String>,
+    pub session_id: Option<String>,
+    pub gateway_id: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthorizeOutcome {
+    pub decision: Decision,
+    pub enforcement: Enforcement,
+    pub penalty_applied: Option<Penalty>,
+    pub warning_issued: bool,
+    pub frozen_until: Option<Millis>,
+    pub session_id: Option<String>,
+    pub recheck_after: Option<Duration>,
+    pub decision_id: String,
+    pub decided_at: Millis,
+}
+
+/// The result of an inspector's violation report.
+#[derive(Clone, Debug)]
+pub struct ReportOutcome {
+    pub enforced: Enforced,
+    pub violation: Violation,
+    pub now: Millis,
+}
+
+pub struct Pdp {
+    store: Store,
+    policies: Arc<PolicyBundle>,
+    clock: Arc<dyn Clock>,
+    recheck_after: Duration,
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn session_violation(en: String, zh: String) -> Violation {
+    Violation {
+        rule_id: SESSION_RULE_ID.into(),
+        message_en: en,
+        message_zh: zh,
+        penalty: Penalty::None,
+    }
+}
+
+impl Pdp {
+    pub fn new(
+        store: Store,
+        policies: Arc<PolicyBundle>,
+        clock: Arc<dyn Clock>,
+        recheck_after: Duration,
+    ) -> Self {
+        Pdp {
+            store,
+            policies,
+            clock,
+            recheck_after,
+        }
+    }
+
+    pub fn now(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
+    pub fn policies(&self) -> &PolicyBundle {
+        &self.policies
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Decides a START or LIVE request. Errors are only for malformed requests; every failure
+    /// on the way to a decision is a deny that says why (fail closed).
+    pub async fn authorize(&self, cmd: AuthorizeCommand) -> Result<AuthorizeOutcome, PdpError> {
+        let now = self.now();
+        match cmd.phase {
+            Phase::Start => Ok(self.authorize_start(cmd, now).await),
+            Phase::Live => self.authorize_live(cmd, now).await,
+        }
+    }
+
+    fn outcome(
+        &self,
+        decision: Decision,
+        enforcement: Enforcement,
+        now: Millis,
+    ) -> AuthorizeOutcome {
+        AuthorizeOutcome {
+            decision,
+            enforcement,
+            penalty_applied: None,
+            warning_issued: false,
+            frozen_until: None,
+            session_id: None,
+            recheck_after: None,
+            decision_id: new_id(),
+            decided_at: now,
+        }
+    }
+
+    fn deny(&self, violation: Violation) -> Decision {
+        Decision {
+            allowed: false,
+            violations: vec![violation],
+            policy_version: self.policies.version().to_owned(),
+        }
+    }
+
+    async fn authorize_start(&self, cmd: AuthorizeCommand, now: Millis) -> AuthorizeOutcome {
+        let (
+            Some(merchant_id),
+            Some(room_id),
+            Some(anchor_id),
+            Some(driver_id),
+            Some(livestream_type),
+            Some(drive_mode),
+        ) = (
+            cmd.merchant_id,
+            cmd.room_id,
+            cmd.anchor_id,
+            cmd.driver_id,
+            cmd.livestream_type,
+            cmd.drive_mode,
+        )
+        else {
+            // The transport checks these; a caller of the library that skips it still fails
+            // closed.
+            return self.outcome(
+                self.deny(Violation::pdp_failure(
+                    "a START request names every id and observation",
+                )),
+                Enforcement::RefuseStart,
+                now,
+            );
+        };
+        let facts = match self.store.facts(
+            &merchant_id,
+            &room_id,
+            &anchor_id,
+            &driver_id,
+            &cmd.ai_features,
+        ) {
+            Ok(facts) => facts,
+            Err(e) => {
+                return self.outcome(
+                    self.deny(Violation::pdp_failure(&e.to_string())),
+                    Enforcement::RefuseStart,
+                    now,
+                );
+            }
+        };
+        let observation = Observation {
+            phase: Phase::Start,
+            livestream_type,
+            drive_mode,
+            ai_features: &cmd.ai_features,
+        };
+        let decision = self.policies.decide(&facts, &observation, now);
+        let frozen_until = facts.account.as_ref().and_then(|a| a.frozen_at(now));
+        if !decision.allowed {
+            let mut outcome = self.outcome(decision, Enforcement::RefuseStart, now);
+            outcome.frozen_until = frozen_until;
+            return outcome;
+        }
+        let session = Session {
+            id: new_id(),
+            state: SessionState::Active,
+            merchant_id,
+            room_id,
+            anchor_id,
+            driver_id,
+            livestream_type,
+            drive_mode,
+            ai_features: cmd.ai_features.iter().cloned().collect(),
+            gateway_id: cmd.gateway_id,
+            started_at: now,
+            closed_at: None,
+            close_reason: String::new(),
+            penalty_applied: None,
+        };
+        if let Err(e) = self.store.open_session(&session).await {
+            return self.outcome(
+                self.deny(Violation::pdp_failure(&format!(
+                    "the session could not be recorded: {e}"
+                ))),
+                Enforcement::RefuseStart,
+                now,
+            );
+        }
+        let mut outcome = self.outcome(decision, Enforcement::None, now);
+        outcome.session_id = Some(session.id);
+        outcome.recheck_after = Some(self.recheck_after);
+        outcome
+    }
+
+    async fn authorize_live(
+        &self,
+        cmd: AuthorizeCommand,
+        now: Millis,
+    ) -> Result<AuthorizeOutcome, PdpError> {
+        let Some(session_id) = cmd.session_id.clone() else {
+            return Err(PdpError::invalid("session_id", "required at LIVE"));
+        };
+        let shut_down = |decision: Decision| {
+            let mut outcome = self.outcome(decision, Enforcement::ShutDown, now);
+            outcome.session_id = Some(session_id.clone());
+            outcome
+        };
+        let session = match self.store.get_session(&session_id) {
+            Ok(Some(session)) => session,
+            Ok(None) => {
+                return Ok(shut_down(self.deny(session_violation(
+                    format!(
+                        "Session {session_id} is unknown: a broadcast must be admitted at START."
+                    ),
+                    format!("直播会话 {session_id} 不存在:直播须先通过开播(START)校验。"),
+                ))));
+            }
+            Err(e) => return Ok(shut_down(self.deny(Violation::pdp_failure(&e.to_string())))),
+        };
+        for (field, given, stored) in [
+            ("merchant_id", &cmd.merchant_id, &session.merchant_id),
+            ("room_id", &cmd.room_id, &session.room_id),
+            ("anchor_id", &cmd.anchor_id, &session.anchor_id),
+            ("driver_id", &cmd.driver_id, &session.driver_id),
+        ] {
+            if let Some(given) = given
+                && given != stored
+            {
+                return Err(PdpError::invalid(
+                    field,
+                    format!("{given} does not match session {session_id} ({stored})"),
+                ));
+            }
+        }
+        if session.state != SessionState::Active {
+            let state = match session.state {
+                SessionState::ShutDown => "was shut down",
+                _ => "has ended",
+            };
+            let mut outcome = shut_down(self.deny(session_violation(
+                format!(
+                    "Session {session_id} {state} ({}); it cannot go on.",
+                    session.close_reason
+                ),
+                format!(
+                    "直播会话 {session_id} 已{}({}),不能继续。",
+                    if session.state == SessionState::ShutDown {
+                        "被关停"
+                    } else {
+                        "结束"
+                    },
+                    session.close_reason
+                ),
+            )));
+            outcome.frozen_until = self
+                .store
+                .get_account(&session.merchant_id)
+                .ok()
+                .flatten()
+                .and_then(|(_, account)| account.frozen_at(now));
+            return Ok(outcome);
+        }
+
+        let livestream_type = cmd.livestream_type.unwrap_or(session.livestream_type);
+        let drive_mode = cmd.drive_mode.unwrap_or(session.drive_mode);
+        let mut features: BTreeSet<String> = session.ai_features.clone();
+        features.extend(cmd.ai_features.iter().cloned());
+        let feature_list: Vec<String> = features.iter().cloned().collect();
+        let facts = match self.store.facts(
+            &session.merchant_id,
+            &session.room_id,
+            &session.anchor_id,
+            &session.driver_id,
+            &feature_list,
+        ) {
+            Ok(facts) => facts,
+            Err(e) => return Ok(shut_down(self.deny(Violation::pdp_failure(&e.to_string())))),
+        };
+        let observation = Observation {
+            phase: Phase::Live,
+            livestream_type,
+            drive_mode,
+            ai_features: &feature_list,
+        };
+        let decision = self.policies.decide(&facts, &observation, now);
+
+        if decision.allowed {
+            if features != session.ai_features || drive_mode != session.drive_mode {
+                let recorded = self
+                    .store
+                    .update_session(&session_id, |s| {
+                        let mut next = s.clone();
+                        next.ai_features.extend(features.iter().cloned());
+                        next.drive_mode = drive_mode;
+                        Ok(next)
+                    })
+                    .await;
+                if let Err(e) = recorded {
+                    return Ok(shut_down(self.deny(Violation::pdp_failure(&format!(
+                        "the session's observations could not be recorded: {e}"
+                    )))));
+                }
+            }
+            let mut outcome = self.outcome(decision, Enforcement::None, now);
+            outcome.session_id = Some(session_id);
+            outcome.recheck_after = Some(self.recheck_after);
+            return Ok(outcome);
+        }
+
+        let discovery = Discovery {
+            session_id: session_id.clone(),
+            rule_ids: decision.rule_ids(),
+            penalty: decision.penalty(),
+            discovered_by: if cmd.gateway_id.is_empty() {
+                "pdp:live-check".to_owned()
+            } else {
+                format!("pdp:live-check via {}", cmd.gateway_id)
+            },
+            reason: format!("live re-check broke {}", decision.rule_ids().join(", ")),
+            at: now,
+        };
+        match self.store.enforce(&discovery).await {
+            Ok(enforced) => {
+                let mut outcome = shut_down(decision);
+                outcome.penalty_applied = enforced.penalty_applied;
+                outcome.warning_issued = enforced.warning_issued;
+                outcome.frozen_until = enforced.account.frozen_at(now);
+                Ok(outcome)
+            }
+            Err(e) => {
+                let mut decision = decision;
+                decision.violations.push(Violation::pdp_failure(&format!(
+                    "the shutdown and its penalty could not be recorded: {e}"
+                )));
+                Ok(shut_down(decision))
+            }
+        }
+    }
+
+    /// Ends a session (the publisher stopped). Ending an ended session changes nothing.
+    pub async fn end_session(&self, session_id: &str, reason: &str) -> Result<Session, PdpError> {
+        let now = self.now();
+        self.store
+            .update_session(session_id, |s| {
+                let mut next = s.clone();
+                if s.state != SessionState::Ended {
+                    next.state = SessionState::Ended;
+                    if s.closed_at.is_none() {
+                        next.closed_at = Some(now);
+                        next.close_reason = format!("ended: {reason}");
+                    }
+                }
+                Ok(next)
+            })
+            .await
+    }
+
+    pub fn get_session(&self, session_id: &str) -> Result<Session, PdpError> {
+        self.store
+            .get_session(session_id)?
+            .ok_or_else(|| PdpError::NotFound(format!("session {session_id} is unknown")))
+    }
+
+    pub async fn register(
+        &self,
+        id: &str,
+        body: RecordBody,
+        expected_revision: Option<u64>,
+    ) -> Result<WriteOutcome, PdpError> {
+        self.store
+            .register(id, body, expected_revision, self.now())
+            .await
+    }
+
+    pub async fn review(&self, cmd: &ReviewCommand) -> Result<Registration, PdpError> {
+        self.store.review(cmd, self.now()).await
+    }
+
+    pub async fn set_provider_listing(
+        &self,
+        id: &str,
+        listed: bool,
+        operator: &str,
+        expected_revision: Option<u64>,
+    ) -> Result<WriteOutcome, PdpError> {
+        self.store
+            .set_provider_listing(id, listed, operator, expected_revision, self.now())
+            .await
+    }
+
+    pub async fn set_ai_feature_filing(
+        &self,
+        id: &str,
+        security_assessment_passed: bool,
+        filing_number: &str,
+        operator: &str,
+        expected_revision: Option<u64>,
+    ) -> Result<WriteOutcome, PdpError> {
+        self.store
+            .set_ai_feature_filing(
+                id,
+                security_assessment_passed,
+                filing_number,
+                operator,
+                expected_revision,
+                self.now(),
+            )
+            .await
+    }
+
+    /// An inspector found `rule_id` broken in a live session: shut it down and apply the rule's
+    /// penalty, unless the session was penalized before.
+    pub async fn report_violation(
+        &self,
+        session_id: &str,
+        rule_id: &str,
+        inspector: &str,
+        note: &str,
+    ) -> Result<ReportOutcome, PdpError> {
+        let rule = self.policies.rule(rule_id).ok_or_else(|| {
+            PdpError::invalid(
+                "rule_id",
+                format!(
+                    "{rule_id} is not a rule of policy set {}",
+                    self.policies.version()
+                ),
+            )
+        })?;
+        let violation = Violation {
+            rule_id: rule.id.clone(),
+            message_en: rule.message_en.clone(),
+            message_zh: rule.message_zh.clone(),
+            penalty: rule.penalty,
+        };
+        let now = self.now();
+        let reason = if note.is_empty() {
+            format!("violation of {rule_id} reported by {inspector}")
+        } else {
+            format!("violation of {rule_id} reported by {inspector}: {note}")
+        };
+        let enforced = self
+            .store
+            .enforce(&Discovery {
+                session_id: session_id.to_owned(),
+                rule_ids: vec![rule.id.clone()],
+                penalty: rule.penalty,
+                discovered_by: inspector.to_owned(),
+                reason,
+                at: now,
+            })
+            .await?;
+        Ok(ReportOutcome {
+            enforced,
+            violation,
+            now,
+        })
+    }
+
+    pub async fn lift_freeze(
+        &self,
+        merchant_id: &str,
+        operator: &str,
+        reason: &str,
+    ) -> Result<(Account, bool), PdpError> {
+        self.store
+            .lift_freeze(merchant_id, operator, reason, self.now())
+            .await
+    }
+
+    pub fn get_registration(&self, kind: Kind, id: &str) -> Result<Registration, PdpError> {
+        self.store
+            .get_registration(kind, id)?
+            .ok_or_else(|| PdpError::NotFound(format!("{} {id} is not registered", kind.name())))
+    }
+
+    pub fn list_registrations(
+        &self,
+        kind: Kind,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Registration>, PdpError> {
+        self.store.list_registrations(kind, after, limit)
+    }
+
+    /// The merchant's registration and account.
+    pub fn get_account(&self, merchant_id: &str) -> Result<(Registration, Account), PdpError> {
+        self.store
+            .get_account(merchant_id)?
+            .ok_or_else(|| PdpError::NotFound(format!("merchant {merchant_id} is not registered")))
+    }
+}

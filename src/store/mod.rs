@@ -1,0 +1,463 @@
+//! The only module that knows sled. It exposes domain operations; each one is a single sled
+//! transaction (so nothing is ever half-written) followed by a group-committed flush (so
+//! nothing acknowledged is lost).
+//!
+//! Layout (format 1): one tree, `pdp.v1`, keyed by `<prefix>/<id>`:
+//! `reg/<kind>/<id>` registrations, `acct/<merchant>` accounts, `sess/<id>` sessions. Values
+//! are one format byte followed by JSON. The `meta` tree records the format so that a later
+//! build can migrate instead of misreading.
+
+mod group_commit;
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+};
+
+use crate::domain::{
+    self, Account, Discovery, Enforced, Facts, Kind, Millis, RecordBody, Registration,
+    ReviewCommand, Session, WriteOutcome,
+};
+use crate::error::PdpError;
+use group_commit::GroupCommit;
+
+/// The on-disk format this build writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+const DATA_TREE: &str = "pdp.v1";
+const META_TREE: &str = "meta";
+const FORMAT_KEY: &str = "format_version";
+
+pub struct Store {
+    db: sled::Db,
+    data: sled::Tree,
+    commit: GroupCommit,
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<PdpError>>;
+
+fn registration_key(kind: Kind, id: &str) -> String {
+    format!("reg/{}/{id}", kind.name())
+}
+
+fn account_key(merchant_id: &str) -> String {
+    format!("acct/{merchant_id}")
+}
+
+fn session_key(session_id: &str) -> String {
+    format!("sess/{session_id}")
+}
+
+fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, PdpError> {
+    let mut bytes = vec![FORMAT_VERSION];
+    serde_json::to_writer(&mut bytes, value).map_err(|e| PdpError::Corrupt {
+        key: key.to_owned(),
+        reason: format!("cannot encode: {e}"),
+    })?;
+    Ok(bytes)
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, PdpError> {
+    match bytes.split_first() {
+        Some((&FORMAT_VERSION, json)) => {
+            serde_json::from_slice(json).map_err(|e| PdpError::Corrupt {
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })
+        }
+        Some((other, _)) => Err(PdpError::Corrupt {
+            key: key.to_owned(),
+            reason: format!("unknown record format {other}"),
+        }),
+        None => Err(PdpError::Corrupt {
+            key: key.to_owned(),
+            reason: "empty record".into(),
+        }),
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> PdpError {
+    PdpError::Storage(e.to_string())
+}
+
+fn from_tx(e: TransactionError<PdpError>) -> PdpError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => storage(e),
+    }
+}
+
+fn abort(e: PdpError) -> ConflictableTransactionError<PdpError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+fn tx_unabortable(e: UnabortableTransactionError) -> ConflictableTransactionError<PdpError> {
+    e.into()
+}
+
+fn tx_get<T: DeserializeOwned>(tx: &TransactionalTree, key: &str) -> TxResult<Option<T>> {
+    match tx.get(key.as_bytes()).map_err(tx_unabortable)? {
+        Some(bytes) => decode(key, &bytes).map(Some).map_err(abort),
+        None => Ok(None),
+    }
+}
+
+fn tx_put<T: Serialize>(tx: &TransactionalTree, key: &str, value: &T) -> TxResult<()> {
+    let bytes = encode(key, value).map_err(abort)?;
+    tx.insert(key.as_bytes(), bytes).map_err(tx_unabortable)?;
+    Ok(())
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. Refuses a directory written in a format this
+    /// build does not know.
+    pub fn open(dir: &Path) -> Result<Store, PdpError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|e| PdpError::Storage(format!("cannot open {}: {e}", dir.display())))?;
+        let meta = db.open_tree(META_TREE).map_err(storage)?;
+        match meta.get(FORMAT_KEY).map_err(storage)? {
+            Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
+            Some(v) => {
+                return Err(PdpError::Storage(format!(
+                    "{} holds store format {:?}; this build reads format {FORMAT_VERSION}",
+                    dir.display(),
+                    v.as_ref()
+                )));
+            }
+            None => {
+                meta.insert(FORMAT_KEY, &[FORMAT_VERSION])
+                    .map_err(storage)?;
+                db.flush().map_err(storage)?;
+            }
+        }
+        let data = db.open_tree(DATA_TREE).map_err(storage)?;
+        let commit = GroupCommit::new(db.clone());
+        Ok(Store { db, data, commit })
+    }
+
+    /// Blocks until everything written so far is on disk. For shutdown.
+    pub fn flush_blocking(&self) -> Result<(), PdpError> {
+        self.db.flush().map(|_| ()).map_err(storage)
+    }
+
+    async fn transact<T>(
+        &self,
+        f: impl Fn(&TransactionalTree) -> TxResult<T>,
+    ) -> Result<T, PdpError> {
+        let value = self.data.transaction(f).map_err(from_tx)?;
+        self.commit.durable().await?;
+        Ok(value)
+    }
+
+    fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, PdpError> {
+        match self.data.get(key.as_bytes()).map_err(storage)? {
+            Some(bytes) => decode(key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Files or updates a record; the records it refers to (owner merchant, provider) must
+    /// exist.
+    pub async fn register(
+        &self,
+        id: &str,
+        body: RecordBody,
+        expected_revision: Option<u64>,
+        now: Millis,
+    ) -> Result<WriteOutcome, PdpError> {
+        let key = registration_key(body.kind(), id);
+        self.transact(|tx| {
+            for (kind, ref_id, field) in body.references() {
+                if tx_get::<Registration>(tx, &registration_key(kind, ref_id))?.is_none() {
+                    return Err(abort(PdpError::FailedPrecondition(format!(
+                        "{field}: {} {ref_id} is not registered",
+                        kind.name()
+                    ))));
+                }
+            }
+            let current: Option<Registration> = tx_get(tx, &key)?;
+            let outcome =
+                domain::apply_register(current.as_ref(), id, body.clone(), expected_revision, now)
+                    .map_err(abort)?;
+            if outcome.changed {
+                tx_put(tx, &key, &outcome.registration)?;
+            }
+            Ok(outcome)
+        })
+        .await
+    }
+
+    pub async fn review(&self, cmd: &ReviewCommand, now: Millis) -> Result<Registration, PdpError> {
+        let key = registration_key(cmd.kind, &cmd.id);
+        self.transact(|tx| {
+            let current: Option<Registration> = tx_get(tx, &key)?;
+            let next = domain::apply_review(current.as_ref(), cmd, now).map_err(abort)?;
+            tx_put(tx, &key, &next)?;
+            Ok(next)
+        })
+        .await
+    }
+
+    pub async fn set_provider_listing(
+        &self,
+        id: &str,
+        listed: bool,
+        operator: &str,
+        expected_revision: Option<u64>,
+        now: Millis,
+    ) -> Result<WriteOutcome, PdpError> {
+        let key = registration_key(Kind::Provider, id);
+        self.transact(|tx| {
+            let current: Option<Registration> = tx_get(tx, &key)?;
+            let outcome = domain::apply_provider_listing(
+                current.as_ref(),
+                id,
+                listed,
+                operator,
+                expected_revision,
+                now,
+            )
+            .map_err(abort)?;
+            if outcome.changed {
+                tx_put(tx, &key, &outcome.registration)?;
+            }
+            Ok(outcome)
+        })
+        .await
+    }
+
+    pub async fn set_ai_feature_filing(
+        &self,
+        id: &str,
+        security_assessment_passed: bool,
+        filing_number: &str,
+        operator: &str,
+        expected_revision: Option<u64>,
+        now: Millis,
+    ) -> Result<WriteOutcome, PdpError> {
+        let key = registration_key(Kind::AiFeature, id);
+        self.transact(|tx| {
+            let current: Option<Registration> = tx_get(tx, &key)?;
+            let outcome = domain::apply_ai_feature_filing(
+                current.as_ref(),
+                id,
+                security_assessment_passed,
+                filing_number,
+                operator,
+                expected_revision,
+                now,
+            )
+            .map_err(abort)?;
+            if outcome.changed {
+                tx_put(tx, &key, &outcome.registration)?;
+            }
+            Ok(outcome)
+        })
+        .await
+    }
+
+    pub fn get_registration(&self, kind: Kind, id: &str) -> Result<Option<Registration>, PdpError> {
+        self.read(&registration_key(kind, id))
+    }
+
+    /// Up to `limit` records of `kind` with ids after `after`, in id order.
+    pub fn list_registrations(
+        &self,
+        kind: Kind,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Registration>, PdpError> {
+        let prefix = format!("reg/{}/", kind.name());
+        let start = match after {
+            // The byte after '/'-free ids' last char sorts every longer id sharing the prefix
+            // after `after` itself, so a zero byte resumes right past it.
+            Some(after) => format!("{prefix}{after}\0"),
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for item in self.data.range(start.as_bytes()..) {
+            let (key, value) = item.map_err(storage)?;
+            if !key.starts_with(prefix.as_bytes()) || out.len() >= limit {
+                break;
+            }
+            let key = String::from_utf8_lossy(&key).into_owned();
+            out.push(decode(&key, &value)?);
+        }
+        Ok(out)
+    }
+
+    /// The merchant's account; a registered merchant with no penalty yet has a clean one.
+    pub fn get_account(
+        &self,
+        merchant_id: &str,
+    ) -> Result<Option<(Registration, Account)>, PdpError> {
+        let Some(merchant) = self.get_registration(Kind::Merchant, merchant_id)? else {
+            return Ok(None);
+        };
+        let account = self
+            .read(&account_key(merchant_id))?
+            .unwrap_or_else(|| Account::new(merchant_id));
+        Ok(Some((merchant, account)))
+    }
+
+    /// Clears the freeze. Returns the account and whether it was frozen at `now`.
+    pub async fn lift_freeze(
+        &self,
+        merchant_id: &str,
+        operator: &str,
+        reason: &str,
+        now: Millis,
+    ) -> Result<(Account, bool), PdpError> {
+        let merchant_key = registration_key(Kind::Merchant, merchant_id);
+        let key = account_key(merchant_id);
+        self.transact(|tx| {
+            if tx_get::<Registration>(tx, &merchant_key)?.is_none() {
+                return Err(abort(PdpError::NotFound(format!(
+                    "merchant {merchant_id} is not registered"
+                ))));
+            }
+            let mut account: Account =
+                tx_get(tx, &key)?.unwrap_or_else(|| Account::new(merchant_id));
+            let was_frozen = account.frozen_at(now).is_some();
+            if was_frozen {
+                account.frozen_until = None;
+                account.freeze_lifted = Some(domain::FreezeLift {
+                    operator: operator.to_owned(),
+                    reason: reason.to_owned(),
+                    lifted_at: now,
+                });
+                tx_put(tx, &key, &account)?;
+            }
+            Ok((account, was_frozen))
+        })
+        .await
+    }
+
+    /// Everything a decision about these ids needs, read as one consistent snapshot.
+    pub fn facts(
+        &self,
+        merchant_id: &str,
+        room_id: &str,
+        anchor_id: &str,
+        driver_id: &str,
+        ai_features: &[String],
+    ) -> Result<Facts, PdpError> {
+        let (merchant, account, room, anchor, provider, driver, features) = self
+            .data
+            .transaction(|tx| {
+                let merchant: Option<Registration> =
+                    tx_get(tx, &registration_key(Kind::Merchant, merchant_id))?;
+                let account: Option<Account> = tx_get(tx, &account_key(merchant_id))?;
+                let room: Option<Registration> =
+                    tx_get(tx, &registration_key(Kind::Room, room_id))?;
+                let anchor: Option<Registration> =
+                    tx_get(tx, &registration_key(Kind::Anchor, anchor_id))?;
+                let provider: Option<Registration> = match anchor.as_ref().map(|a| &a.body) {
+                    Some(RecordBody::Anchor { provider_id, .. }) => {
+                        tx_get(tx, &registration_key(Kind::Provider, provider_id))?
+                    }
+                    _ => None,
+                };
+                let driver: Option<Registration> =
+                    tx_get(tx, &registration_key(Kind::Driver, driver_id))?;
+                let mut features = Vec::with_capacity(ai_features.len());
+                for feature in ai_features {
+                    let record: Option<Registration> =
+                        tx_get(tx, &registration_key(Kind::AiFeature, feature))?;
+                    features.push((feature.clone(), record));
+                }
+                Ok((merchant, account, room, anchor, provider, driver, features))
+            })
+            .map_err(from_tx)?;
+        Ok(Facts {
+            merchant_id: merchant_id.to_owned(),
+            room_id: room_id.to_owned(),
+            anchor_id: anchor_id.to_owned(),
+            driver_id: driver_id.to_owned(),
+            merchant,
+            account,
+            room,
+            anchor,
+            provider,
+            driver,
+            ai_features: features,
+        })
+    }
+
+    pub async fn open_session(&self, session: &Session) -> Result<(), PdpError> {
+        let key = session_key(&session.id);
+        self.transact(|tx| {
+            if tx.get(key.as_bytes()).map_err(tx_unabortable)?.is_some() {
+                return Err(abort(PdpError::Storage(format!(
+                    "session id {} collides with a stored session",
+                    session.id
+                ))));
+            }
+            tx_put(tx, &key, session)
+        })
+        .await
+    }
+
+    pub fn get_session(&self, session_id: &str) -> Result<Option<Session>, PdpError> {
+        self.read(&session_key(session_id))
+    }
+
+    /// Applies `update` to the stored session atomically; writes only if it changed.
+    pub async fn update_session(
+        &self,
+        session_id: &str,
+        update: impl Fn(&Session) -> Result<Session, PdpError>,
+    ) -> Result<Session, PdpError> {
+        let key = session_key(session_id);
+        let (session, changed) = self
+            .data
+            .transaction(|tx| {
+                let current: Session = tx_get(tx, &key)?.ok_or_else(|| {
+                    abort(PdpError::NotFound(format!(
+                        "session {session_id} is unknown"
+                    )))
+                })?;
+                let next = update(&current).map_err(abort)?;
+                let changed = next != current;
+                if changed {
+                    tx_put(tx, &key, &next)?;
+                }
+                Ok((next, changed))
+            })
+            .map_err(from_tx)?;
+        if changed {
+            self.commit.durable().await?;
+        }
+        Ok(session)
+    }
+
+    /// Shuts a session down and applies a live discovery's penalty: session and account change
+    /// together or not at all.
+    pub async fn enforce(&self, discovery: &Discovery) -> Result<Enforced, PdpError> {
+        let skey = session_key(&discovery.session_id);
+        self.transact(|tx| {
+            let session: Session = tx_get(tx, &skey)?.ok_or_else(|| {
+                abort(PdpError::NotFound(format!(
+                    "session {} is unknown",
+                    discovery.session_id
+                )))
+            })?;
+            let akey = account_key(&session.merchant_id);
+            let account: Account =
+                tx_get(tx, &akey)?.unwrap_or_else(|| Account::new(&session.merchant_id));
+            let enforced = domain::apply_discovery(&session, &account, discovery).map_err(abort)?;
+            if enforced.session != session {
+                tx_put(tx, &skey, &enforced.session)?;
+            }
+            if enforced.account != account {
+                tx_put(tx, &akey, &enforced.account)?;
+            }
+            Ok(enforced)
+        })
+        .await
+    }
+}
