@@ -1,0 +1,383 @@
+//! A real anchor-pdp server on an ephemeral loopback port with a temp data dir and a manual
+//! clock, and the generated clients connected to it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anchor_pdp::clock::ManualClock;
+use anchor_pdp::config::ServeArgs;
+use anchor_pdp::proto::{self, register_request::Record};
+use anchor_pdp::{PolicyAdminClient, PolicyDecisionPointClient, server};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// 2026-01-01T00:00:00Z.
+pub const T0: i64 = 1_767_225_600_000;
+pub const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+pub const FREEZE_MS: i64 = 7 * DAY_MS;
+
+pub fn repo_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub clock: ManualClock,
+    pub pdp: PolicyDecisionPointClient<Channel>,
+    pub admin: PolicyAdminClient<Channel>,
+    pub data_dir: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), server::StartError>>>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let data_dir = temp.path().join("data");
+        let mut server = Self::start_on(&data_dir, ManualClock::new(T0)).await;
+        server._temp = Some(temp);
+        server
+    }
+
+    /// Starts on an existing data dir (the caller owns the dir).
+    pub async fn start_on(data_dir: &Path, clock: ManualClock) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let args = ServeArgs {
+            listen: addr,
+            data_dir: data_dir.to_owned(),
+            policies: repo_policies(),
+            recheck_secs: 30,
+            max_message_bytes: 64 * 1024,
+        };
+        let pdp = server::open(&args, Arc::new(clock.clone())).expect("open server");
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            server::serve(listener, pdp, &args, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        let endpoint = format!("http://{addr}");
+        let pdp = PolicyDecisionPointClient::connect(endpoint.clone())
+            .await
+            .expect("connect pdp");
+        let admin = PolicyAdminClient::connect(endpoint)
+            .await
+            .expect("connect admin");
+        TestServer {
+            addr,
+            clock,
+            pdp,
+            admin,
+            data_dir: data_dir.to_owned(),
+            shutdown: Some(tx),
+            handle: Some(handle),
+            _temp: None,
+        }
+    }
+
+    /// Graceful stop: waits for the server to flush and release the store.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        self.shutdown_and_wait().await;
+        self._temp.take()
+    }
+
+    async fn shutdown_and_wait(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("server task").expect("server result");
+        }
+    }
+
+    pub async fn register(&mut self, record: Record) -> proto::Registration {
+        self.pdp
+            .register(proto::RegisterRequest {
+                record: Some(record),
+                expected_revision: None,
+            })
+            .await
+            .expect("register")
+            .into_inner()
+            .registration
+            .expect("registration")
+    }
+
+    pub async fn review(
+        &mut self,
+        kind: proto::RegistrationKind,
+        id: &str,
+        verdict: proto::Verdict,
+    ) {
+        self.admin
+            .review_filing(proto::ReviewFilingRequest {
+                kind: kind as i32,
+                id: id.into(),
+                verdict: verdict as i32,
+                reviewer: "reviewer-1".into(),
+                note: String::new(),
+                expected_revision: None,
+                approval_expires_at: None,
+            })
+            .await
+            .expect("review");
+    }
+
+    pub async fn approve(&mut self, kind: proto::RegistrationKind, id: &str) {
+        self.review(kind, id, proto::Verdict::Approve).await;
+    }
+
+    pub async fn merchant(&mut self, id: &str, tier: proto::MerchantTier) {
+        self.register(Record::Merchant(proto::Merchant {
+            id: id.into(),
+            tier: tier as i32,
+            display_name: format!("Merchant {id}"),
+        }))
+        .await;
+    }
+
+    pub async fn provider(&mut self, id: &str, listed: bool) {
+        self.register(Record::Provider(proto::ServiceProvider {
+            id: id.into(),
+            display_name: format!("Provider {id}"),
+        }))
+        .await;
+        self.admin
+            .set_provider_listing(proto::SetProviderListingRequest {
+                provider_id: id.into(),
+                listed,
+                operator: "ops".into(),
+                expected_revision: None,
+            })
+            .await
+            .expect("listing");
+    }
+
+    pub async fn anchor(
+        &mut self,
+        id: &str,
+        owner: &str,
+        provider: &str,
+        style: proto::ImageStyle,
+    ) {
+        self.register(Record::Anchor(anchor_record(id, owner, provider, style)))
+            .await;
+    }
+
+    pub async fn driver(&mut self, id: &str, owner: &str) {
+        self.register(Record::Driver(proto::Driver {
+            id: id.into(),
+            owner_merchant_id: owner.into(),
+            identity_reference: format!("kyc://{id}"),
+            display_name: String::new(),
+        }))
+        .await;
+    }
+
+    pub async fn room(&mut self, id: &str, owner: &str) {
+        self.register(Record::Room(proto::LivestreamRoom {
+            id: id.into(),
+            owner_merchant_id: owner.into(),
+            display_name: String::new(),
+        }))
+        .await;
+    }
+
+    pub async fn ai_feature(&mut self, id: &str, assessed: bool, filing_number: &str) {
+        self.register(Record::AiFeature(proto::AiFeature {
+            id: id.into(),
+            display_name: String::new(),
+        }))
+        .await;
+        self.admin
+            .set_ai_feature_filing(proto::SetAiFeatureFilingRequest {
+                feature_id: id.into(),
+                security_assessment_passed: assessed,
+                filing_number: filing_number.into(),
+                operator: "ops".into(),
+                expected_revision: None,
+            })
+            .await
+            .expect("ai feature filing");
+    }
+
+    /// Merchant m1 (CGS) with listed provider p1, and approved anchor a1, driver d1, room r1,
+    /// and an assessed and filed AI feature voice-clone: every rule holds.
+    pub async fn admitted() -> TestServer {
+        let mut s = TestServer::start().await;
+        s.merchant("m1", proto::MerchantTier::ChineseGoldSupplier)
+            .await;
+        s.provider("p1", true).await;
+        s.anchor("a1", "m1", "p1", proto::ImageStyle::RealisticHuman)
+            .await;
+        s.driver("d1", "m1").await;
+        s.room("r1", "m1").await;
+        s.approve(proto::RegistrationKind::Anchor, "a1").await;
+        s.approve(proto::RegistrationKind::Driver, "d1").await;
+        s.approve(proto::RegistrationKind::Room, "r1").await;
+        s.ai_feature("voice-clone", true, "AI-FILING-001").await;
+        s
+    }
+
+    pub async fn authorize(
+        &mut self,
+        request: proto::AuthorizeRequest,
+    ) -> proto::AuthorizeResponse {
+        self.pdp
+            .authorize(request)
+            .await
+            .expect("authorize")
+            .into_inner()
+    }
+
+    pub async fn account(&mut self, merchant: &str) -> proto::Account {
+        self.admin
+            .get_account(proto::GetAccountRequest {
+                merchant_id: merchant.into(),
+            })
+            .await
+            .expect("account")
+            .into_inner()
+            .account
+            .expect("account")
+    }
+
+    /// Starts an admitted broadcast and returns its session id.
+    pub async fn start_session(&mut self) -> String {
+        let response = self.authorize(start()).await;
+        assert_eq!(decision(&response), proto::Decision::Allow, "{response:?}");
+        response.session_id
+    }
+
+    pub async fn report(
+        &mut self,
+        session_id: &str,
+        rule_id: &str,
+    ) -> proto::ReportViolationResponse {
+        self.admin
+            .report_violation(proto::ReportViolationRequest {
+                session_id: session_id.into(),
+                rule_id: rule_id.into(),
+                inspector: "inspector-7".into(),
+                note: "seen on stream".into(),
+            })
+            .await
+            .expect("report")
+            .into_inner()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn anchor_record(
+    id: &str,
+    owner: &str,
+    provider: &str,
+    style: proto::ImageStyle,
+) -> proto::VirtualAnchor {
+    proto::VirtualAnchor {
+        id: id.into(),
+        owner_merchant_id: owner.into(),
+        provider_id: provider.into(),
+        image_style: style as i32,
+        image_reference: format!("oss://anchors/{id}.png"),
+        display_name: format!("Anchor {id}"),
+    }
+}
+
+/// A START request for m1 / r1 / a1 / d1, daily marketing, real-person driven.
+pub fn start() -> proto::AuthorizeRequest {
+    proto::AuthorizeRequest {
+        phase: proto::Phase::Start as i32,
+        merchant_id: "m1".into(),
+        room_id: "r1".into(),
+        anchor_id: "a1".into(),
+        driver_id: "d1".into(),
+        livestream_type: proto::LivestreamType::DailyMarketing as i32,
+        drive_mode: proto::DriveMode::RealPerson as i32,
+        ai_features: vec![],
+        session_id: String::new(),
+        gateway_id: "test-gw".into(),
+    }
+}
+
+/// A LIVE re-check of `session_id`.
+pub fn live(session_id: &str) -> proto::AuthorizeRequest {
+    proto::AuthorizeRequest {
+        phase: proto::Phase::Live as i32,
+        session_id: session_id.into(),
+        gateway_id: "test-gw".into(),
+        ..Default::default()
+    }
+}
+
+pub fn decision(response: &proto::AuthorizeResponse) -> proto::Decision {
+    proto::Decision::try_from(response.decision).unwrap_or(proto::Decision::Unspecified)
+}
+
+pub fn enforcement(response: &proto::AuthorizeResponse) -> proto::Enforcement {
+    proto::Enforcement::try_from(response.enforcement).unwrap_or(proto::Enforcement::Unspecified)
+}
+
+pub fn rule_ids(response: &proto::AuthorizeResponse) -> Vec<String> {
+    response
+        .violations
+        .iter()
+        .map(|v| v.rule_id.clone())
+        .collect()
+}
+
+pub fn millis(ts: &Option<prost_types::Timestamp>) -> Option<i64> {
+    ts.as_ref()
+        .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+}
+
+/// Asserts a deny at START with exactly these rules, refused, and nothing applied.
+#[track_caller]
+pub fn assert_refused(response: &proto::AuthorizeResponse, rules: &[&str]) {
+    assert_eq!(decision(response), proto::Decision::Deny, "{response:?}");
+    assert_eq!(rule_ids(response), rules, "{response:?}");
+    assert_eq!(enforcement(response), proto::Enforcement::RefuseStart);
+    assert_eq!(response.penalty_applied, proto::Penalty::Unspecified as i32);
+    assert!(!response.warning_issued);
+    assert!(response.session_id.is_empty());
+    for v in &response.violations {
+        assert!(
+            !v.message_en.is_empty() && !v.message_zh.is_empty(),
+            "{v:?}"
+        );
+    }
+}
+
+/// Asserts an allow with an open session.
+#[track_caller]
+pub fn assert_allowed(response: &proto::AuthorizeResponse) {
+    assert_eq!(decision(response), proto::Decision::Allow, "{response:?}");
+    assert!(response.violations.is_empty());
+    assert_eq!(enforcement(response), proto::Enforcement::None);
+    assert!(!response.session_id.is_empty());
+    assert!(response.recheck_after.is_some());
+    assert!(response.policy_version.starts_with("sha256:"));
+    assert!(!response.decision_id.is_empty());
+}
+
+/// The gRPC code of a failed call.
+pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> (tonic::Code, String) {
+    match result {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(status) => (status.code(), status.message().to_owned()),
+    }
+}
