@@ -319,3 +319,132 @@ impl PolicyBundle {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{self, Account, Kind, Tier};
+    use std::path::Path;
+
+    fn registration(id: &str, body: RecordBody) -> Registration {
+        let mut r = domain::apply_register(None, id, body, None, 0)
+            .map(|o| o.registration)
+            .unwrap_or_else(|e| panic!("{e}"));
+        if r.kind().needs_review() {
+            r.review_status = domain::ReviewStatus::Approved;
+        }
+        if r.kind() == Kind::Provider {
+            r.provider_listing = Some(domain::ProviderListing {
+                listed: true,
+                changed_at: Some(0),
+                changed_by: "ops".into(),
+            });
+        }
+        r
+    }
+
+    fn admitted_facts() -> Facts {
+        Facts {
+            merchant_id: "m1".into(),
+            room_id: "r1".into(),
+            anchor_id: "a1".into(),
+            driver_id: "d1".into(),
+            merchant: Some(registration(
+                "m1",
+                RecordBody::Merchant {
+                    tier: Tier::ChineseGoldSupplier,
+                    display_name: String::new(),
+                },
+            )),
+            account: None,
+            room: Some(registration(
+                "r1",
+                RecordBody::Room {
+                    owner_merchant_id: "m1".into(),
+                    display_name: String::new(),
+                },
+            )),
+            anchor: Some(registration(
+                "a1",
+                RecordBody::Anchor {
+                    owner_merchant_id: "m1".into(),
+                    provider_id: "p1".into(),
+                    image_style: domain::ImageStyle::RealisticHuman,
+                    image_reference: "img".into(),
+                    display_name: String::new(),
+                },
+            )),
+            provider: Some(registration(
+                "p1",
+                RecordBody::Provider {
+                    display_name: String::new(),
+                },
+            )),
+            driver: Some(registration(
+                "d1",
+                RecordBody::Driver {
+                    owner_merchant_id: "m1".into(),
+                    identity_reference: "kyc".into(),
+                    display_name: String::new(),
+                },
+            )),
+            ai_features: vec![],
+        }
+    }
+
+    const OBSERVED: Observation<'static> = Observation {
+        phase: Phase::Start,
+        livestream_type: LivestreamType::DailyMarketing,
+        drive_mode: DriveMode::RealPerson,
+        ai_features: &[],
+    };
+
+    fn shipped() -> PolicyBundle {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        super::super::load(&dir).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_decision_depends_on_the_time_it_is_given() {
+        let policies = shipped();
+        let mut facts = admitted_facts();
+        let mut account = Account::new("m1");
+        account.frozen_until = Some(1_000);
+        facts.account = Some(account);
+        let frozen = policies.decide(&facts, &OBSERVED, 999);
+        assert!(!frozen.allowed);
+        assert_eq!(frozen.rule_ids(), ["E3"]);
+        assert!(policies.decide(&facts, &OBSERVED, 1_000).allowed);
+    }
+
+    #[test]
+    fn an_evaluation_error_in_any_policy_denies() {
+        let temp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let shipped_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        std::fs::copy(
+            shipped_dir.join("anchor.cedarschema"),
+            temp.path().join("anchor.cedarschema"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        // Type-correct, so it validates; overflows at evaluation, so Cedar skips it.
+        std::fs::write(
+            temp.path().join("rules.cedar"),
+            r#"@id("OVERFLOW") @penalty("none") @message_en("x") @message_zh("x")
+forbid (principal, action == AnchorPdp::Action::"Broadcast", resource)
+when { context.now_ms + 9223372036854775807 > 0 };
+@id("ALLOW")
+permit (principal, action == AnchorPdp::Action::"Broadcast", resource);
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let policies = super::super::load(temp.path()).unwrap_or_else(|e| panic!("{e}"));
+        let decision = policies.decide(&admitted_facts(), &OBSERVED, 1);
+        assert!(!decision.allowed);
+        assert_eq!(decision.rule_ids(), [PDP_RULE_ID]);
+        assert!(
+            decision.violations[0].message_en.contains("OVERFLOW"),
+            "{:?}",
+            decision.violations
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! Prints how fast anchor-pdp decides and how fast it stores, on this machine.
+//!
+//!     cargo bench --bench pdp                # 5 s per gRPC scenario, 64 calls in flight
+//!     cargo bench --bench pdp -- 10 128      # 10 s per scenario, 128 in flight
+//!
+//! Scenarios: the pure decision (store facts already read), then over gRPC on loopback with
+//! client and server sharing the machine: a LIVE re-check (a consistent store read plus a
+//! decision), a START allow (a decision plus a durable session write), and a Register (a durable
+//! write). Durable = flushed to disk before the reply, group-committed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anchor_pdp::clock::SystemClock;
+use anchor_pdp::config::ServeArgs;
+use anchor_pdp::policy::{Observation, Phase};
+use anchor_pdp::proto::{self, register_request::Record};
+use anchor_pdp::{PolicyAdminClient, PolicyDecisionPointClient, domain, server};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn report(name: &str, calls: u64, elapsed: Duration, mut latencies: Vec<Duration>) {
+    latencies.sort();
+    println!(
+        "{name:<34} {:>9.0} calls/s   p50 {:>8.3} ms   p99 {:>8.3} ms   max {:>8.3} ms   ({calls} calls)",
+        calls as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+}
+
+/// Runs `call` from `in_flight` concurrent tasks for `duration`; every call must succeed.
+async fn drive<F, Fut>(name: &str, in_flight: usize, duration: Duration, call: F) -> Result<()>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let counter = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight {
+        let call = call.clone();
+        let counter = counter.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while start.elapsed() < duration {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                call(n).await?;
+                latencies.push(t.elapsed());
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    report(name, all.len() as u64, start.elapsed(), all);
+    Ok(())
+}
+
+async fn fixtures(
+    pdp: &mut PolicyDecisionPointClient<Channel>,
+    admin: &mut PolicyAdminClient<Channel>,
+) -> Result<()> {
+    let register = |record| proto::RegisterRequest {
+        record: Some(record),
+        expected_revision: None,
+    };
+    pdp.register(register(Record::Merchant(proto::Merchant {
+        id: "m1".into(),
+        tier: proto::MerchantTier::ChineseGoldSupplier as i32,
+        display_name: String::new(),
+    })))
+    .await?;
+    pdp.register(register(Record::Provider(proto::ServiceProvider {
+        id: "p1".into(),
+        display_name: String::new(),
+    })))
+    .await?;
+    admin
+        .set_provider_listing(proto::SetProviderListingRequest {
+            provider_id: "p1".into(),
+            listed: true,
+            operator: "bench".into(),
+            expected_revision: None,
+        })
+        .await?;
+    pdp.register(register(Record::Anchor(proto::VirtualAnchor {
+        id: "a1".into(),
+        owner_merchant_id: "m1".into(),
+        provider_id: "p1".into(),
+        image_style: proto::ImageStyle::RealisticHuman as i32,
+        image_reference: "oss://a1".into(),
+        display_name: String::new(),
+    })))
+    .await?;
+    pdp.register(register(Record::Driver(proto::Driver {
+        id: "d1".into(),
+        owner_merchant_id: "m1".into(),
+        identity_reference: "kyc://d1".into(),
+        display_name: String::new(),
+    })))
+    .await?;
+    pdp.register(register(Record::Room(proto::LivestreamRoom {
+        id: "r1".into(),
+        owner_merchant_id: "m1".into(),
+        display_name: String::new(),
+    })))
+    .await?;
+    for (kind, id) in [
+        (proto::RegistrationKind::Anchor, "a1"),
+        (proto::RegistrationKind::Driver, "d1"),
+        (proto::RegistrationKind::Room, "r1"),
+    ] {
+        admin
+            .review_filing(proto::ReviewFilingRequest {
+                kind: kind as i32,
+                id: id.into(),
+                verdict: proto::Verdict::Approve as i32,
+                reviewer: "bench".into(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+fn start_request() -> proto::AuthorizeRequest {
+    proto::AuthorizeRequest {
+        phase: proto::Phase::Start as i32,
+        merchant_id: "m1".into(),
+        room_id: "r1".into(),
+        anchor_id: "a1".into(),
+        driver_id: "d1".into(),
+        livestream_type: proto::LivestreamType::DailyMarketing as i32,
+        drive_mode: proto::DriveMode::RealPerson as i32,
+        ..Default::default()
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let seconds: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(5);
+    let in_flight: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(64);
+    let duration = Duration::from_secs(seconds);
+
+    let temp = tempfile::tempdir()?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let serve_args = ServeArgs {
+        listen: addr,
+        data_dir: temp.path().join("data"),
+        policies: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        recheck_secs: 30,
+        max_message_bytes: 64 * 1024,
+    };
+    let service = server::open(&serve_args, Arc::new(SystemClock))?;
+    let direct = service.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server_task = tokio::spawn(async move {
+        server::serve(listener, service, &serve_args, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+
+    let endpoint = format!("http://{addr}");
+    let mut pdp = PolicyDecisionPointClient::connect(endpoint.clone()).await?;
+    let mut admin = PolicyAdminClient::connect(endpoint).await?;
+    fixtures(&mut pdp, &mut admin).await?;
+
+    println!(
+        "anchor-pdp {} | {} cores | policy {} ({} rules) | {seconds} s per gRPC scenario, {in_flight} in flight",
+        env!("CARGO_PKG_VERSION"),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        direct.policies().version(),
+        direct.policies().rules().count(),
+    );
+
+    // The pure decision, facts already in hand.
+    let facts = direct.store().facts("m1", "r1", "a1", "d1", &[])?;
+    let observation = Observation {
+        phase: Phase::Live,
+        livestream_type: domain::LivestreamType::DailyMarketing,
+        drive_mode: domain::DriveMode::RealPerson,
+        ai_features: &[],
+    };
+    let now = direct.now();
+    let iterations = 20_000u32;
+    let t = Instant::now();
+    for _ in 0..iterations {
+        let decision = direct.policies().decide(&facts, &observation, now);
+        if !decision.allowed {
+            return Err(format!("fixture denied: {:?}", decision.violations).into());
+        }
+    }
+    let per_call = t.elapsed() / iterations;
+    println!(
+        "{:<34} {:>9.0} calls/s   {:>8.2} µs per decision (1 thread)",
+        "decide (pure, Cedar)",
+        1.0 / per_call.as_secs_f64(),
+        per_call.as_secs_f64() * 1e6
+    );
+    let t = Instant::now();
+    for _ in 0..iterations {
+        direct.store().facts("m1", "r1", "a1", "d1", &[])?;
+    }
+    let per_read = t.elapsed() / iterations;
+    println!(
+        "{:<34} {:>9.0} calls/s   {:>8.2} µs per snapshot (1 thread)",
+        "store facts (sled read txn)",
+        1.0 / per_read.as_secs_f64(),
+        per_read.as_secs_f64() * 1e6
+    );
+
+    let session = pdp
+        .authorize(start_request())
+        .await?
+        .into_inner()
+        .session_id;
+    let client = pdp.clone();
+    drive(
+        "Authorize LIVE (read + decide)",
+        in_flight,
+        duration,
+        move |_| {
+            let mut client = client.clone();
+            let session = session.clone();
+            async move {
+                let response = client
+                    .authorize(proto::AuthorizeRequest {
+                        phase: proto::Phase::Live as i32,
+                        session_id: session,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                if response.decision != proto::Decision::Allow as i32 {
+                    return Err(format!("denied: {:?}", response.violations).into());
+                }
+                Ok(())
+            }
+        },
+    )
+    .await?;
+
+    let client = pdp.clone();
+    drive(
+        "Authorize START (decide + durable)",
+        in_flight,
+        duration,
+        move |_| {
+            let mut client = client.clone();
+            async move {
+                let response = client.authorize(start_request()).await?.into_inner();
+                if response.decision != proto::Decision::Allow as i32 {
+                    return Err(format!("denied: {:?}", response.violations).into());
+                }
+                Ok(())
+            }
+        },
+    )
+    .await?;
+
+    let client = pdp.clone();
+    drive(
+        "Register merchant (durable write)",
+        in_flight,
+        duration,
+        move |n| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .register(proto::RegisterRequest {
+                        record: Some(Record::Merchant(proto::Merchant {
+                            id: format!("bench-{n}"),
+                            tier: proto::MerchantTier::ChineseGoldSupplier as i32,
+                            display_name: String::new(),
+                        })),
+                        expected_revision: None,
+                    })
+                    .await?;
+                Ok(())
+            }
+        },
+    )
+    .await?;
+
+    drop(direct);
+    let _ = stop.send(());
+    server_task.await??;
+    Ok(())
+}
