@@ -170,6 +170,7 @@ async fn main() -> Result<()> {
         data_dir: temp.path().join("data"),
         policies: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
         recheck_secs: 30,
+        watch_policies: false,
         max_message_bytes: 64 * 1024,
     };
     let service = server::open(&serve_args, Arc::new(SystemClock))?;

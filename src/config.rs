@@ -21,6 +21,30 @@ pub struct Cli {
 pub enum Command {
     /// Serve the gRPC API (PolicyDecisionPoint, PolicyAdmin, health, reflection).
     Serve(ServeArgs),
+    /// Check or test a policy directory with the server's own loader and decision code.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate the schema, the policies and every rule's annotations. Exit 0 when valid;
+    /// otherwise print `file:line:col: reason` for every problem and exit 1.
+    Validate {
+        /// The policy directory.
+        #[arg(default_value = "./policies")]
+        dir: PathBuf,
+    },
+    /// Run the policy test suites in DIR/tests/*.yaml. Prints a line per case and
+    /// `N passed, M failed`; exit 1 on any failure.
+    Test {
+        /// The policy directory.
+        #[arg(default_value = "./policies")]
+        dir: PathBuf,
+        /// Also write JUnit XML here.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -41,6 +65,12 @@ pub struct ServeArgs {
     #[arg(long, env = "ANCHOR_PDP_RECHECK_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub recheck_secs: u64,
+
+    /// Reload the policies when a file under the policy directory changes (SIGHUP and the
+    /// ReloadPolicies RPC always work).
+    #[arg(long, env = "ANCHOR_PDP_WATCH_POLICIES", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub watch_policies: bool,
 
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "ANCHOR_PDP_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024,

@@ -59,6 +59,17 @@ pub enum Tier {
 }
 
 impl Tier {
+    pub const ALL: [Tier; 3] = [
+        Tier::ChineseGoldSupplier,
+        Tier::GlobalGoldSupplier,
+        Tier::Other,
+    ];
+
+    /// The inverse of `policy_name`.
+    pub fn from_policy_name(name: &str) -> Option<Tier> {
+        Self::ALL.into_iter().find(|v| v.policy_name() == name)
+    }
+
     pub fn policy_name(self) -> &'static str {
         match self {
             Tier::ChineseGoldSupplier => "CHINESE_GOLD_SUPPLIER",
@@ -78,6 +89,19 @@ pub enum ImageStyle {
 }
 
 impl ImageStyle {
+    pub const ALL: [ImageStyle; 5] = [
+        ImageStyle::RealisticHuman,
+        ImageStyle::Cartoon,
+        ImageStyle::Anime,
+        ImageStyle::Animal,
+        ImageStyle::Other,
+    ];
+
+    /// The inverse of `policy_name`.
+    pub fn from_policy_name(name: &str) -> Option<ImageStyle> {
+        Self::ALL.into_iter().find(|v| v.policy_name() == name)
+    }
+
     pub fn policy_name(self) -> &'static str {
         match self {
             ImageStyle::RealisticHuman => "REALISTIC_HUMAN",
@@ -98,6 +122,18 @@ pub enum LivestreamType {
 }
 
 impl LivestreamType {
+    pub const ALL: [LivestreamType; 4] = [
+        LivestreamType::WorkstationReception,
+        LivestreamType::DailyMarketing,
+        LivestreamType::EventLivestream,
+        LivestreamType::Other,
+    ];
+
+    /// The inverse of `policy_name`.
+    pub fn from_policy_name(name: &str) -> Option<LivestreamType> {
+        Self::ALL.into_iter().find(|v| v.policy_name() == name)
+    }
+
     pub fn policy_name(self) -> &'static str {
         match self {
             LivestreamType::WorkstationReception => "WORKSTATION_RECEPTION",
@@ -117,6 +153,18 @@ pub enum DriveMode {
 }
 
 impl DriveMode {
+    pub const ALL: [DriveMode; 4] = [
+        DriveMode::RealPerson,
+        DriveMode::Autonomous,
+        DriveMode::TextToVideo,
+        DriveMode::PreRecorded,
+    ];
+
+    /// The inverse of `policy_name`.
+    pub fn from_policy_name(name: &str) -> Option<DriveMode> {
+        Self::ALL.into_iter().find(|v| v.policy_name() == name)
+    }
+
     pub fn policy_name(self) -> &'static str {
         match self {
             DriveMode::RealPerson => "REAL_PERSON",
@@ -137,6 +185,19 @@ pub enum ReviewStatus {
 }
 
 impl ReviewStatus {
+    pub const ALL: [ReviewStatus; 5] = [
+        ReviewStatus::NotRequired,
+        ReviewStatus::PendingReview,
+        ReviewStatus::Approved,
+        ReviewStatus::Rejected,
+        ReviewStatus::Revoked,
+    ];
+
+    /// The inverse of `policy_name`.
+    pub fn from_policy_name(name: &str) -> Option<ReviewStatus> {
+        Self::ALL.into_iter().find(|v| v.policy_name() == name)
+    }
+
     pub fn policy_name(self) -> &'static str {
         match self {
             ReviewStatus::NotRequired => "NOT_REQUIRED",
@@ -167,6 +228,24 @@ pub enum Penalty {
 }
 
 impl Penalty {
+    /// The spelling used in policy annotations and test suites: none, E1, E2.
+    pub fn parse(value: &str) -> Option<Penalty> {
+        match value {
+            "none" => Some(Penalty::None),
+            "E1" => Some(Penalty::E1),
+            "E2" => Some(Penalty::E2),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Penalty::None => "none",
+            Penalty::E1 => "E1",
+            Penalty::E2 => "E2",
+        }
+    }
+
     pub fn freezes(self) -> bool {
         matches!(self, Penalty::E1 | Penalty::E2)
     }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod policy;
+pub mod policy_suite;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -1,18 +1,26 @@
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use anchor_pdp::clock::SystemClock;
-use anchor_pdp::config::{Cli, Command};
+use anchor_pdp::clock::{Clock, SystemClock};
+use anchor_pdp::config::{Cli, Command, PolicyCommand};
+use anchor_pdp::policy::{self, PolicyHandle};
+use anchor_pdp::policy_suite;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        // The policy tools print their own results; keep the server's logs out of them.
+        Command::Policy(_) => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -38,5 +46,80 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Policy(PolicyCommand::Validate { dir }) => validate(&dir),
+        Command::Policy(PolicyCommand::Test { dir, junit }) => {
+            runtime.block_on(test(&dir, junit.as_deref()))
+        }
+    }
+}
+
+fn validate(dir: &Path) -> ExitCode {
+    match policy::load(dir) {
+        Ok(bundle) => {
+            let mut rules: Vec<_> = bundle.rules().collect();
+            rules.sort_by_key(|r| r.order);
+            let ids: Vec<&str> = rules.iter().map(|r| r.id.as_str()).collect();
+            println!(
+                "{}: valid, {} rules ({}), version {}",
+                dir.display(),
+                rules.len(),
+                ids.join(" "),
+                bundle.version()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            for problem in &error.problems {
+                println!("{problem}");
+            }
+            eprintln!(
+                "{}: invalid ({} problem{})",
+                dir.display(),
+                error.problems.len(),
+                if error.problems.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn test(dir: &Path, junit: Option<&Path>) -> ExitCode {
+    let handle = match PolicyHandle::load(dir, SystemClock.now_ms()) {
+        Ok(handle) => Arc::new(handle),
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let files = match policy_suite::suite_files(dir) {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("anchor-pdp: no test suites: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = policy_suite::run(handle.clone(), &files, |result| match &result.failure {
+        None => println!("PASS {} :: {}", result.suite, result.case),
+        Some(why) => println!("FAIL {} :: {}: {why}", result.suite, result.case),
+    })
+    .await;
+    let never_broken = report.rules_never_broken(&handle.current());
+    if !never_broken.is_empty() {
+        println!(
+            "note: no case expects these rules broken: {}",
+            never_broken.join(" ")
+        );
+    }
+    if let Some(path) = junit
+        && let Err(e) = std::fs::write(path, report.junit_xml())
+    {
+        eprintln!("anchor-pdp: cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    println!("{} passed, {} failed", report.passed(), report.failed());
+    if report.failed() == 0 && !report.results.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

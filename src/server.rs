@@ -13,7 +13,7 @@ use crate::api::{AdminService, DecisionService};
 use crate::clock::Clock;
 use crate::config::ServeArgs;
 use crate::error::PdpError;
-use crate::policy::{self, PolicyLoadError};
+use crate::policy::{PolicyHandle, PolicyLoadError};
 use crate::proto::policy_admin_server::PolicyAdminServer;
 use crate::proto::policy_decision_point_server::PolicyDecisionPointServer;
 use crate::service::Pdp;
@@ -38,16 +38,22 @@ pub enum StartError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot watch the policy directory: {0}")]
+    Watch(#[from] notify::Error),
 }
+
+/// Editors and config managers write a change in several steps; reload once they are quiet.
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Loads policies and opens the store. Refuses an invalid policy set before touching the store.
 pub fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, StartError> {
-    let policies = policy::load(&args.policies)?;
+    let policies = PolicyHandle::load(&args.policies, clock.now_ms())?;
     let store = Store::open(&args.data_dir)?;
+    let current = policies.current();
     tracing::info!(
         policies = %args.policies.display(),
-        policy_version = policies.version(),
-        rules = policies.rules().count(),
+        policy_version = current.version(),
+        rules = current.rules().count(),
         data_dir = %args.data_dir.display(),
         "loaded"
     );
@@ -57,6 +63,68 @@ pub fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, StartEr
         clock,
         Duration::from_secs(args.recheck_secs),
     )))
+}
+
+async fn reload_in_background(pdp: &Arc<Pdp>, trigger: &'static str) {
+    let pdp = pdp.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || pdp.reload_policies(trigger)).await {
+        tracing::error!(error = %e, trigger, "policy reload task failed");
+    }
+}
+
+/// Reloads the policies after changes under their directory. The returned watcher must be
+/// kept alive for as long as watching should go on.
+fn watch_policies(
+    pdp: Arc<Pdp>,
+) -> Result<(notify::RecommendedWatcher, tokio::task::JoinHandle<()>), notify::Error> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        match event {
+            // Reading the files (our own reload does) is not a change.
+            Ok(event) if matches!(event.kind, EventKind::Access(_)) => {}
+            Ok(_) => {
+                let _ = tx.send(());
+            }
+            Err(e) => tracing::warn!(error = %e, "policy directory watch error"),
+        }
+    })?;
+    watcher.watch(pdp.policy_handle().dir(), RecursiveMode::Recursive)?;
+    let task = tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            loop {
+                match tokio::time::timeout(WATCH_DEBOUNCE, rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_quiet) => break,
+                }
+            }
+            reload_in_background(&pdp, "file-watch").await;
+        }
+    });
+    Ok((watcher, task))
+}
+
+#[cfg(unix)]
+fn reload_on_sighup(pdp: Arc<Pdp>) -> Option<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangups) => Some(tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading policies");
+                reload_in_background(&pdp, "SIGHUP").await;
+            }
+        })),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; reload with the RPC instead");
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn reload_on_sighup(_pdp: Arc<Pdp>) -> Option<tokio::task::JoinHandle<()>> {
+    None
 }
 
 /// Serves on `listener` until `shutdown` resolves, then waits for calls in flight and flushes
@@ -89,8 +157,15 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    let watcher = if args.watch_policies {
+        Some(watch_policies(pdp.clone())?)
+    } else {
+        None
+    };
+    let sighup = reload_on_sighup(pdp.clone());
+
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    Server::builder()
+    let served = Server::builder()
         .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
         .timeout(REQUEST_TIMEOUT)
         .add_service(health)
@@ -99,7 +174,15 @@ pub async fn serve(
         .add_service(decision)
         .add_service(admin)
         .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .await;
+    if let Some((watcher, task)) = watcher {
+        drop(watcher);
+        task.abort();
+    }
+    if let Some(task) = sighup {
+        task.abort();
+    }
+    served?;
     pdp.store().flush_blocking()?;
     tracing::info!("stopped; store flushed");
     Ok(())

@@ -11,7 +11,9 @@ use crate::domain::{
     Registration, ReviewCommand, Session, SessionState, WriteOutcome,
 };
 use crate::error::PdpError;
-use crate::policy::{Decision, Observation, Phase, PolicyBundle, Violation};
+use crate::policy::{
+    Decision, Observation, Phase, PolicyBundle, PolicyHandle, ReloadOutcome, Violation,
+};
 use crate::store::Store;
 
 /// The pseudo rule id of a LIVE re-check on a session that is not live.
@@ -38,6 +40,8 @@ pub struct AuthorizeCommand {
     pub ai_features: Vec<String>,
     pub session_id: Option<String>,
     pub gateway_id: String,
+    /// Return the facts and policies the decision used.
+    pub explain: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -63,7 +67,7 @@ pub struct ReportOutcome {
 
 pub struct Pdp {
     store: Store,
-    policies: Arc<PolicyBundle>,
+    policies: Arc<PolicyHandle>,
     clock: Arc<dyn Clock>,
     recheck_after: Duration,
 }
@@ -84,7 +88,7 @@ fn session_violation(en: String, zh: String) -> Violation {
 impl Pdp {
     pub fn new(
         store: Store,
-        policies: Arc<PolicyBundle>,
+        policies: Arc<PolicyHandle>,
         clock: Arc<dyn Clock>,
         recheck_after: Duration,
     ) -> Self {
@@ -100,8 +104,18 @@ impl Pdp {
         self.clock.now_ms()
     }
 
-    pub fn policies(&self) -> &PolicyBundle {
+    /// The policy set in force now.
+    pub fn policies(&self) -> Arc<PolicyBundle> {
+        self.policies.current()
+    }
+
+    pub fn policy_handle(&self) -> &PolicyHandle {
         &self.policies
+    }
+
+    /// Validates the policy directory again and swaps it in if valid.
+    pub fn reload_policies(&self, trigger: &str) -> ReloadOutcome {
+        self.policies.reload(self.now(), trigger)
     }
 
     pub fn store(&self) -> &Store {
@@ -112,9 +126,11 @@ impl Pdp {
     /// on the way to a decision is a deny that says why (fail closed).
     pub async fn authorize(&self, cmd: AuthorizeCommand) -> Result<AuthorizeOutcome, PdpError> {
         let now = self.now();
+        // One set for the whole decision, even if a reload lands meanwhile.
+        let policies = self.policies.current();
         match cmd.phase {
-            Phase::Start => Ok(self.authorize_start(cmd, now).await),
-            Phase::Live => self.authorize_live(cmd, now).await,
+            Phase::Start => Ok(self.authorize_start(&policies, cmd, now).await),
+            Phase::Live => self.authorize_live(&policies, cmd, now).await,
         }
     }
 
@@ -137,15 +153,21 @@ impl Pdp {
         }
     }
 
-    fn deny(&self, violation: Violation) -> Decision {
+    fn deny(policies: &PolicyBundle, violation: Violation) -> Decision {
         Decision {
             allowed: false,
             violations: vec![violation],
-            policy_version: self.policies.version().to_owned(),
+            policy_version: policies.version().to_owned(),
+            explanation: None,
         }
     }
 
-    async fn authorize_start(&self, cmd: AuthorizeCommand, now: Millis) -> AuthorizeOutcome {
+    async fn authorize_start(
+        &self,
+        policies: &PolicyBundle,
+        cmd: AuthorizeCommand,
+        now: Millis,
+    ) -> AuthorizeOutcome {
         let (
             Some(merchant_id),
             Some(room_id),
@@ -165,9 +187,10 @@ impl Pdp {
             // The transport checks these; a caller of the library that skips it still fails
             // closed.
             return self.outcome(
-                self.deny(Violation::pdp_failure(
-                    "a START request names every id and observation",
-                )),
+                Self::deny(
+                    policies,
+                    Violation::pdp_failure("a START request names every id and observation"),
+                ),
                 Enforcement::RefuseStart,
                 now,
             );
@@ -182,7 +205,7 @@ impl Pdp {
             Ok(facts) => facts,
             Err(e) => {
                 return self.outcome(
-                    self.deny(Violation::pdp_failure(&e.to_string())),
+                    Self::deny(policies, Violation::pdp_failure(&e.to_string())),
                     Enforcement::RefuseStart,
                     now,
                 );
@@ -194,7 +217,7 @@ impl Pdp {
             drive_mode,
             ai_features: &cmd.ai_features,
         };
-        let decision = self.policies.decide(&facts, &observation, now);
+        let decision = policies.decide_explained(&facts, &observation, now, cmd.explain);
         let frozen_until = facts.account.as_ref().and_then(|a| a.frozen_at(now));
         if !decision.allowed {
             let mut outcome = self.outcome(decision, Enforcement::RefuseStart, now);
@@ -219,9 +242,10 @@ impl Pdp {
         };
         if let Err(e) = self.store.open_session(&session).await {
             return self.outcome(
-                self.deny(Violation::pdp_failure(&format!(
-                    "the session could not be recorded: {e}"
-                ))),
+                Self::deny(
+                    policies,
+                    Violation::pdp_failure(&format!("the session could not be recorded: {e}")),
+                ),
                 Enforcement::RefuseStart,
                 now,
             );
@@ -234,6 +258,7 @@ impl Pdp {
 
     async fn authorize_live(
         &self,
+        policies: &PolicyBundle,
         cmd: AuthorizeCommand,
         now: Millis,
     ) -> Result<AuthorizeOutcome, PdpError> {
@@ -248,14 +273,22 @@ impl Pdp {
         let session = match self.store.get_session(&session_id) {
             Ok(Some(session)) => session,
             Ok(None) => {
-                return Ok(shut_down(self.deny(session_violation(
-                    format!(
-                        "Session {session_id} is unknown: a broadcast must be admitted at START."
+                return Ok(shut_down(Self::deny(
+                    policies,
+                    session_violation(
+                        format!(
+                            "Session {session_id} is unknown: a broadcast must be admitted at START."
+                        ),
+                        format!("直播会话 {session_id} 不存在:直播须先通过开播(START)校验。"),
                     ),
-                    format!("直播会话 {session_id} 不存在:直播须先通过开播(START)校验。"),
-                ))));
+                )));
             }
-            Err(e) => return Ok(shut_down(self.deny(Violation::pdp_failure(&e.to_string())))),
+            Err(e) => {
+                return Ok(shut_down(Self::deny(
+                    policies,
+                    Violation::pdp_failure(&e.to_string()),
+                )));
+            }
         };
         for (field, given, stored) in [
             ("merchant_id", &cmd.merchant_id, &session.merchant_id),
@@ -277,21 +310,24 @@ impl Pdp {
                 SessionState::ShutDown => "was shut down",
                 _ => "has ended",
             };
-            let mut outcome = shut_down(self.deny(session_violation(
-                format!(
-                    "Session {session_id} {state} ({}); it cannot go on.",
-                    session.close_reason
+            let mut outcome = shut_down(Self::deny(
+                policies,
+                session_violation(
+                    format!(
+                        "Session {session_id} {state} ({}); it cannot go on.",
+                        session.close_reason
+                    ),
+                    format!(
+                        "直播会话 {session_id} 已{}({}),不能继续。",
+                        if session.state == SessionState::ShutDown {
+                            "被关停"
+                        } else {
+                            "结束"
+                        },
+                        session.close_reason
+                    ),
                 ),
-                format!(
-                    "直播会话 {session_id} 已{}({}),不能继续。",
-                    if session.state == SessionState::ShutDown {
-                        "被关停"
-                    } else {
-                        "结束"
-                    },
-                    session.close_reason
-                ),
-            )));
+            ));
             outcome.frozen_until = self
                 .store
                 .get_account(&session.merchant_id)
@@ -314,7 +350,12 @@ impl Pdp {
             &feature_list,
         ) {
             Ok(facts) => facts,
-            Err(e) => return Ok(shut_down(self.deny(Violation::pdp_failure(&e.to_string())))),
+            Err(e) => {
+                return Ok(shut_down(Self::deny(
+                    policies,
+                    Violation::pdp_failure(&e.to_string()),
+                )));
+            }
         };
         let observation = Observation {
             phase: Phase::Live,
@@ -322,7 +363,7 @@ impl Pdp {
             drive_mode,
             ai_features: &feature_list,
         };
-        let decision = self.policies.decide(&facts, &observation, now);
+        let decision = policies.decide_explained(&facts, &observation, now, cmd.explain);
 
         if decision.allowed {
             if features != session.ai_features || drive_mode != session.drive_mode {
@@ -336,9 +377,12 @@ impl Pdp {
                     })
                     .await;
                 if let Err(e) = recorded {
-                    return Ok(shut_down(self.deny(Violation::pdp_failure(&format!(
-                        "the session's observations could not be recorded: {e}"
-                    )))));
+                    return Ok(shut_down(Self::deny(
+                        policies,
+                        Violation::pdp_failure(&format!(
+                            "the session's observations could not be recorded: {e}"
+                        )),
+                    )));
                 }
             }
             let mut outcome = self.outcome(decision, Enforcement::None, now);
@@ -457,12 +501,13 @@ impl Pdp {
         inspector: &str,
         note: &str,
     ) -> Result<ReportOutcome, PdpError> {
-        let rule = self.policies.rule(rule_id).ok_or_else(|| {
+        let policies = self.policies.current();
+        let rule = policies.rule(rule_id).ok_or_else(|| {
             PdpError::invalid(
                 "rule_id",
                 format!(
                     "{rule_id} is not a rule of policy set {}",
-                    self.policies.version()
+                    policies.version()
                 ),
             )
         })?;

@@ -459,3 +459,26 @@ pub fn violation_to_proto(v: &crate::policy::Violation) -> proto::Violation {
         penalty: penalty_to_proto(v.penalty) as i32,
     }
 }
+
+pub fn explanation_to_proto(e: &crate::policy::Explanation) -> proto::Explanation {
+    let fact = |f: &crate::policy::Fact| proto::Fact {
+        entity: f.entity.clone(),
+        attribute: f.attribute.clone(),
+        value: f.value.clone(),
+    };
+    proto::Explanation {
+        facts: e.facts.iter().map(fact).collect(),
+        context: e.context.iter().map(fact).collect(),
+        determining_policies: e.determining_policies.clone(),
+        errors: e.errors.clone(),
+    }
+}
+
+pub fn problem_to_proto(p: &crate::policy::PolicyProblem) -> proto::PolicyProblem {
+    proto::PolicyProblem {
+        file: p.file.display().to_string(),
+        line: u32::try_from(p.line).unwrap_or(u32::MAX),
+        column: u32::try_from(p.column).unwrap_or(u32::MAX),
+        message: p.message.clone(),
+    }
+}

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::{Kind, ReviewCommand, Verdict};
 use crate::error::PdpError;
-use crate::policy::Phase;
+use crate::policy::{Phase, ReloadOutcome};
 use crate::proto;
 use crate::service::{AuthorizeCommand, Enforcement, Pdp};
 use convert::{
@@ -77,6 +77,7 @@ fn authorize_command(req: &proto::AuthorizeRequest) -> Result<AuthorizeCommand, 
         ai_features: ai_features(&req.ai_features)?,
         session_id: optional_id("session_id", &req.session_id)?,
         gateway_id: optional_id("gateway_id", &req.gateway_id)?.unwrap_or_default(),
+        explain: req.explain,
     };
     match phase {
         Phase::Start => {
@@ -164,6 +165,10 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
             decision_id: outcome.decision_id.clone(),
             policy_version: decision.policy_version.clone(),
             decided_at: Some(convert::timestamp(outcome.decided_at)),
+            explanation: decision
+                .explanation
+                .as_ref()
+                .map(convert::explanation_to_proto),
         }))
     }
 
@@ -456,6 +461,79 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
         let session = self.pdp.get_session(&session_id).map_err(status)?;
         Ok(Response::new(proto::GetSessionResponse {
             session: Some(convert::session_to_proto(&session)),
+        }))
+    }
+
+    async fn reload_policies(
+        &self,
+        request: Request<proto::ReloadPoliciesRequest>,
+    ) -> Result<Response<proto::ReloadPoliciesResponse>, Status> {
+        let operator =
+            required_text("operator", &request.get_ref().operator, MAX_ID_LEN).map_err(status)?;
+        let pdp = self.pdp.clone();
+        let trigger = format!("rpc:{operator}");
+        // Loading parses and validates every file: keep it off the async workers.
+        let outcome = tokio::task::spawn_blocking(move || pdp.reload_policies(&trigger))
+            .await
+            .map_err(|e| Status::internal(format!("reload task failed: {e}")))?;
+        let response = match outcome {
+            ReloadOutcome::Reloaded { previous, active } => proto::ReloadPoliciesResponse {
+                result: proto::ReloadResult::Reloaded as i32,
+                active_version: active,
+                previous_version: previous,
+                problems: vec![],
+            },
+            ReloadOutcome::Unchanged { active } => proto::ReloadPoliciesResponse {
+                result: proto::ReloadResult::Unchanged as i32,
+                previous_version: active.clone(),
+                active_version: active,
+                problems: vec![],
+            },
+            ReloadOutcome::Rejected { active, error } => proto::ReloadPoliciesResponse {
+                result: proto::ReloadResult::Rejected as i32,
+                previous_version: active.clone(),
+                active_version: active,
+                problems: error
+                    .problems
+                    .iter()
+                    .map(convert::problem_to_proto)
+                    .collect(),
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn get_policy_status(
+        &self,
+        _request: Request<proto::GetPolicyStatusRequest>,
+    ) -> Result<Response<proto::GetPolicyStatusResponse>, Status> {
+        let handle = self.pdp.policy_handle();
+        let status = handle.status();
+        let policies = handle.current();
+        let mut rules: Vec<_> = policies.rules().collect();
+        rules.sort_by_key(|r| r.order);
+        Ok(Response::new(proto::GetPolicyStatusResponse {
+            active_version: policies.version().to_owned(),
+            directory: handle.dir().display().to_string(),
+            loaded_at: Some(convert::timestamp(status.loaded_at)),
+            rules: rules
+                .into_iter()
+                .map(|r| proto::Rule {
+                    id: r.id.clone(),
+                    penalty: convert::penalty_to_proto(r.penalty) as i32,
+                    message_en: r.message_en.clone(),
+                    message_zh: r.message_zh.clone(),
+                })
+                .collect(),
+            last_attempt_at: status.last_attempt_at.map(convert::timestamp),
+            last_trigger: status.last_trigger.clone(),
+            last_reload_problems: status
+                .last_error
+                .as_ref()
+                .map(|e| e.problems.iter().map(convert::problem_to_proto).collect())
+                .unwrap_or_default(),
+            reloads: status.reloads,
+            rejected_reloads: status.rejected_reloads,
         }))
     }
 }

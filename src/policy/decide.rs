@@ -66,6 +66,8 @@ pub struct Decision {
     /// Broken rules in policy order; a deny always has at least one.
     pub violations: Vec<Violation>,
     pub policy_version: String,
+    /// Present when asked for.
+    pub explanation: Option<Explanation>,
 }
 
 impl Decision {
@@ -114,47 +116,145 @@ fn uid(type_name: &EntityTypeName, id: &str) -> EntityUid {
     EntityUid::from_type_name_and_id(type_name.clone(), EntityId::new(id))
 }
 
-type Attrs = HashMap<String, RestrictedExpression>;
+/// One attribute of one entity, or one context value, as the decision saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fact {
+    /// `AnchorPdp::Anchor::"a1"`, or `context`.
+    pub entity: String,
+    pub attribute: String,
+    /// The value in Cedar syntax: `true`, `"APPROVED"`, `AnchorPdp::Merchant::"m1"`, `[...]`.
+    pub value: String,
+}
 
-fn string(s: &str) -> RestrictedExpression {
-    RestrictedExpression::new_string(s.to_owned())
+/// What a decision was made from and what determined it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Explanation {
+    /// Entity attributes read from the store.
+    pub facts: Vec<Fact>,
+    /// The request context: observations and the time.
+    pub context: Vec<Fact>,
+    /// The policies that determined the decision: the satisfied `forbid`s of a deny, the
+    /// `permit` of an allow.
+    pub determining_policies: Vec<String>,
+    /// Evaluation errors (each one denies).
+    pub errors: Vec<String>,
+}
+
+/// Builds one entity's attributes and, when explaining, records each as a fact.
+struct Attrs {
+    entity: String,
+    map: HashMap<String, RestrictedExpression>,
+    facts: Vec<Fact>,
+    explain: bool,
+}
+
+impl Attrs {
+    fn new(entity: impl ToString, explain: bool) -> Attrs {
+        Attrs {
+            entity: entity.to_string(),
+            map: HashMap::new(),
+            facts: Vec::new(),
+            explain,
+        }
+    }
+
+    fn put(&mut self, name: &str, value: RestrictedExpression, shown: impl FnOnce() -> String) {
+        if self.explain {
+            self.facts.push(Fact {
+                entity: self.entity.clone(),
+                attribute: name.to_owned(),
+                value: shown(),
+            });
+        }
+        self.map.insert(name.to_owned(), value);
+    }
+
+    fn bool(&mut self, name: &str, value: bool) {
+        self.put(name, RestrictedExpression::new_bool(value), || {
+            value.to_string()
+        });
+    }
+
+    fn string(&mut self, name: &str, value: &str) {
+        self.put(
+            name,
+            RestrictedExpression::new_string(value.to_owned()),
+            || format!("{value:?}"),
+        );
+    }
+
+    fn long(&mut self, name: &str, value: i64) {
+        self.put(name, RestrictedExpression::new_long(value), || {
+            value.to_string()
+        });
+    }
+
+    fn entity(&mut self, name: &str, value: &EntityUid) {
+        self.put(
+            name,
+            RestrictedExpression::new_entity_uid(value.clone()),
+            || value.to_string(),
+        );
+    }
+
+    fn strings(&mut self, name: &str, values: &[&String]) {
+        let set = RestrictedExpression::new_set(
+            values
+                .iter()
+                .map(|v| RestrictedExpression::new_string((*v).clone())),
+        );
+        self.put(name, set, || {
+            let shown: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+            format!("[{}]", shown.join(", "))
+        });
+    }
 }
 
 /// The review attributes shared by anchors, drivers and rooms.
-fn filing_attrs(types: &EntityTypes, record: Option<&Registration>) -> Attrs {
-    let mut attrs = Attrs::new();
-    attrs.insert(
-        "filed".into(),
-        RestrictedExpression::new_bool(record.is_some()),
-    );
+fn filing_attrs(attrs: &mut Attrs, types: &EntityTypes, record: Option<&Registration>) {
+    attrs.bool("filed", record.is_some());
     if let Some(record) = record {
         if let Some(owner) = record.body.owner() {
-            attrs.insert(
-                "owner".into(),
-                RestrictedExpression::new_entity_uid(uid(&types.merchant, owner)),
-            );
+            attrs.entity("owner", &uid(&types.merchant, owner));
         }
-        attrs.insert("review".into(), string(record.review_status.policy_name()));
+        attrs.string("review", record.review_status.policy_name());
         if let Some(expires) = record.approval_expires_at() {
-            attrs.insert(
-                "approval_expires_ms".into(),
-                RestrictedExpression::new_long(expires),
-            );
+            attrs.long("approval_expires_ms", expires);
         }
     }
-    attrs
+}
+
+fn entity(attrs: Attrs, uid: EntityUid, facts: &mut Vec<Fact>) -> Result<Entity, String> {
+    facts.extend(attrs.facts);
+    Entity::new(uid, attrs.map, HashSet::new()).map_err(|e| format!("cannot build entity: {e}"))
 }
 
 impl PolicyBundle {
     /// Decides one broadcast. Any failure on the way (an entity that cannot be built, an
     /// evaluation error in any policy) is a deny that says so.
     pub fn decide(&self, facts: &Facts, observation: &Observation<'_>, now: Millis) -> Decision {
-        match self.evaluate(facts, observation, now) {
+        self.decide_explained(facts, observation, now, false)
+    }
+
+    /// As `decide`; with `explain`, the decision also carries the facts and context it used
+    /// and the policies that determined it.
+    pub fn decide_explained(
+        &self,
+        facts: &Facts,
+        observation: &Observation<'_>,
+        now: Millis,
+        explain: bool,
+    ) -> Decision {
+        match self.evaluate(facts, observation, now, explain) {
             Ok(decision) => decision,
             Err(detail) => Decision {
                 allowed: false,
                 violations: vec![Violation::pdp_failure(&detail)],
                 policy_version: self.version().to_owned(),
+                explanation: explain.then(|| Explanation {
+                    errors: vec![detail],
+                    ..Explanation::default()
+                }),
             },
         }
     }
@@ -164,44 +264,34 @@ impl PolicyBundle {
         facts: &Facts,
         observation: &Observation<'_>,
         now: Millis,
+        explain: bool,
     ) -> Result<Decision, String> {
         let types = &self.types;
         let merchant_uid = uid(&types.merchant, &facts.merchant_id);
         let room_uid = uid(&types.room, &facts.room_id);
         let anchor_uid = uid(&types.anchor, &facts.anchor_id);
         let driver_uid = uid(&types.driver, &facts.driver_id);
+        let mut fact_log = Vec::new();
 
-        let mut merchant = Attrs::new();
-        merchant.insert(
-            "filed".into(),
-            RestrictedExpression::new_bool(facts.merchant.is_some()),
-        );
+        let mut merchant = Attrs::new(&merchant_uid, explain);
+        merchant.bool("filed", facts.merchant.is_some());
         let tier = match facts.merchant.as_ref().map(|m| &m.body) {
             Some(RecordBody::Merchant { tier, .. }) => tier.policy_name(),
             _ => "UNREGISTERED",
         };
-        merchant.insert("tier".into(), string(tier));
+        merchant.string("tier", tier);
         if let Some(until) = facts.account.as_ref().and_then(|a| a.frozen_until) {
-            merchant.insert(
-                "frozen_until_ms".into(),
-                RestrictedExpression::new_long(until),
-            );
+            merchant.long("frozen_until_ms", until);
         }
-
-        let mut entities = vec![
-            Entity::new(merchant_uid.clone(), merchant, HashSet::new()),
-            Entity::new(
-                room_uid.clone(),
-                filing_attrs(types, facts.room.as_ref()),
-                HashSet::new(),
-            ),
-            Entity::new(
-                driver_uid.clone(),
-                filing_attrs(types, facts.driver.as_ref()),
-                HashSet::new(),
-            ),
-        ];
-        let mut anchor = filing_attrs(types, facts.anchor.as_ref());
+        let mut entities = vec![entity(merchant, merchant_uid.clone(), &mut fact_log)?];
+        let mut room = Attrs::new(&room_uid, explain);
+        filing_attrs(&mut room, types, facts.room.as_ref());
+        entities.push(entity(room, room_uid.clone(), &mut fact_log)?);
+        let mut driver = Attrs::new(&driver_uid, explain);
+        filing_attrs(&mut driver, types, facts.driver.as_ref());
+        entities.push(entity(driver, driver_uid.clone(), &mut fact_log)?);
+        let mut anchor = Attrs::new(&anchor_uid, explain);
+        filing_attrs(&mut anchor, types, facts.anchor.as_ref());
         if let Some(RecordBody::Anchor {
             provider_id,
             image_style,
@@ -209,75 +299,51 @@ impl PolicyBundle {
         }) = facts.anchor.as_ref().map(|a| &a.body)
         {
             let provider_uid = uid(&types.provider, provider_id);
-            anchor.insert(
-                "provider".into(),
-                RestrictedExpression::new_entity_uid(provider_uid.clone()),
-            );
-            anchor.insert("image_style".into(), string(image_style.policy_name()));
+            anchor.entity("provider", &provider_uid);
+            anchor.string("image_style", image_style.policy_name());
             // A provider the store does not know is, by definition, not listed.
             let listed = facts
                 .provider
                 .as_ref()
                 .and_then(|p| p.provider_listing.as_ref())
                 .is_some_and(|l| l.listed);
-            let mut provider = Attrs::new();
-            provider.insert(
-                "filed".into(),
-                RestrictedExpression::new_bool(facts.provider.is_some()),
-            );
-            provider.insert("listed".into(), RestrictedExpression::new_bool(listed));
-            entities.push(Entity::new(provider_uid, provider, HashSet::new()));
+            let mut provider = Attrs::new(&provider_uid, explain);
+            provider.bool("filed", facts.provider.is_some());
+            provider.bool("listed", listed);
+            entities.push(entity(provider, provider_uid, &mut fact_log)?);
         }
-        entities.push(Entity::new(anchor_uid.clone(), anchor, HashSet::new()));
-        let entities: Vec<Entity> = entities
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("cannot build entity: {e}"))?;
+        entities.push(entity(anchor, anchor_uid.clone(), &mut fact_log)?);
         let entities = Entities::from_entities(entities, None)
             .map_err(|e| format!("cannot build entities: {e}"))?;
 
-        let features = |cleared: &dyn Fn(&Registration) -> bool| {
-            RestrictedExpression::new_set(
-                facts
-                    .ai_features
-                    .iter()
-                    .filter(|(_, record)| record.as_ref().is_some_and(cleared))
-                    .map(|(id, _)| string(id)),
-            )
+        let cleared = |test: &dyn Fn(&Registration) -> bool| -> Vec<&String> {
+            facts
+                .ai_features
+                .iter()
+                .filter(|(_, record)| record.as_ref().is_some_and(test))
+                .map(|(id, _)| id)
+                .collect()
         };
-        let assessed = features(&|r| {
+        let assessed = cleared(&|r| {
             r.ai_feature_clearance
                 .as_ref()
                 .is_some_and(|c| c.security_assessment_passed)
         });
-        let filed = features(&|r| r.ai_feature_clearance.as_ref().is_some_and(|c| c.filed()));
-        let context = Context::from_pairs([
-            ("phase".to_owned(), string(observation.phase.policy_name())),
-            ("now_ms".to_owned(), RestrictedExpression::new_long(now)),
-            (
-                "livestream_type".to_owned(),
-                string(observation.livestream_type.policy_name()),
-            ),
-            (
-                "drive_mode".to_owned(),
-                string(observation.drive_mode.policy_name()),
-            ),
-            (
-                "anchor".to_owned(),
-                RestrictedExpression::new_entity_uid(anchor_uid),
-            ),
-            (
-                "driver".to_owned(),
-                RestrictedExpression::new_entity_uid(driver_uid),
-            ),
-            (
-                "ai_features".to_owned(),
-                RestrictedExpression::new_set(observation.ai_features.iter().map(|f| string(f))),
-            ),
-            ("ai_features_assessed".to_owned(), assessed),
-            ("ai_features_filed".to_owned(), filed),
-        ])
-        .map_err(|e| format!("cannot build context: {e}"))?;
+        let filed = cleared(&|r| r.ai_feature_clearance.as_ref().is_some_and(|c| c.filed()));
+        let in_use: Vec<&String> = observation.ai_features.iter().collect();
+        let mut context = Attrs::new("context", explain);
+        context.string("phase", observation.phase.policy_name());
+        context.long("now_ms", now);
+        context.string("livestream_type", observation.livestream_type.policy_name());
+        context.string("drive_mode", observation.drive_mode.policy_name());
+        context.entity("anchor", &anchor_uid);
+        context.entity("driver", &driver_uid);
+        context.strings("ai_features", &in_use);
+        context.strings("ai_features_assessed", &assessed);
+        context.strings("ai_features_filed", &filed);
+        let context_facts = std::mem::take(&mut context.facts);
+        let context =
+            Context::from_pairs(context.map).map_err(|e| format!("cannot build context: {e}"))?;
         let request = Request::new(
             merchant_uid,
             types.broadcast.clone(),
@@ -312,10 +378,29 @@ impl PolicyBundle {
         if !allowed && violations.is_empty() {
             violations.push(Violation::pdp_failure("no policy permits this broadcast"));
         }
+        let explanation = explain.then(|| {
+            let mut determining: Vec<String> = response
+                .diagnostics()
+                .reason()
+                .map(|id| id.to_string())
+                .collect();
+            determining.sort();
+            Explanation {
+                facts: fact_log,
+                context: context_facts,
+                determining_policies: determining,
+                errors: response
+                    .diagnostics()
+                    .errors()
+                    .map(|e| e.to_string())
+                    .collect(),
+            }
+        });
         Ok(Decision {
             allowed,
             violations,
             policy_version: self.version().to_owned(),
+            explanation,
         })
     }
 }

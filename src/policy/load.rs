@@ -186,15 +186,6 @@ fn rule_id_is_valid(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-fn parse_penalty(value: &str) -> Option<Penalty> {
-    match value {
-        "none" => Some(Penalty::None),
-        "E1" => Some(Penalty::E1),
-        "E2" => Some(Penalty::E2),
-        _ => None,
-    }
-}
-
 /// Loads and validates every `*.cedarschema` and `*.cedar` file in `dir`.
 pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
     let mut problems = Vec::new();
@@ -306,7 +297,7 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
                 Effect::Forbid => {
                     let mut missing = Vec::new();
                     let penalty = match policy.annotation("penalty") {
-                        Some(value) => match parse_penalty(value) {
+                        Some(value) => match Penalty::parse(value) {
                             Some(p) => Some(p),
                             None => {
                                 problems.push(at(format!(

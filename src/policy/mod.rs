@@ -1,8 +1,10 @@
-//! The rules as Cedar policies: loading and validating a policy directory (`load`) and deciding
-//! with it (`decide`).
+//! The rules as Cedar policies: loading and validating a policy directory (`load`), deciding
+//! with it (`decide`), and swapping it while serving (`handle`).
 
 mod decide;
+mod handle;
 mod load;
 
-pub use decide::{Decision, Observation, PDP_RULE_ID, Phase, Violation};
+pub use decide::{Decision, Explanation, Fact, Observation, PDP_RULE_ID, Phase, Violation};
+pub use handle::{PolicyHandle, ReloadOutcome, ReloadStatus};
 pub use load::{PolicyBundle, PolicyLoadError, PolicyProblem, RuleInfo, load};

@@ -460,4 +460,27 @@ impl Store {
         })
         .await
     }
+
+    /// Writes records and accounts as given, in one transaction: for fixtures and restores,
+    /// where the state is already decided. Registration goes through `register` instead.
+    pub async fn import(
+        &self,
+        registrations: &[Registration],
+        accounts: &[Account],
+    ) -> Result<(), PdpError> {
+        self.transact(|tx| {
+            for registration in registrations {
+                tx_put(
+                    tx,
+                    &registration_key(registration.kind(), &registration.id),
+                    registration,
+                )?;
+            }
+            for account in accounts {
+                tx_put(tx, &account_key(&account.merchant_id), account)?;
+            }
+            Ok(())
+        })
+        .await
+    }
 }

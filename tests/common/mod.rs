@@ -46,13 +46,24 @@ impl TestServer {
 
     /// Starts on an existing data dir (the caller owns the dir).
     pub async fn start_on(data_dir: &Path, clock: ManualClock) -> TestServer {
+        Self::start_with(data_dir, clock, &repo_policies(), false).await
+    }
+
+    /// Starts with its own policy directory, optionally watching it for changes.
+    pub async fn start_with(
+        data_dir: &Path,
+        clock: ManualClock,
+        policies: &Path,
+        watch_policies: bool,
+    ) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let args = ServeArgs {
             listen: addr,
             data_dir: data_dir.to_owned(),
-            policies: repo_policies(),
+            policies: policies.to_owned(),
             recheck_secs: 30,
+            watch_policies,
             max_message_bytes: 64 * 1024,
         };
         let pdp = server::open(&args, Arc::new(clock.clone())).expect("open server");
@@ -311,6 +322,7 @@ pub fn start() -> proto::AuthorizeRequest {
         ai_features: vec![],
         session_id: String::new(),
         gateway_id: "test-gw".into(),
+        explain: false,
     }
 }
 

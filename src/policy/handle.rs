@@ -1,0 +1,157 @@
+//! The policy set in force, swappable while serving. A decision takes one `Arc` of the set at
+//! its start and uses only that, so no decision ever sees half of an old set and half of a new
+//! one. A reload validates the new set first; an invalid one is reported and the old set keeps
+//! serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::load::{PolicyBundle, PolicyLoadError, load};
+use crate::domain::Millis;
+
+/// What a reload attempt did.
+#[derive(Clone, Debug)]
+pub enum ReloadOutcome {
+    /// A new set is in force.
+    Reloaded { previous: String, active: String },
+    /// The files hash to the set already in force.
+    Unchanged { active: String },
+    /// The new set is invalid; `active` keeps serving.
+    Rejected {
+        active: String,
+        error: PolicyLoadError,
+    },
+}
+
+/// The reload history an operator can read.
+#[derive(Clone, Debug)]
+pub struct ReloadStatus {
+    pub active_version: String,
+    pub loaded_at: Millis,
+    pub last_attempt_at: Option<Millis>,
+    pub last_trigger: String,
+    /// The error of the latest attempt, if it was rejected; cleared by a later success.
+    pub last_error: Option<PolicyLoadError>,
+    pub reloads: u64,
+    pub rejected_reloads: u64,
+}
+
+pub struct PolicyHandle {
+    dir: PathBuf,
+    current: RwLock<Arc<PolicyBundle>>,
+    status: Mutex<ReloadStatus>,
+    /// Serializes reloads so two triggers at once cannot interleave load and swap.
+    reloading: Mutex<()>,
+}
+
+impl PolicyHandle {
+    pub fn load(dir: &Path, now: Millis) -> Result<PolicyHandle, PolicyLoadError> {
+        let bundle = load(dir)?;
+        let status = ReloadStatus {
+            active_version: bundle.version().to_owned(),
+            loaded_at: now,
+            last_attempt_at: None,
+            last_trigger: "start".into(),
+            last_error: None,
+            reloads: 0,
+            rejected_reloads: 0,
+        };
+        Ok(PolicyHandle {
+            dir: dir.to_owned(),
+            current: RwLock::new(Arc::new(bundle)),
+            status: Mutex::new(status),
+            reloading: Mutex::new(()),
+        })
+    }
+
+    /// Wraps an already loaded set (tests, tools).
+    pub fn fixed(dir: &Path, bundle: PolicyBundle, now: Millis) -> PolicyHandle {
+        PolicyHandle {
+            dir: dir.to_owned(),
+            status: Mutex::new(ReloadStatus {
+                active_version: bundle.version().to_owned(),
+                loaded_at: now,
+                last_attempt_at: None,
+                last_trigger: "start".into(),
+                last_error: None,
+                reloads: 0,
+                rejected_reloads: 0,
+            }),
+            current: RwLock::new(Arc::new(bundle)),
+            reloading: Mutex::new(()),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The set in force now. Hold the `Arc` for the whole of one decision.
+    pub fn current(&self) -> Arc<PolicyBundle> {
+        // A panic elsewhere while holding the lock cannot leave the Arc half-written, so a
+        // poisoned lock still holds a whole set.
+        match self.current.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        match self.status.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Loads and validates the directory again; swaps it in only if valid and different.
+    pub fn reload(&self, now: Millis, trigger: &str) -> ReloadOutcome {
+        let _one_at_a_time = match self.reloading.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let previous = self.current().version().to_owned();
+        let outcome = match load(&self.dir) {
+            Ok(bundle) if bundle.version() == previous => {
+                ReloadOutcome::Unchanged { active: previous }
+            }
+            Ok(bundle) => {
+                let active = bundle.version().to_owned();
+                let fresh = Arc::new(bundle);
+                match self.current.write() {
+                    Ok(mut guard) => *guard = fresh,
+                    Err(poisoned) => *poisoned.into_inner() = fresh,
+                }
+                ReloadOutcome::Reloaded { previous, active }
+            }
+            Err(error) => ReloadOutcome::Rejected {
+                active: previous,
+                error,
+            },
+        };
+        let mut status = match self.status.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        status.last_attempt_at = Some(now);
+        status.last_trigger = trigger.to_owned();
+        match &outcome {
+            ReloadOutcome::Reloaded { active, .. } => {
+                status.active_version = active.clone();
+                status.loaded_at = now;
+                status.last_error = None;
+                status.reloads += 1;
+                tracing::info!(trigger, policy_version = %active, "policies reloaded");
+            }
+            ReloadOutcome::Unchanged { active } => {
+                status.last_error = None;
+                tracing::debug!(trigger, policy_version = %active, "policies unchanged");
+            }
+            ReloadOutcome::Rejected { active, error } => {
+                status.last_error = Some(error.clone());
+                status.rejected_reloads += 1;
+                tracing::error!(trigger, policy_version = %active, "policy reload rejected; the previous set keeps serving: {error}");
+            }
+        }
+        outcome
+    }
+}
