@@ -390,3 +390,201 @@ fn an_invalid_policy_set_refuses_to_start_with_file_line_and_reason() {
         "{stderr}"
     );
 }
+
+#[test]
+fn policy_validate_accepts_the_shipped_set_and_lists_every_problem_of_a_broken_one() {
+    let output = pdp()
+        .args(["policy", "validate"])
+        .arg(common::repo_policies())
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("valid, 10 rules (R1 R2 R3 R4 R5 R6 R7 R8 R9 E3)"),
+        "{stdout}"
+    );
+
+    let temp = tempfile::tempdir().expect("temp");
+    let policies = temp.path().join("policies");
+    copy_policies(&policies);
+    let rules = policies.join("rules.cedar");
+    let mut text = std::fs::read_to_string(&rules).expect("rules");
+    let line = text.lines().count() + 1;
+    text.push_str(
+        "@id(\"R10\") @message_en(\"x\")\n\
+         forbid (principal, action == AnchorPdp::Action::\"Broadcast\", resource) when { false };\n\
+         @id(\"R11\") @penalty(\"none\") @message_en(\"x\") @message_zh(\"x\")\n\
+         forbid (principal, action == AnchorPdp::Action::\"Broadcast\", resource) when { resource.colour == \"red\" };\n",
+    );
+    std::fs::write(&rules, text).expect("write");
+    let output = pdp()
+        .args(["policy", "validate"])
+        .arg(&policies)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "rules.cedar:{line}:1: rule R10: missing or empty @penalty, @message_zh"
+        )),
+        "{stdout}"
+    );
+    // The same run also reports what the schema rejects.
+    assert!(
+        stdout.contains(&format!("rules.cedar:{}:", line + 3)) && stdout.contains("colour"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn policy_test_runs_the_shipped_suites_and_writes_junit() {
+    let temp = tempfile::tempdir().expect("temp");
+    let junit = temp.path().join("policy-tests.xml");
+    let output = pdp()
+        .args(["policy", "test"])
+        .arg(common::repo_policies())
+        .arg("--junit")
+        .arg(&junit)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let summary = stdout.lines().last().unwrap_or_default();
+    let passed: usize = summary
+        .strip_suffix(" passed, 0 failed")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("summary line: {summary:?}"));
+    assert!(passed >= 50, "{summary}");
+    assert!(!stdout.contains("no case expects"), "{stdout}");
+    for rule in [
+        "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "E1", "E2", "E3",
+    ] {
+        assert!(
+            stdout.contains(&format!(":: {rule} ")),
+            "no case named for {rule}"
+        );
+    }
+    let xml = std::fs::read_to_string(&junit).expect("junit");
+    assert!(
+        xml.contains(&format!(
+            "<testsuites name=\"anchor-pdp policy tests\" tests=\"{passed}\" failures=\"0\">"
+        )),
+        "{xml}"
+    );
+}
+
+#[test]
+fn policy_test_fails_on_a_wrong_expectation() {
+    let temp = tempfile::tempdir().expect("temp");
+    let policies = temp.path().join("policies");
+    copy_policies(&policies);
+    std::fs::create_dir_all(policies.join("tests")).expect("tests dir");
+    std::fs::write(
+        policies.join("tests/wrong.yaml"),
+        "now: 2026-01-01T00:00:00Z\n\
+         fixtures:\n  merchants: [{id: m1, tier: GLOBAL_GOLD_SUPPLIER}]\n\
+         defaults: {phase: START, merchant: m1, room: r1, anchor: a1, driver: d1, \
+         livestream_type: DAILY_MARKETING, drive_mode: REAL_PERSON}\n\
+         cases:\n\
+         \x20 - name: wrongly expects GGS allowed\n    expect: {decision: ALLOW}\n\
+         \x20 - name: rightly expects GGS denied\n    expect: {decision: DENY, rules: [R1, R6, R7]}\n",
+    )
+    .expect("write suite");
+    let junit = temp.path().join("out.xml");
+    let output = pdp()
+        .args(["policy", "test"])
+        .arg(&policies)
+        .arg("--junit")
+        .arg(&junit)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(
+            "FAIL wrong :: wrongly expects GGS allowed: decision: expected ALLOW, got DENY"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("PASS wrong :: rightly expects GGS denied"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .ends_with(" passed, 1 failed"),
+        "{stdout}"
+    );
+    let xml = std::fs::read_to_string(&junit).expect("junit");
+    assert!(
+        xml.contains("<failure message=\"decision: expected ALLOW, got DENY"),
+        "{xml}"
+    );
+}
+
+#[test]
+fn sighup_reloads_the_policies() {
+    let temp = tempfile::tempdir().expect("temp");
+    let policies = temp.path().join("policies");
+    copy_policies(&policies);
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut server = Running::spawn(
+        pdp().args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--data-dir",
+            temp.path().join("data").to_str().expect("utf8"),
+            "--policies",
+            policies.to_str().expect("utf8"),
+            "--watch-policies",
+            "false",
+        ]),
+        temp.path().join("server.log"),
+    );
+    server.wait_listening(addr);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let version = || {
+        runtime.block_on(async {
+            let mut admin = anchor_pdp::PolicyAdminClient::connect(format!("http://{addr}"))
+                .await
+                .expect("connect");
+            admin
+                .get_policy_status(proto::GetPolicyStatusRequest {})
+                .await
+                .expect("status")
+                .into_inner()
+        })
+    };
+    let before = version();
+    let rules = policies.join("rules.cedar");
+    let text = std::fs::read_to_string(&rules).expect("rules");
+    std::fs::write(&rules, text + "\n// reviewed 2026-11\n").expect("write");
+    // Not watching: nothing changes until the signal.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(version().active_version, before.active_version);
+    server.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let status = version();
+        if status.active_version != before.active_version {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(after.last_trigger, "SIGHUP");
+    assert_eq!(after.reloads, 1);
+    server.signal("TERM");
+    assert!(server.wait().success());
+}

@@ -360,7 +360,8 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
     let Some(schema) = schema else {
         return Err(fail(problems));
     };
-    if problems.is_empty() {
+    // Validate even with annotation problems, so one run reports everything there is to fix.
+    {
         let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
         for error in result.validation_errors() {
             let policy_id = error.policy_id();
