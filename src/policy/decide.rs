@@ -344,12 +344,15 @@ impl PolicyBundle {
         let context_facts = std::mem::take(&mut context.facts);
         let context =
             Context::from_pairs(context.map).map_err(|e| format!("cannot build context: {e}"))?;
+        // Not schema-checked per request (~5 µs of ~38): the policies are validated against the
+        // schema at load, this function is the only producer of requests, and a request of the
+        // wrong shape fails evaluation, which denies.
         let request = Request::new(
             merchant_uid,
             types.broadcast.clone(),
             room_uid,
             context,
-            Some(&self.schema),
+            None,
         )
         .map_err(|e| format!("request does not match the schema: {e}"))?;
 
