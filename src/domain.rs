@@ -404,6 +404,15 @@ impl AiFeatureClearance {
     }
 }
 
+/// A broken rule, as a decision reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    pub rule_id: String,
+    pub message_en: String,
+    pub message_zh: String,
+    pub penalty: Penalty,
+}
+
 /// A stored record with its platform-controlled state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {
@@ -706,6 +715,30 @@ pub enum SessionState {
     Ended,
 }
 
+/// Where a gateway carries a session: what it needs to cut the stream, and what its hooks use
+/// to find the session again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRef {
+    /// `nginx-rtmp`, `srs` or `envoy`.
+    pub protocol: String,
+    /// The application (nginx-rtmp / SRS `app`), or the route for Envoy.
+    pub app: String,
+    /// The stream key.
+    pub name: String,
+    /// The gateway's own connection id (nginx-rtmp `clientid`, SRS `client_id`).
+    pub client_id: String,
+}
+
+impl StreamRef {
+    /// The key a gateway hook finds the session by.
+    pub fn lookup_key(&self, gateway_id: &str) -> String {
+        format!(
+            "{}|{gateway_id}|{}|{}|{}",
+            self.protocol, self.app, self.name, self.client_id
+        )
+    }
+}
+
 /// A broadcast admitted at START.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
@@ -723,12 +756,44 @@ pub struct Session {
     pub closed_at: Option<Millis>,
     pub close_reason: String,
     pub penalty_applied: Option<Penalty>,
+    /// Set when the session came in through a gateway hook.
+    #[serde(default)]
+    pub stream: Option<StreamRef>,
+}
+
+/// What ended a live session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Trigger {
+    /// A LIVE re-check from the gateway.
+    LiveCheck,
+    /// An inspector's violation report.
+    ViolationReport,
+    /// The PDP re-checked live sessions after a change to what they rely on (a revoked
+    /// filing, a delisted provider, a freeze, ...).
+    Recheck,
+}
+
+/// One enforcement that ended a live session, in the order they happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnforcementEvent {
+    pub sequence: u64,
+    pub session_id: String,
+    pub merchant_id: String,
+    pub gateway_id: String,
+    pub stream: Option<StreamRef>,
+    pub trigger: Trigger,
+    pub reason: String,
+    pub violations: Vec<Violation>,
+    pub penalty_applied: Option<Penalty>,
+    pub at: Millis,
 }
 
 /// What a live discovery (a failed LIVE re-check or an inspector's report) asks to apply.
 #[derive(Clone, Debug)]
 pub struct Discovery {
     pub session_id: String,
+    pub trigger: Trigger,
+    pub violations: Vec<Violation>,
     pub rule_ids: Vec<String>,
     /// The heaviest penalty among the broken rules.
     pub penalty: Penalty,
@@ -896,12 +961,15 @@ mod tests {
             closed_at: None,
             close_reason: String::new(),
             penalty_applied: None,
+            stream: None,
         }
     }
 
     fn discovery(penalty: Penalty, at: Millis) -> Discovery {
         Discovery {
             session_id: "s1".into(),
+            trigger: Trigger::ViolationReport,
+            violations: vec![],
             rule_ids: vec!["R6".into()],
             penalty,
             discovered_by: "test".into(),

@@ -483,6 +483,7 @@ fn command(spec: &RequestSpec) -> Result<AuthorizeCommand, String> {
         session_id: None,
         gateway_id: "policy-test".into(),
         explain: false,
+        stream: None,
     })
 }
 
@@ -536,6 +537,7 @@ async fn run_case(
             closed_at: None,
             close_reason: String::new(),
             penalty_applied: None,
+            stream: None,
         };
         pdp.store()
             .open_session(&session)

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::domain::{
-    Account, Discovery, DriveMode, Enforced, Kind, LivestreamType, Millis, Penalty, RecordBody,
-    Registration, ReviewCommand, Session, SessionState, WriteOutcome,
+    Account, Discovery, DriveMode, Enforced, EnforcementEvent, Kind, LivestreamType, Millis,
+    Penalty, RecordBody, Registration, ReviewCommand, Session, SessionState, StreamRef, Trigger,
+    Verdict, WriteOutcome,
 };
 use crate::error::PdpError;
 use crate::policy::{
@@ -42,6 +43,9 @@ pub struct AuthorizeCommand {
     pub gateway_id: String,
     /// Return the facts and policies the decision used.
     pub explain: bool,
+    /// Where a gateway hook carries the stream (so it can find the session and be told to
+    /// cut it).
+    pub stream: Option<StreamRef>,
 }
 
 #[derive(Clone, Debug)]
@@ -55,6 +59,29 @@ pub struct AuthorizeOutcome {
     pub recheck_after: Option<Duration>,
     pub decision_id: String,
     pub decided_at: Millis,
+}
+
+/// How a live session is re-checked: the gateway's fresh observations (if any) and who asks.
+struct LiveCheck<'a> {
+    livestream_type: Option<LivestreamType>,
+    drive_mode: Option<DriveMode>,
+    ai_features: &'a [String],
+    trigger: Trigger,
+    discovered_by: &'a str,
+    explain: bool,
+}
+
+impl<'a> LiveCheck<'a> {
+    fn recheck(discovered_by: &'a str) -> Self {
+        LiveCheck {
+            livestream_type: None,
+            drive_mode: None,
+            ai_features: &[],
+            trigger: Trigger::Recheck,
+            discovered_by,
+            explain: false,
+        }
+    }
 }
 
 /// The result of an inspector's violation report.
@@ -239,6 +266,7 @@ impl Pdp {
             closed_at: None,
             close_reason: String::new(),
             penalty_applied: None,
+            stream: cmd.stream,
         };
         if let Err(e) = self.store.open_session(&session).await {
             return self.outcome(
@@ -265,29 +293,33 @@ impl Pdp {
         let Some(session_id) = cmd.session_id.clone() else {
             return Err(PdpError::invalid("session_id", "required at LIVE"));
         };
-        let shut_down = |decision: Decision| {
-            let mut outcome = self.outcome(decision, Enforcement::ShutDown, now);
-            outcome.session_id = Some(session_id.clone());
-            outcome
-        };
         let session = match self.store.get_session(&session_id) {
             Ok(Some(session)) => session,
             Ok(None) => {
-                return Ok(shut_down(Self::deny(
-                    policies,
-                    session_violation(
-                        format!(
-                            "Session {session_id} is unknown: a broadcast must be admitted at START."
+                let mut outcome = self.outcome(
+                    Self::deny(
+                        policies,
+                        session_violation(
+                            format!(
+                                "Session {session_id} is unknown: a broadcast must be admitted at START."
+                            ),
+                            format!("直播会话 {session_id} 不存在:直播须先通过开播(START)校验。"),
                         ),
-                        format!("直播会话 {session_id} 不存在:直播须先通过开播(START)校验。"),
                     ),
-                )));
+                    Enforcement::ShutDown,
+                    now,
+                );
+                outcome.session_id = Some(session_id);
+                return Ok(outcome);
             }
             Err(e) => {
-                return Ok(shut_down(Self::deny(
-                    policies,
-                    Violation::pdp_failure(&e.to_string()),
-                )));
+                let mut outcome = self.outcome(
+                    Self::deny(policies, Violation::pdp_failure(&e.to_string())),
+                    Enforcement::ShutDown,
+                    now,
+                );
+                outcome.session_id = Some(session_id);
+                return Ok(outcome);
             }
         };
         for (field, given, stored) in [
@@ -305,25 +337,62 @@ impl Pdp {
                 ));
             }
         }
+        let discovered_by = if cmd.gateway_id.is_empty() {
+            "pdp:live-check".to_owned()
+        } else {
+            format!("pdp:live-check via {}", cmd.gateway_id)
+        };
+        let merchant_id = session.merchant_id.clone();
+        let outcome = self
+            .evaluate_live(
+                policies,
+                session,
+                LiveCheck {
+                    livestream_type: cmd.livestream_type,
+                    drive_mode: cmd.drive_mode,
+                    ai_features: &cmd.ai_features,
+                    trigger: Trigger::LiveCheck,
+                    discovered_by: &discovered_by,
+                    explain: cmd.explain,
+                },
+                now,
+            )
+            .await;
+        if outcome.penalty_applied.is_some_and(Penalty::freezes) {
+            self.propagate_freeze(merchant_id).await;
+        }
+        Ok(outcome)
+    }
+
+    /// Re-checks a live session and enforces the result: shut down (and the penalty, once per
+    /// session) if any rule is broken now.
+    async fn evaluate_live(
+        &self,
+        policies: &PolicyBundle,
+        session: Session,
+        check: LiveCheck<'_>,
+        now: Millis,
+    ) -> AuthorizeOutcome {
+        let session_id = session.id.clone();
+        let shut_down = |decision: Decision| {
+            let mut outcome = self.outcome(decision, Enforcement::ShutDown, now);
+            outcome.session_id = Some(session_id.clone());
+            outcome
+        };
         if session.state != SessionState::Active {
-            let state = match session.state {
-                SessionState::ShutDown => "was shut down",
-                _ => "has ended",
+            let (en, zh) = match session.state {
+                SessionState::ShutDown => ("was shut down", "已被关停"),
+                _ => ("has ended", "已结束"),
             };
             let mut outcome = shut_down(Self::deny(
                 policies,
                 session_violation(
                     format!(
-                        "Session {session_id} {state} ({}); it cannot go on.",
+                        "Session {session_id} {en} ({}); it cannot go on.",
                         session.close_reason
                     ),
                     format!(
-                        "直播会话 {session_id} 已{}({}),不能继续。",
-                        if session.state == SessionState::ShutDown {
-                            "被关停"
-                        } else {
-                            "结束"
-                        },
+                        "直播会话 {session_id} {zh}({}),不能继续。",
                         session.close_reason
                     ),
                 ),
@@ -334,13 +403,13 @@ impl Pdp {
                 .ok()
                 .flatten()
                 .and_then(|(_, account)| account.frozen_at(now));
-            return Ok(outcome);
+            return outcome;
         }
 
-        let livestream_type = cmd.livestream_type.unwrap_or(session.livestream_type);
-        let drive_mode = cmd.drive_mode.unwrap_or(session.drive_mode);
+        let livestream_type = check.livestream_type.unwrap_or(session.livestream_type);
+        let drive_mode = check.drive_mode.unwrap_or(session.drive_mode);
         let mut features: BTreeSet<String> = session.ai_features.clone();
-        features.extend(cmd.ai_features.iter().cloned());
+        features.extend(check.ai_features.iter().cloned());
         let feature_list: Vec<String> = features.iter().cloned().collect();
         let facts = match self.store.facts(
             &session.merchant_id,
@@ -351,10 +420,7 @@ impl Pdp {
         ) {
             Ok(facts) => facts,
             Err(e) => {
-                return Ok(shut_down(Self::deny(
-                    policies,
-                    Violation::pdp_failure(&e.to_string()),
-                )));
+                return shut_down(Self::deny(policies, Violation::pdp_failure(&e.to_string())));
             }
         };
         let observation = Observation {
@@ -363,7 +429,7 @@ impl Pdp {
             drive_mode,
             ai_features: &feature_list,
         };
-        let decision = policies.decide_explained(&facts, &observation, now, cmd.explain);
+        let decision = policies.decide_explained(&facts, &observation, now, check.explain);
 
         if decision.allowed {
             if features != session.ai_features || drive_mode != session.drive_mode {
@@ -377,48 +443,135 @@ impl Pdp {
                     })
                     .await;
                 if let Err(e) = recorded {
-                    return Ok(shut_down(Self::deny(
+                    return shut_down(Self::deny(
                         policies,
                         Violation::pdp_failure(&format!(
                             "the session's observations could not be recorded: {e}"
                         )),
-                    )));
+                    ));
                 }
             }
             let mut outcome = self.outcome(decision, Enforcement::None, now);
             outcome.session_id = Some(session_id);
             outcome.recheck_after = Some(self.recheck_after);
-            return Ok(outcome);
+            return outcome;
         }
 
         let discovery = Discovery {
             session_id: session_id.clone(),
+            trigger: check.trigger,
+            violations: decision.violations.clone(),
             rule_ids: decision.rule_ids(),
             penalty: decision.penalty(),
-            discovered_by: if cmd.gateway_id.is_empty() {
-                "pdp:live-check".to_owned()
-            } else {
-                format!("pdp:live-check via {}", cmd.gateway_id)
-            },
-            reason: format!("live re-check broke {}", decision.rule_ids().join(", ")),
+            discovered_by: check.discovered_by.to_owned(),
+            reason: format!(
+                "{} broke {}",
+                check.discovered_by,
+                decision.rule_ids().join(", ")
+            ),
             at: now,
         };
         match self.store.enforce(&discovery).await {
-            Ok(enforced) => {
+            Ok((enforced, _event)) => {
                 let mut outcome = shut_down(decision);
                 outcome.penalty_applied = enforced.penalty_applied;
                 outcome.warning_issued = enforced.warning_issued;
                 outcome.frozen_until = enforced.account.frozen_at(now);
-                Ok(outcome)
+                outcome
             }
             Err(e) => {
                 let mut decision = decision;
                 decision.violations.push(Violation::pdp_failure(&format!(
                     "the shutdown and its penalty could not be recorded: {e}"
                 )));
-                Ok(shut_down(decision))
+                shut_down(decision)
             }
         }
+    }
+
+    /// Re-checks the live sessions `relevant` picks, after a change to what they rely on (a
+    /// revoked filing, a delisted provider, a withdrawn AI filing, a tier change). Those that
+    /// now break a rule are shut down at once, as a LIVE re-check would, and pushed to
+    /// enforcement watchers. Returns how many were shut down.
+    pub async fn recheck_live_sessions(
+        &self,
+        relevant: impl Fn(&Session) -> bool,
+        cause: &str,
+    ) -> usize {
+        let sessions = match self.store.active_sessions() {
+            Ok(sessions) => sessions,
+            Err(e) => {
+                tracing::error!(error = %e, cause, "cannot list live sessions to re-check");
+                return 0;
+            }
+        };
+        let policies = self.policies.current();
+        let discovered_by = format!("pdp:recheck after {cause}");
+        let mut shut = 0;
+        let mut frozen = Vec::new();
+        for session in sessions.into_iter().filter(|s| relevant(s)) {
+            let merchant_id = session.merchant_id.clone();
+            let outcome = self
+                .evaluate_live(
+                    &policies,
+                    session,
+                    LiveCheck::recheck(&discovered_by),
+                    self.now(),
+                )
+                .await;
+            if outcome.enforcement == Enforcement::ShutDown {
+                shut += 1;
+            }
+            if outcome.penalty_applied.is_some_and(Penalty::freezes) {
+                frozen.push(merchant_id);
+            }
+        }
+        for merchant_id in frozen {
+            shut += self.propagate_freeze(merchant_id).await;
+        }
+        shut
+    }
+
+    /// A freeze ends every other live broadcast of the account (E3). Worklist, not recursion:
+    /// a shutdown found here may freeze again, but only accounts not yet swept are swept.
+    async fn propagate_freeze(&self, merchant_id: String) -> usize {
+        let mut pending = vec![merchant_id];
+        let mut swept = std::collections::HashSet::new();
+        let mut shut = 0;
+        while let Some(merchant_id) = pending.pop() {
+            if !swept.insert(merchant_id.clone()) {
+                continue;
+            }
+            let sessions = match self.store.active_sessions() {
+                Ok(sessions) => sessions,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot list live sessions after a freeze");
+                    continue;
+                }
+            };
+            let policies = self.policies.current();
+            let discovered_by = format!("pdp:recheck after freezing {merchant_id}");
+            for session in sessions
+                .into_iter()
+                .filter(|s| s.merchant_id == merchant_id)
+            {
+                let outcome = self
+                    .evaluate_live(
+                        &policies,
+                        session,
+                        LiveCheck::recheck(&discovered_by),
+                        self.now(),
+                    )
+                    .await;
+                if outcome.enforcement == Enforcement::ShutDown {
+                    shut += 1;
+                }
+                if outcome.penalty_applied.is_some_and(Penalty::freezes) {
+                    pending.push(merchant_id.clone());
+                }
+            }
+        }
+        shut
     }
 
     /// Ends a session (the publisher stopped). Ending an ended session changes nothing.
@@ -451,13 +604,56 @@ impl Pdp {
         body: RecordBody,
         expected_revision: Option<u64>,
     ) -> Result<WriteOutcome, PdpError> {
-        self.store
+        let outcome = self
+            .store
             .register(id, body, expected_revision, self.now())
-            .await
+            .await?;
+        if outcome.changed && outcome.registration.revision > 1 {
+            self.recheck_sessions_using(outcome.registration.kind(), id, "a changed registration")
+                .await;
+        }
+        Ok(outcome)
     }
 
     pub async fn review(&self, cmd: &ReviewCommand) -> Result<Registration, PdpError> {
-        self.store.review(cmd, self.now()).await
+        let registration = self.store.review(cmd, self.now()).await?;
+        if cmd.verdict == Verdict::Revoke {
+            self.recheck_sessions_using(cmd.kind, &cmd.id, "a revoked filing")
+                .await;
+        }
+        Ok(registration)
+    }
+
+    /// Re-checks the live sessions that rely on the record `kind`/`id`.
+    async fn recheck_sessions_using(&self, kind: Kind, id: &str, cause: &str) -> usize {
+        let store = &self.store;
+        let shut = self
+            .recheck_live_sessions(
+                |s| match kind {
+                    Kind::Merchant => s.merchant_id == id,
+                    Kind::Anchor => s.anchor_id == id,
+                    Kind::Driver => s.driver_id == id,
+                    Kind::Room => s.room_id == id,
+                    Kind::AiFeature => s.ai_features.contains(id),
+                    Kind::Provider => matches!(
+                        store.get_registration(Kind::Anchor, &s.anchor_id),
+                        Ok(Some(Registration { body: RecordBody::Anchor { ref provider_id, .. }, .. }))
+                            if provider_id == id
+                    ),
+                },
+                cause,
+            )
+            .await;
+        if shut > 0 {
+            tracing::warn!(
+                kind = kind.name(),
+                id,
+                shut,
+                cause,
+                "live sessions shut down"
+            );
+        }
+        shut
     }
 
     pub async fn set_provider_listing(
@@ -467,9 +663,15 @@ impl Pdp {
         operator: &str,
         expected_revision: Option<u64>,
     ) -> Result<WriteOutcome, PdpError> {
-        self.store
+        let outcome = self
+            .store
             .set_provider_listing(id, listed, operator, expected_revision, self.now())
-            .await
+            .await?;
+        if outcome.changed && !listed {
+            self.recheck_sessions_using(Kind::Provider, id, "a delisted provider")
+                .await;
+        }
+        Ok(outcome)
     }
 
     pub async fn set_ai_feature_filing(
@@ -480,7 +682,8 @@ impl Pdp {
         operator: &str,
         expected_revision: Option<u64>,
     ) -> Result<WriteOutcome, PdpError> {
-        self.store
+        let outcome = self
+            .store
             .set_ai_feature_filing(
                 id,
                 security_assessment_passed,
@@ -489,7 +692,12 @@ impl Pdp {
                 expected_revision,
                 self.now(),
             )
-            .await
+            .await?;
+        if outcome.changed {
+            self.recheck_sessions_using(Kind::AiFeature, id, "a changed AI-feature filing")
+                .await;
+        }
+        Ok(outcome)
     }
 
     /// An inspector found `rule_id` broken in a live session: shut it down and apply the rule's
@@ -523,10 +731,12 @@ impl Pdp {
         } else {
             format!("violation of {rule_id} reported by {inspector}: {note}")
         };
-        let enforced = self
+        let (enforced, _event) = self
             .store
             .enforce(&Discovery {
                 session_id: session_id.to_owned(),
+                trigger: Trigger::ViolationReport,
+                violations: vec![violation.clone()],
                 rule_ids: vec![rule.id.clone()],
                 penalty: rule.penalty,
                 discovered_by: inspector.to_owned(),
@@ -534,6 +744,10 @@ impl Pdp {
                 at: now,
             })
             .await?;
+        if enforced.penalty_applied.is_some_and(Penalty::freezes) {
+            self.propagate_freeze(enforced.session.merchant_id.clone())
+                .await;
+        }
         Ok(ReportOutcome {
             enforced,
             violation,
@@ -572,5 +786,36 @@ impl Pdp {
         self.store
             .get_account(merchant_id)?
             .ok_or_else(|| PdpError::NotFound(format!("merchant {merchant_id} is not registered")))
+    }
+
+    /// The registered owner of a room: the merchant a gateway's stream key (a room id) speaks
+    /// for.
+    pub fn room_owner(&self, room_id: &str) -> Result<Option<String>, PdpError> {
+        Ok(self
+            .store
+            .get_registration(Kind::Room, room_id)?
+            .and_then(|r| r.body.owner().map(str::to_owned)))
+    }
+
+    /// The session a gateway hook refers to.
+    pub fn session_for_stream(
+        &self,
+        stream: &StreamRef,
+        gateway_id: &str,
+    ) -> Result<Option<Session>, PdpError> {
+        self.store.session_by_stream(&stream.lookup_key(gateway_id))
+    }
+
+    /// Durable enforcement events after `after`, oldest first.
+    pub fn enforcement_events(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EnforcementEvent>, PdpError> {
+        self.store.events_after(after, limit)
+    }
+
+    pub fn subscribe_enforcements(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.store.subscribe_events()
     }
 }

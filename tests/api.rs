@@ -39,6 +39,16 @@ async fn get(s: &mut TestServer, kind: K, id: &str) -> Result<proto::Registratio
         .map(|r| r.into_inner().registration.expect("registration"))
 }
 
+async fn end(s: &mut TestServer, session_id: &str) {
+    s.pdp
+        .end_session(proto::EndSessionRequest {
+            session_id: session_id.into(),
+            reason: "test done".into(),
+        })
+        .await
+        .expect("end session");
+}
+
 // ---- Register ----
 
 #[tokio::test]
@@ -101,7 +111,9 @@ async fn a_material_change_to_an_approved_filing_returns_it_to_review() {
     .expect("registration");
     assert_eq!(renamed.review_status, ReviewStatus::Approved as i32);
     assert_eq!(renamed.revision, 3);
-    assert_allowed(&s.authorize(start()).await);
+    let response = s.authorize(start()).await;
+    assert_allowed(&response);
+    end(&mut s, &response.session_id).await;
     // A new image is: back to review, and broadcasts are refused until it is approved again.
     let mut record = anchor_record("a1", "m1", "p1", proto::ImageStyle::RealisticHuman);
     record.image_reference = "oss://anchors/a1-v2.png".into();
@@ -114,7 +126,9 @@ async fn a_material_change_to_an_approved_filing_returns_it_to_review() {
     assert_eq!(changed.revision, 4);
     assert_refused(&s.authorize(start()).await, &["R6", "R7"]);
     s.approve(K::Anchor, "a1").await;
-    assert_allowed(&s.authorize(start()).await);
+    let response = s.authorize(start()).await;
+    assert_allowed(&response);
+    end(&mut s, &response.session_id).await;
     // The same for a driver's identity and a room's owner.
     s.merchant("m2", proto::MerchantTier::ChineseGoldSupplier)
         .await;
@@ -505,7 +519,13 @@ async fn a_restart_on_the_same_data_dir_keeps_everything() {
         .into_inner()
         .session
         .expect("session");
-    assert_eq!(live_state.state, proto::SessionState::Active as i32);
+    // The freeze ended the account's other broadcast too (E3).
+    assert_eq!(live_state.state, proto::SessionState::ShutDown as i32);
+    assert!(
+        live_state.close_reason.contains("E3"),
+        "{}",
+        live_state.close_reason
+    );
     // Still frozen after the restart.
     assert_refused(&s.authorize(start()).await, &["E3"]);
     drop(temp);

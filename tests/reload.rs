@@ -256,7 +256,7 @@ async fn explain_returns_the_facts_and_the_determining_policies() {
     request.explain = true;
     request.ai_features = vec!["voice-clone".into()];
     let allowed = s.authorize(request.clone()).await;
-    let explanation = allowed.explanation.expect("explanation");
+    let explanation = allowed.explanation.clone().expect("explanation");
     assert_eq!(explanation.determining_policies, ["ALLOW"]);
     let fact = |entity: &str, attribute: &str| {
         explanation
@@ -284,12 +284,34 @@ async fn explain_returns_the_facts_and_the_determining_policies() {
     );
     assert_eq!(fact("context", "now_ms"), Some(T0.to_string()));
 
-    // Why was I shut down? The delisting, in the facts, and R2, in the policies.
+    // Why was I shut down? The gateway saw a pre-recorded anchor: R3, from the context.
     let session = s.start_session().await;
-    s.provider("p1", false).await;
     let mut recheck = live(&session);
     recheck.explain = true;
+    recheck.drive_mode = proto::DriveMode::PreRecorded as i32;
     let denied = s.authorize(recheck).await;
+    let explanation = denied.explanation.expect("explanation");
+    assert_eq!(explanation.determining_policies, ["R3"]);
+    assert!(
+        explanation
+            .context
+            .iter()
+            .any(|f| f.attribute == "drive_mode" && f.value == r#""PRE_RECORDED""#)
+    );
+
+    // Why was I refused? The delisting, in the facts, and R2, in the policies. (End the first
+    // broadcast: a live one would be shut down by the delisting and freeze the account.)
+    s.pdp
+        .end_session(proto::EndSessionRequest {
+            session_id: allowed.session_id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .expect("end");
+    s.provider("p1", false).await;
+    let mut request = start();
+    request.explain = true;
+    let denied = s.authorize(request).await;
     let explanation = denied.explanation.expect("explanation");
     assert_eq!(explanation.determining_policies, ["R2"]);
     assert!(

@@ -374,22 +374,24 @@ async fn e1_applied_when_a_delisted_provider_is_found_live() {
     let mut s = TestServer::admitted().await;
     let session = s.start_session().await;
     s.clock.advance(60_000);
+    // Delisting re-checks the live sessions that rely on the provider at once.
     s.provider("p1", false).await;
-    let response = s.authorize(live(&session)).await;
-    assert_eq!(decision(&response), Decision::Deny);
-    assert_eq!(rule_ids(&response), ["R2"]);
-    assert_eq!(enforcement(&response), Enforcement::ShutDown);
-    assert_eq!(
-        response.penalty_applied,
-        Penalty::E1ShutDownAndFreeze as i32
-    );
-    assert!(!response.warning_issued, "E1 carries no warning");
     let discovered = T0 + 60_000;
-    assert_eq!(millis(&response.frozen_until), Some(discovered + FREEZE_MS));
     let account = s.account("m1").await;
-    assert_eq!(account.warnings, 0);
+    assert_eq!(account.warnings, 0, "E1 carries no warning");
     assert_eq!(millis(&account.frozen_until), Some(discovered + FREEZE_MS));
     assert_eq!(account.penalties, 1);
+    let last = account.last_penalty.expect("penalty");
+    assert_eq!(last.penalty, Penalty::E1ShutDownAndFreeze as i32);
+    assert_eq!(last.rule_ids, ["R2"]);
+    assert_eq!(last.session_id, session);
+    // The gateway's next re-check is told to cut the stream, with the freeze end.
+    let response = s.authorize(live(&session)).await;
+    assert_eq!(decision(&response), Decision::Deny);
+    assert_eq!(rule_ids(&response), ["SESSION"]);
+    assert_eq!(enforcement(&response), Enforcement::ShutDown);
+    assert_eq!(response.penalty_applied, Penalty::Unspecified as i32);
+    assert_eq!(millis(&response.frozen_until), Some(discovered + FREEZE_MS));
 }
 
 #[tokio::test]
@@ -416,7 +418,55 @@ async fn e2_applied_when_a_revoked_filing_is_found_live() {
     let mut s = TestServer::admitted().await;
     let session = s.start_session().await;
     s.review(K::Room, "r1", proto::Verdict::Revoke).await;
+    let account = s.account("m1").await;
+    assert_eq!(account.warnings, 1);
+    assert_eq!(millis(&account.frozen_until), Some(T0 + FREEZE_MS));
+    let last = account.last_penalty.expect("last penalty");
+    assert_eq!(last.penalty, Penalty::E2WarnShutDownAndFreeze as i32);
+    assert_eq!(last.rule_ids, ["R8"]);
+    assert_eq!(last.session_id, session);
+    let state = s
+        .admin
+        .get_session(proto::GetSessionRequest {
+            session_id: session,
+        })
+        .await
+        .expect("session")
+        .into_inner()
+        .session
+        .expect("session");
+    assert_eq!(state.state, proto::SessionState::ShutDown as i32);
+    assert_eq!(
+        state.penalty_applied,
+        Penalty::E2WarnShutDownAndFreeze as i32
+    );
+}
+
+#[tokio::test]
+async fn e2_applied_by_a_live_recheck_after_an_approval_expires() {
+    let mut s = TestServer::admitted().await;
+    s.driver("d-expiring", "m1").await;
+    s.admin
+        .review_filing(proto::ReviewFilingRequest {
+            kind: K::Driver as i32,
+            id: "d-expiring".into(),
+            verdict: proto::Verdict::Approve as i32,
+            reviewer: "reviewer-1".into(),
+            note: String::new(),
+            expected_revision: None,
+            approval_expires_at: Some(prost_types::Timestamp {
+                seconds: (T0 + DAY_MS) / 1000,
+                nanos: 0,
+            }),
+        })
+        .await
+        .expect("approve with expiry");
+    let mut request = start();
+    request.driver_id = "d-expiring".into();
+    let session = s.authorize(request).await.session_id;
+    s.clock.set(T0 + DAY_MS);
     let response = s.authorize(live(&session)).await;
+    assert_eq!(decision(&response), Decision::Deny);
     assert_eq!(rule_ids(&response), ["R8"]);
     assert_eq!(enforcement(&response), Enforcement::ShutDown);
     assert_eq!(
@@ -424,13 +474,12 @@ async fn e2_applied_when_a_revoked_filing_is_found_live() {
         Penalty::E2WarnShutDownAndFreeze as i32
     );
     assert!(response.warning_issued);
-    assert_eq!(millis(&response.frozen_until), Some(T0 + FREEZE_MS));
+    assert_eq!(
+        millis(&response.frozen_until),
+        Some(T0 + DAY_MS + FREEZE_MS)
+    );
     let account = s.account("m1").await;
-    assert_eq!(account.warnings, 1);
-    assert_eq!(millis(&account.frozen_until), Some(T0 + FREEZE_MS));
-    let last = account.last_penalty.expect("last penalty");
-    assert_eq!(last.rule_ids, ["R8"]);
-    assert_eq!(last.session_id, session);
+    assert_eq!((account.warnings, account.penalties), (1, 1));
 }
 
 #[tokio::test]
@@ -474,21 +523,20 @@ async fn e2_not_applied_at_start() {
 async fn e1_and_e2_apply_at_most_once_per_session() {
     let mut s = TestServer::admitted().await;
     let session = s.start_session().await;
-    s.provider("p1", false).await;
-    s.review(K::Anchor, "a1", proto::Verdict::Revoke).await;
-    let first = s.authorize(live(&session)).await;
-    assert_eq!(rule_ids(&first), ["R2", "R8"]);
-    // Both E1 and E2 apply: one freeze, one warning (E2 covers E1).
+    let first = s.report(&session, "R6").await;
     assert_eq!(
         first.penalty_applied,
         Penalty::E2WarnShutDownAndFreeze as i32
     );
     s.clock.advance(DAY_MS);
-    let second = s.authorize(live(&session)).await;
-    assert_eq!(rule_ids(&second), ["SESSION"]);
-    assert_eq!(second.penalty_applied, Penalty::Unspecified as i32);
-    let report = s.report(&session, "R2").await;
-    assert_eq!(report.penalty_applied, Penalty::Unspecified as i32);
+    // Another discovery in the same broadcast, by every route: nothing more.
+    let again = s.report(&session, "R2").await;
+    assert_eq!(again.penalty_applied, Penalty::Unspecified as i32);
+    assert!(!again.warning_issued);
+    let recheck = s.authorize(live(&session)).await;
+    assert_eq!(rule_ids(&recheck), ["SESSION"]);
+    assert_eq!(recheck.penalty_applied, Penalty::Unspecified as i32);
+    s.review(K::Anchor, "a1", proto::Verdict::Revoke).await;
     let account = s.account("m1").await;
     assert_eq!((account.warnings, account.penalties), (1, 1));
     assert_eq!(millis(&account.frozen_until), Some(T0 + FREEZE_MS));
@@ -543,10 +591,23 @@ async fn e3_shuts_down_other_live_sessions_of_a_frozen_account_without_a_new_pen
     let penalized = s.start_session().await;
     let other = s.start_session().await;
     s.report(&penalized, "R2").await;
+    let state = s
+        .admin
+        .get_session(proto::GetSessionRequest {
+            session_id: other.clone(),
+        })
+        .await
+        .expect("session")
+        .into_inner()
+        .session
+        .expect("session");
+    assert_eq!(state.state, proto::SessionState::ShutDown as i32);
+    assert!(state.close_reason.contains("E3"), "{}", state.close_reason);
+    assert_eq!(state.penalty_applied, Penalty::Unspecified as i32);
     let response = s.authorize(live(&other)).await;
-    assert_eq!(rule_ids(&response), ["E3"]);
+    assert_eq!(rule_ids(&response), ["SESSION"]);
     assert_eq!(enforcement(&response), Enforcement::ShutDown);
-    assert_eq!(response.penalty_applied, Penalty::Unspecified as i32);
+    assert_eq!(millis(&response.frozen_until), Some(T0 + FREEZE_MS));
     assert_eq!(s.account("m1").await.penalties, 1);
 }
 

@@ -78,6 +78,7 @@ fn authorize_command(req: &proto::AuthorizeRequest) -> Result<AuthorizeCommand, 
         session_id: optional_id("session_id", &req.session_id)?,
         gateway_id: optional_id("gateway_id", &req.gateway_id)?.unwrap_or_default(),
         explain: req.explain,
+        stream: None,
     };
     match phase {
         Phase::Start => {

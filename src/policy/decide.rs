@@ -39,13 +39,7 @@ pub struct Observation<'a> {
     pub ai_features: &'a [String],
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    pub rule_id: String,
-    pub message_en: String,
-    pub message_zh: String,
-    pub penalty: Penalty,
-}
+pub use crate::domain::Violation;
 
 impl Violation {
     pub fn pdp_failure(detail: &str) -> Violation {

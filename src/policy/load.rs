@@ -73,7 +73,6 @@ pub struct RuleInfo {
 /// A validated policy set, ready to decide.
 pub struct PolicyBundle {
     pub(crate) set: PolicySet,
-    pub(crate) schema: Schema,
     pub(crate) rules: HashMap<PolicyId, RuleInfo>,
     rules_by_id: BTreeMap<String, RuleInfo>,
     version: String,
@@ -408,7 +407,6 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
     let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     Ok(PolicyBundle {
         set,
-        schema,
         rules,
         rules_by_id,
         version: format!("sha256:{hex}"),

@@ -3,8 +3,10 @@
 //! nothing acknowledged is lost).
 //!
 //! Layout (format 1): one tree, `pdp.v1`, keyed by `<prefix>/<id>`:
-//! `reg/<kind>/<id>` registrations, `acct/<merchant>` accounts, `sess/<id>` sessions. Values
-//! are one format byte followed by JSON. The `meta` tree records the format so that a later
+//! `reg/<kind>/<id>` registrations, `acct/<merchant>` accounts, `sess/<id>` sessions,
+//! `live/<id>` the index of active sessions, `stream/<gateway lookup key>` the session a gateway
+//! hook refers to, `evt/<sequence, 20 digits>` enforcement events and `evtseq` their counter.
+//! Values are one format byte followed by JSON (`evtseq`: 8 bytes big-endian). The `meta` tree records the format so that a later
 //! build can migrate instead of misreading.
 
 mod group_commit;
@@ -18,8 +20,8 @@ use sled::transaction::{
 };
 
 use crate::domain::{
-    self, Account, Discovery, Enforced, Facts, Kind, Millis, RecordBody, Registration,
-    ReviewCommand, Session, WriteOutcome,
+    self, Account, Discovery, Enforced, EnforcementEvent, Facts, Kind, Millis, RecordBody,
+    Registration, ReviewCommand, Session, SessionState, WriteOutcome,
 };
 use crate::error::PdpError;
 use group_commit::GroupCommit;
@@ -34,7 +36,11 @@ pub struct Store {
     db: sled::Db,
     data: sled::Tree,
     commit: GroupCommit,
+    /// The highest enforcement-event sequence known durable; subscribers read up to it.
+    events_durable: tokio::sync::watch::Sender<u64>,
 }
+
+const EVENT_COUNTER_KEY: &str = "evtseq";
 
 type TxResult<T> = Result<T, ConflictableTransactionError<PdpError>>;
 
@@ -48,6 +54,57 @@ fn account_key(merchant_id: &str) -> String {
 
 fn session_key(session_id: &str) -> String {
     format!("sess/{session_id}")
+}
+
+fn live_key(session_id: &str) -> String {
+    format!("live/{session_id}")
+}
+
+fn stream_key(lookup: &str) -> String {
+    format!("stream/{lookup}")
+}
+
+fn event_key(sequence: u64) -> String {
+    format!("evt/{sequence:020}")
+}
+
+/// Keeps the active-session index and the gateway lookup in step with a session's state.
+fn tx_index_session(tx: &TransactionalTree, session: &Session) -> TxResult<()> {
+    let live = live_key(&session.id);
+    if session.state == SessionState::Active {
+        tx.insert(live.as_bytes(), &[]).map_err(tx_unabortable)?;
+    } else {
+        tx.remove(live.as_bytes()).map_err(tx_unabortable)?;
+    }
+    if let Some(stream) = &session.stream {
+        let key = stream_key(&stream.lookup_key(&session.gateway_id));
+        if session.state == SessionState::Ended {
+            tx.remove(key.as_bytes()).map_err(tx_unabortable)?;
+        } else {
+            tx.insert(key.as_bytes(), session.id.as_bytes())
+                .map_err(tx_unabortable)?;
+        }
+    }
+    Ok(())
+}
+
+fn tx_next_event_sequence(tx: &TransactionalTree) -> TxResult<u64> {
+    let current = match tx.get(EVENT_COUNTER_KEY).map_err(tx_unabortable)? {
+        Some(bytes) => {
+            let raw: [u8; 8] = bytes.as_ref().try_into().map_err(|_| {
+                abort(PdpError::Corrupt {
+                    key: EVENT_COUNTER_KEY.into(),
+                    reason: "not 8 bytes".into(),
+                })
+            })?;
+            u64::from_be_bytes(raw)
+        }
+        None => 0,
+    };
+    let next = current + 1;
+    tx.insert(EVENT_COUNTER_KEY, &next.to_be_bytes())
+        .map_err(tx_unabortable)?;
+    Ok(next)
 }
 
 fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, PdpError> {
@@ -136,7 +193,25 @@ impl Store {
         }
         let data = db.open_tree(DATA_TREE).map_err(storage)?;
         let commit = GroupCommit::new(db.clone());
-        Ok(Store { db, data, commit })
+        // Everything already on disk is durable.
+        let last_event = match data.get(EVENT_COUNTER_KEY).map_err(storage)? {
+            Some(bytes) => bytes
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| PdpError::Corrupt {
+                    key: EVENT_COUNTER_KEY.into(),
+                    reason: "not 8 bytes".into(),
+                })?,
+            None => 0,
+        };
+        let (events_durable, _) = tokio::sync::watch::channel(last_event);
+        Ok(Store {
+            db,
+            data,
+            commit,
+            events_durable,
+        })
     }
 
     /// Blocks until everything written so far is on disk. For shutdown.
@@ -397,7 +472,8 @@ impl Store {
                     session.id
                 ))));
             }
-            tx_put(tx, &key, session)
+            tx_put(tx, &key, session)?;
+            tx_index_session(tx, session)
         })
         .await
     }
@@ -425,6 +501,7 @@ impl Store {
                 let changed = next != current;
                 if changed {
                     tx_put(tx, &key, &next)?;
+                    tx_index_session(tx, &next)?;
                 }
                 Ok((next, changed))
             })
@@ -435,30 +512,123 @@ impl Store {
         Ok(session)
     }
 
-    /// Shuts a session down and applies a live discovery's penalty: session and account change
-    /// together or not at all.
-    pub async fn enforce(&self, discovery: &Discovery) -> Result<Enforced, PdpError> {
+    /// Shuts a session down and applies a live discovery's penalty: session, account and the
+    /// enforcement event change together or not at all. Returns the event when the discovery
+    /// ended a live session.
+    pub async fn enforce(
+        &self,
+        discovery: &Discovery,
+    ) -> Result<(Enforced, Option<EnforcementEvent>), PdpError> {
         let skey = session_key(&discovery.session_id);
-        self.transact(|tx| {
-            let session: Session = tx_get(tx, &skey)?.ok_or_else(|| {
-                abort(PdpError::NotFound(format!(
-                    "session {} is unknown",
-                    discovery.session_id
-                )))
-            })?;
-            let akey = account_key(&session.merchant_id);
-            let account: Account =
-                tx_get(tx, &akey)?.unwrap_or_else(|| Account::new(&session.merchant_id));
-            let enforced = domain::apply_discovery(&session, &account, discovery).map_err(abort)?;
-            if enforced.session != session {
-                tx_put(tx, &skey, &enforced.session)?;
+        let (enforced, event) = self
+            .data
+            .transaction(|tx| {
+                let session: Session = tx_get(tx, &skey)?.ok_or_else(|| {
+                    abort(PdpError::NotFound(format!(
+                        "session {} is unknown",
+                        discovery.session_id
+                    )))
+                })?;
+                let akey = account_key(&session.merchant_id);
+                let account: Account =
+                    tx_get(tx, &akey)?.unwrap_or_else(|| Account::new(&session.merchant_id));
+                let enforced =
+                    domain::apply_discovery(&session, &account, discovery).map_err(abort)?;
+                if enforced.session != session {
+                    tx_put(tx, &skey, &enforced.session)?;
+                    tx_index_session(tx, &enforced.session)?;
+                }
+                if enforced.account != account {
+                    tx_put(tx, &akey, &enforced.account)?;
+                }
+                let ended_live = session.state == SessionState::Active
+                    && enforced.session.state != SessionState::Active;
+                let event = if ended_live {
+                    let event = EnforcementEvent {
+                        sequence: tx_next_event_sequence(tx)?,
+                        session_id: session.id.clone(),
+                        merchant_id: session.merchant_id.clone(),
+                        gateway_id: session.gateway_id.clone(),
+                        stream: session.stream.clone(),
+                        trigger: discovery.trigger,
+                        reason: discovery.reason.clone(),
+                        violations: discovery.violations.clone(),
+                        penalty_applied: enforced.penalty_applied,
+                        at: discovery.at,
+                    };
+                    tx_put(tx, &event_key(event.sequence), &event)?;
+                    Some(event)
+                } else {
+                    None
+                };
+                Ok((enforced, event))
+            })
+            .map_err(from_tx)?;
+        self.commit.durable().await?;
+        if let Some(event) = &event {
+            self.events_durable.send_if_modified(|durable| {
+                let newer = event.sequence > *durable;
+                if newer {
+                    *durable = event.sequence;
+                }
+                newer
+            });
+        }
+        Ok((enforced, event))
+    }
+
+    /// Sessions admitted and not yet shut down or ended.
+    pub fn active_sessions(&self) -> Result<Vec<Session>, PdpError> {
+        let mut sessions = Vec::new();
+        for item in self.data.scan_prefix(b"live/") {
+            let (key, _) = item.map_err(storage)?;
+            let id = String::from_utf8_lossy(&key["live/".len()..]).into_owned();
+            if let Some(session) = self.get_session(&id)? {
+                sessions.push(session);
             }
-            if enforced.account != account {
-                tx_put(tx, &akey, &enforced.account)?;
+        }
+        Ok(sessions)
+    }
+
+    /// The session a gateway hook refers to by its stream lookup key.
+    pub fn session_by_stream(&self, lookup: &str) -> Result<Option<Session>, PdpError> {
+        match self
+            .data
+            .get(stream_key(lookup).as_bytes())
+            .map_err(storage)?
+        {
+            Some(id) => self.get_session(&String::from_utf8_lossy(&id)),
+            None => Ok(None),
+        }
+    }
+
+    /// Durable enforcement events after `after`, oldest first, at most `limit`.
+    pub fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EnforcementEvent>, PdpError> {
+        let durable = *self.events_durable.borrow();
+        let mut events = Vec::new();
+        if after >= durable {
+            return Ok(events);
+        }
+        let start = event_key(after.saturating_add(1));
+        let end = event_key(durable.saturating_add(1));
+        for item in self.data.range(start.as_bytes()..end.as_bytes()) {
+            let (key, value) = item.map_err(storage)?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            events.push(decode(&key, &value)?);
+            if events.len() >= limit {
+                break;
             }
-            Ok(enforced)
-        })
-        .await
+        }
+        Ok(events)
+    }
+
+    /// Changes whenever a newer enforcement event is durable; the value is its sequence.
+    pub fn subscribe_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.events_durable.subscribe()
     }
 
     /// Writes records and accounts as given, in one transaction: for fixtures and restores,
