@@ -183,6 +183,8 @@ async fn main() -> Result<()> {
         data_dir: temp.path().join("data"),
         policies: policy_dir.clone(),
         recheck_secs: 30,
+        http_listen: None,
+        nginx_control: vec![],
         watch_policies: true,
         max_message_bytes: 64 * 1024,
     };
@@ -190,7 +192,11 @@ async fn main() -> Result<()> {
     let direct = service.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server_task = tokio::spawn(async move {
-        server::serve(listener, service, &serve_args, async {
+        let listeners = server::Listeners {
+            grpc: listener,
+            http: None,
+        };
+        server::serve(listeners, service, &serve_args, async {
             let _ = stopped.await;
         })
         .await

@@ -66,6 +66,15 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub recheck_secs: u64,
 
+    /// Address of the HTTP listener for gateway hooks (nginx-rtmp, SRS). Off unless set.
+    #[arg(long, env = "ANCHOR_PDP_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// nginx-rtmp control endpoints to cut streams at once when their session is shut down:
+    /// GATEWAY=http://host:port/control (repeat, or comma-separate in the environment).
+    #[arg(long, env = "ANCHOR_PDP_NGINX_CONTROL", value_delimiter = ',')]
+    pub nginx_control: Vec<String>,
+
     /// Reload the policies when a file under the policy directory changes (SIGHUP and the
     /// ReloadPolicies RPC always work).
     #[arg(long, env = "ANCHOR_PDP_WATCH_POLICIES", default_value_t = true,

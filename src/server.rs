@@ -40,6 +40,16 @@ pub enum StartError {
     Transport(#[from] tonic::transport::Error),
     #[error("cannot watch the policy directory: {0}")]
     Watch(#[from] notify::Error),
+    #[error("--nginx-control: {0}")]
+    NginxControl(String),
+    #[error("hook listener: {0}")]
+    Hooks(std::io::Error),
+}
+
+/// The sockets a server answers on: gRPC always, gateway hooks if configured.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: Option<TcpListener>,
 }
 
 /// Editors and config managers write a change in several steps; reload once they are quiet.
@@ -130,16 +140,22 @@ fn reload_on_sighup(_pdp: Arc<Pdp>) -> Option<tokio::task::JoinHandle<()>> {
 /// Serves on `listener` until `shutdown` resolves, then waits for calls in flight and flushes
 /// the store.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     pdp: Arc<Pdp>,
     args: &ServeArgs,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    let controls = crate::gateway::nginx_control::parse_controls(&args.nginx_control)
+        .map_err(StartError::NginxControl)?;
     let max_message = usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX);
     let decision = PolicyDecisionPointServer::new(DecisionService::new(pdp.clone()))
         .max_decoding_message_size(max_message);
     let admin = PolicyAdminServer::new(AdminService::new(pdp.clone()))
         .max_decoding_message_size(max_message);
+    let ext_authz = crate::gateway::envoy::AuthorizationServer::new(
+        crate::gateway::envoy::EnvoyAuthorization::new(pdp.clone()),
+    )
+    .max_decoding_message_size(max_message);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -164,7 +180,33 @@ pub async fn serve(
     };
     let sighup = reload_on_sighup(pdp.clone());
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // One shutdown signal, fanned out to the gRPC and the hook listeners.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop_when = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let hooks = match listeners.http {
+        Some(listener) => {
+            let addr = listener.local_addr().map_err(StartError::Hooks)?;
+            tracing::info!(%addr, "gateway hooks listening (HTTP)");
+            let app = crate::gateway::hooks_router(pdp.clone());
+            let until = stop_when(stopped.clone());
+            Some(tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(until)
+                    .await
+            }))
+        }
+        None => None,
+    };
+    let dropper = (!controls.is_empty())
+        .then(|| tokio::spawn(crate::gateway::nginx_control::run(pdp.clone(), controls)));
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+
+    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
     let served = Server::builder()
         .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
         .timeout(REQUEST_TIMEOUT)
@@ -173,8 +215,20 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(decision)
         .add_service(admin)
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .add_service(ext_authz)
+        .serve_with_incoming_shutdown(incoming, stop_when(stopped))
         .await;
+    signal.abort();
+    if let Some(hooks) = hooks {
+        match hooks.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "hook listener failed"),
+            Err(e) => tracing::error!(error = %e, "hook listener task failed"),
+        }
+    }
+    if let Some(dropper) = dropper {
+        dropper.abort();
+    }
     if let Some((watcher, task)) = watcher {
         drop(watcher);
         task.abort();
@@ -202,7 +256,24 @@ pub async fn run(args: ServeArgs, clock: Arc<dyn Clock>) -> Result<(), StartErro
         source,
     })?;
     tracing::info!(%addr, "anchor-pdp listening (gRPC)");
-    serve(listener, pdp, &args, shutdown_signal()).await
+    let http = match args.http_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    serve(
+        Listeners {
+            grpc: listener,
+            http,
+        },
+        pdp,
+        &args,
+        shutdown_signal(),
+    )
+    .await
 }
 
 async fn shutdown_signal() {

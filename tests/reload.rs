@@ -66,8 +66,11 @@ async fn admitted_with_own_policies(watch: bool) -> (TestServer, tempfile::TempD
     let mut s = TestServer::start_with(
         &temp.path().join("data"),
         ManualClock::new(T0),
-        &policies,
-        watch,
+        Options {
+            policies: Some(policies.clone()),
+            watch_policies: watch,
+            ..Options::default()
+        },
     )
     .await;
     s.merchant("m1", proto::MerchantTier::ChineseGoldSupplier)

@@ -448,6 +448,36 @@ pub fn session_to_proto(s: &domain::Session) -> proto::Session {
         closed_at: s.closed_at.map(timestamp),
         close_reason: s.close_reason.clone(),
         penalty_applied: applied_penalty(s.penalty_applied),
+        stream: s.stream.as_ref().map(stream_to_proto),
+    }
+}
+
+pub fn stream_to_proto(s: &domain::StreamRef) -> proto::StreamRef {
+    proto::StreamRef {
+        protocol: s.protocol.clone(),
+        app: s.app.clone(),
+        name: s.name.clone(),
+        client_id: s.client_id.clone(),
+    }
+}
+
+pub fn event_to_proto(e: &domain::EnforcementEvent) -> proto::EnforcementEvent {
+    let trigger = match e.trigger {
+        domain::Trigger::LiveCheck => proto::EnforcementTrigger::LiveCheck,
+        domain::Trigger::ViolationReport => proto::EnforcementTrigger::ViolationReport,
+        domain::Trigger::Recheck => proto::EnforcementTrigger::Recheck,
+    };
+    proto::EnforcementEvent {
+        sequence: e.sequence,
+        session_id: e.session_id.clone(),
+        merchant_id: e.merchant_id.clone(),
+        gateway_id: e.gateway_id.clone(),
+        stream: e.stream.as_ref().map(stream_to_proto),
+        trigger: trigger as i32,
+        reason: e.reason.clone(),
+        violations: e.violations.iter().map(violation_to_proto).collect(),
+        penalty_applied: applied_penalty(e.penalty_applied),
+        at: Some(timestamp(e.at)),
     }
 }
 

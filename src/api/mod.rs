@@ -121,8 +121,58 @@ impl DecisionService {
     }
 }
 
+/// Events fetched from the store per read while catching up.
+const EVENT_BATCH: usize = 256;
+
 #[tonic::async_trait]
 impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionService {
+    type WatchEnforcementsStream =
+        tokio_stream::wrappers::ReceiverStream<Result<proto::EnforcementEvent, Status>>;
+
+    async fn watch_enforcements(
+        &self,
+        request: Request<proto::WatchEnforcementsRequest>,
+    ) -> Result<Response<Self::WatchEnforcementsStream>, Status> {
+        let req = request.into_inner();
+        let gateway = optional_id("gateway_id", &req.gateway_id).map_err(status)?;
+        let pdp = self.pdp.clone();
+        // Subscribe before the first read, so nothing published in between is missed.
+        let mut published = pdp.subscribe_enforcements();
+        let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BATCH);
+        tokio::spawn(async move {
+            let mut after = req.after_sequence;
+            loop {
+                published.borrow_and_update();
+                let batch = match pdp.enforcement_events(after, EVENT_BATCH) {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                };
+                let caught_up = batch.len() < EVENT_BATCH;
+                for event in batch {
+                    after = event.sequence;
+                    if gateway.as_ref().is_some_and(|g| *g != event.gateway_id) {
+                        continue;
+                    }
+                    if tx.send(Ok(convert::event_to_proto(&event))).await.is_err() {
+                        return; // the watcher went away
+                    }
+                }
+                if caught_up {
+                    tokio::select! {
+                        changed = published.changed() => if changed.is_err() { return },
+                        () = tx.closed() => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn authorize(
         &self,
         request: Request<proto::AuthorizeRequest>,

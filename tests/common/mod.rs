@@ -24,8 +24,21 @@ pub fn repo_policies() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
 }
 
+/// How a test server differs from the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Its own policy directory (default: the repo's).
+    pub policies: Option<PathBuf>,
+    pub watch_policies: bool,
+    /// Open the gateway-hook HTTP listener on an ephemeral port.
+    pub http: bool,
+    pub nginx_control: Vec<String>,
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The gateway-hook listener, when `Options::http`.
+    pub http_addr: Option<SocketAddr>,
     pub clock: ManualClock,
     pub pdp: PolicyDecisionPointClient<Channel>,
     pub admin: PolicyAdminClient<Channel>,
@@ -46,30 +59,45 @@ impl TestServer {
 
     /// Starts on an existing data dir (the caller owns the dir).
     pub async fn start_on(data_dir: &Path, clock: ManualClock) -> TestServer {
-        Self::start_with(data_dir, clock, &repo_policies(), false).await
+        Self::start_with(data_dir, clock, Options::default()).await
     }
 
-    /// Starts with its own policy directory, optionally watching it for changes.
-    pub async fn start_with(
-        data_dir: &Path,
-        clock: ManualClock,
-        policies: &Path,
-        watch_policies: bool,
-    ) -> TestServer {
+    /// Starts with a fresh temp data dir and these options.
+    pub async fn start_with_options(options: Options) -> TestServer {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let data_dir = temp.path().join("data");
+        let mut server = Self::start_with(&data_dir, ManualClock::new(T0), options).await;
+        server._temp = Some(temp);
+        server
+    }
+
+    pub async fn start_with(data_dir: &Path, clock: ManualClock, options: Options) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let http = if options.http {
+            Some(TcpListener::bind("127.0.0.1:0").await.expect("bind http"))
+        } else {
+            None
+        };
+        let http_addr = http.as_ref().map(|l| l.local_addr().expect("http addr"));
         let args = ServeArgs {
             listen: addr,
             data_dir: data_dir.to_owned(),
-            policies: policies.to_owned(),
+            policies: options.policies.clone().unwrap_or_else(repo_policies),
             recheck_secs: 30,
-            watch_policies,
+            http_listen: http_addr,
+            nginx_control: options.nginx_control.clone(),
+            watch_policies: options.watch_policies,
             max_message_bytes: 64 * 1024,
         };
         let pdp = server::open(&args, Arc::new(clock.clone())).expect("open server");
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
-            server::serve(listener, pdp, &args, async {
+            let listeners = server::Listeners {
+                grpc: listener,
+                http,
+            };
+            server::serve(listeners, pdp, &args, async {
                 let _ = rx.await;
             })
             .await
@@ -83,6 +111,7 @@ impl TestServer {
             .expect("connect admin");
         TestServer {
             addr,
+            http_addr,
             clock,
             pdp,
             admin,

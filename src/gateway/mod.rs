@@ -1,0 +1,182 @@
+//! Streaming gateways' native ways of asking: nginx-rtmp and SRS HTTP hooks (an HTTP listener
+//! of its own, off unless configured), Envoy's ext_authz gRPC check (on the gRPC port), and
+//! pushing cuts to nginx-rtmp's control endpoint. Each maps the gateway's request to an
+//! Authorize and its answer back; anything it cannot map denies.
+//!
+//! Identity: the stream key is the livestream room id, and the merchant is that room's
+//! registered owner. The anchor, driver, livestream type, drive mode and AI features are the
+//! publisher's claims (publish-URL arguments, or headers for Envoy), which the decision checks
+//! against the store like any Authorize.
+
+pub mod envoy;
+pub mod nginx;
+pub mod nginx_control;
+pub mod srs;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::api::convert;
+use crate::domain::{DriveMode, LivestreamType, Penalty};
+use crate::error::PdpError;
+use crate::policy::Violation;
+use crate::service::{AuthorizeOutcome, Pdp};
+
+/// The publisher's claims, as publish-URL arguments (nginx-rtmp, SRS `param`).
+pub const CLAIM_KEYS: [&str; 5] = [
+    "anchor",
+    "driver",
+    "livestream_type",
+    "drive_mode",
+    "ai_features",
+];
+
+/// What a publisher claims about its broadcast.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claims {
+    pub anchor: Option<String>,
+    pub driver: Option<String>,
+    pub livestream_type: Option<LivestreamType>,
+    pub drive_mode: Option<DriveMode>,
+    pub ai_features: Vec<String>,
+}
+
+impl Claims {
+    /// Sets one claim from its argument; a claim given twice is ambiguous and refused.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), PdpError> {
+        let twice = || PdpError::invalid(key, "given more than once");
+        match key {
+            "anchor" => {
+                if self.anchor.replace(convert::id(key, value)?).is_some() {
+                    return Err(twice());
+                }
+            }
+            "driver" => {
+                if self.driver.replace(convert::id(key, value)?).is_some() {
+                    return Err(twice());
+                }
+            }
+            "livestream_type" => {
+                let parsed = LivestreamType::from_policy_name(value)
+                    .ok_or_else(|| PdpError::invalid(key, format!("unknown value {value:?}")))?;
+                if self.livestream_type.replace(parsed).is_some() {
+                    return Err(twice());
+                }
+            }
+            "drive_mode" => {
+                let parsed = DriveMode::from_policy_name(value)
+                    .ok_or_else(|| PdpError::invalid(key, format!("unknown value {value:?}")))?;
+                if self.drive_mode.replace(parsed).is_some() {
+                    return Err(twice());
+                }
+            }
+            "ai_features" => {
+                if !self.ai_features.is_empty() {
+                    return Err(twice());
+                }
+                for feature in value.split(',').filter(|f| !f.is_empty()) {
+                    let feature = convert::id(key, feature)?;
+                    if self.ai_features.contains(&feature) {
+                        return Err(PdpError::invalid(
+                            key,
+                            format!("duplicate feature {feature}"),
+                        ));
+                    }
+                    self.ai_features.push(feature);
+                }
+                if self.ai_features.len() > convert::MAX_AI_FEATURES {
+                    return Err(PdpError::invalid(key, "too many features"));
+                }
+            }
+            other => {
+                return Err(PdpError::invalid(
+                    other,
+                    format!(
+                        "unknown argument; the publisher may set {}",
+                        CLAIM_KEYS.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The claims a START needs, or the first one missing.
+    pub fn for_start(&self) -> Result<(String, String, LivestreamType, DriveMode), PdpError> {
+        let missing = |key: &str| PdpError::invalid(key, "required in the publish arguments");
+        Ok((
+            self.anchor.clone().ok_or_else(|| missing("anchor"))?,
+            self.driver.clone().ok_or_else(|| missing("driver"))?,
+            self.livestream_type
+                .ok_or_else(|| missing("livestream_type"))?,
+            self.drive_mode.ok_or_else(|| missing("drive_mode"))?,
+        ))
+    }
+}
+
+/// The pseudo rule id of a gateway request the PDP could not map to a decision.
+pub const GATEWAY_RULE_ID: &str = "GATEWAY";
+
+pub fn gateway_violation(error: &PdpError) -> Violation {
+    Violation {
+        rule_id: GATEWAY_RULE_ID.into(),
+        message_en: format!("The gateway's request cannot be decided, so it is denied: {error}"),
+        message_zh: format!("网关请求无法判定,因此拒绝:{error}"),
+        penalty: Penalty::None,
+    }
+}
+
+/// The JSON body every gateway deny (and allow) carries, for logs and people.
+pub fn decision_json(outcome: &AuthorizeOutcome) -> serde_json::Value {
+    let decision = &outcome.decision;
+    json!({
+        "decision": if decision.allowed { "ALLOW" } else { "DENY" },
+        "session_id": outcome.session_id,
+        "decision_id": outcome.decision_id,
+        "policy_version": decision.policy_version,
+        "frozen_until_ms": outcome.frozen_until,
+        "violations": decision.violations.iter().map(violation_json).collect::<Vec<_>>(),
+    })
+}
+
+pub fn violation_json(v: &Violation) -> serde_json::Value {
+    json!({
+        "rule_id": v.rule_id,
+        "message_en": v.message_en,
+        "message_zh": v.message_zh,
+        "penalty": v.penalty.name(),
+    })
+}
+
+pub fn refusal_json(error: &PdpError) -> serde_json::Value {
+    json!({
+        "decision": "DENY",
+        "violations": [violation_json(&gateway_violation(error))],
+    })
+}
+
+/// A hook's answer: 200 to allow, 403 with the reasons to deny.
+pub fn hook_response(outcome: &AuthorizeOutcome) -> Response {
+    let status = if outcome.decision.allowed {
+        StatusCode::OK
+    } else {
+        StatusCode::FORBIDDEN
+    };
+    (status, axum::Json(decision_json(outcome))).into_response()
+}
+
+pub fn hook_refusal(error: &PdpError) -> Response {
+    (StatusCode::FORBIDDEN, axum::Json(refusal_json(error))).into_response()
+}
+
+/// The HTTP hook listener's routes.
+pub fn hooks_router(pdp: Arc<Pdp>) -> Router {
+    Router::new()
+        .merge(nginx::routes())
+        .merge(srs::routes())
+        .with_state(pdp)
+}
