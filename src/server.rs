@@ -148,8 +148,11 @@ pub async fn serve(
     let controls = crate::gateway::nginx_control::parse_controls(&args.nginx_control)
         .map_err(StartError::NginxControl)?;
     let max_message = usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX);
-    let decision = PolicyDecisionPointServer::new(DecisionService::new(pdp.clone()))
-        .max_decoding_message_size(max_message);
+    // One shutdown signal, fanned out to the gRPC and hook listeners and to open streams.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let decision =
+        PolicyDecisionPointServer::new(DecisionService::new(pdp.clone(), stopped.clone()))
+            .max_decoding_message_size(max_message);
     let admin = PolicyAdminServer::new(AdminService::new(pdp.clone()))
         .max_decoding_message_size(max_message);
     let ext_authz = crate::gateway::envoy::AuthorizationServer::new(
@@ -180,8 +183,6 @@ pub async fn serve(
     };
     let sighup = reload_on_sighup(pdp.clone());
 
-    // One shutdown signal, fanned out to the gRPC and the hook listeners.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let stop_when = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };

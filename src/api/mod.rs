@@ -113,11 +113,24 @@ fn authorize_command(req: &proto::AuthorizeRequest) -> Result<AuthorizeCommand, 
 /// `anchorpdp.v1.PolicyDecisionPoint`.
 pub struct DecisionService {
     pdp: Arc<Pdp>,
+    /// Turns true when the server shuts down: open event streams end then, or a graceful
+    /// shutdown would wait on them forever.
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl DecisionService {
-    pub fn new(pdp: Arc<Pdp>) -> Self {
-        DecisionService { pdp }
+    pub fn new(pdp: Arc<Pdp>, closing: tokio::sync::watch::Receiver<bool>) -> Self {
+        DecisionService { pdp, closing }
+    }
+}
+
+/// Resolves once the flag is (or becomes) true, or its sender is gone.
+async fn until_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let set = *flag.borrow_and_update();
+        if set || flag.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -136,6 +149,7 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
         let req = request.into_inner();
         let gateway = optional_id("gateway_id", &req.gateway_id).map_err(status)?;
         let pdp = self.pdp.clone();
+        let mut closing = self.closing.clone();
         // Subscribe before the first read, so nothing published in between is missed.
         let mut published = pdp.subscribe_enforcements();
         let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BATCH);
@@ -164,6 +178,10 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
                     tokio::select! {
                         changed = published.changed() => if changed.is_err() { return },
                         () = tx.closed() => return,
+                        () = until_true(&mut closing) => {
+                            let _ = tx.send(Err(Status::unavailable("server shutting down; resume after the last sequence"))).await;
+                            return;
+                        }
                     }
                 }
             }

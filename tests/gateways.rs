@@ -1,0 +1,575 @@
+//! Gateway protocols against a real server: nginx-rtmp and SRS hooks in their captured wire
+//! formats, Envoy's ext_authz Check through the generated envoy-types client, and the
+//! enforcement stream with resume across a restart.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anchor_pdp::proto::{self, EnforcementTrigger, Penalty};
+use common::*;
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, attribute_context, check_response::HttpResponse,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_stream::StreamExt;
+
+/// A minimal HTTP/1.0 exchange, as nginx-rtmp and SRS make them.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: Close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// nginx-rtmp 1.2.2's on_publish body, as captured, for stream key `key` and client `client`,
+/// followed by the publisher's own arguments.
+fn nginx_publish(key: &str, client: u32, args: &str) -> String {
+    format!(
+        "app=live&flashver=FMLE/3.0%20(compatible%3B%20Lavf59.27&swfurl=&tcurl=rtmp://127.0.0.1:19350/live&pageurl=&addr=127.0.0.1&clientid={client}&call=publish&name={key}&type=live{args}"
+    )
+}
+
+fn nginx_update(key: &str, client: u32, args: &str) -> String {
+    format!(
+        "app=live&flashver=FMLE/3.0%20(compatible%3B%20Lavf59.27&swfurl=&tcurl=rtmp://127.0.0.1:19350/live&pageurl=&addr=127.0.0.1&clientid={client}&call=update_publish&time=2&timestamp=1956&name={key}{args}"
+    )
+}
+
+fn nginx_done(key: &str, client: u32) -> String {
+    format!(
+        "app=live&flashver=FMLE/3.0%20(compatible%3B%20Lavf59.27&swfurl=&tcurl=rtmp://127.0.0.1:19350/live&pageurl=&addr=127.0.0.1&clientid={client}&call=publish_done&name={key}"
+    )
+}
+
+const CLAIMS: &str = "&anchor=a1&driver=d1&livestream_type=DAILY_MARKETING&drive_mode=REAL_PERSON";
+
+async fn hooked() -> TestServer {
+    let mut s = TestServer::start_with_options(Options {
+        http: true,
+        ..Options::default()
+    })
+    .await;
+    s.merchant("m1", proto::MerchantTier::ChineseGoldSupplier)
+        .await;
+    s.provider("p1", true).await;
+    s.anchor("a1", "m1", "p1", proto::ImageStyle::RealisticHuman)
+        .await;
+    s.driver("d1", "m1").await;
+    s.room("r1", "m1").await;
+    s.approve(proto::RegistrationKind::Anchor, "a1").await;
+    s.approve(proto::RegistrationKind::Driver, "d1").await;
+    s.approve(proto::RegistrationKind::Room, "r1").await;
+    s
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+fn rules(body: &serde_json::Value) -> Vec<String> {
+    body["violations"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|v| v["rule_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// ---- nginx-rtmp ----
+
+#[tokio::test]
+async fn nginx_publish_update_and_done_follow_one_session() {
+    let mut s = hooked().await;
+    let http_addr = s.http_addr.expect("http");
+    let (status, body) = http(
+        http_addr,
+        "POST",
+        "/rtmp/edge-1/on_publish",
+        FORM,
+        &nginx_publish("r1", 7, CLAIMS),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let allowed = json(&body);
+    assert_eq!(allowed["decision"], "ALLOW");
+    let session_id = allowed["session_id"]
+        .as_str()
+        .expect("session id")
+        .to_owned();
+    let session = s
+        .admin
+        .get_session(proto::GetSessionRequest {
+            session_id: session_id.clone(),
+        })
+        .await
+        .expect("session")
+        .into_inner()
+        .session
+        .expect("session");
+    assert_eq!(session.merchant_id, "m1", "the room's owner");
+    assert_eq!(session.gateway_id, "edge-1");
+    let stream = session.stream.expect("stream ref");
+    assert_eq!(
+        (
+            stream.protocol.as_str(),
+            stream.app.as_str(),
+            stream.name.as_str(),
+            stream.client_id.as_str()
+        ),
+        ("nginx-rtmp", "live", "r1", "7")
+    );
+
+    // GET works too (notify_method get): fields in the query.
+    let (status, _) = http(
+        http_addr,
+        "GET",
+        &format!("/rtmp/edge-1/on_update?{}", nginx_update("r1", 7, CLAIMS)),
+        FORM,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // The platform revokes the anchor: the next update answers 403 with the reasons.
+    s.review(
+        proto::RegistrationKind::Anchor,
+        "a1",
+        proto::Verdict::Revoke,
+    )
+    .await;
+    let (status, body) = http(
+        http_addr,
+        "POST",
+        "/rtmp/edge-1/on_update",
+        FORM,
+        &nginx_update("r1", 7, CLAIMS),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(rules(&json(&body)), ["SESSION"]);
+
+    let (status, _) = http(
+        http_addr,
+        "POST",
+        "/rtmp/edge-1/on_publish_done",
+        FORM,
+        &nginx_done("r1", 7),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let session = s
+        .admin
+        .get_session(proto::GetSessionRequest { session_id })
+        .await
+        .expect("session")
+        .into_inner()
+        .session
+        .expect("session");
+    assert_eq!(session.state, proto::SessionState::Ended as i32);
+}
+
+#[tokio::test]
+async fn nginx_publish_denied_with_reasons_when_a_rule_is_broken() {
+    let s = hooked().await;
+    let http_addr = s.http_addr.expect("http");
+    let args = "&anchor=a1&driver=d1&livestream_type=OTHER&drive_mode=AUTONOMOUS";
+    let (status, body) = http(
+        http_addr,
+        "POST",
+        "/rtmp/edge-1/on_publish",
+        FORM,
+        &nginx_publish("r1", 3, args),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let body = json(&body);
+    assert_eq!(body["decision"], "DENY");
+    assert_eq!(rules(&body), ["R3", "R5"]);
+    assert!(
+        body["violations"][0]["message_zh"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+}
+
+#[tokio::test]
+async fn nginx_publisher_arguments_cannot_change_identity() {
+    let s = hooked().await;
+    let http_addr = s.http_addr.expect("http");
+    // An unfiled stream key, trying to pass as room r1 and another address and call.
+    let args = format!("{CLAIMS}&name=r1&addr=6.6.6.6&call=play&clientid=1");
+    let (status, body) = http(
+        http_addr,
+        "POST",
+        "/rtmp/edge-1/on_publish",
+        FORM,
+        &nginx_publish("r-unfiled", 9, &args),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let body = json(&body);
+    assert_eq!(rules(&body), ["GATEWAY"]);
+    assert!(
+        body["violations"][0]["message_en"]
+            .as_str()
+            .is_some_and(|m| m.contains("r-unfiled")),
+        "{body}"
+    );
+    // An argument that is not a claim is refused outright, as are garbage and a wrong call.
+    for form in [
+        nginx_publish("r1", 9, &format!("{CLAIMS}&merchant=m2")),
+        nginx_publish(
+            "r1",
+            9,
+            "&anchor=a1&anchor=a2&driver=d1&livestream_type=DAILY_MARKETING&drive_mode=REAL_PERSON",
+        ),
+        nginx_publish("r1", 9, ""),
+        "\u{1}%%%&&==".to_owned(),
+        nginx_update("r1", 9, CLAIMS),
+    ] {
+        let (status, body) = http(http_addr, "POST", "/rtmp/edge-1/on_publish", FORM, &form).await;
+        assert_eq!(status, 403, "{form}: {body}");
+        assert_eq!(rules(&json(&body)), ["GATEWAY"], "{form}");
+    }
+    // An update for a stream no session carries is refused (fail closed).
+    let (status, _) = http(
+        http_addr,
+        "POST",
+        "/rtmp/edge-1/on_update",
+        FORM,
+        &nginx_update("r1", 12345, CLAIMS),
+    )
+    .await;
+    assert_eq!(status, 403);
+}
+
+// ---- SRS ----
+
+fn srs_body(action: &str, stream: &str, param: &str) -> String {
+    serde_json::json!({
+        "server_id": "vid-0xk989d",
+        "service_id": "shx9a5mj",
+        "action": action,
+        "client_id": "3q8a0q2e",
+        "ip": "127.0.0.1",
+        "vhost": "__defaultVhost__",
+        "app": "live",
+        "tcUrl": "rtmp://127.0.0.1:1935/live",
+        "stream": stream,
+        "param": param,
+        "stream_url": format!("/live/{stream}"),
+        "stream_id": "vid-124q9y3"
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn srs_publish_and_unpublish() {
+    let mut s = hooked().await;
+    let http_addr = s.http_addr.expect("http");
+    let param = "?anchor=a1&driver=d1&livestream_type=EVENT_LIVESTREAM&drive_mode=REAL_PERSON";
+    let (status, body) = http(
+        http_addr,
+        "POST",
+        "/srs/srs-1/on_publish",
+        "application/json",
+        &srs_body("on_publish", "r1", param),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let allowed = json(&body);
+    assert_eq!(allowed["code"], 0);
+    let session_id = allowed["session_id"].as_str().expect("session").to_owned();
+
+    let denied_param =
+        "?anchor=a1&driver=d1&livestream_type=EVENT_LIVESTREAM&drive_mode=PRE_RECORDED";
+    let (status, body) = http(
+        http_addr,
+        "POST",
+        "/srs/srs-1/on_publish",
+        "application/json",
+        &srs_body("on_publish", "r1", denied_param),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let denied = json(&body);
+    assert_ne!(denied["code"], 0);
+    assert_eq!(rules(&denied), ["R3"]);
+
+    let (status, body) = http(
+        http_addr,
+        "POST",
+        "/srs/srs-1/on_publish",
+        "application/json",
+        "{\"action\": 1}",
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_ne!(json(&body)["code"], 0);
+
+    let (status, body) = http(
+        http_addr,
+        "POST",
+        "/srs/srs-1/on_unpublish",
+        "application/json",
+        &srs_body("on_unpublish", "r1", param),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["code"], 0);
+    let session = s
+        .admin
+        .get_session(proto::GetSessionRequest { session_id })
+        .await
+        .expect("session")
+        .into_inner()
+        .session
+        .expect("session");
+    assert_eq!(session.state, proto::SessionState::Ended as i32);
+}
+
+// ---- Envoy ext_authz ----
+
+fn check(phase: Option<&str>, headers: &[(&str, &str)]) -> CheckRequest {
+    let mut context_extensions = std::collections::HashMap::new();
+    context_extensions.insert("gateway".to_owned(), "envoy-whip".to_owned());
+    if let Some(phase) = phase {
+        context_extensions.insert("phase".to_owned(), phase.to_owned());
+    }
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "POST".into(),
+                    path: "/whip/r1".into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions,
+            ..Default::default()
+        }),
+    }
+}
+
+const WHIP: [(&str, &str); 5] = [
+    ("x-pdp-room", "r1"),
+    ("x-pdp-anchor", "a1"),
+    ("x-pdp-driver", "d1"),
+    ("x-pdp-livestream-type", "WORKSTATION_RECEPTION"),
+    ("x-pdp-drive-mode", "REAL_PERSON"),
+];
+
+#[tokio::test]
+async fn envoy_check_allows_with_the_session_and_denies_with_reasons() {
+    let s = hooked().await;
+    let mut client = AuthorizationClient::connect(format!("http://{}", s.addr))
+        .await
+        .expect("connect");
+    let allowed = client
+        .check(check(None, &WHIP))
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(allowed.status.as_ref().map(|s| s.code), Some(0));
+    let Some(HttpResponse::OkResponse(ok)) = allowed.http_response else {
+        panic!("expected ok_response: {allowed:?}");
+    };
+    let session = ok
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .find(|h| h.key == "x-pdp-session-id")
+        .map(|h| h.value.clone())
+        .expect("session header");
+    assert!(!session.is_empty());
+
+    let live = client
+        .check(check(Some("live"), &[("x-pdp-session", &session)]))
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(live.status.as_ref().map(|s| s.code), Some(0));
+
+    let mut bad = WHIP.to_vec();
+    bad[4] = ("x-pdp-drive-mode", "TEXT_TO_VIDEO");
+    let denied = client
+        .check(check(None, &bad))
+        .await
+        .expect("check")
+        .into_inner();
+    assert_ne!(denied.status.as_ref().map(|s| s.code), Some(0));
+    let Some(HttpResponse::DeniedResponse(denied)) = denied.http_response else {
+        panic!("expected denied_response");
+    };
+    assert_eq!(denied.status.map(|s| s.code), Some(403));
+    assert_eq!(rules(&json(&denied.body)), ["R3"]);
+
+    // Without the route's gateway id, or with garbage claims: denied, never allowed.
+    let mut unconfigured = check(None, &WHIP);
+    if let Some(attributes) = unconfigured.attributes.as_mut() {
+        attributes.context_extensions.clear();
+    }
+    for request in [
+        unconfigured,
+        check(None, &[("x-pdp-room", "r1")]),
+        check(Some("sideways"), &WHIP),
+        check(None, &[("x-pdp-room", "../r1")]),
+    ] {
+        let response = client.check(request).await.expect("check").into_inner();
+        assert_ne!(response.status.as_ref().map(|s| s.code), Some(0));
+        assert!(matches!(
+            response.http_response,
+            Some(HttpResponse::DeniedResponse(_))
+        ));
+    }
+
+    let ended = client
+        .check(check(Some("end"), &[("x-pdp-session", &session)]))
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(ended.status.as_ref().map(|s| s.code), Some(0));
+}
+
+// ---- Push revocation ----
+
+async fn next_event(
+    stream: &mut tonic::Streaming<proto::EnforcementEvent>,
+) -> proto::EnforcementEvent {
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("an event within 5 s")
+        .expect("stream open")
+        .expect("event")
+}
+
+#[tokio::test]
+async fn enforcements_are_pushed_in_order_and_resume_after_a_restart() {
+    let mut s = hooked().await;
+    let mut watch = s
+        .pdp
+        .watch_enforcements(proto::WatchEnforcementsRequest {
+            after_sequence: 0,
+            gateway_id: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let reported = s.start_session().await;
+    let revoked = s.start_session().await;
+    s.merchant("m2", proto::MerchantTier::ChineseGoldSupplier)
+        .await;
+
+    s.report(&reported, "R7").await;
+    let first = next_event(&mut watch).await;
+    assert_eq!(first.sequence, 1);
+    assert_eq!(first.session_id, reported);
+    assert_eq!(first.trigger, EnforcementTrigger::ViolationReport as i32);
+    assert_eq!(
+        first.penalty_applied,
+        Penalty::E2WarnShutDownAndFreeze as i32
+    );
+    assert_eq!(first.violations[0].rule_id, "R7");
+    // The freeze ends the account's other live broadcast (E3), pushed next.
+    let second = next_event(&mut watch).await;
+    assert_eq!(second.sequence, 2);
+    assert_eq!(second.session_id, revoked);
+    assert_eq!(second.trigger, EnforcementTrigger::Recheck as i32);
+    assert_eq!(second.violations[0].rule_id, "E3");
+
+    // A gateway that reconnects resumes after the last sequence it saw, even across a restart.
+    let data_dir = s.data_dir.clone();
+    let clock = s.clock.clone();
+    let temp = s.stop().await;
+    let mut s = TestServer::start_with(
+        &data_dir,
+        clock,
+        Options {
+            http: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut resumed = s
+        .pdp
+        .watch_enforcements(proto::WatchEnforcementsRequest {
+            after_sequence: 1,
+            gateway_id: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(next_event(&mut resumed).await.sequence, 2);
+    // New events continue the sequence; a gateway filter sees only its own sessions.
+    s.clock.advance(8 * DAY_MS);
+    let http_addr = s.http_addr.expect("http");
+    let (status, body) = http(
+        http_addr,
+        "POST",
+        "/rtmp/edge-9/on_publish",
+        FORM,
+        &nginx_publish("r1", 1, CLAIMS),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let nginx_session = json(&body)["session_id"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    let mut only_edge9 = s
+        .pdp
+        .watch_enforcements(proto::WatchEnforcementsRequest {
+            after_sequence: 0,
+            gateway_id: "edge-9".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    s.provider("p1", false).await;
+    let third = next_event(&mut resumed).await;
+    assert_eq!(third.sequence, 3);
+    assert_eq!(third.session_id, nginx_session);
+    assert_eq!(third.trigger, EnforcementTrigger::Recheck as i32);
+    assert_eq!(third.penalty_applied, Penalty::E1ShutDownAndFreeze as i32);
+    let stream = third.stream.expect("stream ref");
+    assert_eq!(
+        (
+            stream.app.as_str(),
+            stream.name.as_str(),
+            stream.client_id.as_str()
+        ),
+        ("live", "r1", "1")
+    );
+    let filtered = next_event(&mut only_edge9).await;
+    assert_eq!(filtered.sequence, 3, "events of other gateways are skipped");
+    drop(temp);
+}
