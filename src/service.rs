@@ -806,6 +806,11 @@ impl Pdp {
         self.store.session_by_stream(&stream.lookup_key(gateway_id))
     }
 
+    /// Sessions live now.
+    pub fn live_sessions(&self) -> Result<Vec<Session>, PdpError> {
+        self.store.active_sessions()
+    }
+
     /// Durable enforcement events after `after`, oldest first.
     pub fn enforcement_events(
         &self,

@@ -533,6 +533,20 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
         }))
     }
 
+    async fn list_live_sessions(
+        &self,
+        request: Request<proto::ListLiveSessionsRequest>,
+    ) -> Result<Response<proto::ListLiveSessionsResponse>, Status> {
+        let merchant =
+            optional_id("merchant_id", &request.get_ref().merchant_id).map_err(status)?;
+        let mut sessions = self.pdp.live_sessions().map_err(status)?;
+        sessions.retain(|s| merchant.as_ref().is_none_or(|m| *m == s.merchant_id));
+        sessions.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+        Ok(Response::new(proto::ListLiveSessionsResponse {
+            sessions: sessions.iter().map(convert::session_to_proto).collect(),
+        }))
+    }
+
     async fn reload_policies(
         &self,
         request: Request<proto::ReloadPoliciesRequest>,

@@ -2,6 +2,8 @@
 //! clock, and the generated clients connected to it.
 #![allow(dead_code)]
 
+pub mod programs;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
