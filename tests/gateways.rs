@@ -573,3 +573,49 @@ async fn enforcements_are_pushed_in_order_and_resume_after_a_restart() {
     assert_eq!(filtered.sequence, 3, "events of other gateways are skipped");
     drop(temp);
 }
+
+// ---- The README's gateway configurations are the ones the end-to-end tests run ----
+
+fn readme_block(lang: &str, after: &str) -> String {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .expect("README");
+    let start = readme.find(after).expect("section");
+    let fence = format!("```{lang}\n");
+    let open = readme[start..].find(&fence).expect("block") + start + fence.len();
+    let close = readme[open..].find("```").expect("block end") + open;
+    readme[open..close].to_owned()
+}
+
+fn assert_lines_in(shown: &str, config: &str) {
+    let config: Vec<&str> = config.lines().map(str::trim).collect();
+    for line in shown.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        assert!(
+            config.contains(&line),
+            "README line {line:?} is not in the tested config"
+        );
+    }
+}
+
+#[test]
+fn readme_gateway_configs_are_the_ones_the_tests_run() {
+    let nginx = programs::nginx_conf(
+        "127.0.0.1:8080".parse().expect("addr"),
+        "edge-1",
+        10,
+        1935,
+        8081,
+    );
+    assert_lines_in(&readme_block("nginx", "### nginx-rtmp"), &nginx);
+    let envoy = programs::envoy_conf(
+        10000,
+        9901,
+        "127.0.0.1:50051".parse().expect("addr"),
+        "127.0.0.1:18081".parse().expect("addr"),
+    );
+    assert_lines_in(&readme_block("yaml", "### Envoy"), &envoy);
+    let srs = readme_block("", "### SRS");
+    assert!(srs.contains("/srs/srs-1/on_publish;") && srs.contains("/srs/srs-1/on_unpublish;"));
+}
+
+use common::programs;
