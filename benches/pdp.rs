@@ -185,6 +185,7 @@ async fn main() -> Result<()> {
         recheck_secs: 30,
         http_listen: None,
         nginx_control: vec![],
+        tokens: vec![],
         watch_policies: true,
         max_message_bytes: 64 * 1024,
     };

@@ -24,6 +24,15 @@ pub enum Command {
     /// Check or test a policy directory with the server's own loader and decision code.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Caller tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Read a token from standard input and print the `sha256:...` form `--token` takes.
+    Hash,
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +83,12 @@ pub struct ServeArgs {
     /// GATEWAY=http://host:port/control (repeat, or comma-separate in the environment).
     #[arg(long, env = "ANCHOR_PDP_NGINX_CONTROL", value_delimiter = ',')]
     pub nginx_control: Vec<String>,
+
+    /// A caller's token, as NAME:ROLE:sha256:HEX (ROLE: gateway, registrar, reviewer,
+    /// inspector or admin; the hash from `anchor-pdp token hash`). Repeat, or comma-separate
+    /// in the environment. With none, every caller is an admin and only loopback is allowed.
+    #[arg(long = "token", env = "ANCHOR_PDP_TOKENS", value_delimiter = ',')]
+    pub tokens: Vec<String>,
 
     /// Reload the policies when a file under the policy directory changes (SIGHUP and the
     /// ReloadPolicies RPC always work).

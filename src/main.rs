@@ -7,7 +7,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use anchor_pdp::clock::{Clock, SystemClock};
-use anchor_pdp::config::{Cli, Command, PolicyCommand};
+use anchor_pdp::config::{Cli, Command, PolicyCommand, TokenCommand};
 use anchor_pdp::policy::{self, PolicyHandle};
 use anchor_pdp::policy_suite;
 
@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let default_level = match cli.command {
         Command::Serve(_) => "info",
         // The policy tools print their own results; keep the server's logs out of them.
-        Command::Policy(_) => "warn",
+        Command::Policy(_) | Command::Token(_) => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -47,6 +47,20 @@ fn main() -> ExitCode {
             }
         }
         Command::Policy(PolicyCommand::Validate { dir }) => validate(&dir),
+        Command::Token(TokenCommand::Hash) => {
+            let mut token = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut token) {
+                eprintln!("anchor-pdp: cannot read the token: {e}");
+                return ExitCode::FAILURE;
+            }
+            let token = token.trim_end_matches(['\r', '\n']);
+            if token.is_empty() {
+                eprintln!("anchor-pdp: empty token on standard input");
+                return ExitCode::FAILURE;
+            }
+            println!("{}", anchor_pdp::api::auth::hash_token(token));
+            ExitCode::SUCCESS
+        }
         Command::Policy(PolicyCommand::Test { dir, junit }) => {
             runtime.block_on(test(&dir, junit.as_deref()))
         }

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::api::auth::{AuthLayer, Authenticator};
 use crate::api::{AdminService, DecisionService};
 use crate::clock::Clock;
 use crate::config::ServeArgs;
@@ -44,6 +45,27 @@ pub enum StartError {
     NginxControl(String),
     #[error("hook listener: {0}")]
     Hooks(std::io::Error),
+    #[error("{0}")]
+    Auth(String),
+}
+
+/// With no caller authentication, every caller is an admin: refuse to listen beyond loopback.
+pub fn check_exposure(args: &ServeArgs, auth: &Authenticator) -> Result<(), StartError> {
+    if auth.enabled() {
+        return Ok(());
+    }
+    for addr in std::iter::once(args.listen).chain(args.http_listen) {
+        if !addr.ip().is_loopback() {
+            return Err(StartError::Auth(format!(
+                "refusing to listen on {addr} without caller authentication: configure --token \
+                 (see `anchor-pdp token hash`), or listen on a loopback address"
+            )));
+        }
+    }
+    tracing::warn!(
+        "no caller authentication configured: every caller is an admin; listening on loopback only"
+    );
+    Ok(())
 }
 
 /// The sockets a server answers on: gRPC always, gateway hooks if configured.
@@ -147,6 +169,8 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     let controls = crate::gateway::nginx_control::parse_controls(&args.nginx_control)
         .map_err(StartError::NginxControl)?;
+    let auth = Arc::new(Authenticator::from_specs(&args.tokens).map_err(StartError::Auth)?);
+    check_exposure(args, &auth)?;
     let max_message = usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX);
     // One shutdown signal, fanned out to the gRPC and hook listeners and to open streams.
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -211,6 +235,7 @@ pub async fn serve(
     let served = Server::builder()
         .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
         .timeout(REQUEST_TIMEOUT)
+        .layer(AuthLayer::new(auth))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -245,6 +270,8 @@ pub async fn serve(
 
 /// Binds the configured address and serves until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs, clock: Arc<dyn Clock>) -> Result<(), StartError> {
+    let auth = Authenticator::from_specs(&args.tokens).map_err(StartError::Auth)?;
+    check_exposure(&args, &auth)?;
     let pdp = open(&args, clock)?;
     let listener = TcpListener::bind(args.listen)
         .await

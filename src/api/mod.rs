@@ -1,6 +1,7 @@
 //! The gRPC transport: tonic services, request validation, proto conversion and the single
 //! mapping from `PdpError` to `Status`. No rules live here.
 
+pub mod auth;
 pub mod convert;
 
 use std::collections::HashSet;
@@ -262,8 +263,16 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
         &self,
         request: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::RegisterResponse>, Status> {
+        let caller = auth::caller(&request);
         let req = request.into_inner();
         let (record_id, body) = convert::record_from_proto(req.record).map_err(status)?;
+        if caller.role == auth::Role::Registrar && !body.kind().needs_review() {
+            tracing::warn!(%caller, kind = body.kind().name(), "register refused");
+            return Err(Status::permission_denied(format!(
+                "{caller} may register anchors, drivers and rooms, not {} records",
+                body.kind().name()
+            )));
+        }
         let outcome = self
             .pdp
             .register(&record_id, body, req.expected_revision)

@@ -35,6 +35,8 @@ pub struct Options {
     /// Open the gateway-hook HTTP listener on an ephemeral port.
     pub http: bool,
     pub nginx_control: Vec<String>,
+    /// `NAME:ROLE:sha256:HEX` caller tokens; none = authentication off.
+    pub tokens: Vec<String>,
 }
 
 pub struct TestServer {
@@ -89,6 +91,7 @@ impl TestServer {
             recheck_secs: 30,
             http_listen: http_addr,
             nginx_control: options.nginx_control.clone(),
+            tokens: options.tokens.clone(),
             watch_policies: options.watch_policies,
             max_message_bytes: 64 * 1024,
         };

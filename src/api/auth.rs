@@ -1,0 +1,344 @@
+//! Who may call what. Callers present `authorization: Bearer TOKEN`; the server knows each
+//! token only by its SHA-256 and the role it is bound to. A tower layer in front of every gRPC
+//! service authenticates the caller and checks the method against the role; the `Register`
+//! handler narrows registrars to merchant-owned filings. Health and reflection stay open.
+//! With no token configured every caller is an anonymous admin, which is why the server then
+//! refuses any address but loopback.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use sha2::{Digest, Sha256};
+use tonic::Status;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Authorize, EndSession, WatchEnforcements, Envoy's Check.
+    Gateway,
+    /// Register of merchant-owned filings (anchors, drivers, rooms).
+    Registrar,
+    /// Review verdicts, and the admin reads.
+    Reviewer,
+    /// Violation reports, and the admin reads.
+    Inspector,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    pub fn parse(name: &str) -> Option<Role> {
+        match name {
+            "gateway" => Some(Role::Gateway),
+            "registrar" => Some(Role::Registrar),
+            "reviewer" => Some(Role::Reviewer),
+            "inspector" => Some(Role::Inspector),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Gateway => "gateway",
+            Role::Registrar => "registrar",
+            Role::Reviewer => "reviewer",
+            Role::Inspector => "inspector",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// The authenticated caller, put in each request's extensions for handlers and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+impl Caller {
+    /// Every caller when no token is configured (loopback only).
+    pub fn anonymous() -> Caller {
+        Caller {
+            name: "anonymous".into(),
+            role: Role::Admin,
+        }
+    }
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name, self.role.name())
+    }
+}
+
+/// `sha256:<hex>` of a token: the only form a token is configured in.
+pub fn hash_token(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+struct TokenEntry {
+    caller: Caller,
+    digest: [u8; 32],
+}
+
+/// The configured tokens.
+#[derive(Default)]
+pub struct Authenticator {
+    tokens: Vec<TokenEntry>,
+}
+
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(digest)
+}
+
+/// Equal without an early exit, so the time taken says nothing about where they differ.
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Authenticator {
+    /// From `NAME:ROLE:sha256:HEX` entries (`anchor-pdp token hash` prints the hash).
+    pub fn from_specs(specs: &[String]) -> Result<Authenticator, String> {
+        let mut tokens = Vec::new();
+        for spec in specs {
+            let mut parts = spec.splitn(3, ':');
+            let (Some(name), Some(role), Some(hash)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(format!(
+                    "--token {spec:?}: expected NAME:ROLE:sha256:HEX (never the token itself)"
+                ));
+            };
+            let role = Role::parse(role).ok_or_else(|| {
+                format!(
+                    "--token {name}: unknown role {role:?}; use gateway, registrar, reviewer, inspector or admin"
+                )
+            })?;
+            let digest = hash
+                .strip_prefix("sha256:")
+                .and_then(parse_digest)
+                .ok_or_else(|| {
+                    format!("--token {name}: the hash must be sha256:<64 hex digits>")
+                })?;
+            if name.is_empty() {
+                return Err("--token: the caller name is empty".into());
+            }
+            tokens.push(TokenEntry {
+                caller: Caller {
+                    name: name.to_owned(),
+                    role,
+                },
+                digest,
+            });
+        }
+        Ok(Authenticator { tokens })
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    /// The caller an `authorization` header value proves.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, Status> {
+        if !self.enabled() {
+            return Ok(Caller::anonymous());
+        }
+        let token = authorization
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.tokens
+            .iter()
+            .find(|entry| same(&entry.digest, &digest))
+            .map(|entry| entry.caller.clone())
+            .ok_or_else(|| Status::unauthenticated("unknown token"))
+    }
+}
+
+const OPEN_PREFIXES: [&str; 3] = [
+    "/grpc.health.v1.",
+    "/grpc.reflection.v1.",
+    "/grpc.reflection.v1alpha.",
+];
+
+/// Whether `role` may call the gRPC method at `path` at all. (`Register` is narrowed further
+/// by record kind in its handler.)
+pub fn may_call(role: Role, path: &str) -> bool {
+    if role == Role::Admin {
+        return true;
+    }
+    let method = path.rsplit('/').next().unwrap_or("");
+    let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    match (service, method) {
+        ("anchorpdp.v1.PolicyDecisionPoint", "Authorize" | "EndSession" | "WatchEnforcements")
+        | ("envoy.service.auth.v3.Authorization", "Check") => role == Role::Gateway,
+        ("anchorpdp.v1.PolicyDecisionPoint", "Register") => role == Role::Registrar,
+        ("anchorpdp.v1.PolicyAdmin", "ReviewFiling") => role == Role::Reviewer,
+        ("anchorpdp.v1.PolicyAdmin", "ReportViolation") => role == Role::Inspector,
+        (
+            "anchorpdp.v1.PolicyAdmin",
+            "GetRegistration" | "ListRegistrations" | "GetAccount" | "GetSession"
+            | "ListLiveSessions" | "GetPolicyStatus",
+        ) => matches!(role, Role::Reviewer | Role::Inspector),
+        _ => false,
+    }
+}
+
+/// The caller a handler runs for (set by the layer; anonymous admin when auth is off).
+pub fn caller<T>(request: &tonic::Request<T>) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(Caller::anonymous)
+}
+
+#[derive(Clone)]
+pub struct AuthLayer {
+    auth: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    pub fn new(auth: Arc<Authenticator>) -> Self {
+        AuthLayer { auth }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B, R> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path().to_owned();
+        if OPEN_PREFIXES.iter().any(|p| path.starts_with(p)) {
+            return Box::pin(self.inner.call(request));
+        }
+        let header = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let verdict = self.auth.authenticate(header).and_then(|caller| {
+            if may_call(caller.role, &path) {
+                Ok(caller)
+            } else {
+                Err(Status::permission_denied(format!(
+                    "{caller} may not call {path}"
+                )))
+            }
+        });
+        match verdict {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Box::pin(self.inner.call(request))
+            }
+            Err(status) => {
+                tracing::warn!(
+                    %path,
+                    code = ?status.code(),
+                    reason = status.message(),
+                    "call refused"
+                );
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_known_only_by_its_hash() {
+        let hash = hash_token("s3cret-gw");
+        let auth = Authenticator::from_specs(&[format!("edge-1:gateway:{hash}")])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let caller = auth
+            .authenticate(Some("Bearer s3cret-gw"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(caller.name, "edge-1");
+        assert_eq!(caller.role, Role::Gateway);
+        for bad in [
+            None,
+            Some("Bearer wrong"),
+            Some("s3cret-gw"),
+            Some("Bearer "),
+        ] {
+            let refused = auth.authenticate(bad).map(|_| ()).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        }
+        assert!(Authenticator::from_specs(&["x:gateway:s3cret".into()]).is_err());
+        assert!(Authenticator::from_specs(&[format!("x:root:{hash}")]).is_err());
+    }
+
+    #[test]
+    fn roles_map_to_methods() {
+        let pdp = "/anchorpdp.v1.PolicyDecisionPoint/";
+        let admin = "/anchorpdp.v1.PolicyAdmin/";
+        assert!(may_call(Role::Gateway, &format!("{pdp}Authorize")));
+        assert!(!may_call(Role::Gateway, &format!("{pdp}Register")));
+        assert!(may_call(Role::Registrar, &format!("{pdp}Register")));
+        assert!(!may_call(
+            Role::Registrar,
+            &format!("{admin}SetProviderListing")
+        ));
+        assert!(!may_call(Role::Registrar, &format!("{admin}ReviewFiling")));
+        assert!(may_call(Role::Reviewer, &format!("{admin}ReviewFiling")));
+        assert!(!may_call(
+            Role::Reviewer,
+            &format!("{admin}ReportViolation")
+        ));
+        assert!(may_call(
+            Role::Inspector,
+            &format!("{admin}ReportViolation")
+        ));
+        assert!(!may_call(Role::Inspector, &format!("{admin}LiftFreeze")));
+        assert!(may_call(Role::Admin, &format!("{admin}LiftFreeze")));
+        assert!(may_call(
+            Role::Gateway,
+            "/envoy.service.auth.v3.Authorization/Check"
+        ));
+    }
+}
