@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anchor_pdp::clock::SystemClock;
-use anchor_pdp::config::ServeArgs;
 use anchor_pdp::policy::{Observation, Phase};
 use anchor_pdp::proto::{self, register_request::Record};
 use anchor_pdp::{PolicyAdminClient, PolicyDecisionPointClient, domain, server};
+use clap::Parser;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
@@ -178,17 +178,14 @@ async fn main() -> Result<()> {
     }
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let serve_args = ServeArgs {
-        listen: addr,
-        data_dir: temp.path().join("data"),
-        policies: policy_dir.clone(),
-        recheck_secs: 30,
-        http_listen: None,
-        nginx_control: vec![],
-        tokens: vec![],
-        watch_policies: true,
-        max_message_bytes: 64 * 1024,
-    };
+    let mut serve_args =
+        match anchor_pdp::config::Cli::try_parse_from(["anchor-pdp", "serve"]).map(|c| c.command) {
+            Ok(anchor_pdp::config::Command::Serve(args)) => args,
+            _ => return Err("cannot build the default settings".into()),
+        };
+    serve_args.listen = addr;
+    serve_args.data_dir = temp.path().join("data");
+    serve_args.policies = policy_dir.clone();
     let service = server::open(&serve_args, Arc::new(SystemClock))?;
     let direct = service.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

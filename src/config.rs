@@ -90,6 +90,36 @@ pub struct ServeArgs {
     #[arg(long = "token", env = "ANCHOR_PDP_TOKENS", value_delimiter = ',')]
     pub tokens: Vec<String>,
 
+    /// Decision-log records that may wait to be written.
+    #[arg(long, env = "ANCHOR_PDP_DECISION_LOG_QUEUE", default_value_t = 4096)]
+    pub decision_log_queue: usize,
+
+    /// When the decision-log queue is full: `wait` (callers wait; nothing is lost) or `drop`
+    /// (callers go on; drops are counted in GetDecisionLogStatus).
+    #[arg(
+        long,
+        env = "ANCHOR_PDP_DECISION_LOG_OVERFLOW",
+        value_enum,
+        default_value = "wait"
+    )]
+    pub decision_log_overflow: crate::decision_log::Overflow,
+
+    /// Decision-log records older than this many days are deleted.
+    #[arg(
+        long,
+        env = "ANCHOR_PDP_DECISION_LOG_MAX_AGE_DAYS",
+        default_value_t = 180
+    )]
+    pub decision_log_max_age_days: u32,
+
+    /// At most this many decision-log records are kept (the oldest go first).
+    #[arg(
+        long,
+        env = "ANCHOR_PDP_DECISION_LOG_MAX_RECORDS",
+        default_value_t = 10_000_000
+    )]
+    pub decision_log_max_records: usize,
+
     /// Reload the policies when a file under the policy directory changes (SIGHUP and the
     /// ReloadPolicies RPC always work).
     #[arg(long, env = "ANCHOR_PDP_WATCH_POLICIES", default_value_t = true,

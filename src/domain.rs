@@ -788,6 +788,30 @@ pub struct EnforcementEvent {
     pub at: Millis,
 }
 
+/// One entry of the decision log: an Authorize decision or an admin action.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// The decision id (a UUIDv7: ids sort by time).
+    pub id: String,
+    pub at: Millis,
+    /// `authorize`, or the admin RPC's name (`ReviewFiling`, ...).
+    pub action: String,
+    /// Who called, as authenticated (`name (role)`).
+    pub caller: String,
+    pub merchant_id: String,
+    pub session_id: String,
+    /// The request as received.
+    pub request: String,
+    /// For decisions: allowed or not.
+    pub allowed: Option<bool>,
+    pub rule_ids: Vec<String>,
+    /// `NONE`, `REFUSE_START`, `SHUT_DOWN`; empty for admin actions.
+    pub enforcement: String,
+    pub policy_version: String,
+    /// What came of it: `ok`, or the error.
+    pub outcome: String,
+}
+
 /// What a live discovery (a failed LIVE re-check or an inspector's report) asks to apply.
 #[derive(Clone, Debug)]
 pub struct Discovery {

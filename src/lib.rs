@@ -8,6 +8,7 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod decision_log;
 pub mod domain;
 pub mod error;
 pub mod gateway;

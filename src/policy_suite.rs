@@ -512,7 +512,7 @@ async fn run_case(
         .await
         .map_err(|e| e.to_string())?;
     let pdp = Pdp::new(
-        store,
+        Arc::new(store),
         policies.clone(),
         Arc::new(ManualClock::new(now)),
         Duration::from_secs(30),

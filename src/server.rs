@@ -13,6 +13,7 @@ use crate::api::auth::{AuthLayer, Authenticator};
 use crate::api::{AdminService, DecisionService};
 use crate::clock::Clock;
 use crate::config::ServeArgs;
+use crate::decision_log::{DecisionLog, Retention};
 use crate::error::PdpError;
 use crate::policy::{PolicyHandle, PolicyLoadError};
 use crate::proto::policy_admin_server::PolicyAdminServer;
@@ -90,7 +91,7 @@ pub fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, StartEr
         "loaded"
     );
     Ok(Arc::new(Pdp::new(
-        store,
+        Arc::new(store),
         Arc::new(policies),
         clock,
         Duration::from_secs(args.recheck_secs),
@@ -174,11 +175,32 @@ pub async fn serve(
     let max_message = usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX);
     // One shutdown signal, fanned out to the gRPC and hook listeners and to open streams.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let decision =
-        PolicyDecisionPointServer::new(DecisionService::new(pdp.clone(), stopped.clone()))
+    let (log, log_queue) = DecisionLog::new(args.decision_log_queue, args.decision_log_overflow);
+    // The writer stops last, after the servers have answered everything in flight.
+    let (close_log, log_closing) = tokio::sync::watch::channel(false);
+    let log_writer = tokio::spawn(log.clone().run_writer(
+        pdp.store_handle(),
+        log_queue,
+        log_closing,
+    ));
+    let retention = tokio::spawn(crate::decision_log::run_retention(
+        pdp.store_handle(),
+        pdp.clock(),
+        Retention {
+            max_age_days: args.decision_log_max_age_days,
+            max_records: args.decision_log_max_records,
+        },
+        Duration::from_secs(60),
+    ));
+    let decision = PolicyDecisionPointServer::new(DecisionService::new(
+        pdp.clone(),
+        log.clone(),
+        stopped.clone(),
+    ))
+    .max_decoding_message_size(max_message);
+    let admin =
+        PolicyAdminServer::new(AdminService::new(pdp.clone(), log.clone(), stopped.clone()))
             .max_decoding_message_size(max_message);
-    let admin = PolicyAdminServer::new(AdminService::new(pdp.clone()))
-        .max_decoding_message_size(max_message);
     let ext_authz = crate::gateway::envoy::AuthorizationServer::new(
         crate::gateway::envoy::EnvoyAuthorization::new(pdp.clone()),
     )
@@ -254,6 +276,11 @@ pub async fn serve(
     }
     if let Some(dropper) = dropper {
         dropper.abort();
+    }
+    retention.abort();
+    let _ = close_log.send(true);
+    if let Err(e) = log_writer.await {
+        tracing::error!(error = %e, "decision log writer failed");
     }
     if let Some((watcher, task)) = watcher {
         drop(watcher);

@@ -50,6 +50,8 @@ pub struct AuthorizeCommand {
 
 #[derive(Clone, Debug)]
 pub struct AuthorizeOutcome {
+    /// The merchant decided about (from the request at START, the session at LIVE).
+    pub merchant_id: Option<String>,
     pub decision: Decision,
     pub enforcement: Enforcement,
     pub penalty_applied: Option<Penalty>,
@@ -93,7 +95,7 @@ pub struct ReportOutcome {
 }
 
 pub struct Pdp {
-    store: Store,
+    store: Arc<Store>,
     policies: Arc<PolicyHandle>,
     clock: Arc<dyn Clock>,
     recheck_after: Duration,
@@ -114,7 +116,7 @@ fn session_violation(en: String, zh: String) -> Violation {
 
 impl Pdp {
     pub fn new(
-        store: Store,
+        store: Arc<Store>,
         policies: Arc<PolicyHandle>,
         clock: Arc<dyn Clock>,
         recheck_after: Duration,
@@ -129,6 +131,10 @@ impl Pdp {
 
     pub fn now(&self) -> Millis {
         self.clock.now_ms()
+    }
+
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
     }
 
     /// The policy set in force now.
@@ -149,16 +155,25 @@ impl Pdp {
         &self.store
     }
 
+    pub fn store_handle(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
     /// Decides a START or LIVE request. Errors are only for malformed requests; every failure
     /// on the way to a decision is a deny that says why (fail closed).
     pub async fn authorize(&self, cmd: AuthorizeCommand) -> Result<AuthorizeOutcome, PdpError> {
         let now = self.now();
         // One set for the whole decision, even if a reload lands meanwhile.
         let policies = self.policies.current();
-        match cmd.phase {
-            Phase::Start => Ok(self.authorize_start(&policies, cmd, now).await),
-            Phase::Live => self.authorize_live(&policies, cmd, now).await,
+        let merchant_id = cmd.merchant_id.clone();
+        let mut outcome = match cmd.phase {
+            Phase::Start => self.authorize_start(&policies, cmd, now).await,
+            Phase::Live => self.authorize_live(&policies, cmd, now).await?,
+        };
+        if outcome.merchant_id.is_none() {
+            outcome.merchant_id = merchant_id;
         }
+        Ok(outcome)
     }
 
     fn outcome(
@@ -168,6 +183,7 @@ impl Pdp {
         now: Millis,
     ) -> AuthorizeOutcome {
         AuthorizeOutcome {
+            merchant_id: None,
             decision,
             enforcement,
             penalty_applied: None,
@@ -374,9 +390,11 @@ impl Pdp {
         now: Millis,
     ) -> AuthorizeOutcome {
         let session_id = session.id.clone();
+        let merchant_id = session.merchant_id.clone();
         let shut_down = |decision: Decision| {
             let mut outcome = self.outcome(decision, Enforcement::ShutDown, now);
             outcome.session_id = Some(session_id.clone());
+            outcome.merchant_id = Some(merchant_id.clone());
             outcome
         };
         if session.state != SessionState::Active {
@@ -453,6 +471,7 @@ impl Pdp {
             }
             let mut outcome = self.outcome(decision, Enforcement::None, now);
             outcome.session_id = Some(session_id);
+            outcome.merchant_id = Some(merchant_id);
             outcome.recheck_after = Some(self.recheck_after);
             return outcome;
         }

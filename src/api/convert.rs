@@ -512,3 +512,24 @@ pub fn problem_to_proto(p: &crate::policy::PolicyProblem) -> proto::PolicyProble
         message: p.message.clone(),
     }
 }
+
+pub fn log_record_to_proto(r: &domain::LogRecord) -> proto::DecisionLogRecord {
+    proto::DecisionLogRecord {
+        id: r.id.clone(),
+        at: Some(timestamp(r.at)),
+        action: r.action.clone(),
+        caller: r.caller.clone(),
+        merchant_id: r.merchant_id.clone(),
+        session_id: r.session_id.clone(),
+        request: r.request.clone(),
+        decision: match r.allowed {
+            Some(true) => proto::Decision::Allow,
+            Some(false) => proto::Decision::Deny,
+            None => proto::Decision::Unspecified,
+        } as i32,
+        rule_ids: r.rule_ids.clone(),
+        enforcement: r.enforcement.clone(),
+        policy_version: r.policy_version.clone(),
+        outcome: r.outcome.clone(),
+    }
+}

@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::decision_log::DecisionLog;
+use crate::domain::LogRecord;
 use crate::domain::{Kind, ReviewCommand, Verdict};
 use crate::error::PdpError;
 use crate::policy::{Phase, ReloadOutcome};
@@ -18,6 +20,43 @@ use convert::{
     MAX_AI_FEATURES, MAX_ID_LEN, MAX_NOTE_LEN, applied_penalty, enum_field, id, optional_id,
     required_text, text,
 };
+
+/// What a ReadDecisionLog request asks for.
+struct LogFilter {
+    decision_id: Option<String>,
+    merchant_id: Option<String>,
+    session_id: Option<String>,
+    action: String,
+    decision: Option<bool>,
+    since: Option<crate::domain::Millis>,
+    until: Option<crate::domain::Millis>,
+    limit: usize,
+}
+
+impl LogFilter {
+    fn keep(&self, r: &LogRecord) -> bool {
+        self.merchant_id
+            .as_ref()
+            .is_none_or(|m| *m == r.merchant_id)
+            && self.session_id.as_ref().is_none_or(|s| *s == r.session_id)
+            && (self.action.is_empty() || self.action == r.action)
+            && self.decision.is_none_or(|d| r.allowed == Some(d))
+            && self.since.is_none_or(|t| r.at >= t)
+            && self.until.is_none_or(|t| r.at < t)
+    }
+}
+
+/// The merchant a Register request concerns.
+fn register_merchant(req: &proto::RegisterRequest) -> String {
+    use proto::register_request::Record;
+    match &req.record {
+        Some(Record::Merchant(m)) => m.id.clone(),
+        Some(Record::Anchor(a)) => a.owner_merchant_id.clone(),
+        Some(Record::Driver(d)) => d.owner_merchant_id.clone(),
+        Some(Record::Room(r)) => r.owner_merchant_id.clone(),
+        _ => String::new(),
+    }
+}
 
 /// The one place errors become gRPC statuses.
 pub fn status(error: PdpError) -> Status {
@@ -114,24 +153,19 @@ fn authorize_command(req: &proto::AuthorizeRequest) -> Result<AuthorizeCommand, 
 /// `anchorpdp.v1.PolicyDecisionPoint`.
 pub struct DecisionService {
     pdp: Arc<Pdp>,
+    log: Arc<DecisionLog>,
     /// Turns true when the server shuts down: open event streams end then, or a graceful
     /// shutdown would wait on them forever.
     closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl DecisionService {
-    pub fn new(pdp: Arc<Pdp>, closing: tokio::sync::watch::Receiver<bool>) -> Self {
-        DecisionService { pdp, closing }
-    }
-}
-
-/// Resolves once the flag is (or becomes) true, or its sender is gone.
-async fn until_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
-    loop {
-        let set = *flag.borrow_and_update();
-        if set || flag.changed().await.is_err() {
-            return;
-        }
+    pub fn new(
+        pdp: Arc<Pdp>,
+        log: Arc<DecisionLog>,
+        closing: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        DecisionService { pdp, log, closing }
     }
 }
 
@@ -179,7 +213,7 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
                     tokio::select! {
                         changed = published.changed() => if changed.is_err() { return },
                         () = tx.closed() => return,
-                        () = until_true(&mut closing) => {
+                        () = crate::decision_log::until_true(&mut closing) => {
                             let _ = tx.send(Err(Status::unavailable("server shutting down; resume after the last sequence"))).await;
                             return;
                         }
@@ -196,8 +230,32 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
         &self,
         request: Request<proto::AuthorizeRequest>,
     ) -> Result<Response<proto::AuthorizeResponse>, Status> {
+        let caller = auth::caller(&request);
         let command = authorize_command(request.get_ref()).map_err(status)?;
         let outcome = self.pdp.authorize(command).await.map_err(status)?;
+        let enforcement_name = match outcome.enforcement {
+            Enforcement::None => "NONE",
+            Enforcement::RefuseStart => "REFUSE_START",
+            Enforcement::ShutDown => "SHUT_DOWN",
+        };
+        // Logged before the answer leaves: a decision nobody can find afterwards is not given.
+        self.log
+            .record(LogRecord {
+                id: outcome.decision_id.clone(),
+                at: outcome.decided_at,
+                action: "authorize".into(),
+                caller: caller.to_string(),
+                merchant_id: outcome.merchant_id.clone().unwrap_or_default(),
+                session_id: outcome.session_id.clone().unwrap_or_default(),
+                request: format!("{:?}", request.get_ref()),
+                allowed: Some(outcome.decision.allowed),
+                rule_ids: outcome.decision.rule_ids(),
+                enforcement: enforcement_name.into(),
+                policy_version: outcome.decision.policy_version.clone(),
+                outcome: "ok".into(),
+            })
+            .await
+            .map_err(|e| Status::unavailable(format!("the decision could not be logged: {e}")))?;
         let decision = &outcome.decision;
         tracing::info!(
             decision_id = %outcome.decision_id,
@@ -246,17 +304,36 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
         &self,
         request: Request<proto::EndSessionRequest>,
     ) -> Result<Response<proto::EndSessionResponse>, Status> {
-        let req = request.get_ref();
-        let session_id = id("session_id", &req.session_id).map_err(status)?;
-        let reason = text("reason", &req.reason, MAX_NOTE_LEN).map_err(status)?;
-        let session = self
-            .pdp
-            .end_session(&session_id, &reason)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(proto::EndSessionResponse {
-            session: Some(convert::session_to_proto(&session)),
-        }))
+        let caller = auth::caller(&request);
+        let logged = format!("{:?}", request.get_ref());
+        let concerns = {
+            let req = request.get_ref();
+            (String::new(), req.session_id.clone())
+        };
+        let result = async move {
+            let req = request.get_ref();
+            let session_id = id("session_id", &req.session_id).map_err(status)?;
+            let reason = text("reason", &req.reason, MAX_NOTE_LEN).map_err(status)?;
+            let session = self
+                .pdp
+                .end_session(&session_id, &reason)
+                .await
+                .map_err(status)?;
+            Ok(Response::new(proto::EndSessionResponse {
+                session: Some(convert::session_to_proto(&session)),
+            }))
+        }
+        .await;
+        audit(
+            &self.log,
+            &self.pdp,
+            &caller,
+            "EndSession",
+            concerns,
+            logged,
+            result,
+        )
+        .await
     }
 
     async fn register(
@@ -264,43 +341,96 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
         request: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::RegisterResponse>, Status> {
         let caller = auth::caller(&request);
-        let req = request.into_inner();
-        let (record_id, body) = convert::record_from_proto(req.record).map_err(status)?;
-        if caller.role == auth::Role::Registrar && !body.kind().needs_review() {
-            tracing::warn!(%caller, kind = body.kind().name(), "register refused");
-            return Err(Status::permission_denied(format!(
-                "{caller} may register anchors, drivers and rooms, not {} records",
-                body.kind().name()
-            )));
+        let logged = format!("{:?}", request.get_ref());
+        let concerns = {
+            let req = request.get_ref();
+            (register_merchant(req), String::new())
+        };
+        let result = async move {
+            let caller = auth::caller(&request);
+            let req = request.into_inner();
+            let (record_id, body) = convert::record_from_proto(req.record).map_err(status)?;
+            if caller.role == auth::Role::Registrar && !body.kind().needs_review() {
+                tracing::warn!(%caller, kind = body.kind().name(), "register refused");
+                return Err(Status::permission_denied(format!(
+                    "{caller} may register anchors, drivers and rooms, not {} records",
+                    body.kind().name()
+                )));
+            }
+            let outcome = self
+                .pdp
+                .register(&record_id, body, req.expected_revision)
+                .await
+                .map_err(status)?;
+            tracing::info!(
+                kind = outcome.registration.kind().name(),
+                id = %record_id,
+                revision = outcome.registration.revision,
+                changed = outcome.changed,
+                "register"
+            );
+            Ok(Response::new(proto::RegisterResponse {
+                registration: Some(convert::registration_to_proto(&outcome.registration)),
+                changed: outcome.changed,
+            }))
         }
-        let outcome = self
-            .pdp
-            .register(&record_id, body, req.expected_revision)
-            .await
-            .map_err(status)?;
-        tracing::info!(
-            kind = outcome.registration.kind().name(),
-            id = %record_id,
-            revision = outcome.registration.revision,
-            changed = outcome.changed,
-            "register"
-        );
-        Ok(Response::new(proto::RegisterResponse {
-            registration: Some(convert::registration_to_proto(&outcome.registration)),
-            changed: outcome.changed,
-        }))
+        .await;
+        audit(
+            &self.log, &self.pdp, &caller, "Register", concerns, logged, result,
+        )
+        .await
     }
 }
 
 /// `anchorpdp.v1.PolicyAdmin`.
 pub struct AdminService {
     pdp: Arc<Pdp>,
+    log: Arc<DecisionLog>,
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AdminService {
-    pub fn new(pdp: Arc<Pdp>) -> Self {
-        AdminService { pdp }
+    pub fn new(
+        pdp: Arc<Pdp>,
+        log: Arc<DecisionLog>,
+        closing: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        AdminService { pdp, log, closing }
     }
+}
+
+/// Records an admin action (whatever came of it) in the decision log. If the record cannot be
+/// written, the caller is told so: an action must not pass unrecorded.
+async fn audit<T>(
+    log: &DecisionLog,
+    pdp: &Pdp,
+    caller: &auth::Caller,
+    action: &str,
+    concerns: (String, String),
+    request: String,
+    result: Result<Response<T>, Status>,
+) -> Result<Response<T>, Status> {
+    let record = LogRecord {
+        id: DecisionLog::new_id(),
+        at: pdp.now(),
+        action: action.to_owned(),
+        caller: caller.to_string(),
+        merchant_id: concerns.0,
+        session_id: concerns.1,
+        request,
+        allowed: None,
+        rule_ids: vec![],
+        enforcement: String::new(),
+        policy_version: pdp.policies().version().to_owned(),
+        outcome: match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(status) => format!("{:?}: {}", status.code(), status.message()),
+        },
+    };
+    log.record(record)
+        .await
+        .map_err(|e| Status::unavailable(format!("the action could not be logged: {e}")))?;
+    result
 }
 
 const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -308,62 +438,191 @@ const MAX_PAGE_SIZE: u32 = 1000;
 
 #[tonic::async_trait]
 impl proto::policy_admin_server::PolicyAdmin for AdminService {
+    type ReadDecisionLogStream =
+        tokio_stream::wrappers::ReceiverStream<Result<proto::DecisionLogRecord, Status>>;
+
+    async fn read_decision_log(
+        &self,
+        request: Request<proto::ReadDecisionLogRequest>,
+    ) -> Result<Response<Self::ReadDecisionLogStream>, Status> {
+        let req = request.into_inner();
+        let filter = (|| {
+            let decision = match req.decision {
+                0 => None,
+                raw => match enum_field::<proto::Decision>("decision", raw)? {
+                    proto::Decision::Allow => Some(true),
+                    proto::Decision::Deny => Some(false),
+                    proto::Decision::Unspecified => None,
+                },
+            };
+            let limit = match req.limit {
+                0 => 1000,
+                n if n > 100_000 => {
+                    return Err(PdpError::invalid("limit", format!("{n}; at most 100000")));
+                }
+                n => n as usize,
+            };
+            Ok::<_, PdpError>(LogFilter {
+                decision_id: optional_id("decision_id", &req.decision_id)?,
+                merchant_id: optional_id("merchant_id", &req.merchant_id)?,
+                session_id: optional_id("session_id", &req.session_id)?,
+                action: text("action", &req.action, MAX_ID_LEN)?,
+                decision,
+                since: req
+                    .since
+                    .as_ref()
+                    .map(|t| convert::millis("since", t))
+                    .transpose()?,
+                until: req
+                    .until
+                    .as_ref()
+                    .map(|t| convert::millis("until", t))
+                    .transpose()?,
+                limit,
+            })
+        })()
+        .map_err(status)?;
+        let store = self.pdp.store_handle();
+        let mut closing = self.closing.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            if let Some(id) = &filter.decision_id {
+                let found = store.log_record(id).map(|r| r.filter(|r| filter.keep(r)));
+                let _ = match found {
+                    Ok(Some(record)) => tx.send(Ok(convert::log_record_to_proto(&record))).await,
+                    Ok(None) => Ok(()),
+                    Err(e) => tx.send(Err(status(e))).await,
+                };
+                return;
+            }
+            let mut after: Option<String> = None;
+            let mut sent = 0;
+            loop {
+                if *closing.borrow_and_update() {
+                    return;
+                }
+                let page = store.read_log(after.as_deref(), |r| filter.keep(r), 256, 4096);
+                let (records, last) = match page {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                };
+                for record in &records {
+                    if sent >= filter.limit
+                        || tx
+                            .send(Ok(convert::log_record_to_proto(record)))
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                    sent += 1;
+                }
+                match last {
+                    Some(last) => after = Some(last),
+                    None => return,
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    async fn get_decision_log_status(
+        &self,
+        _request: Request<proto::GetDecisionLogStatusRequest>,
+    ) -> Result<Response<proto::GetDecisionLogStatusResponse>, Status> {
+        Ok(Response::new(proto::GetDecisionLogStatusResponse {
+            records: self.pdp.store().log_len() as u64,
+            written: self.log.written(),
+            dropped: self.log.dropped(),
+            queue_capacity: u32::try_from(self.log.capacity()).unwrap_or(u32::MAX),
+            overflow: match self.log.overflow() {
+                crate::decision_log::Overflow::Wait => "wait".into(),
+                crate::decision_log::Overflow::Drop => "drop".into(),
+            },
+        }))
+    }
+
     async fn review_filing(
         &self,
         request: Request<proto::ReviewFilingRequest>,
     ) -> Result<Response<proto::ReviewFilingResponse>, Status> {
-        let req = request.get_ref();
-        let command = (|| {
-            let kind = convert::kind_from_proto("kind", req.kind)?;
-            if !kind.needs_review() {
-                return Err(PdpError::invalid(
-                    "kind",
-                    format!(
-                        "{} records are not reviewed; use ANCHOR, DRIVER or ROOM",
-                        kind.name()
-                    ),
-                ));
-            }
-            let verdict = match enum_field::<proto::Verdict>("verdict", req.verdict)? {
-                proto::Verdict::Approve => Verdict::Approve,
-                proto::Verdict::Reject => Verdict::Reject,
-                proto::Verdict::Revoke => Verdict::Revoke,
-                proto::Verdict::Unspecified => {
-                    return Err(PdpError::invalid("verdict", "required (UNSPECIFIED given)"));
+        let caller = auth::caller(&request);
+        let logged = format!("{:?}", request.get_ref());
+        let concerns = (String::new(), String::new());
+        let result = async move {
+            let req = request.get_ref();
+            let command = (|| {
+                let kind = convert::kind_from_proto("kind", req.kind)?;
+                if !kind.needs_review() {
+                    return Err(PdpError::invalid(
+                        "kind",
+                        format!(
+                            "{} records are not reviewed; use ANCHOR, DRIVER or ROOM",
+                            kind.name()
+                        ),
+                    ));
                 }
-            };
-            Ok(ReviewCommand {
-                kind,
-                id: id("id", &req.id)?,
-                verdict,
-                reviewer: required_text("reviewer", &req.reviewer, MAX_ID_LEN)?,
-                note: text("note", &req.note, MAX_NOTE_LEN)?,
-                expected_revision: req.expected_revision,
-                approval_expires_at: req
-                    .approval_expires_at
-                    .as_ref()
-                    .map(|ts| convert::millis("approval_expires_at", ts))
-                    .transpose()?,
-            })
-        })()
-        .map_err(status)?;
-        let registration = self.pdp.review(&command).await.map_err(status)?;
-        tracing::info!(
-            kind = command.kind.name(),
-            id = %command.id,
-            verdict = ?command.verdict,
-            reviewer = %command.reviewer,
-            "review"
-        );
-        Ok(Response::new(proto::ReviewFilingResponse {
-            registration: Some(convert::registration_to_proto(&registration)),
-        }))
+                let verdict = match enum_field::<proto::Verdict>("verdict", req.verdict)? {
+                    proto::Verdict::Approve => Verdict::Approve,
+                    proto::Verdict::Reject => Verdict::Reject,
+                    proto::Verdict::Revoke => Verdict::Revoke,
+                    proto::Verdict::Unspecified => {
+                        return Err(PdpError::invalid("verdict", "required (UNSPECIFIED given)"));
+                    }
+                };
+                Ok(ReviewCommand {
+                    kind,
+                    id: id("id", &req.id)?,
+                    verdict,
+                    reviewer: required_text("reviewer", &req.reviewer, MAX_ID_LEN)?,
+                    note: text("note", &req.note, MAX_NOTE_LEN)?,
+                    expected_revision: req.expected_revision,
+                    approval_expires_at: req
+                        .approval_expires_at
+                        .as_ref()
+                        .map(|ts| convert::millis("approval_expires_at", ts))
+                        .transpose()?,
+                })
+            })()
+            .map_err(status)?;
+            let registration = self.pdp.review(&command).await.map_err(status)?;
+            tracing::info!(
+                kind = command.kind.name(),
+                id = %command.id,
+                verdict = ?command.verdict,
+                reviewer = %command.reviewer,
+                "review"
+            );
+            Ok(Response::new(proto::ReviewFilingResponse {
+                registration: Some(convert::registration_to_proto(&registration)),
+            }))
+        }
+        .await;
+        audit(
+            &self.log,
+            &self.pdp,
+            &caller,
+            "ReviewFiling",
+            concerns,
+            logged,
+            result,
+        )
+        .await
     }
 
     async fn set_provider_listing(
         &self,
         request: Request<proto::SetProviderListingRequest>,
     ) -> Result<Response<proto::SetProviderListingResponse>, Status> {
+        let caller = auth::caller(&request);
+        let logged = format!("{:?}", request.get_ref());
+        let concerns = (String::new(), String::new());
+        let result = async move {
         let req = request.get_ref();
         let provider_id = id("provider_id", &req.provider_id).map_err(status)?;
         let operator = required_text("operator", &req.operator, MAX_ID_LEN).map_err(status)?;
@@ -376,95 +635,162 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
         Ok(Response::new(proto::SetProviderListingResponse {
             registration: Some(convert::registration_to_proto(&outcome.registration)),
         }))
+        }
+        .await;
+        audit(
+            &self.log,
+            &self.pdp,
+            &caller,
+            "SetProviderListing",
+            concerns,
+            logged,
+            result,
+        )
+        .await
     }
 
     async fn set_ai_feature_filing(
         &self,
         request: Request<proto::SetAiFeatureFilingRequest>,
     ) -> Result<Response<proto::SetAiFeatureFilingResponse>, Status> {
-        let req = request.get_ref();
-        let feature_id = id("feature_id", &req.feature_id).map_err(status)?;
-        let filing_number =
-            text("filing_number", &req.filing_number, MAX_ID_LEN).map_err(status)?;
-        let operator = required_text("operator", &req.operator, MAX_ID_LEN).map_err(status)?;
-        let outcome = self
-            .pdp
-            .set_ai_feature_filing(
-                &feature_id,
-                req.security_assessment_passed,
-                &filing_number,
-                &operator,
-                req.expected_revision,
-            )
-            .await
-            .map_err(status)?;
-        Ok(Response::new(proto::SetAiFeatureFilingResponse {
-            registration: Some(convert::registration_to_proto(&outcome.registration)),
-        }))
+        let caller = auth::caller(&request);
+        let logged = format!("{:?}", request.get_ref());
+        let concerns = (String::new(), String::new());
+        let result = async move {
+            let req = request.get_ref();
+            let feature_id = id("feature_id", &req.feature_id).map_err(status)?;
+            let filing_number =
+                text("filing_number", &req.filing_number, MAX_ID_LEN).map_err(status)?;
+            let operator = required_text("operator", &req.operator, MAX_ID_LEN).map_err(status)?;
+            let outcome = self
+                .pdp
+                .set_ai_feature_filing(
+                    &feature_id,
+                    req.security_assessment_passed,
+                    &filing_number,
+                    &operator,
+                    req.expected_revision,
+                )
+                .await
+                .map_err(status)?;
+            Ok(Response::new(proto::SetAiFeatureFilingResponse {
+                registration: Some(convert::registration_to_proto(&outcome.registration)),
+            }))
+        }
+        .await;
+        audit(
+            &self.log,
+            &self.pdp,
+            &caller,
+            "SetAiFeatureFiling",
+            concerns,
+            logged,
+            result,
+        )
+        .await
     }
 
     async fn report_violation(
         &self,
         request: Request<proto::ReportViolationRequest>,
     ) -> Result<Response<proto::ReportViolationResponse>, Status> {
-        let req = request.get_ref();
-        let session_id = id("session_id", &req.session_id).map_err(status)?;
-        let rule_id = id("rule_id", &req.rule_id).map_err(status)?;
-        let inspector = required_text("inspector", &req.inspector, MAX_ID_LEN).map_err(status)?;
-        let note = text("note", &req.note, MAX_NOTE_LEN).map_err(status)?;
-        let outcome = self
-            .pdp
-            .report_violation(&session_id, &rule_id, &inspector, &note)
-            .await
-            .map_err(status)?;
-        let enforced = &outcome.enforced;
-        tracing::warn!(
-            session_id = %session_id,
-            rule_id = %rule_id,
-            %inspector,
-            penalty = ?enforced.penalty_applied,
-            "violation reported"
-        );
-        let account = match self.pdp.get_account(&enforced.session.merchant_id) {
-            Ok((merchant, _)) => Some(convert::account_to_proto(
-                &merchant,
-                &enforced.account,
-                outcome.now,
-            )),
-            Err(_) => None,
+        let caller = auth::caller(&request);
+        let logged = format!("{:?}", request.get_ref());
+        let concerns = {
+            let req = request.get_ref();
+            (String::new(), req.session_id.clone())
         };
-        Ok(Response::new(proto::ReportViolationResponse {
-            session: Some(convert::session_to_proto(&enforced.session)),
-            penalty_applied: applied_penalty(enforced.penalty_applied),
-            warning_issued: enforced.warning_issued,
-            account,
-            violation: Some(convert::violation_to_proto(&outcome.violation)),
-        }))
+        let result = async move {
+            let req = request.get_ref();
+            let session_id = id("session_id", &req.session_id).map_err(status)?;
+            let rule_id = id("rule_id", &req.rule_id).map_err(status)?;
+            let inspector =
+                required_text("inspector", &req.inspector, MAX_ID_LEN).map_err(status)?;
+            let note = text("note", &req.note, MAX_NOTE_LEN).map_err(status)?;
+            let outcome = self
+                .pdp
+                .report_violation(&session_id, &rule_id, &inspector, &note)
+                .await
+                .map_err(status)?;
+            let enforced = &outcome.enforced;
+            tracing::warn!(
+                session_id = %session_id,
+                rule_id = %rule_id,
+                %inspector,
+                penalty = ?enforced.penalty_applied,
+                "violation reported"
+            );
+            let account = match self.pdp.get_account(&enforced.session.merchant_id) {
+                Ok((merchant, _)) => Some(convert::account_to_proto(
+                    &merchant,
+                    &enforced.account,
+                    outcome.now,
+                )),
+                Err(_) => None,
+            };
+            Ok(Response::new(proto::ReportViolationResponse {
+                session: Some(convert::session_to_proto(&enforced.session)),
+                penalty_applied: applied_penalty(enforced.penalty_applied),
+                warning_issued: enforced.warning_issued,
+                account,
+                violation: Some(convert::violation_to_proto(&outcome.violation)),
+            }))
+        }
+        .await;
+        audit(
+            &self.log,
+            &self.pdp,
+            &caller,
+            "ReportViolation",
+            concerns,
+            logged,
+            result,
+        )
+        .await
     }
 
     async fn lift_freeze(
         &self,
         request: Request<proto::LiftFreezeRequest>,
     ) -> Result<Response<proto::LiftFreezeResponse>, Status> {
-        let req = request.get_ref();
-        let merchant_id = id("merchant_id", &req.merchant_id).map_err(status)?;
-        let operator = required_text("operator", &req.operator, MAX_ID_LEN).map_err(status)?;
-        let reason = text("reason", &req.reason, MAX_NOTE_LEN).map_err(status)?;
-        let (account, was_frozen) = self
-            .pdp
-            .lift_freeze(&merchant_id, &operator, &reason)
-            .await
-            .map_err(status)?;
-        tracing::warn!(merchant_id = %merchant_id, %operator, was_frozen, "freeze lifted");
-        let (merchant, _) = self.pdp.get_account(&merchant_id).map_err(status)?;
-        Ok(Response::new(proto::LiftFreezeResponse {
-            account: Some(convert::account_to_proto(
-                &merchant,
-                &account,
-                self.pdp.now(),
-            )),
-            was_frozen,
-        }))
+        let caller = auth::caller(&request);
+        let logged = format!("{:?}", request.get_ref());
+        let concerns = {
+            let req = request.get_ref();
+            (req.merchant_id.clone(), String::new())
+        };
+        let result = async move {
+            let req = request.get_ref();
+            let merchant_id = id("merchant_id", &req.merchant_id).map_err(status)?;
+            let operator = required_text("operator", &req.operator, MAX_ID_LEN).map_err(status)?;
+            let reason = text("reason", &req.reason, MAX_NOTE_LEN).map_err(status)?;
+            let (account, was_frozen) = self
+                .pdp
+                .lift_freeze(&merchant_id, &operator, &reason)
+                .await
+                .map_err(status)?;
+            tracing::warn!(merchant_id = %merchant_id, %operator, was_frozen, "freeze lifted");
+            let (merchant, _) = self.pdp.get_account(&merchant_id).map_err(status)?;
+            Ok(Response::new(proto::LiftFreezeResponse {
+                account: Some(convert::account_to_proto(
+                    &merchant,
+                    &account,
+                    self.pdp.now(),
+                )),
+                was_frozen,
+            }))
+        }
+        .await;
+        audit(
+            &self.log,
+            &self.pdp,
+            &caller,
+            "LiftFreeze",
+            concerns,
+            logged,
+            result,
+        )
+        .await
     }
 
     async fn get_registration(
@@ -560,39 +886,55 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
         &self,
         request: Request<proto::ReloadPoliciesRequest>,
     ) -> Result<Response<proto::ReloadPoliciesResponse>, Status> {
-        let operator =
-            required_text("operator", &request.get_ref().operator, MAX_ID_LEN).map_err(status)?;
-        let pdp = self.pdp.clone();
-        let trigger = format!("rpc:{operator}");
-        // Loading parses and validates every file: keep it off the async workers.
-        let outcome = tokio::task::spawn_blocking(move || pdp.reload_policies(&trigger))
-            .await
-            .map_err(|e| Status::internal(format!("reload task failed: {e}")))?;
-        let response = match outcome {
-            ReloadOutcome::Reloaded { previous, active } => proto::ReloadPoliciesResponse {
-                result: proto::ReloadResult::Reloaded as i32,
-                active_version: active,
-                previous_version: previous,
-                problems: vec![],
-            },
-            ReloadOutcome::Unchanged { active } => proto::ReloadPoliciesResponse {
-                result: proto::ReloadResult::Unchanged as i32,
-                previous_version: active.clone(),
-                active_version: active,
-                problems: vec![],
-            },
-            ReloadOutcome::Rejected { active, error } => proto::ReloadPoliciesResponse {
-                result: proto::ReloadResult::Rejected as i32,
-                previous_version: active.clone(),
-                active_version: active,
-                problems: error
-                    .problems
-                    .iter()
-                    .map(convert::problem_to_proto)
-                    .collect(),
-            },
-        };
-        Ok(Response::new(response))
+        let caller = auth::caller(&request);
+        let logged = format!("{:?}", request.get_ref());
+        let concerns = (String::new(), String::new());
+        let result = async move {
+            let operator = required_text("operator", &request.get_ref().operator, MAX_ID_LEN)
+                .map_err(status)?;
+            let pdp = self.pdp.clone();
+            let trigger = format!("rpc:{operator}");
+            // Loading parses and validates every file: keep it off the async workers.
+            let outcome = tokio::task::spawn_blocking(move || pdp.reload_policies(&trigger))
+                .await
+                .map_err(|e| Status::internal(format!("reload task failed: {e}")))?;
+            let response = match outcome {
+                ReloadOutcome::Reloaded { previous, active } => proto::ReloadPoliciesResponse {
+                    result: proto::ReloadResult::Reloaded as i32,
+                    active_version: active,
+                    previous_version: previous,
+                    problems: vec![],
+                },
+                ReloadOutcome::Unchanged { active } => proto::ReloadPoliciesResponse {
+                    result: proto::ReloadResult::Unchanged as i32,
+                    previous_version: active.clone(),
+                    active_version: active,
+                    problems: vec![],
+                },
+                ReloadOutcome::Rejected { active, error } => proto::ReloadPoliciesResponse {
+                    result: proto::ReloadResult::Rejected as i32,
+                    previous_version: active.clone(),
+                    active_version: active,
+                    problems: error
+                        .problems
+                        .iter()
+                        .map(convert::problem_to_proto)
+                        .collect(),
+                },
+            };
+            Ok(Response::new(response))
+        }
+        .await;
+        audit(
+            &self.log,
+            &self.pdp,
+            &caller,
+            "ReloadPolicies",
+            concerns,
+            logged,
+            result,
+        )
+        .await
     }
 
     async fn get_policy_status(

@@ -20,8 +20,8 @@ use sled::transaction::{
 };
 
 use crate::domain::{
-    self, Account, Discovery, Enforced, EnforcementEvent, Facts, Kind, Millis, RecordBody,
-    Registration, ReviewCommand, Session, SessionState, WriteOutcome,
+    self, Account, Discovery, Enforced, EnforcementEvent, Facts, Kind, LogRecord, Millis,
+    RecordBody, Registration, ReviewCommand, Session, SessionState, WriteOutcome,
 };
 use crate::error::PdpError;
 use group_commit::GroupCommit;
@@ -35,12 +35,15 @@ const FORMAT_KEY: &str = "format_version";
 pub struct Store {
     db: sled::Db,
     data: sled::Tree,
+    /// The decision log, keyed by decision id (UUIDv7, so by time).
+    log: sled::Tree,
     commit: GroupCommit,
     /// The highest enforcement-event sequence known durable; subscribers read up to it.
     events_durable: tokio::sync::watch::Sender<u64>,
 }
 
 const EVENT_COUNTER_KEY: &str = "evtseq";
+const LOG_TREE: &str = "log.v1";
 
 type TxResult<T> = Result<T, ConflictableTransactionError<PdpError>>;
 
@@ -192,6 +195,7 @@ impl Store {
             }
         }
         let data = db.open_tree(DATA_TREE).map_err(storage)?;
+        let log = db.open_tree(LOG_TREE).map_err(storage)?;
         let commit = GroupCommit::new(db.clone());
         // Everything already on disk is durable.
         let last_event = match data.get(EVENT_COUNTER_KEY).map_err(storage)? {
@@ -209,6 +213,7 @@ impl Store {
         Ok(Store {
             db,
             data,
+            log,
             commit,
             events_durable,
         })
@@ -652,5 +657,88 @@ impl Store {
             Ok(())
         })
         .await
+    }
+
+    /// Appends decision-log records in one batch and waits until they are durable.
+    pub async fn append_log(&self, records: &[LogRecord]) -> Result<(), PdpError> {
+        let mut batch = sled::Batch::default();
+        for record in records {
+            batch.insert(record.id.as_bytes(), encode(&record.id, record)?);
+        }
+        self.log.apply_batch(batch).map_err(storage)?;
+        self.commit.durable().await
+    }
+
+    /// Decision-log records in id (time) order, starting after `after`, that `keep` accepts;
+    /// stops after `limit` matches or `scan_limit` records looked at.
+    pub fn read_log(
+        &self,
+        after: Option<&str>,
+        keep: impl Fn(&LogRecord) -> bool,
+        limit: usize,
+        scan_limit: usize,
+    ) -> Result<(Vec<LogRecord>, Option<String>), PdpError> {
+        let start = after.map_or_else(Vec::new, |a| {
+            let mut key = a.as_bytes().to_vec();
+            key.push(0);
+            key
+        });
+        let mut out = Vec::new();
+        let mut last = None;
+        for (scanned, item) in self.log.range(start..).enumerate() {
+            if scanned >= scan_limit || out.len() >= limit {
+                break;
+            }
+            let (key, value) = item.map_err(storage)?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let record: LogRecord = decode(&key, &value)?;
+            last = Some(key);
+            if keep(&record) {
+                out.push(record);
+            }
+        }
+        Ok((out, last))
+    }
+
+    pub fn log_record(&self, id: &str) -> Result<Option<LogRecord>, PdpError> {
+        match self.log.get(id.as_bytes()).map_err(storage)? {
+            Some(bytes) => decode(id, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes records older than `older_than`, then the oldest beyond `max_records`.
+    /// Returns (deleted, kept).
+    pub fn prune_log(
+        &self,
+        older_than: Millis,
+        max_records: usize,
+    ) -> Result<(usize, usize), PdpError> {
+        let mut deleted = 0;
+        for item in self.log.iter() {
+            let (key, value) = item.map_err(storage)?;
+            let name = String::from_utf8_lossy(&key).into_owned();
+            let record: LogRecord = decode(&name, &value)?;
+            if record.at >= older_than {
+                break;
+            }
+            self.log.remove(&key).map_err(storage)?;
+            deleted += 1;
+        }
+        let mut kept = self.log.len();
+        while kept > max_records {
+            match self.log.pop_min().map_err(storage)? {
+                Some(_) => {
+                    deleted += 1;
+                    kept -= 1;
+                }
+                None => break,
+            }
+        }
+        Ok((deleted, kept))
+    }
+
+    pub fn log_len(&self) -> usize {
+        self.log.len()
     }
 }

@@ -22,6 +22,14 @@ pub const T0: i64 = 1_767_225_600_000;
 pub const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 pub const FREEZE_MS: i64 = 7 * DAY_MS;
 
+pub fn serve_defaults() -> ServeArgs {
+    use clap::Parser;
+    match anchor_pdp::config::Cli::try_parse_from(["anchor-pdp", "serve"]).map(|c| c.command) {
+        Ok(anchor_pdp::config::Command::Serve(args)) => args,
+        other => panic!("defaults: {other:?}"),
+    }
+}
+
 pub fn repo_policies() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
 }
@@ -84,17 +92,15 @@ impl TestServer {
             None
         };
         let http_addr = http.as_ref().map(|l| l.local_addr().expect("http addr"));
-        let args = ServeArgs {
-            listen: addr,
-            data_dir: data_dir.to_owned(),
-            policies: options.policies.clone().unwrap_or_else(repo_policies),
-            recheck_secs: 30,
-            http_listen: http_addr,
-            nginx_control: options.nginx_control.clone(),
-            tokens: options.tokens.clone(),
-            watch_policies: options.watch_policies,
-            max_message_bytes: 64 * 1024,
-        };
+        // The embedded defaults, as `anchor-pdp serve` has them, then this test's settings.
+        let mut args = serve_defaults();
+        args.listen = addr;
+        args.data_dir = data_dir.to_owned();
+        args.policies = options.policies.clone().unwrap_or_else(repo_policies);
+        args.http_listen = http_addr;
+        args.nginx_control = options.nginx_control.clone();
+        args.tokens = options.tokens.clone();
+        args.watch_policies = options.watch_policies;
         let pdp = server::open(&args, Arc::new(clock.clone())).expect("open server");
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
