@@ -1,0 +1,184 @@
+//! The decision log: every decision and admin action recorded, found by decision id, filtered
+//! by merchant, session, decision and time.
+
+mod common;
+
+use anchor_pdp::proto::{self, Decision};
+use common::*;
+use tokio_stream::StreamExt;
+
+async fn read(
+    s: &mut TestServer,
+    request: proto::ReadDecisionLogRequest,
+) -> Vec<proto::DecisionLogRecord> {
+    let mut stream = s
+        .admin
+        .read_decision_log(request)
+        .await
+        .expect("read log")
+        .into_inner();
+    let mut records = Vec::new();
+    while let Some(record) = stream.next().await {
+        records.push(record.expect("record"));
+    }
+    records
+}
+
+#[tokio::test]
+async fn the_decision_id_finds_its_record() {
+    let mut s = TestServer::admitted().await;
+    let mut request = start();
+    request.drive_mode = proto::DriveMode::Autonomous as i32;
+    let denied = s.authorize(request).await;
+    let found = read(
+        &mut s,
+        proto::ReadDecisionLogRequest {
+            decision_id: denied.decision_id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(found.len(), 1);
+    let record = &found[0];
+    assert_eq!(record.id, denied.decision_id);
+    assert_eq!(record.action, "authorize");
+    assert_eq!(record.caller, "anonymous (admin)");
+    assert_eq!(record.merchant_id, "m1");
+    assert_eq!(record.decision, Decision::Deny as i32);
+    assert_eq!(record.rule_ids, ["R3"]);
+    assert_eq!(record.enforcement, "REFUSE_START");
+    assert_eq!(record.policy_version, denied.policy_version);
+    assert!(
+        record.request.contains("drive_mode: Autonomous"),
+        "{}",
+        record.request
+    );
+    assert_eq!(millis(&record.at), Some(T0));
+}
+
+#[tokio::test]
+async fn the_log_filters_by_merchant_session_decision_and_time() {
+    let mut s = TestServer::admitted().await;
+    s.merchant("m2", proto::MerchantTier::GlobalGoldSupplier)
+        .await;
+    let session = s.start_session().await;
+    s.clock.advance(60_000);
+    let recheck = s.authorize(live(&session)).await;
+    let mut other = start();
+    other.merchant_id = "m2".into();
+    s.authorize(other).await;
+    s.clock.advance(60_000);
+    s.report(&session, "R7").await;
+
+    let of_session = read(
+        &mut s,
+        proto::ReadDecisionLogRequest {
+            session_id: session.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let actions: Vec<&str> = of_session.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, ["authorize", "authorize", "ReportViolation"]);
+    assert_eq!(of_session[1].id, recheck.decision_id);
+    assert_eq!(of_session[2].outcome, "ok");
+
+    let denies = read(
+        &mut s,
+        proto::ReadDecisionLogRequest {
+            decision: Decision::Deny as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(denies.len(), 1);
+    assert_eq!(denies[0].merchant_id, "m2");
+
+    let of_m2 = read(
+        &mut s,
+        proto::ReadDecisionLogRequest {
+            merchant_id: "m2".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let m2_actions: Vec<&str> = of_m2.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(m2_actions, ["Register", "authorize"]);
+
+    let ts = |ms: i64| {
+        Some(prost_types::Timestamp {
+            seconds: ms / 1000,
+            nanos: 0,
+        })
+    };
+    let in_window = read(
+        &mut s,
+        proto::ReadDecisionLogRequest {
+            since: ts(T0 + 60_000),
+            until: ts(T0 + 120_000),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(in_window.len(), 2, "{in_window:?}");
+    assert!(in_window.iter().all(|r| r.action == "authorize"));
+
+    // Every admin action is there, with who did it.
+    let reviews = read(
+        &mut s,
+        proto::ReadDecisionLogRequest {
+            action: "ReviewFiling".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(reviews.len(), 3);
+    assert!(
+        reviews
+            .iter()
+            .all(|r| r.caller == "anonymous (admin)" && r.outcome == "ok")
+    );
+    let status = s
+        .admin
+        .get_decision_log_status(proto::GetDecisionLogStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.dropped, 0);
+    assert_eq!(status.overflow, "wait");
+    assert!(status.records >= 14, "{status:?}");
+}
+
+#[tokio::test]
+async fn refused_admin_actions_are_logged_with_their_error() {
+    let mut s = TestServer::admitted().await;
+    let refused = s
+        .admin
+        .review_filing(proto::ReviewFilingRequest {
+            kind: proto::RegistrationKind::Anchor as i32,
+            id: "a1".into(),
+            verdict: proto::Verdict::Approve as i32,
+            reviewer: "reviewer-2".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        refused.map(|_| ()).unwrap_err().code(),
+        tonic::Code::FailedPrecondition
+    );
+    let reviews = read(
+        &mut s,
+        proto::ReadDecisionLogRequest {
+            action: "ReviewFiling".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let last = reviews.last().expect("logged");
+    assert!(
+        last.outcome.starts_with("FailedPrecondition"),
+        "{}",
+        last.outcome
+    );
+    assert!(last.request.contains("reviewer-2"));
+}
