@@ -23,7 +23,11 @@ use crate::store::Store;
 
 /// Calls in flight on one connection; past this latency only grows (see DESIGN.md).
 const CONCURRENCY_PER_CONNECTION: usize = 64;
+/// Every call is answered or abandoned within this (a shorter `grpc-timeout` from the caller
+/// wins).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 streams one connection may hold open (watch streams included).
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -256,6 +260,7 @@ pub async fn serve(
     let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
     let served = Server::builder()
         .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .timeout(REQUEST_TIMEOUT)
         .layer(AuthLayer::new(auth))
         .add_service(health)

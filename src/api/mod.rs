@@ -95,7 +95,8 @@ fn ai_features(raw: &[String]) -> Result<Vec<String>, PdpError> {
     Ok(out)
 }
 
-fn authorize_command(req: &proto::AuthorizeRequest) -> Result<AuthorizeCommand, PdpError> {
+/// Validates an Authorize request into a command; every error names its field.
+pub fn authorize_command(req: &proto::AuthorizeRequest) -> Result<AuthorizeCommand, PdpError> {
     let phase = match enum_field::<proto::Phase>("phase", req.phase)? {
         proto::Phase::Start => Phase::Start,
         proto::Phase::Live => Phase::Live,

@@ -1,0 +1,98 @@
+//! Races: reviewers on one filing, inspectors on one session.
+
+mod common;
+
+use anchor_pdp::proto::{self, Penalty, RegistrationKind as K};
+use common::*;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_reviewers_racing_on_one_filing_yield_exactly_one_verdict() {
+    let mut s = TestServer::admitted().await;
+    for round in 0..20 {
+        let id = format!("r-race-{round}");
+        s.room(&id, "m1").await;
+        let verdict = |verdict: proto::Verdict, reviewer: &str| proto::ReviewFilingRequest {
+            kind: K::Room as i32,
+            id: id.clone(),
+            verdict: verdict as i32,
+            reviewer: reviewer.into(),
+            // Both saw revision 1.
+            expected_revision: Some(1),
+            ..Default::default()
+        };
+        let (mut a, mut b) = (s.admin.clone(), s.admin.clone());
+        let approve = verdict(proto::Verdict::Approve, "reviewer-a");
+        let reject = verdict(proto::Verdict::Reject, "reviewer-b");
+        let (first, second) = tokio::join!(
+            tokio::spawn(async move { a.review_filing(approve).await }),
+            tokio::spawn(async move { b.review_filing(reject).await })
+        );
+        let results = [first.expect("task"), second.expect("task")];
+        let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(won.len(), 1, "round {round}: {results:?}");
+        for lost in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                matches!(lost.code(), Code::Aborted | Code::FailedPrecondition),
+                "{lost:?}"
+            );
+        }
+        let stored = s
+            .admin
+            .get_registration(proto::GetRegistrationRequest {
+                kind: K::Room as i32,
+                id: id.clone(),
+            })
+            .await
+            .expect("room")
+            .into_inner()
+            .registration
+            .expect("room");
+        assert_eq!(stored.revision, 2, "exactly one verdict written");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_violation_reports_on_one_session_freeze_once() {
+    let mut s = TestServer::admitted().await;
+    for round in 0..10 {
+        let session = s.start_session().await;
+        let reports: Vec<_> = ["R2", "R6", "R7", "R8", "R2", "R6", "R7", "R8"]
+            .into_iter()
+            .map(|rule| {
+                let mut admin = s.admin.clone();
+                let session = session.clone();
+                tokio::spawn(async move {
+                    admin
+                        .report_violation(proto::ReportViolationRequest {
+                            session_id: session,
+                            rule_id: rule.into(),
+                            inspector: format!("inspector-{rule}"),
+                            note: String::new(),
+                        })
+                        .await
+                        .map(|r| r.into_inner())
+                })
+            })
+            .collect();
+        let mut applied = 0;
+        for report in reports {
+            let report = report.await.expect("task").expect("report");
+            if report.penalty_applied != Penalty::Unspecified as i32 {
+                applied += 1;
+            }
+        }
+        assert_eq!(applied, 1, "round {round}: one freeze per session");
+        let account = s.account("m1").await;
+        assert_eq!(account.penalties, round + 1);
+        // Lift it so the next round can broadcast.
+        s.admin
+            .lift_freeze(proto::LiftFreezeRequest {
+                merchant_id: "m1".into(),
+                operator: "ops".into(),
+                reason: String::new(),
+            })
+            .await
+            .expect("lift");
+    }
+}
