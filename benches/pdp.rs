@@ -180,7 +180,7 @@ async fn main() -> Result<()> {
     let addr = listener.local_addr()?;
     let mut serve_args =
         match anchor_pdp::config::Cli::try_parse_from(["anchor-pdp", "serve"]).map(|c| c.command) {
-            Ok(anchor_pdp::config::Command::Serve(args)) => args,
+            Ok(anchor_pdp::config::Command::Serve(args)) => *args,
             _ => return Err("cannot build the default settings".into()),
         };
     serve_args.listen = addr;

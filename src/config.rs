@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the gRPC API (PolicyDecisionPoint, PolicyAdmin, health, reflection).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check or test a policy directory with the server's own loader and decision code.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -89,6 +89,28 @@ pub struct ServeArgs {
     /// in the environment. With none, every caller is an admin and only loopback is allowed.
     #[arg(long = "token", env = "ANCHOR_PDP_TOKENS", value_delimiter = ',')]
     pub tokens: Vec<String>,
+
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "ANCHOR_PDP_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "ANCHOR_PDP_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates issued by this CA (PEM): mutual TLS. Needs --tls-cert.
+    #[arg(long, env = "ANCHOR_PDP_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+
+    /// A client certificate's subject common name and its role, as CN:ROLE (repeat, or
+    /// comma-separate in the environment). Needs --client-ca.
+    #[arg(
+        long = "mtls-role",
+        env = "ANCHOR_PDP_MTLS_ROLES",
+        value_delimiter = ',',
+        requires = "client_ca"
+    )]
+    pub mtls_roles: Vec<String>,
 
     /// Decision-log records that may wait to be written.
     #[arg(long, env = "ANCHOR_PDP_DECISION_LOG_QUEUE", default_value_t = 4096)]

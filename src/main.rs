@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => {
-            match runtime.block_on(anchor_pdp::server::run(args, Arc::new(SystemClock))) {
+            match runtime.block_on(anchor_pdp::server::run(*args, Arc::new(SystemClock))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

@@ -54,6 +54,35 @@ pub enum StartError {
     Auth(String),
 }
 
+fn authenticator(args: &ServeArgs) -> Result<Authenticator, StartError> {
+    Authenticator::from_specs(&args.tokens)
+        .and_then(|auth| auth.with_subjects(&args.mtls_roles))
+        .map_err(StartError::Auth)
+}
+
+fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>, StartError> {
+    std::fs::read(path)
+        .map_err(|e| StartError::Auth(format!("cannot read the {what} {}: {e}", path.display())))
+}
+
+/// TLS for the gRPC listener, with client-certificate verification when a client CA is set.
+fn tls_config(args: &ServeArgs) -> Result<Option<tonic::transport::ServerTlsConfig>, StartError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+        read_pem(cert, "TLS certificate")?,
+        read_pem(key, "TLS key")?,
+    ));
+    if let Some(ca) = &args.client_ca {
+        config = config
+            .client_ca_root(Certificate::from_pem(read_pem(ca, "client CA")?))
+            .client_auth_optional(false);
+    }
+    Ok(Some(config))
+}
+
 /// With no caller authentication, every caller is an admin: refuse to listen beyond loopback.
 pub fn check_exposure(args: &ServeArgs, auth: &Authenticator) -> Result<(), StartError> {
     if auth.enabled() {
@@ -174,8 +203,9 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     let controls = crate::gateway::nginx_control::parse_controls(&args.nginx_control)
         .map_err(StartError::NginxControl)?;
-    let auth = Arc::new(Authenticator::from_specs(&args.tokens).map_err(StartError::Auth)?);
+    let auth = Arc::new(authenticator(args)?);
     check_exposure(args, &auth)?;
+    let tls = tls_config(args)?;
     let max_message = usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX);
     // One shutdown signal, fanned out to the gRPC and hook listeners and to open streams.
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -258,7 +288,11 @@ pub async fn serve(
     });
 
     let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
-    let served = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let served = builder
         .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .timeout(REQUEST_TIMEOUT)
@@ -302,8 +336,9 @@ pub async fn serve(
 
 /// Binds the configured address and serves until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs, clock: Arc<dyn Clock>) -> Result<(), StartError> {
-    let auth = Authenticator::from_specs(&args.tokens).map_err(StartError::Auth)?;
+    let auth = authenticator(&args)?;
     check_exposure(&args, &auth)?;
+    tls_config(&args)?;
     let pdp = open(&args, clock)?;
     let listener = TcpListener::bind(args.listen)
         .await

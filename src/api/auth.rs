@@ -86,10 +86,12 @@ struct TokenEntry {
     digest: [u8; 32],
 }
 
-/// The configured tokens.
+/// The configured tokens and certificate subjects.
 #[derive(Default)]
 pub struct Authenticator {
     tokens: Vec<TokenEntry>,
+    /// Client-certificate subject CN → caller (mTLS).
+    subjects: std::collections::HashMap<String, Caller>,
 }
 
 fn parse_digest(hex: &str) -> Option<[u8; 32]> {
@@ -142,11 +144,54 @@ impl Authenticator {
                 digest,
             });
         }
-        Ok(Authenticator { tokens })
+        Ok(Authenticator {
+            tokens,
+            subjects: Default::default(),
+        })
+    }
+
+    /// Adds `CN:ROLE` mappings for verified client certificates.
+    pub fn with_subjects(mut self, specs: &[String]) -> Result<Authenticator, String> {
+        for spec in specs {
+            let (cn, role) = spec
+                .rsplit_once(':')
+                .ok_or_else(|| format!("--mtls-role {spec:?}: expected CN:ROLE"))?;
+            let role = Role::parse(role)
+                .ok_or_else(|| format!("--mtls-role {spec:?}: unknown role {role:?}"))?;
+            if cn.is_empty() {
+                return Err(format!("--mtls-role {spec:?}: empty subject"));
+            }
+            self.subjects.insert(
+                cn.to_owned(),
+                Caller {
+                    name: cn.to_owned(),
+                    role,
+                },
+            );
+        }
+        Ok(self)
     }
 
     pub fn enabled(&self) -> bool {
-        !self.tokens.is_empty()
+        !self.tokens.is_empty() || !self.subjects.is_empty()
+    }
+
+    /// The caller a verified client certificate (its subject CN) or, failing that, an
+    /// `authorization` header value proves.
+    pub fn authenticate_peer(
+        &self,
+        certificate_cn: Option<&str>,
+        authorization: Option<&str>,
+    ) -> Result<Caller, Status> {
+        if let Some(caller) = certificate_cn.and_then(|cn| self.subjects.get(cn)) {
+            return Ok(caller.clone());
+        }
+        match (certificate_cn, authorization) {
+            (Some(cn), None) if self.tokens.is_empty() => Err(Status::unauthenticated(format!(
+                "client certificate subject {cn:?} has no role"
+            ))),
+            _ => self.authenticate(authorization),
+        }
     }
 
     /// The caller an `authorization` header value proves.
@@ -195,6 +240,24 @@ pub fn may_call(role: Role, path: &str) -> bool {
         ) => matches!(role, Role::Reviewer | Role::Inspector),
         _ => false,
     }
+}
+
+/// The subject CN of the client certificate TLS verified for this connection, if any.
+fn peer_common_name<B>(request: &http::Request<B>) -> Option<String> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let certificates = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()?
+        .peer_certs()?;
+    let (_, certificate) = x509_parser::parse_x509_certificate(certificates.first()?).ok()?;
+    let common_name = certificate
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    Some(common_name)
 }
 
 /// The caller a handler runs for (set by the layer; anonymous admin when auth is off).
@@ -259,15 +322,19 @@ where
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        let verdict = self.auth.authenticate(header).and_then(|caller| {
-            if may_call(caller.role, &path) {
-                Ok(caller)
-            } else {
-                Err(Status::permission_denied(format!(
-                    "{caller} may not call {path}"
-                )))
-            }
-        });
+        let certificate_cn = peer_common_name(&request);
+        let verdict = self
+            .auth
+            .authenticate_peer(certificate_cn.as_deref(), header)
+            .and_then(|caller| {
+                if may_call(caller.role, &path) {
+                    Ok(caller)
+                } else {
+                    Err(Status::permission_denied(format!(
+                        "{caller} may not call {path}"
+                    )))
+                }
+            });
         match verdict {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);

@@ -25,7 +25,7 @@ pub const FREEZE_MS: i64 = 7 * DAY_MS;
 pub fn serve_defaults() -> ServeArgs {
     use clap::Parser;
     match anchor_pdp::config::Cli::try_parse_from(["anchor-pdp", "serve"]).map(|c| c.command) {
-        Ok(anchor_pdp::config::Command::Serve(args)) => args,
+        Ok(anchor_pdp::config::Command::Serve(args)) => *args,
         other => panic!("defaults: {other:?}"),
     }
 }
