@@ -15,23 +15,12 @@ const ADMITTED: &str =
     "r1?anchor=a1&driver=d1&livestream_type=DAILY_MARKETING&drive_mode=REAL_PERSON";
 
 async fn pdp_for_nginx(nginx_control: Vec<String>) -> TestServer {
-    let mut s = TestServer::start_with_options(Options {
+    TestServer::admitted_with(Options {
         http: true,
         nginx_control,
         ..Options::default()
     })
-    .await;
-    s.merchant("m1", proto::MerchantTier::ChineseGoldSupplier)
-        .await;
-    s.provider("p1", true).await;
-    s.anchor("a1", "m1", "p1", proto::ImageStyle::RealisticHuman)
-        .await;
-    s.driver("d1", "m1").await;
-    s.room("r1", "m1").await;
-    s.approve(proto::RegistrationKind::Anchor, "a1").await;
-    s.approve(proto::RegistrationKind::Driver, "d1").await;
-    s.approve(proto::RegistrationKind::Room, "r1").await;
-    s
+    .await
 }
 
 async fn live_sessions(s: &mut TestServer) -> Vec<proto::Session> {

@@ -305,11 +305,9 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
         &self,
         request: Request<proto::EndSessionRequest>,
     ) -> Result<Response<proto::EndSessionResponse>, Status> {
-        let caller = auth::caller(&request);
-        let logged = format!("{:?}", request.get_ref());
-        let concerns = {
+        let audit = {
             let req = request.get_ref();
-            (String::new(), req.session_id.clone())
+            Audit::begin(&request, (String::new(), req.session_id.clone()))
         };
         let result = async move {
             let req = request.get_ref();
@@ -325,27 +323,16 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
             }))
         }
         .await;
-        audit(
-            &self.log,
-            &self.pdp,
-            &caller,
-            "EndSession",
-            concerns,
-            logged,
-            result,
-        )
-        .await
+        audit.end(&self.log, &self.pdp, "EndSession", result).await
     }
 
     async fn register(
         &self,
         request: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::RegisterResponse>, Status> {
-        let caller = auth::caller(&request);
-        let logged = format!("{:?}", request.get_ref());
-        let concerns = {
+        let audit = {
             let req = request.get_ref();
-            (register_merchant(req), String::new())
+            Audit::begin(&request, (register_merchant(req), String::new()))
         };
         let result = async move {
             let caller = auth::caller(&request);
@@ -376,10 +363,7 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
             }))
         }
         .await;
-        audit(
-            &self.log, &self.pdp, &caller, "Register", concerns, logged, result,
-        )
-        .await
+        audit.end(&self.log, &self.pdp, "Register", result).await
     }
 }
 
@@ -400,38 +384,53 @@ impl AdminService {
     }
 }
 
-/// Records an admin action (whatever came of it) in the decision log. If the record cannot be
-/// written, the caller is told so: an action must not pass unrecorded.
-async fn audit<T>(
-    log: &DecisionLog,
-    pdp: &Pdp,
-    caller: &auth::Caller,
-    action: &str,
-    concerns: (String, String),
+/// An admin action on its way to the decision log: who asked, what, and about whom.
+struct Audit {
+    caller: auth::Caller,
     request: String,
-    result: Result<Response<T>, Status>,
-) -> Result<Response<T>, Status> {
-    let record = LogRecord {
-        id: DecisionLog::new_id(),
-        at: pdp.now(),
-        action: action.to_owned(),
-        caller: caller.to_string(),
-        merchant_id: concerns.0,
-        session_id: concerns.1,
-        request,
-        allowed: None,
-        rule_ids: vec![],
-        enforcement: String::new(),
-        policy_version: pdp.policies().version().to_owned(),
-        outcome: match &result {
-            Ok(_) => "ok".to_owned(),
-            Err(status) => format!("{:?}: {}", status.code(), status.message()),
-        },
-    };
-    log.record(record)
-        .await
-        .map_err(|e| Status::unavailable(format!("the action could not be logged: {e}")))?;
-    result
+    concerns: (String, String),
+}
+
+impl Audit {
+    fn begin<T: std::fmt::Debug>(request: &Request<T>, concerns: (String, String)) -> Audit {
+        Audit {
+            caller: auth::caller(request),
+            request: format!("{:?}", request.get_ref()),
+            concerns,
+        }
+    }
+
+    /// Records the action (whatever came of it). If the record cannot be written, the caller
+    /// is told so: an action must not pass unrecorded.
+    async fn end<T>(
+        self,
+        log: &DecisionLog,
+        pdp: &Pdp,
+        action: &str,
+        result: Result<Response<T>, Status>,
+    ) -> Result<Response<T>, Status> {
+        let record = LogRecord {
+            id: DecisionLog::new_id(),
+            at: pdp.now(),
+            action: action.to_owned(),
+            caller: self.caller.to_string(),
+            merchant_id: self.concerns.0,
+            session_id: self.concerns.1,
+            request: self.request,
+            allowed: None,
+            rule_ids: vec![],
+            enforcement: String::new(),
+            policy_version: pdp.policies().version().to_owned(),
+            outcome: match &result {
+                Ok(_) => "ok".to_owned(),
+                Err(status) => format!("{:?}: {}", status.code(), status.message()),
+            },
+        };
+        log.record(record)
+            .await
+            .map_err(|e| Status::unavailable(format!("the action could not be logged: {e}")))?;
+        result
+    }
 }
 
 const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -552,9 +551,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
         &self,
         request: Request<proto::ReviewFilingRequest>,
     ) -> Result<Response<proto::ReviewFilingResponse>, Status> {
-        let caller = auth::caller(&request);
-        let logged = format!("{:?}", request.get_ref());
-        let concerns = (String::new(), String::new());
+        let audit = Audit::begin(&request, (String::new(), String::new()));
         let result = async move {
             let req = request.get_ref();
             let command = (|| {
@@ -604,25 +601,16 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             }))
         }
         .await;
-        audit(
-            &self.log,
-            &self.pdp,
-            &caller,
-            "ReviewFiling",
-            concerns,
-            logged,
-            result,
-        )
-        .await
+        audit
+            .end(&self.log, &self.pdp, "ReviewFiling", result)
+            .await
     }
 
     async fn set_provider_listing(
         &self,
         request: Request<proto::SetProviderListingRequest>,
     ) -> Result<Response<proto::SetProviderListingResponse>, Status> {
-        let caller = auth::caller(&request);
-        let logged = format!("{:?}", request.get_ref());
-        let concerns = (String::new(), String::new());
+        let audit = Audit::begin(&request, (String::new(), String::new()));
         let result = async move {
         let req = request.get_ref();
         let provider_id = id("provider_id", &req.provider_id).map_err(status)?;
@@ -638,25 +626,16 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
         }))
         }
         .await;
-        audit(
-            &self.log,
-            &self.pdp,
-            &caller,
-            "SetProviderListing",
-            concerns,
-            logged,
-            result,
-        )
-        .await
+        audit
+            .end(&self.log, &self.pdp, "SetProviderListing", result)
+            .await
     }
 
     async fn set_ai_feature_filing(
         &self,
         request: Request<proto::SetAiFeatureFilingRequest>,
     ) -> Result<Response<proto::SetAiFeatureFilingResponse>, Status> {
-        let caller = auth::caller(&request);
-        let logged = format!("{:?}", request.get_ref());
-        let concerns = (String::new(), String::new());
+        let audit = Audit::begin(&request, (String::new(), String::new()));
         let result = async move {
             let req = request.get_ref();
             let feature_id = id("feature_id", &req.feature_id).map_err(status)?;
@@ -679,27 +658,18 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             }))
         }
         .await;
-        audit(
-            &self.log,
-            &self.pdp,
-            &caller,
-            "SetAiFeatureFiling",
-            concerns,
-            logged,
-            result,
-        )
-        .await
+        audit
+            .end(&self.log, &self.pdp, "SetAiFeatureFiling", result)
+            .await
     }
 
     async fn report_violation(
         &self,
         request: Request<proto::ReportViolationRequest>,
     ) -> Result<Response<proto::ReportViolationResponse>, Status> {
-        let caller = auth::caller(&request);
-        let logged = format!("{:?}", request.get_ref());
-        let concerns = {
+        let audit = {
             let req = request.get_ref();
-            (String::new(), req.session_id.clone())
+            Audit::begin(&request, (String::new(), req.session_id.clone()))
         };
         let result = async move {
             let req = request.get_ref();
@@ -738,27 +708,18 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             }))
         }
         .await;
-        audit(
-            &self.log,
-            &self.pdp,
-            &caller,
-            "ReportViolation",
-            concerns,
-            logged,
-            result,
-        )
-        .await
+        audit
+            .end(&self.log, &self.pdp, "ReportViolation", result)
+            .await
     }
 
     async fn lift_freeze(
         &self,
         request: Request<proto::LiftFreezeRequest>,
     ) -> Result<Response<proto::LiftFreezeResponse>, Status> {
-        let caller = auth::caller(&request);
-        let logged = format!("{:?}", request.get_ref());
-        let concerns = {
+        let audit = {
             let req = request.get_ref();
-            (req.merchant_id.clone(), String::new())
+            Audit::begin(&request, (req.merchant_id.clone(), String::new()))
         };
         let result = async move {
             let req = request.get_ref();
@@ -782,16 +743,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             }))
         }
         .await;
-        audit(
-            &self.log,
-            &self.pdp,
-            &caller,
-            "LiftFreeze",
-            concerns,
-            logged,
-            result,
-        )
-        .await
+        audit.end(&self.log, &self.pdp, "LiftFreeze", result).await
     }
 
     async fn get_registration(
@@ -887,9 +839,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
         &self,
         request: Request<proto::ReloadPoliciesRequest>,
     ) -> Result<Response<proto::ReloadPoliciesResponse>, Status> {
-        let caller = auth::caller(&request);
-        let logged = format!("{:?}", request.get_ref());
-        let concerns = (String::new(), String::new());
+        let audit = Audit::begin(&request, (String::new(), String::new()));
         let result = async move {
             let operator = required_text("operator", &request.get_ref().operator, MAX_ID_LEN)
                 .map_err(status)?;
@@ -926,16 +876,9 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             Ok(Response::new(response))
         }
         .await;
-        audit(
-            &self.log,
-            &self.pdp,
-            &caller,
-            "ReloadPolicies",
-            concerns,
-            logged,
-            result,
-        )
-        .await
+        audit
+            .end(&self.log, &self.pdp, "ReloadPolicies", result)
+            .await
     }
 
     async fn get_policy_status(

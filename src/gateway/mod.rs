@@ -21,10 +21,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::api::convert;
-use crate::domain::{DriveMode, LivestreamType, Penalty};
+use crate::domain::{DriveMode, LivestreamType, Penalty, StreamRef};
 use crate::error::PdpError;
-use crate::policy::Violation;
-use crate::service::{AuthorizeOutcome, Pdp};
+use crate::policy::{Phase, Violation};
+use crate::service::{AuthorizeCommand, AuthorizeOutcome, Pdp};
 
 /// The publisher's claims, as publish-URL arguments (nginx-rtmp, SRS `param`).
 pub const CLAIM_KEYS: [&str; 5] = [
@@ -116,6 +116,39 @@ impl Claims {
             self.drive_mode.ok_or_else(|| missing("drive_mode"))?,
         ))
     }
+}
+
+/// The START a gateway's publish asks for: the stream key names the room, the room's owner is
+/// the merchant, and the claims fill in the rest. `key_field` is what the gateway calls the
+/// stream key, for the error.
+pub fn start_command(
+    pdp: &Pdp,
+    gateway_id: String,
+    stream: StreamRef,
+    claims: Claims,
+    key_field: &str,
+) -> Result<AuthorizeCommand, PdpError> {
+    let (anchor, driver, livestream_type, drive_mode) = claims.for_start()?;
+    let merchant = pdp.room_owner(&stream.name)?.ok_or_else(|| {
+        PdpError::invalid(
+            key_field,
+            format!("stream key {} names no filed livestream room", stream.name),
+        )
+    })?;
+    Ok(AuthorizeCommand {
+        phase: Phase::Start,
+        merchant_id: Some(merchant),
+        room_id: Some(stream.name.clone()),
+        anchor_id: Some(anchor),
+        driver_id: Some(driver),
+        livestream_type: Some(livestream_type),
+        drive_mode: Some(drive_mode),
+        ai_features: claims.ai_features,
+        session_id: None,
+        gateway_id,
+        explain: false,
+        stream: Some(stream),
+    })
 }
 
 /// The pseudo rule id of a gateway request the PDP could not map to a decision.

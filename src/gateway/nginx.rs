@@ -121,27 +121,7 @@ async fn on_publish(
         let gateway = convert::id("gateway", &gateway)?;
         let request = HookRequest::parse(form(&query, &body))?;
         let stream = request.stream("publish")?;
-        let (anchor, driver, livestream_type, drive_mode) = request.claims.for_start()?;
-        let merchant = pdp.room_owner(&stream.name)?.ok_or_else(|| {
-            PdpError::invalid(
-                "name",
-                format!("stream key {} names no filed livestream room", stream.name),
-            )
-        })?;
-        Ok::<_, PdpError>(AuthorizeCommand {
-            phase: Phase::Start,
-            merchant_id: Some(merchant),
-            room_id: Some(stream.name.clone()),
-            anchor_id: Some(anchor),
-            driver_id: Some(driver),
-            livestream_type: Some(livestream_type),
-            drive_mode: Some(drive_mode),
-            ai_features: request.claims.ai_features.clone(),
-            session_id: None,
-            gateway_id: gateway,
-            explain: false,
-            stream: Some(stream),
-        })
+        super::start_command(&pdp, gateway, stream, request.claims, "name")
     })();
     decide(&pdp, command, "on_publish").await
 }

@@ -23,8 +23,7 @@ use super::{Claims, decision_json, refusal_json};
 use crate::api::convert;
 use crate::domain::StreamRef;
 use crate::error::PdpError;
-use crate::policy::Phase;
-use crate::service::{AuthorizeCommand, Pdp};
+use crate::service::Pdp;
 
 pub const PROTOCOL: &str = "srs";
 
@@ -113,28 +112,7 @@ async fn on_publish(
         let gateway = convert::id("gateway", &gateway)?;
         let request = HookRequest::parse(&body)?;
         let stream = request.stream("on_publish")?;
-        let claims = request.claims()?;
-        let (anchor, driver, livestream_type, drive_mode) = claims.for_start()?;
-        let merchant = pdp.room_owner(&stream.name)?.ok_or_else(|| {
-            PdpError::invalid(
-                "stream",
-                format!("stream {} names no filed livestream room", stream.name),
-            )
-        })?;
-        Ok::<_, PdpError>(AuthorizeCommand {
-            phase: Phase::Start,
-            merchant_id: Some(merchant),
-            room_id: Some(stream.name.clone()),
-            anchor_id: Some(anchor),
-            driver_id: Some(driver),
-            livestream_type: Some(livestream_type),
-            drive_mode: Some(drive_mode),
-            ai_features: claims.ai_features,
-            session_id: None,
-            gateway_id: gateway,
-            explain: false,
-            stream: Some(stream),
-        })
+        super::start_command(&pdp, gateway, stream, request.claims()?, "stream")
     })();
     let command = match command {
         Ok(command) => command,

@@ -282,6 +282,25 @@ impl Store {
         .await
     }
 
+    /// Read-modify-write of one registration, written only if `apply` changed it.
+    async fn update_registration(
+        &self,
+        kind: Kind,
+        id: &str,
+        apply: impl Fn(Option<&Registration>) -> Result<WriteOutcome, PdpError>,
+    ) -> Result<WriteOutcome, PdpError> {
+        let key = registration_key(kind, id);
+        self.transact(|tx| {
+            let current: Option<Registration> = tx_get(tx, &key)?;
+            let outcome = apply(current.as_ref()).map_err(abort)?;
+            if outcome.changed {
+                tx_put(tx, &key, &outcome.registration)?;
+            }
+            Ok(outcome)
+        })
+        .await
+    }
+
     pub async fn set_provider_listing(
         &self,
         id: &str,
@@ -290,22 +309,8 @@ impl Store {
         expected_revision: Option<u64>,
         now: Millis,
     ) -> Result<WriteOutcome, PdpError> {
-        let key = registration_key(Kind::Provider, id);
-        self.transact(|tx| {
-            let current: Option<Registration> = tx_get(tx, &key)?;
-            let outcome = domain::apply_provider_listing(
-                current.as_ref(),
-                id,
-                listed,
-                operator,
-                expected_revision,
-                now,
-            )
-            .map_err(abort)?;
-            if outcome.changed {
-                tx_put(tx, &key, &outcome.registration)?;
-            }
-            Ok(outcome)
+        self.update_registration(Kind::Provider, id, |current| {
+            domain::apply_provider_listing(current, id, listed, operator, expected_revision, now)
         })
         .await
     }
@@ -319,11 +324,9 @@ impl Store {
         expected_revision: Option<u64>,
         now: Millis,
     ) -> Result<WriteOutcome, PdpError> {
-        let key = registration_key(Kind::AiFeature, id);
-        self.transact(|tx| {
-            let current: Option<Registration> = tx_get(tx, &key)?;
-            let outcome = domain::apply_ai_feature_filing(
-                current.as_ref(),
+        self.update_registration(Kind::AiFeature, id, |current| {
+            domain::apply_ai_feature_filing(
+                current,
                 id,
                 security_assessment_passed,
                 filing_number,
@@ -331,11 +334,6 @@ impl Store {
                 expected_revision,
                 now,
             )
-            .map_err(abort)?;
-            if outcome.changed {
-                tx_put(tx, &key, &outcome.registration)?;
-            }
-            Ok(outcome)
         })
         .await
     }

@@ -262,7 +262,12 @@ impl TestServer {
     /// Merchant m1 (CGS) with listed provider p1, and approved anchor a1, driver d1, room r1,
     /// and an assessed and filed AI feature voice-clone: every rule holds.
     pub async fn admitted() -> TestServer {
-        let mut s = TestServer::start().await;
+        Self::admitted_with(Options::default()).await
+    }
+
+    /// As `admitted`, with these options.
+    pub async fn admitted_with(options: Options) -> TestServer {
+        let mut s = TestServer::start_with_options(options).await;
         s.merchant("m1", proto::MerchantTier::ChineseGoldSupplier)
             .await;
         s.provider("p1", true).await;
