@@ -739,4 +739,137 @@ impl Store {
     pub fn log_len(&self) -> usize {
         self.log.len()
     }
+
+    /// Deletes closed sessions (shut down or ended before `older_than`) and enforcement events
+    /// from before it. Live sessions are never touched. Returns (sessions, events) deleted.
+    pub fn prune_history(&self, older_than: Millis) -> Result<(usize, usize), PdpError> {
+        let mut sessions = 0;
+        for item in self.data.scan_prefix(b"sess/") {
+            let (key, value) = item.map_err(storage)?;
+            let name = String::from_utf8_lossy(&key).into_owned();
+            let session: Session = decode(&name, &value)?;
+            let closed_before = session.state != SessionState::Active
+                && session.closed_at.is_some_and(|at| at < older_than);
+            if !closed_before {
+                continue;
+            }
+            let stream = session
+                .stream
+                .as_ref()
+                .map(|s| stream_key(&s.lookup_key(&session.gateway_id)));
+            self.data
+                .transaction(|tx| {
+                    tx.remove(key.as_ref()).map_err(tx_unabortable)?;
+                    tx.remove(live_key(&session.id).as_bytes())
+                        .map_err(tx_unabortable)?;
+                    // Only if the lookup still points at this session.
+                    if let Some(stream) = &stream
+                        && tx
+                            .get(stream.as_bytes())
+                            .map_err(tx_unabortable)?
+                            .as_deref()
+                            == Some(session.id.as_bytes())
+                    {
+                        tx.remove(stream.as_bytes()).map_err(tx_unabortable)?;
+                    }
+                    Ok(())
+                })
+                .map_err(from_tx)?;
+            sessions += 1;
+        }
+        let mut events = 0;
+        for item in self.data.scan_prefix(b"evt/") {
+            let (key, value) = item.map_err(storage)?;
+            let name = String::from_utf8_lossy(&key).into_owned();
+            let event: EnforcementEvent = decode(&name, &value)?;
+            if event.at >= older_than {
+                break;
+            }
+            self.data.remove(&key).map_err(storage)?;
+            events += 1;
+        }
+        Ok((sessions, events))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::domain::{DriveMode, LivestreamType, Penalty, Trigger};
+
+    fn session(id: &str, state: SessionState, closed_at: Option<Millis>) -> Session {
+        Session {
+            id: id.into(),
+            state,
+            merchant_id: "m1".into(),
+            room_id: "r1".into(),
+            anchor_id: "a1".into(),
+            driver_id: "d1".into(),
+            livestream_type: LivestreamType::DailyMarketing,
+            drive_mode: DriveMode::RealPerson,
+            ai_features: BTreeSet::new(),
+            gateway_id: "gw".into(),
+            started_at: 0,
+            closed_at,
+            close_reason: String::new(),
+            penalty_applied: None,
+            stream: None,
+        }
+    }
+
+    #[test]
+    fn history_retention_keeps_live_sessions_and_recent_events() {
+        let temp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&temp.path().join("data")).unwrap_or_else(|e| panic!("{e}"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        runtime.block_on(async {
+            for s in [
+                session("ended", SessionState::Ended, Some(5)),
+                session("live", SessionState::Active, None),
+                session("old-live", SessionState::Active, None),
+                session("recent", SessionState::Ended, Some(50)),
+            ] {
+                store
+                    .open_session(&s)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            let discovery = |session: &str, at| Discovery {
+                session_id: session.into(),
+                trigger: Trigger::ViolationReport,
+                violations: vec![],
+                rule_ids: vec!["R3".into()],
+                penalty: Penalty::None,
+                discovered_by: "test".into(),
+                reason: "test".into(),
+                at,
+            };
+            store
+                .enforce(&discovery("old-live", 6))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            store
+                .enforce(&discovery("live", 60))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        });
+        let (sessions, events) = store.prune_history(10).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((sessions, events), (2, 1));
+        for (id, kept) in [
+            ("ended", false),
+            ("old-live", false),
+            ("live", true),
+            ("recent", true),
+        ] {
+            let found = store.get_session(id).ok().flatten().is_some();
+            assert_eq!(found, kept, "{id}");
+        }
+        let events = store.events_after(0, 10).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(events.iter().map(|e| e.sequence).collect::<Vec<_>>(), [2]);
+    }
 }
