@@ -204,6 +204,7 @@ mod tests {
             enforcement: "NONE".into(),
             policy_version: "v".into(),
             outcome: "ok".into(),
+            explanation: None,
         }
     }
 

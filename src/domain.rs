@@ -788,6 +788,30 @@ pub struct EnforcementEvent {
     pub at: Millis,
 }
 
+/// One attribute of one entity, or one context value, as the decision saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fact {
+    /// `AnchorPdp::Anchor::"a1"`, or `context`.
+    pub entity: String,
+    pub attribute: String,
+    /// The value in Cedar syntax: `true`, `"APPROVED"`, `AnchorPdp::Merchant::"m1"`, `[...]`.
+    pub value: String,
+}
+
+/// What a decision was made from and what determined it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explanation {
+    /// Entity attributes read from the store.
+    pub facts: Vec<Fact>,
+    /// The request context: observations and the time.
+    pub context: Vec<Fact>,
+    /// The policies that determined the decision: the satisfied `forbid`s of a deny, the
+    /// `permit` of an allow.
+    pub determining_policies: Vec<String>,
+    /// Evaluation errors (each one denies).
+    pub errors: Vec<String>,
+}
+
 /// One entry of the decision log: an Authorize decision or an admin action.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogRecord {
@@ -810,6 +834,10 @@ pub struct LogRecord {
     pub policy_version: String,
     /// What came of it: `ok`, or the error.
     pub outcome: String,
+    /// For a deny (or an explained decision): the facts and policies it was made from, so a
+    /// reviewer can answer "why was I refused / shut down?" later.
+    #[serde(default)]
+    pub explanation: Option<Explanation>,
 }
 
 /// What a live discovery (a failed LIVE re-check or an inspector's report) asks to apply.

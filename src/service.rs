@@ -101,6 +101,24 @@ pub struct Pdp {
     recheck_after: Duration,
 }
 
+/// Decides, explaining every deny even when the caller did not ask: the decision log keeps the
+/// explanation, and a deny is what a merchant will ask about. Allows are explained only on
+/// request, so the common path pays nothing.
+fn decide_for_the_record(
+    policies: &PolicyBundle,
+    facts: &crate::domain::Facts,
+    observation: &Observation<'_>,
+    now: Millis,
+    explain: bool,
+) -> Decision {
+    let decision = policies.decide_explained(facts, observation, now, explain);
+    if decision.allowed || decision.explanation.is_some() {
+        decision
+    } else {
+        policies.decide_explained(facts, observation, now, true)
+    }
+}
+
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
@@ -260,7 +278,7 @@ impl Pdp {
             drive_mode,
             ai_features: &cmd.ai_features,
         };
-        let decision = policies.decide_explained(&facts, &observation, now, cmd.explain);
+        let decision = decide_for_the_record(policies, &facts, &observation, now, cmd.explain);
         let frozen_until = facts.account.as_ref().and_then(|a| a.frozen_at(now));
         if !decision.allowed {
             let mut outcome = self.outcome(decision, Enforcement::RefuseStart, now);
@@ -447,7 +465,7 @@ impl Pdp {
             drive_mode,
             ai_features: &feature_list,
         };
-        let decision = policies.decide_explained(&facts, &observation, now, check.explain);
+        let decision = decide_for_the_record(policies, &facts, &observation, now, check.explain);
 
         if decision.allowed {
             if features != session.ai_features || drive_mode != session.drive_mode {

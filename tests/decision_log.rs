@@ -54,6 +54,33 @@ async fn the_decision_id_finds_its_record() {
         record.request
     );
     assert_eq!(millis(&record.at), Some(T0));
+    // A deny keeps its explanation, though the gateway did not ask for one (nor got one).
+    assert!(denied.explanation.is_none());
+    let explanation = record.explanation.as_ref().expect("explanation");
+    assert_eq!(explanation.determining_policies, ["R3"]);
+    assert!(
+        explanation
+            .context
+            .iter()
+            .any(|f| f.attribute == "drive_mode" && f.value == r#""AUTONOMOUS""#)
+    );
+    assert!(
+        explanation
+            .facts
+            .iter()
+            .any(|f| f.entity == r#"AnchorPdp::Anchor::"a1""#)
+    );
+    // An allow is not explained unless asked.
+    let allowed = s.authorize(start()).await;
+    let found = read(
+        &mut s,
+        proto::ReadDecisionLogRequest {
+            decision_id: allowed.decision_id,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(found[0].explanation.is_none());
 }
 
 #[tokio::test]

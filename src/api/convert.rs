@@ -531,5 +531,6 @@ pub fn log_record_to_proto(r: &domain::LogRecord) -> proto::DecisionLogRecord {
         enforcement: r.enforcement.clone(),
         policy_version: r.policy_version.clone(),
         outcome: r.outcome.clone(),
+        explanation: r.explanation.as_ref().map(explanation_to_proto),
     }
 }

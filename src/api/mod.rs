@@ -254,6 +254,7 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
                 enforcement: enforcement_name.into(),
                 policy_version: outcome.decision.policy_version.clone(),
                 outcome: "ok".into(),
+                explanation: outcome.decision.explanation.clone(),
             })
             .await
             .map_err(|e| Status::unavailable(format!("the decision could not be logged: {e}")))?;
@@ -294,9 +295,11 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
             decision_id: outcome.decision_id.clone(),
             policy_version: decision.policy_version.clone(),
             decided_at: Some(convert::timestamp(outcome.decided_at)),
+            // Denies are always explained for the log; the caller gets it only if asked.
             explanation: decision
                 .explanation
                 .as_ref()
+                .filter(|_| request.get_ref().explain)
                 .map(convert::explanation_to_proto),
         }))
     }
@@ -425,6 +428,7 @@ impl Audit {
                 Ok(_) => "ok".to_owned(),
                 Err(status) => format!("{:?}: {}", status.code(), status.message()),
             },
+            explanation: None,
         };
         log.record(record)
             .await

@@ -110,29 +110,7 @@ fn uid(type_name: &EntityTypeName, id: &str) -> EntityUid {
     EntityUid::from_type_name_and_id(type_name.clone(), EntityId::new(id))
 }
 
-/// One attribute of one entity, or one context value, as the decision saw it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fact {
-    /// `AnchorPdp::Anchor::"a1"`, or `context`.
-    pub entity: String,
-    pub attribute: String,
-    /// The value in Cedar syntax: `true`, `"APPROVED"`, `AnchorPdp::Merchant::"m1"`, `[...]`.
-    pub value: String,
-}
-
-/// What a decision was made from and what determined it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Explanation {
-    /// Entity attributes read from the store.
-    pub facts: Vec<Fact>,
-    /// The request context: observations and the time.
-    pub context: Vec<Fact>,
-    /// The policies that determined the decision: the satisfied `forbid`s of a deny, the
-    /// `permit` of an allow.
-    pub determining_policies: Vec<String>,
-    /// Evaluation errors (each one denies).
-    pub errors: Vec<String>,
-}
+pub use crate::domain::{Explanation, Fact};
 
 /// Builds one entity's attributes and, when explaining, records each as a fact.
 struct Attrs {
