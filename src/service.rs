@@ -535,80 +535,62 @@ impl Pdp {
         relevant: impl Fn(&Session) -> bool,
         cause: &str,
     ) -> usize {
-        let sessions = match self.store.active_sessions() {
-            Ok(sessions) => sessions,
-            Err(e) => {
-                tracing::error!(error = %e, cause, "cannot list live sessions to re-check");
-                return 0;
-            }
-        };
-        let policies = self.policies.current();
-        let discovered_by = format!("pdp:recheck after {cause}");
-        let mut shut = 0;
-        let mut frozen = Vec::new();
-        for session in sessions.into_iter().filter(|s| relevant(s)) {
-            let merchant_id = session.merchant_id.clone();
-            let outcome = self
-                .evaluate_live(
-                    &policies,
-                    session,
-                    LiveCheck::recheck(&discovered_by),
-                    self.now(),
-                )
-                .await;
-            if outcome.enforcement == Enforcement::ShutDown {
-                shut += 1;
-            }
-            if outcome.penalty_applied.is_some_and(Penalty::freezes) {
-                frozen.push(merchant_id);
-            }
-        }
+        let (mut shut, frozen) = self
+            .recheck_sessions(relevant, &format!("pdp:recheck after {cause}"))
+            .await;
         for merchant_id in frozen {
             shut += self.propagate_freeze(merchant_id).await;
         }
         shut
     }
 
-    /// A freeze ends every other live broadcast of the account (E3). Worklist, not recursion:
-    /// a shutdown found here may freeze again, but only accounts not yet swept are swept.
+    /// A freeze ends every other live broadcast of the account (E3). Sweeping them can only
+    /// freeze this same account again, so one sweep is enough.
     async fn propagate_freeze(&self, merchant_id: String) -> usize {
-        let mut pending = vec![merchant_id];
-        let mut swept = std::collections::HashSet::new();
-        let mut shut = 0;
-        while let Some(merchant_id) = pending.pop() {
-            if !swept.insert(merchant_id.clone()) {
-                continue;
+        let discovered_by = format!("pdp:recheck after freezing {merchant_id}");
+        let (shut, _same_account) = self
+            .recheck_sessions(|s| s.merchant_id == merchant_id, &discovered_by)
+            .await;
+        shut
+    }
+
+    /// Re-checks (and enforces on) each live session `relevant` picks. Returns how many were
+    /// shut down, and the merchants a penalty froze (once each).
+    async fn recheck_sessions(
+        &self,
+        relevant: impl Fn(&Session) -> bool,
+        discovered_by: &str,
+    ) -> (usize, Vec<String>) {
+        let sessions = match self.store.active_sessions() {
+            Ok(sessions) => sessions,
+            Err(e) => {
+                tracing::error!(error = %e, discovered_by, "cannot list live sessions to re-check");
+                return (0, Vec::new());
             }
-            let sessions = match self.store.active_sessions() {
-                Ok(sessions) => sessions,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot list live sessions after a freeze");
-                    continue;
-                }
-            };
-            let policies = self.policies.current();
-            let discovered_by = format!("pdp:recheck after freezing {merchant_id}");
-            for session in sessions
-                .into_iter()
-                .filter(|s| s.merchant_id == merchant_id)
+        };
+        let policies = self.policies.current();
+        let mut shut = 0;
+        let mut frozen: Vec<String> = Vec::new();
+        for session in sessions.into_iter().filter(|s| relevant(s)) {
+            let merchant_id = session.merchant_id.clone();
+            let outcome = self
+                .evaluate_live(
+                    &policies,
+                    session,
+                    LiveCheck::recheck(discovered_by),
+                    self.now(),
+                )
+                .await;
+            if outcome.enforcement == Enforcement::ShutDown {
+                shut += 1;
+            }
+            if outcome.penalty_applied.is_some_and(Penalty::freezes)
+                && !frozen.contains(&merchant_id)
             {
-                let outcome = self
-                    .evaluate_live(
-                        &policies,
-                        session,
-                        LiveCheck::recheck(&discovered_by),
-                        self.now(),
-                    )
-                    .await;
-                if outcome.enforcement == Enforcement::ShutDown {
-                    shut += 1;
-                }
-                if outcome.penalty_applied.is_some_and(Penalty::freezes) {
-                    pending.push(merchant_id.clone());
-                }
+                frozen.push(merchant_id);
             }
         }
-        shut
+        (shut, frozen)
     }
 
     /// Ends a session (the publisher stopped). Ending an ended session changes nothing.
