@@ -48,6 +48,27 @@ pub struct AuthorizeCommand {
     pub stream: Option<StreamRef>,
 }
 
+impl AuthorizeCommand {
+    /// A LIVE re-check of `session_id` with nothing observed afresh: the session's own
+    /// livestream type, drive mode and AI features stand.
+    pub fn live(session_id: String, gateway_id: String) -> AuthorizeCommand {
+        AuthorizeCommand {
+            phase: Phase::Live,
+            merchant_id: None,
+            room_id: None,
+            anchor_id: None,
+            driver_id: None,
+            livestream_type: None,
+            drive_mode: None,
+            ai_features: Vec::new(),
+            session_id: Some(session_id),
+            gateway_id,
+            explain: false,
+            stream: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct AuthorizeOutcome {
     /// The merchant decided about (from the request at START, the session at LIVE).

@@ -20,10 +20,10 @@ use envoy_types::ext_authz::v3::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{Claims, decision_json, refusal_json};
+use super::{CLAIM_KEYS, Claims, decision_json, refusal_json, start_command};
 use crate::api::convert;
+use crate::api::status;
 use crate::error::PdpError;
-use crate::policy::Phase;
 use crate::service::{AuthorizeCommand, Pdp};
 
 pub use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -41,9 +41,10 @@ impl EnvoyAuthorization {
     }
 }
 
-enum EnvoyPhase {
-    Decide(Phase),
-    End,
+/// What a Check asks for.
+enum Mapped {
+    Decide(Box<AuthorizeCommand>),
+    End(String),
 }
 
 fn header<'a>(headers: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
@@ -53,7 +54,17 @@ fn header<'a>(headers: &'a HashMap<String, String>, name: &str) -> Option<&'a st
         .filter(|v| !v.is_empty())
 }
 
-fn command(request: &CheckRequest) -> Result<(EnvoyPhase, AuthorizeCommand), PdpError> {
+/// Claim errors name the header the claim came in.
+fn as_header(error: PdpError) -> PdpError {
+    match error {
+        PdpError::InvalidArgument { field, reason } if CLAIM_KEYS.contains(&field.as_str()) => {
+            PdpError::invalid(format!("x-pdp-{}", field.replace('_', "-")), reason)
+        }
+        other => other,
+    }
+}
+
+fn map_check(pdp: &Pdp, request: &CheckRequest) -> Result<Mapped, PdpError> {
     let empty = HashMap::new();
     let extensions = request
         .attributes
@@ -63,17 +74,6 @@ fn command(request: &CheckRequest) -> Result<(EnvoyPhase, AuthorizeCommand), Pdp
         "context_extensions.gateway",
         extensions.get("gateway").map_or("", String::as_str),
     )?;
-    let phase = match extensions.get("phase").map(String::as_str) {
-        None | Some("start") => EnvoyPhase::Decide(Phase::Start),
-        Some("live") => EnvoyPhase::Decide(Phase::Live),
-        Some("end") => EnvoyPhase::End,
-        Some(other) => {
-            return Err(PdpError::invalid(
-                "context_extensions.phase",
-                format!("{other:?}; use start, live or end"),
-            ));
-        }
-    };
     let headers = request.get_client_headers().unwrap_or(&empty);
     let mut claims = Claims::default();
     for (name, key) in [
@@ -84,53 +84,35 @@ fn command(request: &CheckRequest) -> Result<(EnvoyPhase, AuthorizeCommand), Pdp
         ("x-pdp-ai-features", "ai_features"),
     ] {
         if let Some(value) = header(headers, name) {
-            claims.set(key, value).map_err(|e| match e {
-                PdpError::InvalidArgument { reason, .. } => PdpError::invalid(name, reason),
-                other => other,
-            })?;
+            claims.set(key, value).map_err(as_header)?;
         }
     }
-    let mut command = AuthorizeCommand {
-        phase: Phase::Live,
-        merchant_id: None,
-        room_id: None,
-        anchor_id: None,
-        driver_id: None,
-        livestream_type: None,
-        drive_mode: None,
-        ai_features: claims.ai_features.clone(),
-        session_id: None,
-        gateway_id: gateway,
-        explain: false,
-        stream: None,
+    let session = || {
+        convert::id(
+            "x-pdp-session",
+            header(headers, "x-pdp-session").unwrap_or(""),
+        )
     };
-    match phase {
-        EnvoyPhase::Decide(Phase::Start) => {
-            command.phase = Phase::Start;
+    match extensions.get("phase").map(String::as_str) {
+        None | Some("start") => {
             let room = convert::id("x-pdp-room", header(headers, "x-pdp-room").unwrap_or(""))?;
-            let (anchor, driver, livestream_type, drive_mode) =
-                claims.for_start().map_err(|e| match e {
-                    PdpError::InvalidArgument { field, reason } => {
-                        PdpError::invalid(format!("x-pdp-{}", field.replace('_', "-")), reason)
-                    }
-                    other => other,
-                })?;
-            command.room_id = Some(room);
-            command.anchor_id = Some(anchor);
-            command.driver_id = Some(driver);
-            command.livestream_type = Some(livestream_type);
-            command.drive_mode = Some(drive_mode);
+            start_command(pdp, gateway, room, None, claims, "x-pdp-room")
+                .map(|command| Mapped::Decide(Box::new(command)))
+                .map_err(as_header)
         }
-        EnvoyPhase::Decide(Phase::Live) | EnvoyPhase::End => {
-            command.session_id = Some(convert::id(
-                "x-pdp-session",
-                header(headers, "x-pdp-session").unwrap_or(""),
-            )?);
+        Some("live") => {
+            let mut command = AuthorizeCommand::live(session()?, gateway);
             command.livestream_type = claims.livestream_type;
             command.drive_mode = claims.drive_mode;
+            command.ai_features = claims.ai_features;
+            Ok(Mapped::Decide(Box::new(command)))
         }
+        Some("end") => Ok(Mapped::End(session()?)),
+        Some(other) => Err(PdpError::invalid(
+            "context_extensions.phase",
+            format!("{other:?}; use start, live or end"),
+        )),
     }
-    Ok((phase, command))
 }
 
 fn denied(body: serde_json::Value, code: tonic::Code, message: &str) -> CheckResponse {
@@ -149,58 +131,35 @@ impl Authorization for EnvoyAuthorization {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let (phase, mut command) = match command(request.get_ref()) {
-            Ok(mapped) => mapped,
+        let command = match map_check(&self.pdp, request.get_ref()) {
+            Ok(Mapped::Decide(command)) => *command,
+            Ok(Mapped::End(session_id)) => {
+                return Ok(Response::new(
+                    match self.pdp.end_session(&session_id, "envoy end").await {
+                        Ok(_) => CheckResponse::with_status(Status::ok("session ended")),
+                        Err(error) => denied(
+                            refusal_json(&error),
+                            status(error.clone()).code(),
+                            &error.to_string(),
+                        ),
+                    },
+                ));
+            }
             Err(error) => {
                 tracing::warn!(%error, "ext_authz denied: cannot map the request");
                 return Ok(Response::new(denied(
                     refusal_json(&error),
-                    tonic::Code::InvalidArgument,
+                    status(error.clone()).code(),
                     &error.to_string(),
                 )));
             }
         };
-        if let EnvoyPhase::End = phase {
-            let session_id = command.session_id.clone().unwrap_or_default();
-            return Ok(Response::new(
-                match self.pdp.end_session(&session_id, "envoy end").await {
-                    Ok(_) => CheckResponse::with_status(Status::ok("session ended")),
-                    Err(error) => denied(
-                        refusal_json(&error),
-                        tonic::Code::NotFound,
-                        &error.to_string(),
-                    ),
-                },
-            ));
-        }
-        if command.phase == Phase::Start {
-            let room = command.room_id.clone().unwrap_or_default();
-            match self.pdp.room_owner(&room) {
-                Ok(Some(owner)) => command.merchant_id = Some(owner),
-                Ok(None) => {
-                    let error =
-                        PdpError::invalid("x-pdp-room", format!("{room} is not a filed room"));
-                    return Ok(Response::new(denied(
-                        refusal_json(&error),
-                        tonic::Code::PermissionDenied,
-                        &error.to_string(),
-                    )));
-                }
-                Err(error) => {
-                    return Ok(Response::new(denied(
-                        refusal_json(&error),
-                        tonic::Code::Unavailable,
-                        &error.to_string(),
-                    )));
-                }
-            }
-        }
         let outcome = match self.pdp.authorize(command).await {
             Ok(outcome) => outcome,
             Err(error) => {
                 return Ok(Response::new(denied(
                     refusal_json(&error),
-                    tonic::Code::InvalidArgument,
+                    status(error.clone()).code(),
                     &error.to_string(),
                 )));
             }

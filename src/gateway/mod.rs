@@ -118,27 +118,29 @@ impl Claims {
     }
 }
 
-/// The START a gateway's publish asks for: the stream key names the room, the room's owner is
-/// the merchant, and the claims fill in the rest. `key_field` is what the gateway calls the
-/// stream key, for the error.
+/// The START a gateway asks for: the room (the stream key, for RTMP gateways) names the
+/// merchant, its registered owner, and the claims fill in the rest. `room_field` is what the
+/// gateway calls the room, for the error; `stream` is set when the gateway's hooks will look
+/// the session up again.
 pub fn start_command(
     pdp: &Pdp,
     gateway_id: String,
-    stream: StreamRef,
+    room_id: String,
+    stream: Option<StreamRef>,
     claims: Claims,
-    key_field: &str,
+    room_field: &str,
 ) -> Result<AuthorizeCommand, PdpError> {
     let (anchor, driver, livestream_type, drive_mode) = claims.for_start()?;
-    let merchant = pdp.room_owner(&stream.name)?.ok_or_else(|| {
+    let merchant = pdp.room_owner(&room_id)?.ok_or_else(|| {
         PdpError::invalid(
-            key_field,
-            format!("stream key {} names no filed livestream room", stream.name),
+            room_field,
+            format!("stream key {room_id} names no filed livestream room"),
         )
     })?;
     Ok(AuthorizeCommand {
         phase: Phase::Start,
         merchant_id: Some(merchant),
-        room_id: Some(stream.name.clone()),
+        room_id: Some(room_id),
         anchor_id: Some(anchor),
         driver_id: Some(driver),
         livestream_type: Some(livestream_type),
@@ -147,7 +149,7 @@ pub fn start_command(
         session_id: None,
         gateway_id,
         explain: false,
-        stream: Some(stream),
+        stream,
     })
 }
 

@@ -25,7 +25,6 @@ use super::{Claims, hook_refusal, hook_response};
 use crate::api::convert;
 use crate::domain::StreamRef;
 use crate::error::PdpError;
-use crate::policy::Phase;
 use crate::service::{AuthorizeCommand, Pdp};
 
 /// The fields nginx-rtmp 1.2 itself sends.
@@ -121,7 +120,8 @@ async fn on_publish(
         let gateway = convert::id("gateway", &gateway)?;
         let request = HookRequest::parse(form(&query, &body))?;
         let stream = request.stream("publish")?;
-        super::start_command(&pdp, gateway, stream, request.claims, "name")
+        let room = stream.name.clone();
+        super::start_command(&pdp, gateway, room, Some(stream), request.claims, "name")
     })();
     decide(&pdp, command, "on_publish").await
 }
@@ -142,20 +142,7 @@ async fn on_update(
                 stream.app, stream.name, stream.client_id
             ))
         })?;
-        Ok::<_, PdpError>(AuthorizeCommand {
-            phase: Phase::Live,
-            merchant_id: None,
-            room_id: None,
-            anchor_id: None,
-            driver_id: None,
-            livestream_type: None,
-            drive_mode: None,
-            ai_features: vec![],
-            session_id: Some(session.id),
-            gateway_id: gateway,
-            explain: false,
-            stream: None,
-        })
+        Ok::<_, PdpError>(AuthorizeCommand::live(session.id, gateway))
     })();
     decide(&pdp, command, "on_update").await
 }

@@ -112,7 +112,15 @@ async fn on_publish(
         let gateway = convert::id("gateway", &gateway)?;
         let request = HookRequest::parse(&body)?;
         let stream = request.stream("on_publish")?;
-        super::start_command(&pdp, gateway, stream, request.claims()?, "stream")
+        let room = stream.name.clone();
+        super::start_command(
+            &pdp,
+            gateway,
+            room,
+            Some(stream),
+            request.claims()?,
+            "stream",
+        )
     })();
     let command = match command {
         Ok(command) => command,

@@ -64,24 +64,6 @@ impl PolicyHandle {
         })
     }
 
-    /// Wraps an already loaded set (tests, tools).
-    pub fn fixed(dir: &Path, bundle: PolicyBundle, now: Millis) -> PolicyHandle {
-        PolicyHandle {
-            dir: dir.to_owned(),
-            status: Mutex::new(ReloadStatus {
-                active_version: bundle.version().to_owned(),
-                loaded_at: now,
-                last_attempt_at: None,
-                last_trigger: "start".into(),
-                last_error: None,
-                reloads: 0,
-                rejected_reloads: 0,
-            }),
-            current: RwLock::new(Arc::new(bundle)),
-            reloading: Mutex::new(()),
-        }
-    }
-
     pub fn dir(&self) -> &Path {
         &self.dir
     }
