@@ -453,16 +453,7 @@ async fn a_violation_report_names_a_loaded_rule_and_a_known_session() {
             .await,
     );
     assert_eq!(c, Code::NotFound);
-    let state = s
-        .admin
-        .get_session(proto::GetSessionRequest {
-            session_id: session,
-        })
-        .await
-        .expect("session")
-        .into_inner()
-        .session
-        .expect("session");
+    let state = s.session(&session).await;
     assert_eq!(state.state, proto::SessionState::Active as i32);
 }
 
@@ -499,26 +490,9 @@ async fn a_restart_on_the_same_data_dir_keeps_everything() {
     }
     assert_eq!(s.account("m1").await, account);
     assert_eq!(account.warnings, 1);
-    let session = |id: &str| proto::GetSessionRequest {
-        session_id: id.into(),
-    };
-    let penalized_state = s
-        .admin
-        .get_session(session(&penalized))
-        .await
-        .expect("session")
-        .into_inner()
-        .session
-        .expect("session");
+    let penalized_state = s.session(&penalized).await;
     assert_eq!(penalized_state.state, proto::SessionState::ShutDown as i32);
-    let live_state = s
-        .admin
-        .get_session(session(&live_session))
-        .await
-        .expect("session")
-        .into_inner()
-        .session
-        .expect("session");
+    let live_state = s.session(&live_session).await;
     // The freeze ended the account's other broadcast too (E3).
     assert_eq!(live_state.state, proto::SessionState::ShutDown as i32);
     assert!(

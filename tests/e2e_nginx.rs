@@ -93,16 +93,7 @@ async fn an_admitted_anchor_streams_and_a_broken_rule_is_refused_at_publish() {
         }
         sleep(20).await;
     }
-    let ended = s
-        .admin
-        .get_session(proto::GetSessionRequest {
-            session_id: session.id,
-        })
-        .await
-        .expect("session")
-        .into_inner()
-        .session
-        .expect("session");
+    let ended = s.session(&session.id).await;
     assert_eq!(ended.state, proto::SessionState::Ended as i32);
 }
 

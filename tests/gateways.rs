@@ -109,16 +109,7 @@ async fn nginx_publish_update_and_done_follow_one_session() {
         .as_str()
         .expect("session id")
         .to_owned();
-    let session = s
-        .admin
-        .get_session(proto::GetSessionRequest {
-            session_id: session_id.clone(),
-        })
-        .await
-        .expect("session")
-        .into_inner()
-        .session
-        .expect("session");
+    let session = s.session(&session_id).await;
     assert_eq!(session.merchant_id, "m1", "the room's owner");
     assert_eq!(session.gateway_id, "edge-1");
     let stream = session.stream.expect("stream ref");
@@ -170,14 +161,7 @@ async fn nginx_publish_update_and_done_follow_one_session() {
     )
     .await;
     assert_eq!(status, 200);
-    let session = s
-        .admin
-        .get_session(proto::GetSessionRequest { session_id })
-        .await
-        .expect("session")
-        .into_inner()
-        .session
-        .expect("session");
+    let session = s.session(&session_id).await;
     assert_eq!(session.state, proto::SessionState::Ended as i32);
 }
 
@@ -330,14 +314,7 @@ async fn srs_publish_and_unpublish() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["code"], 0);
-    let session = s
-        .admin
-        .get_session(proto::GetSessionRequest { session_id })
-        .await
-        .expect("session")
-        .into_inner()
-        .session
-        .expect("session");
+    let session = s.session(&session_id).await;
     assert_eq!(session.state, proto::SessionState::Ended as i32);
 }
 

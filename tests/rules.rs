@@ -425,16 +425,7 @@ async fn e2_applied_when_a_revoked_filing_is_found_live() {
     assert_eq!(last.penalty, Penalty::E2WarnShutDownAndFreeze as i32);
     assert_eq!(last.rule_ids, ["R8"]);
     assert_eq!(last.session_id, session);
-    let state = s
-        .admin
-        .get_session(proto::GetSessionRequest {
-            session_id: session,
-        })
-        .await
-        .expect("session")
-        .into_inner()
-        .session
-        .expect("session");
+    let state = s.session(&session).await;
     assert_eq!(state.state, proto::SessionState::ShutDown as i32);
     assert_eq!(
         state.penalty_applied,
@@ -591,16 +582,7 @@ async fn e3_shuts_down_other_live_sessions_of_a_frozen_account_without_a_new_pen
     let penalized = s.start_session().await;
     let other = s.start_session().await;
     s.report(&penalized, "R2").await;
-    let state = s
-        .admin
-        .get_session(proto::GetSessionRequest {
-            session_id: other.clone(),
-        })
-        .await
-        .expect("session")
-        .into_inner()
-        .session
-        .expect("session");
+    let state = s.session(&other).await;
     assert_eq!(state.state, proto::SessionState::ShutDown as i32);
     assert!(state.close_reason.contains("E3"), "{}", state.close_reason);
     assert_eq!(state.penalty_applied, Penalty::Unspecified as i32);

@@ -305,6 +305,18 @@ impl TestServer {
             .expect("account")
     }
 
+    pub async fn session(&mut self, session_id: &str) -> proto::Session {
+        self.admin
+            .get_session(proto::GetSessionRequest {
+                session_id: session_id.into(),
+            })
+            .await
+            .expect("session")
+            .into_inner()
+            .session
+            .expect("session")
+    }
+
     /// Starts an admitted broadcast and returns its session id.
     pub async fn start_session(&mut self) -> String {
         let response = self.authorize(start()).await;
