@@ -616,18 +616,23 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
     ) -> Result<Response<proto::SetProviderListingResponse>, Status> {
         let audit = Audit::begin(&request, (String::new(), String::new()));
         let result = async move {
-        let req = request.get_ref();
-        let provider_id = id("provider_id", &req.provider_id).map_err(status)?;
-        let operator = required_text("operator", &req.operator, MAX_ID_LEN).map_err(status)?;
-        let outcome = self
-            .pdp
-            .set_provider_listing(&provider_id, req.listed, &operator, req.expected_revision)
-            .await
-            .map_err(status)?;
-        tracing::info!(provider_id = %provider_id, listed = req.listed, %operator, "provider listing");
-        Ok(Response::new(proto::SetProviderListingResponse {
-            registration: Some(convert::registration_to_proto(&outcome.registration)),
-        }))
+            let req = request.get_ref();
+            let provider_id = id("provider_id", &req.provider_id).map_err(status)?;
+            let operator = required_text("operator", &req.operator, MAX_ID_LEN).map_err(status)?;
+            let outcome = self
+                .pdp
+                .set_provider_listing(&provider_id, req.listed, &operator, req.expected_revision)
+                .await
+                .map_err(status)?;
+            tracing::info!(
+                provider_id = %provider_id,
+                listed = req.listed,
+                %operator,
+                "provider listing"
+            );
+            Ok(Response::new(proto::SetProviderListingResponse {
+                registration: Some(convert::registration_to_proto(&outcome.registration)),
+            }))
         }
         .await;
         audit
