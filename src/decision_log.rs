@@ -1,7 +1,8 @@
-//! The decision log: every Authorize decision and every admin action, in sled, findable by
-//! decision id and filterable by merchant, session, decision and time.
+//! The decision log: every decision (from every entry point) and every admin action, in sled,
+//! findable by decision id and filterable by merchant, session, decision, entry point and time.
 //!
-//! Writes go through a bounded queue to one writer, which appends what has queued up as one
+//! A record that goes with a state change is written by the store in that change's own
+//! transaction. The rest (a LIVE allow, a refused START, a rejected request) go through a bounded queue to one writer, which appends what has queued up as one
 //! batch and flushes it (group commit). In `wait` mode (the default) a caller waits until its
 //! record is durable, so a full queue slows callers down instead of losing records. In `drop`
 //! mode a caller that finds the queue full goes on without logging, and the drop is counted.
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::domain::{LogRecord, Millis};
@@ -43,6 +45,8 @@ pub struct DecisionLog {
     capacity: usize,
     dropped: AtomicU64,
     written: AtomicU64,
+    /// The writer `start` spawned, and how to tell it to finish.
+    writer: std::sync::Mutex<Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>>,
 }
 
 impl DecisionLog {
@@ -57,9 +61,33 @@ impl DecisionLog {
                 capacity,
                 dropped: AtomicU64::new(0),
                 written: AtomicU64::new(0),
+                writer: std::sync::Mutex::new(None),
             }),
             receiver,
         )
+    }
+
+    /// The log with its writer running on the current tokio runtime, writing to `store`.
+    pub fn start(store: Arc<Store>, capacity: usize, overflow: Overflow) -> Arc<DecisionLog> {
+        let (log, receiver) = DecisionLog::new(capacity, overflow);
+        let (close, closing) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(log.clone().run_writer(store, receiver, closing));
+        if let Ok(mut writer) = log.writer.lock() {
+            *writer = Some((close, task));
+        }
+        log
+    }
+
+    /// Writes what is queued and stops the writer `start` spawned. For shutdown, after the
+    /// servers have answered everything in flight.
+    pub async fn close(&self) {
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some((close, task)) = writer {
+            let _ = close.send(true);
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "decision log writer failed");
+            }
+        }
     }
 
     /// A fresh, time-ordered decision id.
@@ -196,15 +224,21 @@ mod tests {
             at,
             action: "authorize".into(),
             caller: "test".into(),
+            entry_point: "grpc".into(),
+            gateway_id: String::new(),
             merchant_id: "m1".into(),
             session_id: String::new(),
-            request: String::new(),
+            request: serde_json::Value::Null,
             allowed: Some(true),
             rule_ids: vec![],
             enforcement: "NONE".into(),
             policy_version: "v".into(),
             outcome: "ok".into(),
             explanation: None,
+            penalty_applied: None,
+            warning_issued: false,
+            cause_id: String::new(),
+            change: String::new(),
         }
     }
 

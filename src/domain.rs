@@ -528,6 +528,7 @@ pub fn apply_register(
 }
 
 /// A reviewer's verdict on an anchor, driver or room filing.
+#[derive(Clone, Debug)]
 pub struct ReviewCommand {
     pub kind: Kind,
     pub id: String,
@@ -673,6 +674,10 @@ pub struct PenaltyRecord {
     pub applied_at: Millis,
     pub frozen_until: Millis,
     pub discovered_by: String,
+    /// The discovery that brought it: every session one discovery ends shares it, and the
+    /// merchant is penalized once for them all.
+    #[serde(default)]
+    pub discovery_id: String,
 }
 
 /// A merchant's standing. Kept apart from the merchant registration so that re-registering a
@@ -759,6 +764,18 @@ pub struct Session {
     /// Set when the session came in through a gateway hook.
     #[serde(default)]
     pub stream: Option<StreamRef>,
+    /// The START's idempotency key, if it carried one (a retry with it finds this session).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// The START an idempotency key admitted: a retry with the key is answered with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotentStart {
+    pub session_id: String,
+    pub decision_id: String,
+    pub policy_version: String,
+    pub at: Millis,
 }
 
 /// What ended a live session.
@@ -771,6 +788,8 @@ pub enum Trigger {
     /// The PDP re-checked live sessions after a change to what they rely on (a revoked
     /// filing, a delisted provider, a freeze, ...).
     Recheck,
+    /// A newer START on the same room replaced the session: no rule was broken.
+    Superseded,
 }
 
 /// One enforcement that ended a live session, in the order they happened.
@@ -813,19 +832,24 @@ pub struct Explanation {
 }
 
 /// One entry of the decision log: an Authorize decision or an admin action.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LogRecord {
     /// The decision id (a UUIDv7: ids sort by time).
     pub id: String,
     pub at: Millis,
     /// `authorize`, or the admin RPC's name (`ReviewFiling`, ...).
     pub action: String,
-    /// Who called, as authenticated (`name (role)`).
+    /// Who called, as authenticated (`name (role)`), or the hook's gateway.
     pub caller: String,
+    /// `grpc`, `nginx-rtmp`, `srs`, `envoy`, `pdp-recheck`, `pdp-sweep`.
+    #[serde(default)]
+    pub entry_point: String,
+    #[serde(default)]
+    pub gateway_id: String,
     pub merchant_id: String,
     pub session_id: String,
-    /// The request as received.
-    pub request: String,
+    /// The request as structured data (records before format 1.1 hold `Debug` text).
+    pub request: serde_json::Value,
     /// For decisions: allowed or not.
     pub allowed: Option<bool>,
     pub rule_ids: Vec<String>,
@@ -838,11 +862,24 @@ pub struct LogRecord {
     /// reviewer can answer "why was I refused / shut down?" later.
     #[serde(default)]
     pub explanation: Option<Explanation>,
+    #[serde(default)]
+    pub penalty_applied: Option<Penalty>,
+    #[serde(default)]
+    pub warning_issued: bool,
+    /// For the PDP's own re-checks: the record that caused them.
+    #[serde(default)]
+    pub cause_id: String,
+    /// The state change written in the same transaction as this record; empty if none.
+    #[serde(default)]
+    pub change: String,
 }
 
 /// What a live discovery (a failed LIVE re-check or an inspector's report) asks to apply.
 #[derive(Clone, Debug)]
 pub struct Discovery {
+    /// Shared by every session one discovery ends (a revoke that ends three broadcasts is one
+    /// discovery): the merchant gets one penalty for it.
+    pub id: String,
     pub session_id: String,
     pub trigger: Trigger,
     pub violations: Vec<Violation>,
@@ -852,6 +889,9 @@ pub struct Discovery {
     pub discovered_by: String,
     pub reason: String,
     pub at: Millis,
+    /// What the check that found it observed, recorded on the session it closes.
+    pub drive_mode: Option<DriveMode>,
+    pub ai_features: BTreeSet<String>,
 }
 
 /// What enforcing a discovery did.
@@ -885,10 +925,23 @@ pub fn apply_discovery(
         session.state = SessionState::ShutDown;
         session.closed_at = Some(discovery.at);
         session.close_reason = discovery.reason.clone();
+        if let Some(mode) = discovery.drive_mode {
+            session.drive_mode = mode;
+        }
+        session
+            .ai_features
+            .extend(discovery.ai_features.iter().cloned());
     }
     let mut penalty_applied = None;
     let mut warning_issued = false;
-    if discovery.penalty.freezes() && session.penalty_applied.is_none() {
+    let penalized_for_this_discovery = account
+        .last_penalty
+        .as_ref()
+        .is_some_and(|p| !p.discovery_id.is_empty() && p.discovery_id == discovery.id);
+    if discovery.penalty.freezes()
+        && session.penalty_applied.is_none()
+        && !penalized_for_this_discovery
+    {
         let until = discovery.at + FREEZE_MS;
         account.frozen_until = Some(account.frozen_until.map_or(until, |u| u.max(until)));
         if discovery.penalty.warns() {
@@ -903,6 +956,7 @@ pub fn apply_discovery(
             applied_at: discovery.at,
             frozen_until: until,
             discovered_by: discovery.discovered_by.clone(),
+            discovery_id: discovery.id.clone(),
         });
         session.penalty_applied = Some(discovery.penalty);
         penalty_applied = Some(discovery.penalty);
@@ -1014,11 +1068,13 @@ mod tests {
             close_reason: String::new(),
             penalty_applied: None,
             stream: None,
+            idempotency_key: None,
         }
     }
 
     fn discovery(penalty: Penalty, at: Millis) -> Discovery {
         Discovery {
+            id: format!("discovery-at-{at}"),
             session_id: "s1".into(),
             trigger: Trigger::ViolationReport,
             violations: vec![],
@@ -1027,7 +1083,42 @@ mod tests {
             discovered_by: "test".into(),
             reason: "test".into(),
             at,
+            drive_mode: None,
+            ai_features: BTreeSet::new(),
         }
+    }
+
+    #[test]
+    fn one_discovery_penalizes_the_merchant_once_across_its_sessions() {
+        let first = apply_discovery(&session(), &Account::new("m1"), &discovery(Penalty::E2, 10))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut other = session();
+        other.id = "s2".into();
+        let mut same = discovery(Penalty::E2, 10);
+        same.session_id = "s2".into();
+        let second =
+            apply_discovery(&other, &first.account, &same).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(second.session.state, SessionState::ShutDown);
+        assert_eq!(second.penalty_applied, None);
+        assert_eq!((second.account.warnings, second.account.penalties), (1, 1));
+        // A later, separate discovery in another session is a new penalty.
+        let mut later = discovery(Penalty::E2, 20);
+        later.session_id = "s3".into();
+        other.id = "s3".into();
+        let third =
+            apply_discovery(&other, &second.account, &later).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((third.account.warnings, third.account.penalties), (2, 2));
+    }
+
+    #[test]
+    fn the_closing_discovery_records_what_it_observed() {
+        let mut found = discovery(Penalty::None, 10);
+        found.drive_mode = Some(DriveMode::PreRecorded);
+        found.ai_features = BTreeSet::from(["tts".to_owned()]);
+        let closed = apply_discovery(&session(), &Account::new("m1"), &found)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(closed.session.drive_mode, DriveMode::PreRecorded);
+        assert!(closed.session.ai_features.contains("tts"));
     }
 
     #[test]

@@ -484,6 +484,7 @@ fn command(spec: &RequestSpec) -> Result<AuthorizeCommand, String> {
         gateway_id: "policy-test".into(),
         explain: false,
         stream: None,
+        idempotency_key: None,
     })
 }
 
@@ -511,11 +512,18 @@ async fn run_case(
         .import(records, accounts)
         .await
         .map_err(|e| e.to_string())?;
+    let store = Arc::new(store);
+    let log = crate::decision_log::DecisionLog::start(
+        store.clone(),
+        64,
+        crate::decision_log::Overflow::Wait,
+    );
     let pdp = Pdp::new(
-        Arc::new(store),
+        store,
         policies.clone(),
         Arc::new(ManualClock::new(now)),
         Duration::from_secs(30),
+        log,
     );
     if cmd.phase == Phase::Live {
         // A session admitted earlier for these ids, now re-checked.
@@ -538,14 +546,25 @@ async fn run_case(
             close_reason: String::new(),
             penalty_applied: None,
             stream: None,
+            idempotency_key: None,
         };
         pdp.store()
-            .open_session(&session)
+            .open_session(&session, "policy-test", "", &|_| Vec::new())
             .await
             .map_err(|e| e.to_string())?;
         cmd.session_id = Some(session.id);
     }
-    let outcome = pdp.authorize(cmd).await.map_err(|e| e.to_string())?;
+    let origin = crate::service::Origin {
+        entry_point: "policy-test",
+        gateway_id: String::new(),
+        caller: "anchor-pdp policy test".into(),
+        request: serde_json::json!({ "case": case.name }),
+    };
+    let outcome = pdp
+        .authorize(&origin, cmd)
+        .await
+        .map_err(|e| e.to_string())?;
+    pdp.decision_log().close().await;
     let decision = &outcome.decision;
 
     let expect = &case.expect;

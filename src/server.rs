@@ -123,11 +123,18 @@ pub fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, StartEr
         data_dir = %args.data_dir.display(),
         "loaded"
     );
+    let store = Arc::new(store);
+    let log = DecisionLog::start(
+        store.clone(),
+        args.decision_log_queue,
+        args.decision_log_overflow,
+    );
     Ok(Arc::new(Pdp::new(
-        Arc::new(store),
+        store,
         Arc::new(policies),
         clock,
         Duration::from_secs(args.recheck_secs),
+        log,
     )))
 }
 
@@ -209,14 +216,6 @@ pub async fn serve(
     let max_message = usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX);
     // One shutdown signal, fanned out to the gRPC and hook listeners and to open streams.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let (log, log_queue) = DecisionLog::new(args.decision_log_queue, args.decision_log_overflow);
-    // The writer stops last, after the servers have answered everything in flight.
-    let (close_log, log_closing) = tokio::sync::watch::channel(false);
-    let log_writer = tokio::spawn(log.clone().run_writer(
-        pdp.store_handle(),
-        log_queue,
-        log_closing,
-    ));
     let retention = tokio::spawn(crate::decision_log::run_retention(
         pdp.store_handle(),
         pdp.clock(),
@@ -226,14 +225,10 @@ pub async fn serve(
         },
         Duration::from_secs(60),
     ));
-    let decision = PolicyDecisionPointServer::new(DecisionService::new(
-        pdp.clone(),
-        log.clone(),
-        stopped.clone(),
-    ))
+    let decision = PolicyDecisionPointServer::new(DecisionService::new(pdp.clone(), stopped.clone()))
     .max_decoding_message_size(max_message);
     let admin =
-        PolicyAdminServer::new(AdminService::new(pdp.clone(), log.clone(), stopped.clone()))
+        PolicyAdminServer::new(AdminService::new(pdp.clone(), stopped.clone()))
             .max_decoding_message_size(max_message);
     let ext_authz = crate::gateway::envoy::AuthorizationServer::new(
         crate::gateway::envoy::EnvoyAuthorization::new(pdp.clone()),
@@ -247,6 +242,8 @@ pub async fn serve(
     health_reporter
         .set_serving::<PolicyAdminServer<AdminService>>()
         .await;
+
+    let store_health = tokio::spawn(follow_store_health(pdp.clone(), health_reporter.clone()));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -317,10 +314,9 @@ pub async fn serve(
         dropper.abort();
     }
     retention.abort();
-    let _ = close_log.send(true);
-    if let Err(e) = log_writer.await {
-        tracing::error!(error = %e, "decision log writer failed");
-    }
+    store_health.abort();
+    // The log's writer stops last, after the servers have answered everything in flight.
+    pdp.decision_log().close().await;
     if let Some((watcher, task)) = watcher {
         drop(watcher);
         task.abort();
@@ -395,5 +391,49 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("SIGINT: shutting down"),
         () = terminate => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
+/// How often a store that failed a write is probed.
+const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Health follows the store: the PDP services are NOT_SERVING while writes fail (a full disk,
+/// an I/O error), so an orchestrator can route around or restart the server, and SERVING again
+/// once a probe write is durable (the store reopens itself if it must). Decisions fail closed
+/// meanwhile on their own, since nothing can be recorded.
+async fn follow_store_health(pdp: Arc<Pdp>, reporter: tonic_health::server::HealthReporter) {
+    let store = pdp.store_handle();
+    let mut failures = store.subscribe_write_failure();
+    loop {
+        let failure = failures.borrow_and_update().clone();
+        let Some(reason) = failure else {
+            reporter
+                .set_serving::<PolicyDecisionPointServer<DecisionService>>()
+                .await;
+            reporter
+                .set_serving::<PolicyAdminServer<AdminService>>()
+                .await;
+            if failures.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        reporter
+            .set_not_serving::<PolicyDecisionPointServer<DecisionService>>()
+            .await;
+        reporter
+            .set_not_serving::<PolicyAdminServer<AdminService>>()
+            .await;
+        tracing::error!(%reason, "NOT_SERVING: the store cannot write; probing it every second");
+        loop {
+            tokio::time::sleep(STORE_PROBE_INTERVAL).await;
+            let probe = store.clone();
+            let now = pdp.now();
+            match tokio::task::spawn_blocking(move || probe.recover(now)).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => tracing::warn!(error = %e, "the store still cannot write"),
+                Err(e) => tracing::error!(error = %e, "store probe task failed"),
+            }
+        }
     }
 }

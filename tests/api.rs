@@ -463,7 +463,7 @@ async fn a_violation_report_names_a_loaded_rule_and_a_known_session() {
 async fn a_restart_on_the_same_data_dir_keeps_everything() {
     let mut s = TestServer::admitted().await;
     let live_session = s.start_session().await;
-    let penalized = s.start_session().await;
+    let penalized = s.start_session_in("r2").await;
     s.report(&penalized, "R6").await;
     let before: Vec<_> = [
         (K::Merchant, "m1"),

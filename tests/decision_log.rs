@@ -48,11 +48,13 @@ async fn the_decision_id_finds_its_record() {
     assert_eq!(record.rule_ids, ["R3"]);
     assert_eq!(record.enforcement, "REFUSE_START");
     assert_eq!(record.policy_version, denied.policy_version);
-    assert!(
-        record.request.contains("drive_mode: Autonomous"),
-        "{}",
-        record.request
-    );
+    // The request as proto3 JSON, as grpcurl would show it.
+    let request: serde_json::Value = serde_json::from_str(&record.request).expect("JSON request");
+    assert_eq!(request["driveMode"], "DRIVE_MODE_AUTONOMOUS", "{request}");
+    assert_eq!(request["merchantId"], "m1", "{request}");
+    assert_eq!(record.entry_point, "grpc");
+    assert_eq!(record.gateway_id, "test-gw");
+    assert_eq!(record.change, "");
     assert_eq!(millis(&record.at), Some(T0));
     // A deny keeps its explanation, though the gateway did not ask for one (nor got one).
     assert!(denied.explanation.is_none());

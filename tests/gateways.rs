@@ -451,7 +451,7 @@ async fn enforcements_are_pushed_in_order_and_resume_after_a_restart() {
         .expect("watch")
         .into_inner();
     let reported = s.start_session().await;
-    let revoked = s.start_session().await;
+    let revoked = s.start_session_in("r2").await;
     s.merchant("m2", proto::MerchantTier::ChineseGoldSupplier)
         .await;
 

@@ -10,7 +10,8 @@ use anchor_pdp::domain::{self, RecordBody, ReviewStatus};
 use anchor_pdp::gateway::{nginx, srs};
 use anchor_pdp::policy::PolicyHandle;
 use anchor_pdp::proto;
-use anchor_pdp::service::Pdp;
+use anchor_pdp::decision_log::{DecisionLog, Overflow};
+use anchor_pdp::service::{Origin, Pdp};
 use anchor_pdp::store::Store;
 use proptest::prelude::*;
 
@@ -64,6 +65,7 @@ fn any_request() -> impl Strategy<Value = proto::AuthorizeRequest> {
                     session_id: session,
                     gateway_id: gateway,
                     explain: false,
+                    idempotency_key: String::new(),
                 }
             },
         )
@@ -132,11 +134,17 @@ fn admitted_pdp(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> Pdp
         .expect("import");
     let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let handle = PolicyHandle::load(&policies, now).expect("policies");
+    let store = Arc::new(store);
+    let log = {
+        let _inside = runtime.enter();
+        DecisionLog::start(store.clone(), 64, Overflow::Wait)
+    };
     Pdp::new(
-        Arc::new(store),
+        store,
         Arc::new(handle),
         Arc::new(ManualClock::new(now)),
         Duration::from_secs(30),
+        log,
     )
 }
 
@@ -203,7 +211,13 @@ fn garbage_is_never_allowed() {
     let allowed_types = [1, 2, 3];
     proptest!(ProptestConfig { cases: 400, ..ProptestConfig::default() }, |(request in any_request())| {
         let Ok(command) = authorize_command(&request) else { return Ok(()) };
-        let Ok(outcome) = runtime.block_on(pdp.authorize(command)) else { return Ok(()) };
+        let origin = Origin {
+            entry_point: "test",
+            gateway_id: String::new(),
+            caller: "proptest".into(),
+            request: serde_json::Value::Null,
+        };
+        let Ok(outcome) = runtime.block_on(pdp.authorize(&origin, command)) else { return Ok(()) };
         if outcome.decision.allowed {
             prop_assert_eq!(request.phase, proto::Phase::Start as i32);
             prop_assert_eq!(

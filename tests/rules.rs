@@ -537,7 +537,7 @@ async fn e1_and_e2_apply_at_most_once_per_session() {
 async fn a_discovery_in_a_second_broadcast_extends_the_freeze() {
     let mut s = TestServer::admitted().await;
     let first = s.start_session().await;
-    let second = s.start_session().await;
+    let second = s.start_session_in("r2").await;
     s.report(&first, "R2").await;
     s.clock.advance(2 * DAY_MS);
     let report = s.report(&second, "R2").await;
@@ -580,7 +580,7 @@ async fn e3_denies_a_frozen_account_until_the_seven_days_end() {
 async fn e3_shuts_down_other_live_sessions_of_a_frozen_account_without_a_new_penalty() {
     let mut s = TestServer::admitted().await;
     let penalized = s.start_session().await;
-    let other = s.start_session().await;
+    let other = s.start_session_in("r2").await;
     s.report(&penalized, "R2").await;
     let state = s.session(&other).await;
     assert_eq!(state.state, proto::SessionState::ShutDown as i32);

@@ -466,6 +466,7 @@ pub fn event_to_proto(e: &domain::EnforcementEvent) -> proto::EnforcementEvent {
         domain::Trigger::LiveCheck => proto::EnforcementTrigger::LiveCheck,
         domain::Trigger::ViolationReport => proto::EnforcementTrigger::ViolationReport,
         domain::Trigger::Recheck => proto::EnforcementTrigger::Recheck,
+        domain::Trigger::Superseded => proto::EnforcementTrigger::Superseded,
     };
     proto::EnforcementEvent {
         sequence: e.sequence,
@@ -521,7 +522,11 @@ pub fn log_record_to_proto(r: &domain::LogRecord) -> proto::DecisionLogRecord {
         caller: r.caller.clone(),
         merchant_id: r.merchant_id.clone(),
         session_id: r.session_id.clone(),
-        request: r.request.clone(),
+        // Records from before structured requests hold their `Debug` text as a JSON string.
+        request: match &r.request {
+            serde_json::Value::String(text) => text.clone(),
+            value => value.to_string(),
+        },
         decision: match r.allowed {
             Some(true) => proto::Decision::Allow,
             Some(false) => proto::Decision::Deny,
@@ -532,5 +537,37 @@ pub fn log_record_to_proto(r: &domain::LogRecord) -> proto::DecisionLogRecord {
         policy_version: r.policy_version.clone(),
         outcome: r.outcome.clone(),
         explanation: r.explanation.as_ref().map(explanation_to_proto),
+        entry_point: r.entry_point.clone(),
+        gateway_id: r.gateway_id.clone(),
+        penalty_applied: applied_penalty(r.penalty_applied),
+        warning_issued: r.warning_issued,
+        cause_id: r.cause_id.clone(),
+        change: r.change.clone(),
+    }
+}
+
+/// The public API's descriptors, for rendering requests as proto3 JSON in the decision log.
+static DESCRIPTORS: std::sync::LazyLock<Option<prost_reflect::DescriptorPool>> =
+    std::sync::LazyLock::new(|| {
+        prost_reflect::DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
+            .inspect_err(|e| tracing::error!(error = %e, "cannot read the API's descriptors"))
+            .ok()
+    });
+
+/// A request as proto3 JSON (the form grpcurl shows), for the decision log. `message` is the
+/// full name, e.g. `anchorpdp.v1.AuthorizeRequest`.
+pub fn request_json<M: prost::Message>(message: &str, request: &M) -> serde_json::Value {
+    let Some(descriptor) = DESCRIPTORS
+        .as_ref()
+        .and_then(|pool| pool.get_message_by_name(message))
+    else {
+        return serde_json::json!({ "unrendered": message });
+    };
+    match prost_reflect::DynamicMessage::decode(descriptor, request.encode_to_vec().as_slice())
+        .map(serde_json::to_value)
+    {
+        Ok(Ok(value)) => value,
+        Ok(Err(e)) => serde_json::json!({ "unrendered": message, "error": e.to_string() }),
+        Err(e) => serde_json::json!({ "unrendered": message, "error": e.to_string() }),
     }
 }

@@ -9,13 +9,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::decision_log::DecisionLog;
 use crate::domain::LogRecord;
 use crate::domain::{Kind, ReviewCommand, Verdict};
 use crate::error::PdpError;
 use crate::policy::{Phase, ReloadOutcome};
 use crate::proto;
-use crate::service::{AuthorizeCommand, Enforcement, Pdp};
+use crate::service::{AuthorizeCommand, Enforcement, Origin, Pdp, entry, to_completion};
 use convert::{
     MAX_AI_FEATURES, MAX_ID_LEN, MAX_NOTE_LEN, applied_penalty, enum_field, id, optional_id,
     required_text, text,
@@ -27,6 +26,7 @@ struct LogFilter {
     merchant_id: Option<String>,
     session_id: Option<String>,
     action: String,
+    entry_point: String,
     decision: Option<bool>,
     since: Option<crate::domain::Millis>,
     until: Option<crate::domain::Millis>,
@@ -40,6 +40,7 @@ impl LogFilter {
             .is_none_or(|m| *m == r.merchant_id)
             && self.session_id.as_ref().is_none_or(|s| *s == r.session_id)
             && (self.action.is_empty() || self.action == r.action)
+            && (self.entry_point.is_empty() || self.entry_point == r.entry_point)
             && self.decision.is_none_or(|d| r.allowed == Some(d))
             && self.since.is_none_or(|t| r.at >= t)
             && self.until.is_none_or(|t| r.at < t)
@@ -120,6 +121,7 @@ pub fn authorize_command(req: &proto::AuthorizeRequest) -> Result<AuthorizeComma
         gateway_id: optional_id("gateway_id", &req.gateway_id)?.unwrap_or_default(),
         explain: req.explain,
         stream: None,
+        idempotency_key: optional_id("idempotency_key", &req.idempotency_key)?,
     };
     match phase {
         Phase::Start => {
@@ -146,6 +148,12 @@ pub fn authorize_command(req: &proto::AuthorizeRequest) -> Result<AuthorizeComma
             if command.session_id.is_none() {
                 return Err(PdpError::invalid("session_id", "required at LIVE"));
             }
+            if command.idempotency_key.is_some() {
+                return Err(PdpError::invalid(
+                    "idempotency_key",
+                    "only a START opens a session; a LIVE re-check is safe to repeat",
+                ));
+            }
         }
     }
     Ok(command)
@@ -154,19 +162,14 @@ pub fn authorize_command(req: &proto::AuthorizeRequest) -> Result<AuthorizeComma
 /// `anchorpdp.v1.PolicyDecisionPoint`.
 pub struct DecisionService {
     pdp: Arc<Pdp>,
-    log: Arc<DecisionLog>,
     /// Turns true when the server shuts down: open event streams end then, or a graceful
     /// shutdown would wait on them forever.
     closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl DecisionService {
-    pub fn new(
-        pdp: Arc<Pdp>,
-        log: Arc<DecisionLog>,
-        closing: tokio::sync::watch::Receiver<bool>,
-    ) -> Self {
-        DecisionService { pdp, log, closing }
+    pub fn new(pdp: Arc<Pdp>, closing: tokio::sync::watch::Receiver<bool>) -> Self {
+        DecisionService { pdp, closing }
     }
 }
 
@@ -231,33 +234,20 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
         &self,
         request: Request<proto::AuthorizeRequest>,
     ) -> Result<Response<proto::AuthorizeResponse>, Status> {
-        let caller = auth::caller(&request);
-        let command = authorize_command(request.get_ref()).map_err(status)?;
-        let outcome = self.pdp.authorize(command).await.map_err(status)?;
-        let enforcement_name = match outcome.enforcement {
-            Enforcement::None => "NONE",
-            Enforcement::RefuseStart => "REFUSE_START",
-            Enforcement::ShutDown => "SHUT_DOWN",
+        let origin = grpc_origin(&request, "anchorpdp.v1.AuthorizeRequest", &request.get_ref().gateway_id);
+        let command = match authorize_command(request.get_ref()) {
+            Ok(command) => command,
+            Err(e) => {
+                let req = request.get_ref();
+                let concerns = (req.merchant_id.clone(), req.session_id.clone());
+                return Err(refused(&self.pdp, &origin, "authorize", concerns, status(e)).await);
+            }
         };
-        // Logged before the answer leaves: a decision nobody can find afterwards is not given.
-        self.log
-            .record(LogRecord {
-                id: outcome.decision_id.clone(),
-                at: outcome.decided_at,
-                action: "authorize".into(),
-                caller: caller.to_string(),
-                merchant_id: outcome.merchant_id.clone().unwrap_or_default(),
-                session_id: outcome.session_id.clone().unwrap_or_default(),
-                request: format!("{:?}", request.get_ref()),
-                allowed: Some(outcome.decision.allowed),
-                rule_ids: outcome.decision.rule_ids(),
-                enforcement: enforcement_name.into(),
-                policy_version: outcome.decision.policy_version.clone(),
-                outcome: "ok".into(),
-                explanation: outcome.decision.explanation.clone(),
-            })
+        let pdp = self.pdp.clone();
+        // The decision and its record happen even if the caller gives up meanwhile.
+        let outcome = to_completion(async move { pdp.authorize(&origin, command).await })
             .await
-            .map_err(|e| Status::unavailable(format!("the decision could not be logged: {e}")))?;
+            .map_err(status)?;
         let decision = &outcome.decision;
         tracing::info!(
             decision_id = %outcome.decision_id,
@@ -301,6 +291,8 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
                 .as_ref()
                 .filter(|_| request.get_ref().explain)
                 .map(convert::explanation_to_proto),
+            superseded_session_id: outcome.superseded_session_id.clone().unwrap_or_default(),
+            replayed: outcome.replayed,
         }))
     }
 
@@ -310,23 +302,24 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
     ) -> Result<Response<proto::EndSessionResponse>, Status> {
         let audit = {
             let req = request.get_ref();
-            Audit::begin(&request, (String::new(), req.session_id.clone()))
+            Audit::begin(&request, "EndSession", (String::new(), req.session_id.clone()))
         };
+        let origin = audit.origin.clone();
         let result = async move {
             let req = request.get_ref();
             let session_id = id("session_id", &req.session_id).map_err(status)?;
             let reason = text("reason", &req.reason, MAX_NOTE_LEN).map_err(status)?;
-            let session = self
-                .pdp
-                .end_session(&session_id, &reason)
-                .await
-                .map_err(status)?;
+            let pdp = self.pdp.clone();
+            let session =
+                to_completion(async move { pdp.end_session(&origin, &session_id, &reason).await })
+                    .await
+                    .map_err(status)?;
             Ok(Response::new(proto::EndSessionResponse {
                 session: Some(convert::session_to_proto(&session)),
             }))
         }
         .await;
-        audit.end(&self.log, &self.pdp, "EndSession", result).await
+        audit.end(&self.pdp, result).await
     }
 
     async fn register(
@@ -335,8 +328,9 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
     ) -> Result<Response<proto::RegisterResponse>, Status> {
         let audit = {
             let req = request.get_ref();
-            Audit::begin(&request, (register_merchant(req), String::new()))
+            Audit::begin(&request, "Register", (register_merchant(req), String::new()))
         };
+        let origin = audit.origin.clone();
         let result = async move {
             let caller = auth::caller(&request);
             let req = request.into_inner();
@@ -348,11 +342,14 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
                     body.kind().name()
                 )));
             }
-            let outcome = self
-                .pdp
-                .register(&record_id, body, req.expected_revision)
-                .await
-                .map_err(status)?;
+            let pdp = self.pdp.clone();
+            let expected_revision = req.expected_revision;
+            let id = record_id.clone();
+            let outcome = to_completion(async move {
+                pdp.register(&origin, &id, body, expected_revision).await
+            })
+            .await
+            .map_err(status)?;
             tracing::info!(
                 kind = outcome.registration.kind().name(),
                 id = %record_id,
@@ -366,74 +363,79 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
             }))
         }
         .await;
-        audit.end(&self.log, &self.pdp, "Register", result).await
+        audit.end(&self.pdp, result).await
     }
 }
 
 /// `anchorpdp.v1.PolicyAdmin`.
 pub struct AdminService {
     pdp: Arc<Pdp>,
-    log: Arc<DecisionLog>,
     closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AdminService {
-    pub fn new(
-        pdp: Arc<Pdp>,
-        log: Arc<DecisionLog>,
-        closing: tokio::sync::watch::Receiver<bool>,
-    ) -> Self {
-        AdminService { pdp, log, closing }
+    pub fn new(pdp: Arc<Pdp>, closing: tokio::sync::watch::Receiver<bool>) -> Self {
+        AdminService { pdp, closing }
     }
 }
 
-/// An admin action on its way to the decision log: who asked, what, and about whom.
+/// Where a gRPC request came from, for its decision-log record.
+fn grpc_origin<T: prost::Message>(request: &Request<T>, message: &str, gateway_id: &str) -> Origin {
+    Origin {
+        entry_point: entry::GRPC,
+        gateway_id: gateway_id.to_owned(),
+        caller: auth::caller(request).to_string(),
+        request: convert::request_json(message, request.get_ref()),
+    }
+}
+
+/// Records a request refused before it changed anything, and returns its status (or
+/// UNAVAILABLE if even that cannot be recorded: nothing passes unrecorded).
+async fn refused(
+    pdp: &Pdp,
+    origin: &Origin,
+    action: &str,
+    concerns: (String, String),
+    refusal: Status,
+) -> Status {
+    let outcome = format!("{:?}: {}", refusal.code(), refusal.message());
+    match pdp.log_action(origin, action, concerns, outcome).await {
+        Ok(()) => refusal,
+        Err(e) => Status::unavailable(format!("the action could not be logged: {e}")),
+    }
+}
+
+/// An admin action on its way to the decision log: who asked, what, and about whom. What the
+/// service does is recorded by the service, with the change; what is refused is recorded here.
 struct Audit {
-    caller: auth::Caller,
-    request: String,
+    origin: Origin,
+    action: &'static str,
     concerns: (String, String),
 }
 
 impl Audit {
-    fn begin<T: std::fmt::Debug>(request: &Request<T>, concerns: (String, String)) -> Audit {
+    fn begin<T: prost::Message>(
+        request: &Request<T>,
+        action: &'static str,
+        concerns: (String, String),
+    ) -> Audit {
+        let message = format!("anchorpdp.v1.{action}Request");
         Audit {
-            caller: auth::caller(request),
-            request: format!("{:?}", request.get_ref()),
+            origin: grpc_origin(request, &message, ""),
+            action,
             concerns,
         }
     }
 
-    /// Records the action (whatever came of it). If the record cannot be written, the caller
-    /// is told so: an action must not pass unrecorded.
     async fn end<T>(
         self,
-        log: &DecisionLog,
         pdp: &Pdp,
-        action: &str,
         result: Result<Response<T>, Status>,
     ) -> Result<Response<T>, Status> {
-        let record = LogRecord {
-            id: DecisionLog::new_id(),
-            at: pdp.now(),
-            action: action.to_owned(),
-            caller: self.caller.to_string(),
-            merchant_id: self.concerns.0,
-            session_id: self.concerns.1,
-            request: self.request,
-            allowed: None,
-            rule_ids: vec![],
-            enforcement: String::new(),
-            policy_version: pdp.policies().version().to_owned(),
-            outcome: match &result {
-                Ok(_) => "ok".to_owned(),
-                Err(status) => format!("{:?}: {}", status.code(), status.message()),
-            },
-            explanation: None,
-        };
-        log.record(record)
-            .await
-            .map_err(|e| Status::unavailable(format!("the action could not be logged: {e}")))?;
-        result
+        match result {
+            Ok(response) => Ok(response),
+            Err(refusal) => Err(refused(pdp, &self.origin, self.action, self.concerns, refusal).await),
+        }
     }
 }
 
@@ -471,6 +473,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
                 merchant_id: optional_id("merchant_id", &req.merchant_id)?,
                 session_id: optional_id("session_id", &req.session_id)?,
                 action: text("action", &req.action, MAX_ID_LEN)?,
+                entry_point: text("entry_point", &req.entry_point, MAX_ID_LEN)?,
                 decision,
                 since: req
                     .since
@@ -539,12 +542,13 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
         &self,
         _request: Request<proto::GetDecisionLogStatusRequest>,
     ) -> Result<Response<proto::GetDecisionLogStatusResponse>, Status> {
+        let log = self.pdp.decision_log();
         Ok(Response::new(proto::GetDecisionLogStatusResponse {
             records: self.pdp.store().log_len() as u64,
-            written: self.log.written(),
-            dropped: self.log.dropped(),
-            queue_capacity: u32::try_from(self.log.capacity()).unwrap_or(u32::MAX),
-            overflow: match self.log.overflow() {
+            written: log.written(),
+            dropped: log.dropped(),
+            queue_capacity: u32::try_from(log.capacity()).unwrap_or(u32::MAX),
+            overflow: match log.overflow() {
                 crate::decision_log::Overflow::Wait => "wait".into(),
                 crate::decision_log::Overflow::Drop => "drop".into(),
             },
@@ -555,7 +559,8 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
         &self,
         request: Request<proto::ReviewFilingRequest>,
     ) -> Result<Response<proto::ReviewFilingResponse>, Status> {
-        let audit = Audit::begin(&request, (String::new(), String::new()));
+        let audit = Audit::begin(&request, "ReviewFiling", (String::new(), String::new()));
+        let origin = audit.origin.clone();
         let result = async move {
             let req = request.get_ref();
             let command = (|| {
@@ -592,7 +597,11 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
                 })
             })()
             .map_err(status)?;
-            let registration = self.pdp.review(&command).await.map_err(status)?;
+            let pdp = self.pdp.clone();
+            let cmd = command.clone();
+            let registration = to_completion(async move { pdp.review(&origin, &cmd).await })
+                .await
+                .map_err(status)?;
             tracing::info!(
                 kind = command.kind.name(),
                 id = %command.id,
@@ -605,8 +614,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             }))
         }
         .await;
-        audit
-            .end(&self.log, &self.pdp, "ReviewFiling", result)
+        audit.end(&self.pdp, result)
             .await
     }
 
@@ -614,16 +622,21 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
         &self,
         request: Request<proto::SetProviderListingRequest>,
     ) -> Result<Response<proto::SetProviderListingResponse>, Status> {
-        let audit = Audit::begin(&request, (String::new(), String::new()));
+        let audit = Audit::begin(&request, "SetProviderListing", (String::new(), String::new()));
+        let origin = audit.origin.clone();
         let result = async move {
             let req = request.get_ref();
             let provider_id = id("provider_id", &req.provider_id).map_err(status)?;
             let operator = required_text("operator", &req.operator, MAX_ID_LEN).map_err(status)?;
-            let outcome = self
-                .pdp
-                .set_provider_listing(&provider_id, req.listed, &operator, req.expected_revision)
-                .await
-                .map_err(status)?;
+            let pdp = self.pdp.clone();
+            let (listed, expected_revision) = (req.listed, req.expected_revision);
+            let (id, by) = (provider_id.clone(), operator.clone());
+            let outcome = to_completion(async move {
+                pdp.set_provider_listing(&origin, &id, listed, &by, expected_revision)
+                    .await
+            })
+            .await
+            .map_err(status)?;
             tracing::info!(
                 provider_id = %provider_id,
                 listed = req.listed,
@@ -635,8 +648,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             }))
         }
         .await;
-        audit
-            .end(&self.log, &self.pdp, "SetProviderListing", result)
+        audit.end(&self.pdp, result)
             .await
     }
 
@@ -644,31 +656,35 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
         &self,
         request: Request<proto::SetAiFeatureFilingRequest>,
     ) -> Result<Response<proto::SetAiFeatureFilingResponse>, Status> {
-        let audit = Audit::begin(&request, (String::new(), String::new()));
+        let audit = Audit::begin(&request, "SetAiFeatureFiling", (String::new(), String::new()));
+        let origin = audit.origin.clone();
         let result = async move {
             let req = request.get_ref();
             let feature_id = id("feature_id", &req.feature_id).map_err(status)?;
             let filing_number =
                 text("filing_number", &req.filing_number, MAX_ID_LEN).map_err(status)?;
             let operator = required_text("operator", &req.operator, MAX_ID_LEN).map_err(status)?;
-            let outcome = self
-                .pdp
-                .set_ai_feature_filing(
+            let pdp = self.pdp.clone();
+            let (passed, expected_revision) = (req.security_assessment_passed, req.expected_revision);
+            let outcome = to_completion(async move {
+                pdp.set_ai_feature_filing(
+                    &origin,
                     &feature_id,
-                    req.security_assessment_passed,
+                    passed,
                     &filing_number,
                     &operator,
-                    req.expected_revision,
+                    expected_revision,
                 )
                 .await
-                .map_err(status)?;
+            })
+            .await
+            .map_err(status)?;
             Ok(Response::new(proto::SetAiFeatureFilingResponse {
                 registration: Some(convert::registration_to_proto(&outcome.registration)),
             }))
         }
         .await;
-        audit
-            .end(&self.log, &self.pdp, "SetAiFeatureFiling", result)
+        audit.end(&self.pdp, result)
             .await
     }
 
@@ -678,8 +694,9 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
     ) -> Result<Response<proto::ReportViolationResponse>, Status> {
         let audit = {
             let req = request.get_ref();
-            Audit::begin(&request, (String::new(), req.session_id.clone()))
+            Audit::begin(&request, "ReportViolation", (String::new(), req.session_id.clone()))
         };
+        let origin = audit.origin.clone();
         let result = async move {
             let req = request.get_ref();
             let session_id = id("session_id", &req.session_id).map_err(status)?;
@@ -687,11 +704,14 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             let inspector =
                 required_text("inspector", &req.inspector, MAX_ID_LEN).map_err(status)?;
             let note = text("note", &req.note, MAX_NOTE_LEN).map_err(status)?;
-            let outcome = self
-                .pdp
-                .report_violation(&session_id, &rule_id, &inspector, &note)
-                .await
-                .map_err(status)?;
+            let pdp = self.pdp.clone();
+            let (session, rule, by) = (session_id.clone(), rule_id.clone(), inspector.clone());
+            let outcome = to_completion(async move {
+                pdp.report_violation(&origin, &session, &rule, &by, &note)
+                    .await
+            })
+            .await
+            .map_err(status)?;
             let enforced = &outcome.enforced;
             tracing::warn!(
                 session_id = %session_id,
@@ -717,8 +737,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             }))
         }
         .await;
-        audit
-            .end(&self.log, &self.pdp, "ReportViolation", result)
+        audit.end(&self.pdp, result)
             .await
     }
 
@@ -728,18 +747,21 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
     ) -> Result<Response<proto::LiftFreezeResponse>, Status> {
         let audit = {
             let req = request.get_ref();
-            Audit::begin(&request, (req.merchant_id.clone(), String::new()))
+            Audit::begin(&request, "LiftFreeze", (req.merchant_id.clone(), String::new()))
         };
+        let origin = audit.origin.clone();
         let result = async move {
             let req = request.get_ref();
             let merchant_id = id("merchant_id", &req.merchant_id).map_err(status)?;
             let operator = required_text("operator", &req.operator, MAX_ID_LEN).map_err(status)?;
             let reason = text("reason", &req.reason, MAX_NOTE_LEN).map_err(status)?;
-            let (account, was_frozen) = self
-                .pdp
-                .lift_freeze(&merchant_id, &operator, &reason)
-                .await
-                .map_err(status)?;
+            let pdp = self.pdp.clone();
+            let (merchant, by) = (merchant_id.clone(), operator.clone());
+            let (account, was_frozen) = to_completion(async move {
+                pdp.lift_freeze(&origin, &merchant, &by, &reason).await
+            })
+            .await
+            .map_err(status)?;
             tracing::warn!(merchant_id = %merchant_id, %operator, was_frozen, "freeze lifted");
             let (merchant, _) = self.pdp.get_account(&merchant_id).map_err(status)?;
             Ok(Response::new(proto::LiftFreezeResponse {
@@ -752,7 +774,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             }))
         }
         .await;
-        audit.end(&self.log, &self.pdp, "LiftFreeze", result).await
+        audit.end(&self.pdp, result).await
     }
 
     async fn get_registration(
@@ -848,7 +870,8 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
         &self,
         request: Request<proto::ReloadPoliciesRequest>,
     ) -> Result<Response<proto::ReloadPoliciesResponse>, Status> {
-        let audit = Audit::begin(&request, (String::new(), String::new()));
+        let audit = Audit::begin(&request, "ReloadPolicies", (String::new(), String::new()));
+        let origin = audit.origin.clone();
         let result = async move {
             let operator = required_text("operator", &request.get_ref().operator, MAX_ID_LEN)
                 .map_err(status)?;
@@ -858,6 +881,15 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             let outcome = tokio::task::spawn_blocking(move || pdp.reload_policies(&trigger))
                 .await
                 .map_err(|e| Status::internal(format!("reload task failed: {e}")))?;
+            let recorded = match &outcome {
+                ReloadOutcome::Reloaded { active, .. } => format!("ok (reloaded {active})"),
+                ReloadOutcome::Unchanged { active } => format!("ok (unchanged {active})"),
+                ReloadOutcome::Rejected { active, .. } => format!("rejected (kept {active})"),
+            };
+            self.pdp
+                .log_action(&origin, "ReloadPolicies", (String::new(), String::new()), recorded)
+                .await
+                .map_err(status)?;
             let response = match outcome {
                 ReloadOutcome::Reloaded { previous, active } => proto::ReloadPoliciesResponse {
                     result: proto::ReloadResult::Reloaded as i32,
@@ -885,8 +917,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             Ok(Response::new(response))
         }
         .await;
-        audit
-            .end(&self.log, &self.pdp, "ReloadPolicies", result)
+        audit.end(&self.pdp, result)
             .await
     }
 

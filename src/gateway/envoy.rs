@@ -24,7 +24,8 @@ use super::{CLAIM_KEYS, Claims, decision_json, refusal_json, start_command};
 use crate::api::convert;
 use crate::api::status;
 use crate::error::PdpError;
-use crate::service::{AuthorizeCommand, Pdp};
+use crate::policy::Phase;
+use crate::service::{AuthorizeCommand, Origin, Pdp, entry};
 
 pub use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
@@ -96,9 +97,13 @@ fn map_check(pdp: &Pdp, request: &CheckRequest) -> Result<Mapped, PdpError> {
     match extensions.get("phase").map(String::as_str) {
         None | Some("start") => {
             let room = convert::id("x-pdp-room", header(headers, "x-pdp-room").unwrap_or(""))?;
-            start_command(pdp, gateway, room, None, claims, "x-pdp-room")
-                .map(|command| Mapped::Decide(Box::new(command)))
-                .map_err(as_header)
+            // Envoy keeps x-request-id across its own retries of one request.
+            let idempotency_key =
+                convert::optional_id("x-request-id", header(headers, "x-request-id").unwrap_or(""))?;
+            let mut command = start_command(pdp, gateway, room, None, claims, "x-pdp-room")
+                .map_err(as_header)?;
+            command.idempotency_key = idempotency_key;
+            Ok(Mapped::Decide(Box::new(command)))
         }
         Some("live") => {
             let mut command = AuthorizeCommand::live(session()?, gateway);
@@ -112,6 +117,35 @@ fn map_check(pdp: &Pdp, request: &CheckRequest) -> Result<Mapped, PdpError> {
             "context_extensions.phase",
             format!("{other:?}; use start, live or end"),
         )),
+    }
+}
+
+/// What the decision log keeps of a Check: the route's context extensions, the method and
+/// path, and the headers the PDP reads.
+fn origin(request: &Request<CheckRequest>) -> Origin {
+    let empty = HashMap::new();
+    let check = request.get_ref();
+    let attributes = check.attributes.as_ref();
+    let extensions = attributes.map_or(&empty, |a| &a.context_extensions);
+    let headers = check.get_client_headers().unwrap_or(&empty);
+    let read: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .filter(|(name, _)| name.starts_with("x-pdp-") || name.as_str() == "x-request-id")
+        .map(|(name, value)| (name.clone(), serde_json::json!(value)))
+        .collect();
+    let http = attributes
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref());
+    Origin {
+        entry_point: entry::ENVOY,
+        gateway_id: extensions.get("gateway").cloned().unwrap_or_default(),
+        caller: crate::api::auth::caller(request).to_string(),
+        request: serde_json::json!({
+            "context_extensions": extensions,
+            "method": http.map(|h| h.method.clone()).unwrap_or_default(),
+            "path": http.map(|h| h.path.clone()).unwrap_or_default(),
+            "headers": read,
+        }),
     }
 }
 
@@ -131,30 +165,47 @@ impl Authorization for EnvoyAuthorization {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let origin = origin(&request);
+        let phase = match origin
+            .request
+            .pointer("/context_extensions/phase")
+            .and_then(|p| p.as_str())
+        {
+            Some("live") => Phase::Live,
+            _ => Phase::Start,
+        };
         let command = match map_check(&self.pdp, request.get_ref()) {
             Ok(Mapped::Decide(command)) => *command,
             Ok(Mapped::End(session_id)) => {
-                return Ok(Response::new(
-                    match self.pdp.end_session(&session_id, "envoy end").await {
-                        Ok(_) => CheckResponse::with_status(Status::ok("session ended")),
-                        Err(error) => denied(
-                            refusal_json(&error),
-                            status(error.clone()).code(),
-                            &error.to_string(),
-                        ),
-                    },
-                ));
+                let ended = super::end_session(&self.pdp, origin, session_id, "envoy end").await;
+                return Ok(Response::new(match ended {
+                    Ok(_) => CheckResponse::with_status(Status::ok("session ended")),
+                    Err(error) => denied(
+                        refusal_json(&error),
+                        status(error.clone()).code(),
+                        &error.to_string(),
+                    ),
+                }));
             }
             Err(error) => {
                 tracing::warn!(%error, "ext_authz denied: cannot map the request");
+                // Recorded as a GATEWAY deny; Envoy gets the precise code.
+                let recorded = self
+                    .pdp
+                    .refuse(&origin, phase, super::gateway_violation(&error))
+                    .await;
+                let body = match &recorded {
+                    Ok(outcome) => decision_json(outcome),
+                    Err(_) => refusal_json(&error),
+                };
                 return Ok(Response::new(denied(
-                    refusal_json(&error),
+                    body,
                     status(error.clone()).code(),
                     &error.to_string(),
                 )));
             }
         };
-        let outcome = match self.pdp.authorize(command).await {
+        let outcome = match super::decide(&self.pdp, origin, phase, Ok(command)).await {
             Ok(outcome) => outcome,
             Err(error) => {
                 return Ok(Response::new(denied(

@@ -24,7 +24,7 @@ use crate::api::convert;
 use crate::domain::{DriveMode, LivestreamType, Penalty, StreamRef};
 use crate::error::PdpError;
 use crate::policy::{Phase, Violation};
-use crate::service::{AuthorizeCommand, AuthorizeOutcome, Pdp};
+use crate::service::{AuthorizeCommand, AuthorizeOutcome, Origin, Pdp, to_completion};
 
 /// The publisher's claims, as publish-URL arguments (nginx-rtmp, SRS `param`).
 pub const CLAIM_KEYS: [&str; 5] = [
@@ -137,6 +137,11 @@ pub fn start_command(
             format!("stream key {room_id} names no filed livestream room"),
         )
     })?;
+    // The gateway's connection and stream name one broadcast: a retried hook for it must not
+    // open a second session.
+    let idempotency_key = stream.as_ref().map(|s| {
+        format!("{}:{}:{}/{}", s.protocol, s.client_id, s.app, s.name)
+    });
     Ok(AuthorizeCommand {
         phase: Phase::Start,
         merchant_id: Some(merchant),
@@ -150,7 +155,62 @@ pub fn start_command(
         gateway_id,
         explain: false,
         stream,
+        idempotency_key,
     })
+}
+
+/// The record origin of a hook request: the gateway is the caller (hooks carry no token), and
+/// the request is the hook's form fields.
+pub fn hook_origin(entry_point: &'static str, gateway: &str, form: &[u8]) -> Origin {
+    let mut fields = serde_json::Map::new();
+    for (key, value) in form_urlencoded::parse(form) {
+        match fields.get_mut(key.as_ref()) {
+            // A repeated field is kept in full: it is what an attacker would try.
+            Some(serde_json::Value::Array(values)) => values.push(json!(value)),
+            Some(first) => *first = json!([first.take(), value]),
+            None => {
+                fields.insert(key.into_owned(), json!(value));
+            }
+        }
+    }
+    Origin {
+        entry_point,
+        gateway_id: gateway.to_owned(),
+        caller: format!("gateway {gateway} (hook)"),
+        request: serde_json::Value::Object(fields),
+    }
+}
+
+/// Decides a gateway's request and records it. A request that cannot be mapped to a decision is
+/// a recorded deny too (rule `GATEWAY`). The decision runs to its end even if the gateway hangs
+/// up meanwhile.
+pub async fn decide(
+    pdp: &Arc<Pdp>,
+    origin: Origin,
+    phase: Phase,
+    command: Result<AuthorizeCommand, PdpError>,
+) -> Result<AuthorizeOutcome, PdpError> {
+    match command {
+        Ok(command) => {
+            let pdp = pdp.clone();
+            to_completion(async move { pdp.authorize(&origin, command).await }).await
+        }
+        Err(error) => {
+            pdp.refuse(&origin, phase, gateway_violation(&error))
+                .await
+        }
+    }
+}
+
+/// Ends the session a gateway reports stopped, with its record.
+pub async fn end_session(
+    pdp: &Arc<Pdp>,
+    origin: Origin,
+    session_id: String,
+    reason: &'static str,
+) -> Result<crate::domain::Session, PdpError> {
+    let pdp = pdp.clone();
+    to_completion(async move { pdp.end_session(&origin, &session_id, reason).await }).await
 }
 
 /// The pseudo rule id of a gateway request the PDP could not map to a decision.

@@ -25,7 +25,8 @@ use super::{Claims, hook_refusal, hook_response};
 use crate::api::convert;
 use crate::domain::StreamRef;
 use crate::error::PdpError;
-use crate::service::{AuthorizeCommand, Pdp};
+use crate::policy::Phase;
+use crate::service::{AuthorizeCommand, AuthorizeOutcome, Pdp};
 
 /// The fields nginx-rtmp 1.2 itself sends.
 const NGINX_FIELDS: [&str; 12] = [
@@ -116,14 +117,16 @@ async fn on_publish(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
+    let form = form(&query, &body);
     let command = (|| {
         let gateway = convert::id("gateway", &gateway)?;
-        let request = HookRequest::parse(form(&query, &body))?;
+        let request = HookRequest::parse(form)?;
         let stream = request.stream("publish")?;
         let room = stream.name.clone();
         super::start_command(&pdp, gateway, room, Some(stream), request.claims, "name")
     })();
-    decide(&pdp, command, "on_publish").await
+    let origin = super::hook_origin(PROTOCOL, &gateway, form);
+    answer(super::decide(&pdp, origin, Phase::Start, command).await, "on_publish")
 }
 
 async fn on_update(
@@ -132,9 +135,10 @@ async fn on_update(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
+    let form = form(&query, &body);
     let command = (|| {
         let gateway = convert::id("gateway", &gateway)?;
-        let request = HookRequest::parse(form(&query, &body))?;
+        let request = HookRequest::parse(form)?;
         let stream = request.stream("update_publish")?;
         let session = pdp.session_for_stream(&stream, &gateway)?.ok_or_else(|| {
             PdpError::NotFound(format!(
@@ -144,18 +148,12 @@ async fn on_update(
         })?;
         Ok::<_, PdpError>(AuthorizeCommand::live(session.id, gateway))
     })();
-    decide(&pdp, command, "on_update").await
+    let origin = super::hook_origin(PROTOCOL, &gateway, form);
+    answer(super::decide(&pdp, origin, Phase::Live, command).await, "on_update")
 }
 
-async fn decide(pdp: &Pdp, command: Result<AuthorizeCommand, PdpError>, hook: &str) -> Response {
-    let command = match command {
-        Ok(command) => command,
-        Err(error) => {
-            tracing::warn!(hook, %error, "nginx-rtmp hook denied: cannot map the request");
-            return hook_refusal(&error);
-        }
-    };
-    match pdp.authorize(command).await {
+fn answer(decided: Result<AuthorizeOutcome, PdpError>, hook: &str) -> Response {
+    match decided {
         Ok(outcome) => {
             if !outcome.decision.allowed {
                 tracing::warn!(
@@ -180,15 +178,18 @@ async fn on_publish_done(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
+    let form = form(&query, &body);
     let ended = async {
-        let gateway = convert::id("gateway", &gateway)?;
-        let request = HookRequest::parse(form(&query, &body))?;
+        let gateway_id = convert::id("gateway", &gateway)?;
+        let request = HookRequest::parse(form)?;
         let stream = request.stream("publish_done")?;
-        match pdp.session_for_stream(&stream, &gateway)? {
-            Some(session) => pdp
-                .end_session(&session.id, "nginx-rtmp publish_done")
-                .await
-                .map(Some),
+        match pdp.session_for_stream(&stream, &gateway_id)? {
+            Some(session) => {
+                let origin = super::hook_origin(PROTOCOL, &gateway, form);
+                super::end_session(&pdp, origin, session.id, "nginx-rtmp publish_done")
+                    .await
+                    .map(Some)
+            }
             None => Ok(None),
         }
     }

@@ -23,7 +23,8 @@ use super::{Claims, decision_json, refusal_json};
 use crate::api::convert;
 use crate::domain::StreamRef;
 use crate::error::PdpError;
-use crate::service::Pdp;
+use crate::policy::Phase;
+use crate::service::{Origin, Pdp};
 
 pub const PROTOCOL: &str = "srs";
 
@@ -122,14 +123,8 @@ async fn on_publish(
             "stream",
         )
     })();
-    let command = match command {
-        Ok(command) => command,
-        Err(error) => {
-            tracing::warn!(%error, "SRS on_publish denied: cannot map the request");
-            return refuse(&error);
-        }
-    };
-    match pdp.authorize(command).await {
+    let origin = origin(&gateway, &body);
+    match super::decide(&pdp, origin, Phase::Start, command).await {
         Ok(outcome) if outcome.decision.allowed => {
             let mut body = decision_json(&outcome);
             body["code"] = json!(0);
@@ -145,20 +140,29 @@ async fn on_publish(
     }
 }
 
+/// SRS posts JSON: the record keeps it as sent (or as text if it is not JSON).
+fn origin(gateway: &str, body: &[u8]) -> Origin {
+    let mut origin = super::hook_origin(PROTOCOL, gateway, &[]);
+    origin.request = serde_json::from_slice(body)
+        .unwrap_or_else(|_| json!({ "body": String::from_utf8_lossy(body) }));
+    origin
+}
+
 async fn on_unpublish(
     State(pdp): State<Arc<Pdp>>,
     Path(gateway): Path<String>,
     body: Bytes,
 ) -> Response {
     let ended = async {
-        let gateway = convert::id("gateway", &gateway)?;
+        let gateway_id = convert::id("gateway", &gateway)?;
         let request = HookRequest::parse(&body)?;
         let stream = request.stream("on_unpublish")?;
-        match pdp.session_for_stream(&stream, &gateway)? {
-            Some(session) => pdp
-                .end_session(&session.id, "SRS on_unpublish")
-                .await
-                .map(Some),
+        match pdp.session_for_stream(&stream, &gateway_id)? {
+            Some(session) => {
+                super::end_session(&pdp, origin(&gateway, &body), session.id, "SRS on_unpublish")
+                    .await
+                    .map(Some)
+            }
             None => Ok(None),
         }
     }

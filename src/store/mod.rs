@@ -1,27 +1,39 @@
 //! The only module that knows sled. It exposes domain operations; each one is a single sled
 //! transaction (so nothing is ever half-written) followed by a group-committed flush (so
-//! nothing acknowledged is lost).
+//! nothing acknowledged is lost). A change that comes with a decision-log record writes the
+//! record in the same transaction, across the data and log trees: neither exists without the
+//! other, whatever happens to the caller.
 //!
 //! Layout (format 1): one tree, `pdp.v1`, keyed by `<prefix>/<id>`:
 //! `reg/<kind>/<id>` registrations, `acct/<merchant>` accounts, `sess/<id>` sessions,
-//! `live/<id>` the index of active sessions, `stream/<gateway lookup key>` the session a gateway
-//! hook refers to, `evt/<sequence, 20 digits>` enforcement events and `evtseq` their counter.
-//! Values are one format byte followed by JSON (`evtseq`: 8 bytes big-endian). The `meta` tree records the format so that a later
-//! build can migrate instead of misreading.
+//! `live/<id>` the index of active sessions, `room/<room>` the room's active session,
+//! `stream/<gateway lookup key>` the session a gateway hook refers to, `idem/<gateway>/<key>`
+//! the START an idempotency key admitted, `evt/<sequence, 20 digits>` enforcement events and
+//! `evtseq` their counter. Values are one format byte followed by JSON (`evtseq`: 8 bytes
+//! big-endian). The `meta` tree records the format so that a later build can migrate instead of
+//! misreading; `log.v1` is the decision log, keyed by decision id.
+//!
+//! sled stops writing for good after an I/O error (a full disk): it keeps the error and
+//! returns it from every later write. The store notes the first such failure (health reads it)
+//! and `recover` reopens the database once writing works again.
 
 mod group_commit;
+mod log;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sled::Transactional;
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
 
 use crate::domain::{
-    self, Account, Discovery, Enforced, EnforcementEvent, Facts, Kind, LogRecord, Millis,
-    RecordBody, Registration, ReviewCommand, Session, SessionState, WriteOutcome,
+    self, Account, Discovery, Enforced, EnforcementEvent, Facts, IdempotentStart, Kind, LogRecord,
+    Millis, RecordBody, Registration, ReviewCommand, Session, SessionState, Trigger, WriteOutcome,
 };
 use crate::error::PdpError;
 use group_commit::GroupCommit;
@@ -31,19 +43,37 @@ pub const FORMAT_VERSION: u8 = 1;
 const DATA_TREE: &str = "pdp.v1";
 const META_TREE: &str = "meta";
 const FORMAT_KEY: &str = "format_version";
+const PROBE_KEY: &str = "write_probe";
+const EVENT_COUNTER_KEY: &str = "evtseq";
+const LOG_TREE: &str = "log.v1";
 
-pub struct Store {
+/// One open sled database. Replaced as a whole when the store is reopened.
+struct Db {
     db: sled::Db,
     data: sled::Tree,
     /// The decision log, keyed by decision id (UUIDv7, so by time).
     log: sled::Tree,
     commit: GroupCommit,
-    /// The highest enforcement-event sequence known durable; subscribers read up to it.
-    events_durable: tokio::sync::watch::Sender<u64>,
 }
 
-const EVENT_COUNTER_KEY: &str = "evtseq";
-const LOG_TREE: &str = "log.v1";
+pub struct Store {
+    dir: PathBuf,
+    /// `None` only while the database is being reopened.
+    db: RwLock<Option<Arc<Db>>>,
+    /// The highest enforcement-event sequence known durable; subscribers read up to it.
+    events_durable: tokio::sync::watch::Sender<u64>,
+    /// Why writing failed, until it works again; `None` while writes work.
+    write_failure: tokio::sync::watch::Sender<Option<String>>,
+}
+
+/// What `open_session` did.
+#[derive(Clone, Debug)]
+pub enum Opened {
+    /// The session is open; `superseded` is the room's earlier live session, now closed.
+    New { superseded: Option<Box<Session>> },
+    /// The idempotency key was used before: nothing was written; this is what it admitted.
+    Replay(IdempotentStart),
+}
 
 type TxResult<T> = Result<T, ConflictableTransactionError<PdpError>>;
 
@@ -63,26 +93,46 @@ fn live_key(session_id: &str) -> String {
     format!("live/{session_id}")
 }
 
+fn room_key(room_id: &str) -> String {
+    format!("room/{room_id}")
+}
+
 fn stream_key(lookup: &str) -> String {
     format!("stream/{lookup}")
+}
+
+fn idempotency_key(gateway_id: &str, key: &str) -> String {
+    format!("idem/{gateway_id}/{key}")
 }
 
 fn event_key(sequence: u64) -> String {
     format!("evt/{sequence:020}")
 }
 
-/// Keeps the active-session index and the gateway lookup in step with a session's state.
+/// Removes `key` if it still points at `session_id`.
+fn tx_remove_if_points_at(tx: &TransactionalTree, key: &str, session_id: &str) -> TxResult<()> {
+    if tx.get(key.as_bytes()).map_err(tx_unabortable)?.as_deref() == Some(session_id.as_bytes()) {
+        tx.remove(key.as_bytes()).map_err(tx_unabortable)?;
+    }
+    Ok(())
+}
+
+/// Keeps the active-session indexes and the gateway lookup in step with a session's state.
 fn tx_index_session(tx: &TransactionalTree, session: &Session) -> TxResult<()> {
     let live = live_key(&session.id);
+    let room = room_key(&session.room_id);
     if session.state == SessionState::Active {
         tx.insert(live.as_bytes(), &[]).map_err(tx_unabortable)?;
+        tx.insert(room.as_bytes(), session.id.as_bytes())
+            .map_err(tx_unabortable)?;
     } else {
         tx.remove(live.as_bytes()).map_err(tx_unabortable)?;
+        tx_remove_if_points_at(tx, &room, &session.id)?;
     }
     if let Some(stream) = &session.stream {
         let key = stream_key(&stream.lookup_key(&session.gateway_id));
         if session.state == SessionState::Ended {
-            tx.remove(key.as_bytes()).map_err(tx_unabortable)?;
+            tx_remove_if_points_at(tx, &key, &session.id)?;
         } else {
             tx.insert(key.as_bytes(), session.id.as_bytes())
                 .map_err(tx_unabortable)?;
@@ -108,6 +158,36 @@ fn tx_next_event_sequence(tx: &TransactionalTree) -> TxResult<u64> {
     tx.insert(EVENT_COUNTER_KEY, &next.to_be_bytes())
         .map_err(tx_unabortable)?;
     Ok(next)
+}
+
+/// Writes the event that tells gateways a live session ended.
+fn tx_event(
+    tx: &TransactionalTree,
+    session: &Session,
+    trigger: Trigger,
+    reason: &str,
+    violations: Vec<crate::domain::Violation>,
+    penalty_applied: Option<crate::domain::Penalty>,
+    at: Millis,
+) -> TxResult<EnforcementEvent> {
+    let event = EnforcementEvent {
+        sequence: tx_next_event_sequence(tx)?,
+        session_id: session.id.clone(),
+        merchant_id: session.merchant_id.clone(),
+        gateway_id: session.gateway_id.clone(),
+        stream: session.stream.clone(),
+        trigger,
+        reason: reason.to_owned(),
+        violations,
+        penalty_applied,
+        at,
+    };
+    tx_put(tx, &event_key(event.sequence), &event)?;
+    Ok(event)
+}
+
+fn tx_log(log: &TransactionalTree, record: &LogRecord) -> TxResult<()> {
+    tx_put(log, &record.id, record)
 }
 
 fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, PdpError> {
@@ -142,13 +222,6 @@ fn storage(e: impl std::fmt::Display) -> PdpError {
     PdpError::Storage(e.to_string())
 }
 
-fn from_tx(e: TransactionError<PdpError>) -> PdpError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => storage(e),
-    }
-}
-
 fn abort(e: PdpError) -> ConflictableTransactionError<PdpError> {
     ConflictableTransactionError::Abort(e)
 }
@@ -170,10 +243,8 @@ fn tx_put<T: Serialize>(tx: &TransactionalTree, key: &str, value: &T) -> TxResul
     Ok(())
 }
 
-impl Store {
-    /// Opens (or creates) the store in `dir`. Refuses a directory written in a format this
-    /// build does not know.
-    pub fn open(dir: &Path) -> Result<Store, PdpError> {
+impl Db {
+    fn open(dir: &Path) -> Result<Db, PdpError> {
         let db = sled::Config::new()
             .path(dir)
             .open()
@@ -196,9 +267,27 @@ impl Store {
         }
         let data = db.open_tree(DATA_TREE).map_err(storage)?;
         let log = db.open_tree(LOG_TREE).map_err(storage)?;
+        index_rooms(&data)?;
         let commit = GroupCommit::new(db.clone());
-        // Everything already on disk is durable.
-        let last_event = match data.get(EVENT_COUNTER_KEY).map_err(storage)? {
+        Ok(Db {
+            db,
+            data,
+            log,
+            commit,
+        })
+    }
+
+    /// Writes and flushes a probe value: does writing work?
+    fn probe(&self, now: Millis) -> Result<(), PdpError> {
+        let meta = self.db.open_tree(META_TREE).map_err(storage)?;
+        meta.insert(PROBE_KEY, &now.to_be_bytes())
+            .map_err(storage)?;
+        self.db.flush().map_err(storage)?;
+        Ok(())
+    }
+
+    fn last_event(&self) -> Result<u64, PdpError> {
+        match self.data.get(EVENT_COUNTER_KEY).map_err(storage)? {
             Some(bytes) => bytes
                 .as_ref()
                 .try_into()
@@ -206,51 +295,188 @@ impl Store {
                 .map_err(|_| PdpError::Corrupt {
                     key: EVENT_COUNTER_KEY.into(),
                     reason: "not 8 bytes".into(),
-                })?,
-            None => 0,
+                }),
+            None => Ok(0),
+        }
+    }
+}
+
+/// Data written before the room index existed has live sessions without it: index them, so
+/// that a room's next START finds its live session.
+fn index_rooms(data: &sled::Tree) -> Result<(), PdpError> {
+    for item in data.scan_prefix(b"live/") {
+        let (key, _) = item.map_err(storage)?;
+        let id = String::from_utf8_lossy(&key["live/".len()..]).into_owned();
+        let skey = session_key(&id);
+        let Some(bytes) = data.get(skey.as_bytes()).map_err(storage)? else {
+            continue;
         };
-        let (events_durable, _) = tokio::sync::watch::channel(last_event);
+        let session: Session = decode(&skey, &bytes)?;
+        let room = room_key(&session.room_id);
+        if data.get(room.as_bytes()).map_err(storage)?.is_none() {
+            data.insert(room.as_bytes(), session.id.as_bytes())
+                .map_err(storage)?;
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. Refuses a directory written in a format this
+    /// build does not know.
+    pub fn open(dir: &Path) -> Result<Store, PdpError> {
+        let db = Db::open(dir)?;
+        // Everything already on disk is durable.
+        let (events_durable, _) = tokio::sync::watch::channel(db.last_event()?);
+        let (write_failure, _) = tokio::sync::watch::channel(None);
         Ok(Store {
-            db,
-            data,
-            log,
-            commit,
+            dir: dir.to_owned(),
+            db: RwLock::new(Some(Arc::new(db))),
             events_durable,
+            write_failure,
         })
+    }
+
+    fn db(&self) -> Result<Arc<Db>, PdpError> {
+        let guard = self
+            .db
+            .read()
+            .map_err(|_| PdpError::Storage("the store's handle is poisoned".into()))?;
+        guard.clone().ok_or_else(|| {
+            PdpError::Storage("the store is being reopened after a write failure".into())
+        })
+    }
+
+    /// Notes a failed write: health turns NOT_SERVING until `recover` finds writing works.
+    fn write_failed(&self, error: PdpError) -> PdpError {
+        self.write_failure.send_if_modified(|failure| {
+            if failure.is_some() {
+                return false;
+            }
+            tracing::error!(%error, "store write failed: not serving until writing works again");
+            *failure = Some(error.to_string());
+            true
+        });
+        error
+    }
+
+    fn tx_failed(&self, e: TransactionError<PdpError>) -> PdpError {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => self.write_failed(storage(e)),
+        }
+    }
+
+    /// `None` while writes work, else why they failed. Changes when that changes.
+    pub fn subscribe_write_failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.write_failure.subscribe()
+    }
+
+    pub fn write_failure(&self) -> Option<String> {
+        self.write_failure.borrow().clone()
+    }
+
+    /// After a write failure: checks whether writing works again, reopening the database if
+    /// sled has stopped writing (it does after any I/O error). Returns `Ok` once a probe write
+    /// is durable; the failure is then cleared. Blocking: run it off the async workers.
+    pub fn recover(&self, now: Millis) -> Result<(), PdpError> {
+        let current = self.db.read().ok().and_then(|guard| guard.clone());
+        if let Some(db) = &current
+            && db.probe(now).is_ok()
+        {
+            self.write_failure.send_replace(None);
+            return Ok(());
+        }
+        // sled keeps its first I/O error and refuses every later write: only a fresh open
+        // clears it. That needs sled's directory lock, so every handle to the old one must go
+        // first; calls in flight finish (or fail) within moments.
+        let old = {
+            let mut guard = self
+                .db
+                .write()
+                .map_err(|_| PdpError::Storage("the store's handle is poisoned".into()))?;
+            guard.take()
+        };
+        drop(current);
+        if let Some(old) = old {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            drop(old);
+        }
+        let db = Db::open(&self.dir)?;
+        db.probe(now)?;
+        let last_event = db.last_event()?;
+        let mut guard = self
+            .db
+            .write()
+            .map_err(|_| PdpError::Storage("the store's handle is poisoned".into()))?;
+        *guard = Some(Arc::new(db));
+        // What was not durable before the failure is gone; what is on disk now is durable.
+        self.events_durable.send_replace(last_event);
+        self.write_failure.send_replace(None);
+        tracing::info!(dir = %self.dir.display(), "store reopened: writing works again");
+        Ok(())
     }
 
     /// Blocks until everything written so far is on disk. For shutdown.
     pub fn flush_blocking(&self) -> Result<(), PdpError> {
-        self.db.flush().map(|_| ()).map_err(storage)
+        self.db()?.db.flush().map(|_| ()).map_err(storage)
     }
 
+    /// Returns once everything `db` holds is durable.
+    async fn durable(&self, db: &Db) -> Result<(), PdpError> {
+        db.commit
+            .durable()
+            .await
+            .map_err(|e| self.write_failed(e))
+    }
+
+    /// One transaction over the data tree and the decision log, then a durable flush.
     async fn transact<T>(
         &self,
-        f: impl Fn(&TransactionalTree) -> TxResult<T>,
+        f: impl Fn(&TransactionalTree, &TransactionalTree) -> TxResult<T>,
     ) -> Result<T, PdpError> {
-        let value = self.data.transaction(f).map_err(from_tx)?;
-        self.commit.durable().await?;
+        let db = self.db()?;
+        let value = (&db.data, &db.log)
+            .transaction(|(data, log)| f(data, log))
+            .map_err(|e| self.tx_failed(e))?;
+        self.durable(&db).await?;
         Ok(value)
     }
 
     fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, PdpError> {
-        match self.data.get(key.as_bytes()).map_err(storage)? {
+        match self.db()?.data.get(key.as_bytes()).map_err(storage)? {
             Some(bytes) => decode(key, &bytes).map(Some),
             None => Ok(None),
         }
     }
 
+    fn publish_events(&self, sequences: impl IntoIterator<Item = u64>) {
+        if let Some(last) = sequences.into_iter().max() {
+            self.events_durable.send_if_modified(|durable| {
+                let newer = last > *durable;
+                if newer {
+                    *durable = last;
+                }
+                newer
+            });
+        }
+    }
+
     /// Files or updates a record; the records it refers to (owner merchant, provider) must
-    /// exist.
+    /// exist. When it changes anything, `record` is logged with the change.
     pub async fn register(
         &self,
         id: &str,
         body: RecordBody,
         expected_revision: Option<u64>,
         now: Millis,
+        record: &(dyn Fn(&Registration) -> LogRecord + Sync),
     ) -> Result<WriteOutcome, PdpError> {
         let key = registration_key(body.kind(), id);
-        self.transact(|tx| {
+        self.transact(|tx, log| {
             for (kind, ref_id, field) in body.references() {
                 if tx_get::<Registration>(tx, &registration_key(kind, ref_id))?.is_none() {
                     return Err(abort(PdpError::FailedPrecondition(format!(
@@ -265,36 +491,47 @@ impl Store {
                     .map_err(abort)?;
             if outcome.changed {
                 tx_put(tx, &key, &outcome.registration)?;
+                tx_log(log, &record(&outcome.registration))?;
             }
             Ok(outcome)
         })
         .await
     }
 
-    pub async fn review(&self, cmd: &ReviewCommand, now: Millis) -> Result<Registration, PdpError> {
+    /// Applies a review verdict and logs `record` with it.
+    pub async fn review(
+        &self,
+        cmd: &ReviewCommand,
+        now: Millis,
+        record: &(dyn Fn(&Registration) -> LogRecord + Sync),
+    ) -> Result<Registration, PdpError> {
         let key = registration_key(cmd.kind, &cmd.id);
-        self.transact(|tx| {
+        self.transact(|tx, log| {
             let current: Option<Registration> = tx_get(tx, &key)?;
             let next = domain::apply_review(current.as_ref(), cmd, now).map_err(abort)?;
             tx_put(tx, &key, &next)?;
+            tx_log(log, &record(&next))?;
             Ok(next)
         })
         .await
     }
 
-    /// Read-modify-write of one registration, written only if `apply` changed it.
+    /// Read-modify-write of one registration, written (with `record`) only if `apply` changed
+    /// it.
     async fn update_registration(
         &self,
         kind: Kind,
         id: &str,
         apply: impl Fn(Option<&Registration>) -> Result<WriteOutcome, PdpError>,
+        record: &(dyn Fn(&Registration) -> LogRecord + Sync),
     ) -> Result<WriteOutcome, PdpError> {
         let key = registration_key(kind, id);
-        self.transact(|tx| {
+        self.transact(|tx, log| {
             let current: Option<Registration> = tx_get(tx, &key)?;
             let outcome = apply(current.as_ref()).map_err(abort)?;
             if outcome.changed {
                 tx_put(tx, &key, &outcome.registration)?;
+                tx_log(log, &record(&outcome.registration))?;
             }
             Ok(outcome)
         })
@@ -308,13 +545,20 @@ impl Store {
         operator: &str,
         expected_revision: Option<u64>,
         now: Millis,
+        record: &(dyn Fn(&Registration) -> LogRecord + Sync),
     ) -> Result<WriteOutcome, PdpError> {
-        self.update_registration(Kind::Provider, id, |current| {
-            domain::apply_provider_listing(current, id, listed, operator, expected_revision, now)
-        })
+        self.update_registration(
+            Kind::Provider,
+            id,
+            |current| {
+                domain::apply_provider_listing(current, id, listed, operator, expected_revision, now)
+            },
+            record,
+        )
         .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn set_ai_feature_filing(
         &self,
         id: &str,
@@ -323,18 +567,24 @@ impl Store {
         operator: &str,
         expected_revision: Option<u64>,
         now: Millis,
+        record: &(dyn Fn(&Registration) -> LogRecord + Sync),
     ) -> Result<WriteOutcome, PdpError> {
-        self.update_registration(Kind::AiFeature, id, |current| {
-            domain::apply_ai_feature_filing(
-                current,
-                id,
-                security_assessment_passed,
-                filing_number,
-                operator,
-                expected_revision,
-                now,
-            )
-        })
+        self.update_registration(
+            Kind::AiFeature,
+            id,
+            |current| {
+                domain::apply_ai_feature_filing(
+                    current,
+                    id,
+                    security_assessment_passed,
+                    filing_number,
+                    operator,
+                    expected_revision,
+                    now,
+                )
+            },
+            record,
+        )
         .await
     }
 
@@ -357,7 +607,7 @@ impl Store {
             None => prefix.clone(),
         };
         let mut out = Vec::new();
-        for item in self.data.range(start.as_bytes()..) {
+        for item in self.db()?.data.range(start.as_bytes()..) {
             let (key, value) = item.map_err(storage)?;
             if !key.starts_with(prefix.as_bytes()) || out.len() >= limit {
                 break;
@@ -382,17 +632,19 @@ impl Store {
         Ok(Some((merchant, account)))
     }
 
-    /// Clears the freeze. Returns the account and whether it was frozen at `now`.
+    /// Clears the freeze, with `record` if it was frozen. Returns the account and whether it
+    /// was frozen at `now`.
     pub async fn lift_freeze(
         &self,
         merchant_id: &str,
         operator: &str,
         reason: &str,
         now: Millis,
+        record: &(dyn Fn(&Account) -> LogRecord + Sync),
     ) -> Result<(Account, bool), PdpError> {
         let merchant_key = registration_key(Kind::Merchant, merchant_id);
         let key = account_key(merchant_id);
-        self.transact(|tx| {
+        self.transact(|tx, log| {
             if tx_get::<Registration>(tx, &merchant_key)?.is_none() {
                 return Err(abort(PdpError::NotFound(format!(
                     "merchant {merchant_id} is not registered"
@@ -409,6 +661,7 @@ impl Store {
                     lifted_at: now,
                 });
                 tx_put(tx, &key, &account)?;
+                tx_log(log, &record(&account))?;
             }
             Ok((account, was_frozen))
         })
@@ -425,6 +678,7 @@ impl Store {
         ai_features: &[String],
     ) -> Result<Facts, PdpError> {
         let (merchant, account, room, anchor, provider, driver, features) = self
+            .db()?
             .data
             .transaction(|tx| {
                 let merchant: Option<Registration> =
@@ -450,7 +704,7 @@ impl Store {
                 }
                 Ok((merchant, account, room, anchor, provider, driver, features))
             })
-            .map_err(from_tx)?;
+            .map_err(|e| self.tx_failed(e))?;
         Ok(Facts {
             merchant_id: merchant_id.to_owned(),
             room_id: room_id.to_owned(),
@@ -466,35 +720,109 @@ impl Store {
         })
     }
 
-    pub async fn open_session(&self, session: &Session) -> Result<(), PdpError> {
+    /// Opens an admitted session, with its decision's records, unless its idempotency key
+    /// admitted one before (then nothing is written). A room has one live session: an earlier
+    /// one still live is closed as superseded in the same transaction, with an enforcement
+    /// event so its gateway stops it. `records` gets the superseded session (as closed) and
+    /// returns the records to write.
+    pub async fn open_session(
+        &self,
+        session: &Session,
+        decision_id: &str,
+        policy_version: &str,
+        records: &(dyn Fn(Option<&Session>) -> Vec<LogRecord> + Sync),
+    ) -> Result<Opened, PdpError> {
         let key = session_key(&session.id);
-        self.transact(|tx| {
-            if tx.get(key.as_bytes()).map_err(tx_unabortable)?.is_some() {
-                return Err(abort(PdpError::Storage(format!(
-                    "session id {} collides with a stored session",
-                    session.id
-                ))));
-            }
-            tx_put(tx, &key, session)?;
-            tx_index_session(tx, session)
-        })
-        .await
+        let idem = session
+            .idempotency_key
+            .as_ref()
+            .map(|k| idempotency_key(&session.gateway_id, k));
+        let db = self.db()?;
+        let (opened, event) = (&db.data, &db.log)
+            .transaction(|(tx, log)| {
+                if let Some(idem) = &idem
+                    && let Some(first) = tx_get::<IdempotentStart>(tx, idem)?
+                {
+                    return Ok((Opened::Replay(first), None));
+                }
+                if tx.get(key.as_bytes()).map_err(tx_unabortable)?.is_some() {
+                    return Err(abort(PdpError::Storage(format!(
+                        "session id {} collides with a stored session",
+                        session.id
+                    ))));
+                }
+                let mut superseded = None;
+                let mut event = None;
+                let room = room_key(&session.room_id);
+                if let Some(old_id) = tx.get(room.as_bytes()).map_err(tx_unabortable)? {
+                    let old_key = session_key(&String::from_utf8_lossy(&old_id));
+                    if let Some(old) = tx_get::<Session>(tx, &old_key)?
+                        && old.state == SessionState::Active
+                    {
+                        let mut closed = old.clone();
+                        closed.state = SessionState::Ended;
+                        closed.closed_at = Some(session.started_at);
+                        closed.close_reason = format!(
+                            "superseded by session {}: a room has one live broadcast",
+                            session.id
+                        );
+                        tx_put(tx, &old_key, &closed)?;
+                        tx_index_session(tx, &closed)?;
+                        event = Some(tx_event(
+                            tx,
+                            &closed,
+                            Trigger::Superseded,
+                            &closed.close_reason,
+                            Vec::new(),
+                            None,
+                            session.started_at,
+                        )?);
+                        superseded = Some(closed);
+                    }
+                }
+                tx_put(tx, &key, session)?;
+                tx_index_session(tx, session)?;
+                if let Some(idem) = &idem {
+                    tx_put(
+                        tx,
+                        idem,
+                        &IdempotentStart {
+                            session_id: session.id.clone(),
+                            decision_id: decision_id.to_owned(),
+                            policy_version: policy_version.to_owned(),
+                            at: session.started_at,
+                        },
+                    )?;
+                }
+                for record in records(superseded.as_ref()) {
+                    tx_log(log, &record)?;
+                }
+                Ok((Opened::New { superseded: superseded.map(Box::new) }, event))
+            })
+            .map_err(|e| self.tx_failed(e))?;
+        if matches!(opened, Opened::New { .. }) {
+            self.durable(&db).await?;
+        }
+        self.publish_events(event.map(|e| e.sequence));
+        Ok(opened)
     }
 
     pub fn get_session(&self, session_id: &str) -> Result<Option<Session>, PdpError> {
         self.read(&session_key(session_id))
     }
 
-    /// Applies `update` to the stored session atomically; writes only if it changed.
+    /// Applies `update` to the stored session atomically; writes it, with `record`, only if it
+    /// changed. Returns the session and whether it changed.
     pub async fn update_session(
         &self,
         session_id: &str,
         update: impl Fn(&Session) -> Result<Session, PdpError>,
-    ) -> Result<Session, PdpError> {
+        record: &(dyn Fn(&Session) -> LogRecord + Sync),
+    ) -> Result<(Session, bool), PdpError> {
         let key = session_key(session_id);
-        let (session, changed) = self
-            .data
-            .transaction(|tx| {
+        let db = self.db()?;
+        let (session, changed) = (&db.data, &db.log)
+            .transaction(|(tx, log)| {
                 let current: Session = tx_get(tx, &key)?.ok_or_else(|| {
                     abort(PdpError::NotFound(format!(
                         "session {session_id} is unknown"
@@ -505,27 +833,29 @@ impl Store {
                 if changed {
                     tx_put(tx, &key, &next)?;
                     tx_index_session(tx, &next)?;
+                    tx_log(log, &record(&next))?;
                 }
                 Ok((next, changed))
             })
-            .map_err(from_tx)?;
+            .map_err(|e| self.tx_failed(e))?;
         if changed {
-            self.commit.durable().await?;
+            self.durable(&db).await?;
         }
-        Ok(session)
+        Ok((session, changed))
     }
 
-    /// Shuts a session down and applies a live discovery's penalty: session, account and the
-    /// enforcement event change together or not at all. Returns the event when the discovery
-    /// ended a live session.
+    /// Shuts a session down and applies a live discovery's penalty: session, account, the
+    /// enforcement event and the decision's `record` change together or not at all. Returns
+    /// the event when the discovery ended a live session.
     pub async fn enforce(
         &self,
         discovery: &Discovery,
+        record: &(dyn Fn(&Enforced) -> LogRecord + Sync),
     ) -> Result<(Enforced, Option<EnforcementEvent>), PdpError> {
         let skey = session_key(&discovery.session_id);
-        let (enforced, event) = self
-            .data
-            .transaction(|tx| {
+        let db = self.db()?;
+        let (enforced, event) = (&db.data, &db.log)
+            .transaction(|(tx, log)| {
                 let session: Session = tx_get(tx, &skey)?.ok_or_else(|| {
                     abort(PdpError::NotFound(format!(
                         "session {} is unknown",
@@ -547,43 +877,31 @@ impl Store {
                 let ended_live = session.state == SessionState::Active
                     && enforced.session.state != SessionState::Active;
                 let event = if ended_live {
-                    let event = EnforcementEvent {
-                        sequence: tx_next_event_sequence(tx)?,
-                        session_id: session.id.clone(),
-                        merchant_id: session.merchant_id.clone(),
-                        gateway_id: session.gateway_id.clone(),
-                        stream: session.stream.clone(),
-                        trigger: discovery.trigger,
-                        reason: discovery.reason.clone(),
-                        violations: discovery.violations.clone(),
-                        penalty_applied: enforced.penalty_applied,
-                        at: discovery.at,
-                    };
-                    tx_put(tx, &event_key(event.sequence), &event)?;
-                    Some(event)
+                    Some(tx_event(
+                        tx,
+                        &enforced.session,
+                        discovery.trigger,
+                        &discovery.reason,
+                        discovery.violations.clone(),
+                        enforced.penalty_applied,
+                        discovery.at,
+                    )?)
                 } else {
                     None
                 };
+                tx_log(log, &record(&enforced))?;
                 Ok((enforced, event))
             })
-            .map_err(from_tx)?;
-        self.commit.durable().await?;
-        if let Some(event) = &event {
-            self.events_durable.send_if_modified(|durable| {
-                let newer = event.sequence > *durable;
-                if newer {
-                    *durable = event.sequence;
-                }
-                newer
-            });
-        }
+            .map_err(|e| self.tx_failed(e))?;
+        self.durable(&db).await?;
+        self.publish_events(event.as_ref().map(|e| e.sequence));
         Ok((enforced, event))
     }
 
     /// Sessions admitted and not yet shut down or ended.
     pub fn active_sessions(&self) -> Result<Vec<Session>, PdpError> {
         let mut sessions = Vec::new();
-        for item in self.data.scan_prefix(b"live/") {
+        for item in self.db()?.data.scan_prefix(b"live/") {
             let (key, _) = item.map_err(storage)?;
             let id = String::from_utf8_lossy(&key["live/".len()..]).into_owned();
             if let Some(session) = self.get_session(&id)? {
@@ -596,6 +914,7 @@ impl Store {
     /// The session a gateway hook refers to by its stream lookup key.
     pub fn session_by_stream(&self, lookup: &str) -> Result<Option<Session>, PdpError> {
         match self
+            .db()?
             .data
             .get(stream_key(lookup).as_bytes())
             .map_err(storage)?
@@ -618,7 +937,7 @@ impl Store {
         }
         let start = event_key(after.saturating_add(1));
         let end = event_key(durable.saturating_add(1));
-        for item in self.data.range(start.as_bytes()..end.as_bytes()) {
+        for item in self.db()?.data.range(start.as_bytes()..end.as_bytes()) {
             let (key, value) = item.map_err(storage)?;
             let key = String::from_utf8_lossy(&key).into_owned();
             events.push(decode(&key, &value)?);
@@ -641,7 +960,7 @@ impl Store {
         registrations: &[Registration],
         accounts: &[Account],
     ) -> Result<(), PdpError> {
-        self.transact(|tx| {
+        self.transact(|tx, _log| {
             for registration in registrations {
                 tx_put(
                     tx,
@@ -657,94 +976,12 @@ impl Store {
         .await
     }
 
-    /// Appends decision-log records in one batch and waits until they are durable.
-    pub async fn append_log(&self, records: &[LogRecord]) -> Result<(), PdpError> {
-        let mut batch = sled::Batch::default();
-        for record in records {
-            batch.insert(record.id.as_bytes(), encode(&record.id, record)?);
-        }
-        self.log.apply_batch(batch).map_err(storage)?;
-        self.commit.durable().await
-    }
-
-    /// Decision-log records in id (time) order, starting after `after`, that `keep` accepts;
-    /// stops after `limit` matches or `scan_limit` records looked at.
-    pub fn read_log(
-        &self,
-        after: Option<&str>,
-        keep: impl Fn(&LogRecord) -> bool,
-        limit: usize,
-        scan_limit: usize,
-    ) -> Result<(Vec<LogRecord>, Option<String>), PdpError> {
-        let start = after.map_or_else(Vec::new, |a| {
-            let mut key = a.as_bytes().to_vec();
-            key.push(0);
-            key
-        });
-        let mut out = Vec::new();
-        let mut last = None;
-        for (scanned, item) in self.log.range(start..).enumerate() {
-            if scanned >= scan_limit || out.len() >= limit {
-                break;
-            }
-            let (key, value) = item.map_err(storage)?;
-            let key = String::from_utf8_lossy(&key).into_owned();
-            let record: LogRecord = decode(&key, &value)?;
-            last = Some(key);
-            if keep(&record) {
-                out.push(record);
-            }
-        }
-        Ok((out, last))
-    }
-
-    pub fn log_record(&self, id: &str) -> Result<Option<LogRecord>, PdpError> {
-        match self.log.get(id.as_bytes()).map_err(storage)? {
-            Some(bytes) => decode(id, &bytes).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// Deletes records older than `older_than`, then the oldest beyond `max_records`.
-    /// Returns (deleted, kept).
-    pub fn prune_log(
-        &self,
-        older_than: Millis,
-        max_records: usize,
-    ) -> Result<(usize, usize), PdpError> {
-        let mut deleted = 0;
-        for item in self.log.iter() {
-            let (key, value) = item.map_err(storage)?;
-            let name = String::from_utf8_lossy(&key).into_owned();
-            let record: LogRecord = decode(&name, &value)?;
-            if record.at >= older_than {
-                break;
-            }
-            self.log.remove(&key).map_err(storage)?;
-            deleted += 1;
-        }
-        let mut kept = self.log.len();
-        while kept > max_records {
-            match self.log.pop_min().map_err(storage)? {
-                Some(_) => {
-                    deleted += 1;
-                    kept -= 1;
-                }
-                None => break,
-            }
-        }
-        Ok((deleted, kept))
-    }
-
-    pub fn log_len(&self) -> usize {
-        self.log.len()
-    }
-
     /// Deletes closed sessions (shut down or ended before `older_than`) and enforcement events
     /// from before it. Live sessions are never touched. Returns (sessions, events) deleted.
     pub fn prune_history(&self, older_than: Millis) -> Result<(usize, usize), PdpError> {
+        let db = self.db()?;
         let mut sessions = 0;
-        for item in self.data.scan_prefix(b"sess/") {
+        for item in db.data.scan_prefix(b"sess/") {
             let (key, value) = item.map_err(storage)?;
             let name = String::from_utf8_lossy(&key).into_owned();
             let session: Session = decode(&name, &value)?;
@@ -757,35 +994,41 @@ impl Store {
                 .stream
                 .as_ref()
                 .map(|s| stream_key(&s.lookup_key(&session.gateway_id)));
-            self.data
+            let idem = session
+                .idempotency_key
+                .as_ref()
+                .map(|k| idempotency_key(&session.gateway_id, k));
+            db.data
                 .transaction(|tx| {
                     tx.remove(key.as_ref()).map_err(tx_unabortable)?;
                     tx.remove(live_key(&session.id).as_bytes())
                         .map_err(tx_unabortable)?;
-                    // Only if the lookup still points at this session.
-                    if let Some(stream) = &stream
-                        && tx
-                            .get(stream.as_bytes())
-                            .map_err(tx_unabortable)?
-                            .as_deref()
-                            == Some(session.id.as_bytes())
+                    tx_remove_if_points_at(tx, &room_key(&session.room_id), &session.id)?;
+                    if let Some(stream) = &stream {
+                        tx_remove_if_points_at(tx, stream, &session.id)?;
+                    }
+                    if let Some(idem) = &idem
+                        && tx_get::<IdempotentStart>(tx, idem)?
+                            .is_some_and(|first| first.session_id == session.id)
                     {
-                        tx.remove(stream.as_bytes()).map_err(tx_unabortable)?;
+                        tx.remove(idem.as_bytes()).map_err(tx_unabortable)?;
                     }
                     Ok(())
                 })
-                .map_err(from_tx)?;
+                .map_err(|e| self.tx_failed(e))?;
             sessions += 1;
         }
         let mut events = 0;
-        for item in self.data.scan_prefix(b"evt/") {
+        for item in db.data.scan_prefix(b"evt/") {
             let (key, value) = item.map_err(storage)?;
             let name = String::from_utf8_lossy(&key).into_owned();
             let event: EnforcementEvent = decode(&name, &value)?;
             if event.at >= older_than {
                 break;
             }
-            self.data.remove(&key).map_err(storage)?;
+            db.data
+                .remove(&key)
+                .map_err(|e| self.write_failed(storage(e)))?;
             events += 1;
         }
         Ok((sessions, events))
@@ -804,7 +1047,8 @@ mod tests {
             id: id.into(),
             state,
             merchant_id: "m1".into(),
-            room_id: "r1".into(),
+            // A room each: a room's new session would supersede its live one.
+            room_id: format!("r-{id}"),
             anchor_id: "a1".into(),
             driver_id: "d1".into(),
             livestream_type: LivestreamType::DailyMarketing,
@@ -816,6 +1060,31 @@ mod tests {
             close_reason: String::new(),
             penalty_applied: None,
             stream: None,
+            idempotency_key: None,
+        }
+    }
+
+    fn test_record() -> LogRecord {
+        LogRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            at: 0,
+            action: "authorize".into(),
+            caller: "test".into(),
+            entry_point: "test".into(),
+            gateway_id: String::new(),
+            merchant_id: "m1".into(),
+            session_id: String::new(),
+            request: serde_json::Value::Null,
+            allowed: Some(false),
+            rule_ids: vec![],
+            enforcement: "SHUT_DOWN".into(),
+            policy_version: "v".into(),
+            outcome: "ok".into(),
+            explanation: None,
+            penalty_applied: None,
+            warning_issued: false,
+            cause_id: String::new(),
+            change: String::new(),
         }
     }
 
@@ -835,11 +1104,12 @@ mod tests {
                 session("recent", SessionState::Ended, Some(50)),
             ] {
                 store
-                    .open_session(&s)
+                    .open_session(&s, "d", "v", &|_| Vec::new())
                     .await
                     .unwrap_or_else(|e| panic!("{e}"));
             }
             let discovery = |session: &str, at| Discovery {
+                id: format!("{session}-{at}"),
                 session_id: session.into(),
                 trigger: Trigger::ViolationReport,
                 violations: vec![],
@@ -848,13 +1118,15 @@ mod tests {
                 discovered_by: "test".into(),
                 reason: "test".into(),
                 at,
+                drive_mode: None,
+                ai_features: BTreeSet::new(),
             };
             store
-                .enforce(&discovery("old-live", 6))
+                .enforce(&discovery("old-live", 6), &|_| test_record())
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             store
-                .enforce(&discovery("live", 60))
+                .enforce(&discovery("live", 60), &|_| test_record())
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
         });

@@ -324,6 +324,29 @@ impl TestServer {
         response.session_id
     }
 
+    /// Starts an admitted broadcast of m1 in `room` (filed and approved here if new) and
+    /// returns its session id. A room has one live broadcast, so parallel broadcasts need rooms
+    /// of their own.
+    pub async fn start_session_in(&mut self, room: &str) -> String {
+        let filed = self
+            .admin
+            .get_registration(proto::GetRegistrationRequest {
+                kind: proto::RegistrationKind::Room as i32,
+                id: room.into(),
+            })
+            .await
+            .is_ok();
+        if !filed {
+            self.room(room, "m1").await;
+            self.approve(proto::RegistrationKind::Room, room).await;
+        }
+        let mut request = start();
+        request.room_id = room.into();
+        let response = self.authorize(request).await;
+        assert_eq!(decision(&response), proto::Decision::Allow, "{response:?}");
+        response.session_id
+    }
+
     pub async fn report(
         &mut self,
         session_id: &str,
@@ -380,6 +403,7 @@ pub fn start() -> proto::AuthorizeRequest {
         session_id: String::new(),
         gateway_id: "test-gw".into(),
         explain: false,
+        idempotency_key: String::new(),
     }
 }
 

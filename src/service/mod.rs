@@ -1,21 +1,32 @@
-//! The PDP's operations, between transport and store: read the facts, decide, enforce, and
-//! make every acknowledged change durable. Knows neither tonic nor sled.
+//! The PDP's operations, between transport and store: read the facts, decide, enforce, record
+//! every decision and action, and make every acknowledged change durable. Knows neither tonic
+//! nor sled.
+//!
+//! Records: a decision or action that changes state is recorded by the store in the same
+//! transaction as the change; one that changes nothing goes through the decision log's queue.
+//! Either way the record is durable before the answer leaves.
+
+mod admin;
+mod record;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::Clock;
+use crate::decision_log::DecisionLog;
 use crate::domain::{
-    Account, Discovery, DriveMode, Enforced, EnforcementEvent, Kind, LivestreamType, Millis,
-    Penalty, RecordBody, Registration, ReviewCommand, Session, SessionState, StreamRef, Trigger,
-    Verdict, WriteOutcome,
+    Discovery, DriveMode, EnforcementEvent, Kind, LivestreamType, Millis, Penalty, RecordBody,
+    Registration, Session, SessionState, StreamRef, Trigger,
 };
 use crate::error::PdpError;
 use crate::policy::{
     Decision, Observation, Phase, PolicyBundle, PolicyHandle, ReloadOutcome, Violation,
 };
-use crate::store::Store;
+use crate::store::{Opened, Store};
+
+pub use admin::ReportOutcome;
+pub use record::{Origin, entry, enforcement_name, to_completion};
 
 /// The pseudo rule id of a LIVE re-check on a session that is not live.
 pub const SESSION_RULE_ID: &str = "SESSION";
@@ -46,6 +57,8 @@ pub struct AuthorizeCommand {
     /// Where a gateway hook carries the stream (so it can find the session and be told to
     /// cut it).
     pub stream: Option<StreamRef>,
+    /// START only: a retry with the same key (from the same gateway) gets the first answer.
+    pub idempotency_key: Option<String>,
 }
 
 impl AuthorizeCommand {
@@ -65,6 +78,7 @@ impl AuthorizeCommand {
             gateway_id,
             explain: false,
             stream: None,
+            idempotency_key: None,
         }
     }
 }
@@ -82,9 +96,14 @@ pub struct AuthorizeOutcome {
     pub recheck_after: Option<Duration>,
     pub decision_id: String,
     pub decided_at: Millis,
+    /// The room's earlier live session this START closed.
+    pub superseded_session_id: Option<String>,
+    /// This answers a retried START with the first START's decision.
+    pub replayed: bool,
 }
 
-/// How a live session is re-checked: the gateway's fresh observations (if any) and who asks.
+/// How a live session is re-checked: the gateway's fresh observations (if any), who asks, and
+/// the discovery it belongs to.
 struct LiveCheck<'a> {
     livestream_type: Option<LivestreamType>,
     drive_mode: Option<DriveMode>,
@@ -92,27 +111,12 @@ struct LiveCheck<'a> {
     trigger: Trigger,
     discovered_by: &'a str,
     explain: bool,
-}
-
-impl<'a> LiveCheck<'a> {
-    fn recheck(discovered_by: &'a str) -> Self {
-        LiveCheck {
-            livestream_type: None,
-            drive_mode: None,
-            ai_features: &[],
-            trigger: Trigger::Recheck,
-            discovered_by,
-            explain: false,
-        }
-    }
-}
-
-/// The result of an inspector's violation report.
-#[derive(Clone, Debug)]
-pub struct ReportOutcome {
-    pub enforced: Enforced,
-    pub violation: Violation,
-    pub now: Millis,
+    origin: &'a Origin,
+    /// The record that caused a PDP re-check; empty for a gateway's own LIVE check.
+    cause_id: &'a str,
+    /// The discovery this check belongs to: one penalty per merchant for all its sessions.
+    /// `None`: the check is a discovery of its own.
+    discovery_id: Option<&'a str>,
 }
 
 pub struct Pdp {
@@ -120,6 +124,7 @@ pub struct Pdp {
     policies: Arc<PolicyHandle>,
     clock: Arc<dyn Clock>,
     recheck_after: Duration,
+    log: Arc<DecisionLog>,
 }
 
 /// Decides, explaining every deny even when the caller did not ask: the decision log keeps the
@@ -159,12 +164,14 @@ impl Pdp {
         policies: Arc<PolicyHandle>,
         clock: Arc<dyn Clock>,
         recheck_after: Duration,
+        log: Arc<DecisionLog>,
     ) -> Self {
         Pdp {
             store,
             policies,
             clock,
             recheck_after,
+            log,
         }
     }
 
@@ -198,21 +205,25 @@ impl Pdp {
         self.store.clone()
     }
 
-    /// Decides a START or LIVE request. Errors are only for malformed requests; every failure
-    /// on the way to a decision is a deny that says why (fail closed).
-    pub async fn authorize(&self, cmd: AuthorizeCommand) -> Result<AuthorizeOutcome, PdpError> {
+    pub fn decision_log(&self) -> &DecisionLog {
+        &self.log
+    }
+
+    /// Decides a START or LIVE request and records the decision. Errors are only for malformed
+    /// requests and for a decision that could not be recorded; every failure on the way to a
+    /// decision is a deny that says why (fail closed).
+    pub async fn authorize(
+        &self,
+        origin: &Origin,
+        cmd: AuthorizeCommand,
+    ) -> Result<AuthorizeOutcome, PdpError> {
         let now = self.now();
         // One set for the whole decision, even if a reload lands meanwhile.
         let policies = self.policies.current();
-        let merchant_id = cmd.merchant_id.clone();
-        let mut outcome = match cmd.phase {
-            Phase::Start => self.authorize_start(&policies, cmd, now).await,
-            Phase::Live => self.authorize_live(&policies, cmd, now).await?,
-        };
-        if outcome.merchant_id.is_none() {
-            outcome.merchant_id = merchant_id;
+        match cmd.phase {
+            Phase::Start => self.authorize_start(&policies, origin, cmd, now).await,
+            Phase::Live => self.authorize_live(&policies, origin, cmd, now).await,
         }
-        Ok(outcome)
     }
 
     fn outcome(
@@ -232,6 +243,8 @@ impl Pdp {
             recheck_after: None,
             decision_id: new_id(),
             decided_at: now,
+            superseded_session_id: None,
+            replayed: false,
         }
     }
 
@@ -244,12 +257,51 @@ impl Pdp {
         }
     }
 
+    /// Records a decision that changed nothing, then returns it.
+    async fn unchanged(
+        &self,
+        origin: &Origin,
+        cause_id: &str,
+        outcome: AuthorizeOutcome,
+    ) -> Result<AuthorizeOutcome, PdpError> {
+        self.log(self.decision_record(origin, cause_id, &outcome, String::new()))
+            .await?;
+        Ok(outcome)
+    }
+
+    /// Records a deny for a request that could not be decided on (a gateway request that does
+    /// not map to one), so that it is on the record like any decision.
+    pub async fn refuse(
+        &self,
+        origin: &Origin,
+        phase: Phase,
+        violation: Violation,
+    ) -> Result<AuthorizeOutcome, PdpError> {
+        let policies = self.policies.current();
+        let enforcement = match phase {
+            Phase::Start => Enforcement::RefuseStart,
+            Phase::Live => Enforcement::ShutDown,
+        };
+        let outcome = self.outcome(Self::deny(&policies, violation), enforcement, self.now());
+        self.unchanged(origin, "", outcome).await
+    }
+
     async fn authorize_start(
         &self,
         policies: &PolicyBundle,
+        origin: &Origin,
         cmd: AuthorizeCommand,
         now: Millis,
-    ) -> AuthorizeOutcome {
+    ) -> Result<AuthorizeOutcome, PdpError> {
+        let refuse = |violation: Violation, merchant_id: Option<String>| {
+            let mut outcome = self.outcome(
+                Self::deny(policies, violation),
+                Enforcement::RefuseStart,
+                now,
+            );
+            outcome.merchant_id = merchant_id;
+            outcome
+        };
         let (
             Some(merchant_id),
             Some(room_id),
@@ -258,7 +310,7 @@ impl Pdp {
             Some(livestream_type),
             Some(drive_mode),
         ) = (
-            cmd.merchant_id,
+            cmd.merchant_id.clone(),
             cmd.room_id,
             cmd.anchor_id,
             cmd.driver_id,
@@ -268,14 +320,11 @@ impl Pdp {
         else {
             // The transport checks these; a caller of the library that skips it still fails
             // closed.
-            return self.outcome(
-                Self::deny(
-                    policies,
-                    Violation::pdp_failure("a START request names every id and observation"),
-                ),
-                Enforcement::RefuseStart,
-                now,
+            let outcome = refuse(
+                Violation::pdp_failure("a START request names every id and observation"),
+                cmd.merchant_id,
             );
+            return self.unchanged(origin, "", outcome).await;
         };
         let facts = match self.store.facts(
             &merchant_id,
@@ -286,11 +335,8 @@ impl Pdp {
         ) {
             Ok(facts) => facts,
             Err(e) => {
-                return self.outcome(
-                    Self::deny(policies, Violation::pdp_failure(&e.to_string())),
-                    Enforcement::RefuseStart,
-                    now,
-                );
+                let outcome = refuse(Violation::pdp_failure(&e.to_string()), Some(merchant_id));
+                return self.unchanged(origin, "", outcome).await;
             }
         };
         let observation = Observation {
@@ -303,13 +349,14 @@ impl Pdp {
         let frozen_until = facts.account.as_ref().and_then(|a| a.frozen_at(now));
         if !decision.allowed {
             let mut outcome = self.outcome(decision, Enforcement::RefuseStart, now);
+            outcome.merchant_id = Some(merchant_id);
             outcome.frozen_until = frozen_until;
-            return outcome;
+            return self.unchanged(origin, "", outcome).await;
         }
         let session = Session {
             id: new_id(),
             state: SessionState::Active,
-            merchant_id,
+            merchant_id: merchant_id.clone(),
             room_id,
             anchor_id,
             driver_id,
@@ -322,26 +369,124 @@ impl Pdp {
             close_reason: String::new(),
             penalty_applied: None,
             stream: cmd.stream,
+            idempotency_key: cmd.idempotency_key,
         };
-        if let Err(e) = self.store.open_session(&session).await {
-            return self.outcome(
-                Self::deny(
-                    policies,
-                    Violation::pdp_failure(&format!("the session could not be recorded: {e}")),
-                ),
-                Enforcement::RefuseStart,
-                now,
-            );
-        }
         let mut outcome = self.outcome(decision, Enforcement::None, now);
-        outcome.session_id = Some(session.id);
+        outcome.merchant_id = Some(merchant_id.clone());
+        outcome.session_id = Some(session.id.clone());
         outcome.recheck_after = Some(self.recheck_after);
-        outcome
+        let records = |superseded: Option<&Session>| {
+            let mut start = outcome.clone();
+            start.superseded_session_id = superseded.map(|s| s.id.clone());
+            let change = match superseded {
+                Some(old) => format!("session opened; superseded session {}", old.id),
+                None => "session opened".to_owned(),
+            };
+            let mut records = vec![self.decision_record(origin, "", &start, change)];
+            if let Some(old) = superseded {
+                let mut record = self.record(origin, "Supersede", now);
+                record.merchant_id = old.merchant_id.clone();
+                record.session_id = old.id.clone();
+                record.gateway_id = old.gateway_id.clone();
+                record.enforcement = enforcement_name(Enforcement::ShutDown).to_owned();
+                record.cause_id = outcome.decision_id.clone();
+                record.change = old.close_reason.clone();
+                records.push(record);
+            }
+            records
+        };
+        let opened = self
+            .store
+            .open_session(
+                &session,
+                &outcome.decision_id,
+                policies.version(),
+                &records,
+            )
+            .await;
+        match opened {
+            Ok(Opened::New { superseded }) => {
+                outcome.superseded_session_id = superseded.map(|s| s.id);
+                Ok(outcome)
+            }
+            Ok(Opened::Replay(first)) => self.replay(policies, origin, first, merchant_id).await,
+            Err(e) => {
+                let outcome = refuse(
+                    Violation::pdp_failure(&format!("the session could not be recorded: {e}")),
+                    Some(merchant_id),
+                );
+                self.unchanged(origin, "", outcome).await
+            }
+        }
+    }
+
+    /// The answer to a START retried with a used idempotency key: the first START's, while its
+    /// session is live; a deny once it has closed (a closed broadcast does not come back).
+    async fn replay(
+        &self,
+        policies: &PolicyBundle,
+        origin: &Origin,
+        first: crate::domain::IdempotentStart,
+        merchant_id: String,
+    ) -> Result<AuthorizeOutcome, PdpError> {
+        let now = self.now();
+        let session = self.store.get_session(&first.session_id);
+        if let Ok(Some(session)) = &session
+            && session.state == SessionState::Active
+            && session.merchant_id == merchant_id
+        {
+            let mut outcome = self.outcome(
+                Decision {
+                    allowed: true,
+                    violations: Vec::new(),
+                    policy_version: first.policy_version,
+                    explanation: None,
+                },
+                Enforcement::None,
+                first.at,
+            );
+            outcome.decision_id = first.decision_id;
+            outcome.merchant_id = Some(merchant_id);
+            outcome.session_id = Some(session.id.clone());
+            outcome.recheck_after = Some(self.recheck_after);
+            outcome.replayed = true;
+            tracing::info!(decision_id = %outcome.decision_id, session_id = %session.id, "START replayed");
+            return Ok(outcome);
+        }
+        let why = match session {
+            Ok(Some(session)) if session.merchant_id != merchant_id => {
+                "was admitted for another merchant".to_owned()
+            }
+            Ok(Some(session)) => format!("has closed ({})", session.close_reason),
+            Ok(None) => "is no longer kept".to_owned(),
+            Err(e) => format!("cannot be read: {e}"),
+        };
+        let mut outcome = self.outcome(
+            Self::deny(
+                policies,
+                session_violation(
+                    format!(
+                        "The START with this idempotency key admitted session {}, which {why}; start a new broadcast with a new key.",
+                        first.session_id
+                    ),
+                    format!(
+                        "使用该幂等键的开播已建立会话 {},该会话{why};请用新的幂等键重新开播。",
+                        first.session_id
+                    ),
+                ),
+            ),
+            Enforcement::RefuseStart,
+            now,
+        );
+        outcome.merchant_id = Some(merchant_id);
+        outcome.session_id = Some(first.session_id);
+        self.unchanged(origin, "", outcome).await
     }
 
     async fn authorize_live(
         &self,
         policies: &PolicyBundle,
+        origin: &Origin,
         cmd: AuthorizeCommand,
         now: Millis,
     ) -> Result<AuthorizeOutcome, PdpError> {
@@ -365,7 +510,8 @@ impl Pdp {
                     now,
                 );
                 outcome.session_id = Some(session_id);
-                return Ok(outcome);
+                outcome.merchant_id = cmd.merchant_id;
+                return self.unchanged(origin, "", outcome).await;
             }
             Err(e) => {
                 let mut outcome = self.outcome(
@@ -374,7 +520,8 @@ impl Pdp {
                     now,
                 );
                 outcome.session_id = Some(session_id);
-                return Ok(outcome);
+                outcome.merchant_id = cmd.merchant_id;
+                return self.unchanged(origin, "", outcome).await;
             }
         };
         for (field, given, stored) in [
@@ -409,25 +556,30 @@ impl Pdp {
                     trigger: Trigger::LiveCheck,
                     discovered_by: &discovered_by,
                     explain: cmd.explain,
+                    origin,
+                    cause_id: "",
+                    discovery_id: None,
                 },
                 now,
             )
-            .await;
+            .await?;
         if outcome.penalty_applied.is_some_and(Penalty::freezes) {
-            self.propagate_freeze(merchant_id).await;
+            self.propagate_freeze(merchant_id, &outcome.decision_id)
+                .await;
         }
         Ok(outcome)
     }
 
     /// Re-checks a live session and enforces the result: shut down (and the penalty, once per
-    /// session) if any rule is broken now.
+    /// session and once per discovery) if any rule is broken now. Records the decision with
+    /// whatever it changed.
     async fn evaluate_live(
         &self,
         policies: &PolicyBundle,
         session: Session,
         check: LiveCheck<'_>,
         now: Millis,
-    ) -> AuthorizeOutcome {
+    ) -> Result<AuthorizeOutcome, PdpError> {
         let session_id = session.id.clone();
         let merchant_id = session.merchant_id.clone();
         let shut_down = |decision: Decision| {
@@ -438,8 +590,8 @@ impl Pdp {
         };
         if session.state != SessionState::Active {
             let (en, zh) = match session.state {
-                SessionState::ShutDown => ("was shut down", "已被关停"),
-                _ => ("has ended", "已结束"),
+                SessionState::Ended => ("has ended", "已结束"),
+                _ => ("was shut down", "已被关停"),
             };
             let mut outcome = shut_down(Self::deny(
                 policies,
@@ -460,7 +612,7 @@ impl Pdp {
                 .ok()
                 .flatten()
                 .and_then(|(_, account)| account.frozen_at(now));
-            return outcome;
+            return self.unchanged(check.origin, check.cause_id, outcome).await;
         }
 
         let livestream_type = check.livestream_type.unwrap_or(session.livestream_type);
@@ -477,7 +629,9 @@ impl Pdp {
         ) {
             Ok(facts) => facts,
             Err(e) => {
-                return shut_down(Self::deny(policies, Violation::pdp_failure(&e.to_string())));
+                let outcome =
+                    shut_down(Self::deny(policies, Violation::pdp_failure(&e.to_string())));
+                return self.unchanged(check.origin, check.cause_id, outcome).await;
             }
         };
         let observation = Observation {
@@ -489,98 +643,153 @@ impl Pdp {
         let decision = decide_for_the_record(policies, &facts, &observation, now, check.explain);
 
         if decision.allowed {
-            if features != session.ai_features || drive_mode != session.drive_mode {
-                let recorded = self
-                    .store
-                    .update_session(&session_id, |s| {
+            let mut outcome = self.outcome(decision, Enforcement::None, now);
+            outcome.session_id = Some(session_id.clone());
+            outcome.merchant_id = Some(merchant_id.clone());
+            outcome.recheck_after = Some(self.recheck_after);
+            if features == session.ai_features && drive_mode == session.drive_mode {
+                return self.unchanged(check.origin, check.cause_id, outcome).await;
+            }
+            let record = |_: &Session| {
+                self.decision_record(
+                    check.origin,
+                    check.cause_id,
+                    &outcome,
+                    "session observations updated".to_owned(),
+                )
+            };
+            let recorded = self
+                .store
+                .update_session(
+                    &session_id,
+                    |s| {
                         let mut next = s.clone();
                         next.ai_features.extend(features.iter().cloned());
                         next.drive_mode = drive_mode;
                         Ok(next)
-                    })
-                    .await;
-                if let Err(e) = recorded {
-                    return shut_down(Self::deny(
+                    },
+                    &record,
+                )
+                .await;
+            return match recorded {
+                Ok((_, true)) => Ok(outcome),
+                Ok((_, false)) => self.unchanged(check.origin, check.cause_id, outcome).await,
+                Err(e) => {
+                    let outcome = shut_down(Self::deny(
                         policies,
                         Violation::pdp_failure(&format!(
                             "the session's observations could not be recorded: {e}"
                         )),
                     ));
+                    self.unchanged(check.origin, check.cause_id, outcome).await
                 }
-            }
-            let mut outcome = self.outcome(decision, Enforcement::None, now);
-            outcome.session_id = Some(session_id);
-            outcome.merchant_id = Some(merchant_id);
-            outcome.recheck_after = Some(self.recheck_after);
-            return outcome;
+            };
         }
 
+        let base = shut_down(decision);
         let discovery = Discovery {
+            id: check
+                .discovery_id
+                .map_or_else(|| base.decision_id.clone(), str::to_owned),
             session_id: session_id.clone(),
             trigger: check.trigger,
-            violations: decision.violations.clone(),
-            rule_ids: decision.rule_ids(),
-            penalty: decision.penalty(),
+            violations: base.decision.violations.clone(),
+            rule_ids: base.decision.rule_ids(),
+            penalty: base.decision.penalty(),
             discovered_by: check.discovered_by.to_owned(),
             reason: format!(
                 "{} broke {}",
                 check.discovered_by,
-                decision.rule_ids().join(", ")
+                base.decision.rule_ids().join(", ")
             ),
             at: now,
+            drive_mode: Some(drive_mode),
+            ai_features: features.clone(),
         };
-        match self.store.enforce(&discovery).await {
-            Ok((enforced, _event)) => {
-                let mut outcome = shut_down(decision);
-                outcome.penalty_applied = enforced.penalty_applied;
-                outcome.warning_issued = enforced.warning_issued;
-                outcome.frozen_until = enforced.account.frozen_at(now);
-                outcome
-            }
+        let enforced_outcome = |enforced: &crate::domain::Enforced| {
+            let mut outcome = base.clone();
+            outcome.penalty_applied = enforced.penalty_applied;
+            outcome.warning_issued = enforced.warning_issued;
+            outcome.frozen_until = enforced.account.frozen_at(now);
+            outcome
+        };
+        let record = |enforced: &crate::domain::Enforced| {
+            let change = match enforced.penalty_applied {
+                Some(penalty) => format!("session shut down; {} applied", penalty.name()),
+                None => "session shut down".to_owned(),
+            };
+            self.decision_record(
+                check.origin,
+                check.cause_id,
+                &enforced_outcome(enforced),
+                change,
+            )
+        };
+        match self.store.enforce(&discovery, &record).await {
+            Ok((enforced, _event)) => Ok(enforced_outcome(&enforced)),
             Err(e) => {
-                let mut decision = decision;
-                decision.violations.push(Violation::pdp_failure(&format!(
+                let mut outcome = base.clone();
+                outcome.decision.violations.push(Violation::pdp_failure(&format!(
                     "the shutdown and its penalty could not be recorded: {e}"
                 )));
-                shut_down(decision)
+                self.unchanged(check.origin, check.cause_id, outcome).await
             }
         }
     }
 
-    /// Re-checks the live sessions `relevant` picks, after a change to what they rely on (a
-    /// revoked filing, a delisted provider, a withdrawn AI filing, a tier change). Those that
-    /// now break a rule are shut down at once, as a LIVE re-check would, and pushed to
-    /// enforcement watchers. Returns how many were shut down.
+    /// Re-checks the live sessions `relevant` picks, after a change (recorded as `cause_id`)
+    /// to what they rely on: a revoked filing, a delisted provider, a withdrawn AI filing, a
+    /// tier change. Those that now break a rule are shut down at once, as a LIVE re-check would,
+    /// and pushed to enforcement watchers; it is one discovery, so each merchant is penalized
+    /// at most once for it. Returns how many were shut down.
     pub async fn recheck_live_sessions(
         &self,
         relevant: impl Fn(&Session) -> bool,
         cause: &str,
+        cause_id: &str,
     ) -> usize {
         let (mut shut, frozen) = self
-            .recheck_sessions(relevant, &format!("pdp:recheck after {cause}"))
+            .recheck_sessions(
+                relevant,
+                entry::RECHECK,
+                &format!("pdp:recheck after {cause}"),
+                cause,
+                cause_id,
+            )
             .await;
         for merchant_id in frozen {
-            shut += self.propagate_freeze(merchant_id).await;
+            shut += self.propagate_freeze(merchant_id, cause_id).await;
         }
         shut
     }
 
     /// A freeze ends every other live broadcast of the account (E3). Sweeping them can only
-    /// freeze this same account again, so one sweep is enough.
-    async fn propagate_freeze(&self, merchant_id: String) -> usize {
+    /// freeze this same account again, so one sweep is enough. `cause_id` is the discovery
+    /// that froze it.
+    async fn propagate_freeze(&self, merchant_id: String, cause_id: &str) -> usize {
         let discovered_by = format!("pdp:recheck after freezing {merchant_id}");
+        let cause = format!("freezing {merchant_id}");
         let (shut, _same_account) = self
-            .recheck_sessions(|s| s.merchant_id == merchant_id, &discovered_by)
+            .recheck_sessions(
+                |s| s.merchant_id == merchant_id,
+                entry::SWEEP,
+                &discovered_by,
+                &cause,
+                cause_id,
+            )
             .await;
         shut
     }
 
-    /// Re-checks (and enforces on) each live session `relevant` picks. Returns how many were
-    /// shut down, and the merchants a penalty froze (once each).
+    /// Re-checks (and enforces on) each live session `relevant` picks, as one discovery.
+    /// Returns how many were shut down, and the merchants a penalty froze (once each).
     async fn recheck_sessions(
         &self,
         relevant: impl Fn(&Session) -> bool,
+        entry_point: &'static str,
         discovered_by: &str,
+        cause: &str,
+        cause_id: &str,
     ) -> (usize, Vec<String>) {
         let sessions = match self.store.active_sessions() {
             Ok(sessions) => sessions,
@@ -594,14 +803,39 @@ impl Pdp {
         let mut frozen: Vec<String> = Vec::new();
         for session in sessions.into_iter().filter(|s| relevant(s)) {
             let merchant_id = session.merchant_id.clone();
+            let session_id = session.id.clone();
+            let origin = Origin::pdp(
+                entry_point,
+                &session.gateway_id,
+                &session.id,
+                cause,
+                cause_id,
+            );
             let outcome = self
                 .evaluate_live(
                     &policies,
                     session,
-                    LiveCheck::recheck(discovered_by),
+                    LiveCheck {
+                        livestream_type: None,
+                        drive_mode: None,
+                        ai_features: &[],
+                        trigger: Trigger::Recheck,
+                        discovered_by,
+                        explain: false,
+                        origin: &origin,
+                        cause_id,
+                        discovery_id: Some(cause_id),
+                    },
                     self.now(),
                 )
                 .await;
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    tracing::error!(error = %e, %session_id, discovered_by, "re-check not recorded");
+                    continue;
+                }
+            };
             if outcome.enforcement == Enforcement::ShutDown {
                 shut += 1;
             }
@@ -614,58 +848,14 @@ impl Pdp {
         (shut, frozen)
     }
 
-    /// Ends a session (the publisher stopped). Ending an ended session changes nothing.
-    pub async fn end_session(&self, session_id: &str, reason: &str) -> Result<Session, PdpError> {
-        let now = self.now();
-        self.store
-            .update_session(session_id, |s| {
-                let mut next = s.clone();
-                if s.state != SessionState::Ended {
-                    next.state = SessionState::Ended;
-                    if s.closed_at.is_none() {
-                        next.closed_at = Some(now);
-                        next.close_reason = format!("ended: {reason}");
-                    }
-                }
-                Ok(next)
-            })
-            .await
-    }
-
-    pub fn get_session(&self, session_id: &str) -> Result<Session, PdpError> {
-        self.store
-            .get_session(session_id)?
-            .ok_or_else(|| PdpError::NotFound(format!("session {session_id} is unknown")))
-    }
-
-    pub async fn register(
-        &self,
-        id: &str,
-        body: RecordBody,
-        expected_revision: Option<u64>,
-    ) -> Result<WriteOutcome, PdpError> {
-        let outcome = self
-            .store
-            .register(id, body, expected_revision, self.now())
-            .await?;
-        if outcome.changed && outcome.registration.revision > 1 {
-            self.recheck_sessions_using(outcome.registration.kind(), id, "a changed registration")
-                .await;
-        }
-        Ok(outcome)
-    }
-
-    pub async fn review(&self, cmd: &ReviewCommand) -> Result<Registration, PdpError> {
-        let registration = self.store.review(cmd, self.now()).await?;
-        if cmd.verdict == Verdict::Revoke {
-            self.recheck_sessions_using(cmd.kind, &cmd.id, "a revoked filing")
-                .await;
-        }
-        Ok(registration)
-    }
-
     /// Re-checks the live sessions that rely on the record `kind`/`id`.
-    async fn recheck_sessions_using(&self, kind: Kind, id: &str, cause: &str) -> usize {
+    async fn recheck_sessions_using(
+        &self,
+        kind: Kind,
+        id: &str,
+        cause: &str,
+        cause_id: &str,
+    ) -> usize {
         let store = &self.store;
         let shut = self
             .recheck_live_sessions(
@@ -682,6 +872,7 @@ impl Pdp {
                     ),
                 },
                 cause,
+                cause_id,
             )
             .await;
         if shut > 0 {
@@ -696,114 +887,10 @@ impl Pdp {
         shut
     }
 
-    pub async fn set_provider_listing(
-        &self,
-        id: &str,
-        listed: bool,
-        operator: &str,
-        expected_revision: Option<u64>,
-    ) -> Result<WriteOutcome, PdpError> {
-        let outcome = self
-            .store
-            .set_provider_listing(id, listed, operator, expected_revision, self.now())
-            .await?;
-        if outcome.changed && !listed {
-            self.recheck_sessions_using(Kind::Provider, id, "a delisted provider")
-                .await;
-        }
-        Ok(outcome)
-    }
-
-    pub async fn set_ai_feature_filing(
-        &self,
-        id: &str,
-        security_assessment_passed: bool,
-        filing_number: &str,
-        operator: &str,
-        expected_revision: Option<u64>,
-    ) -> Result<WriteOutcome, PdpError> {
-        let outcome = self
-            .store
-            .set_ai_feature_filing(
-                id,
-                security_assessment_passed,
-                filing_number,
-                operator,
-                expected_revision,
-                self.now(),
-            )
-            .await?;
-        if outcome.changed {
-            self.recheck_sessions_using(Kind::AiFeature, id, "a changed AI-feature filing")
-                .await;
-        }
-        Ok(outcome)
-    }
-
-    /// An inspector found `rule_id` broken in a live session: shut it down and apply the rule's
-    /// penalty, unless the session was penalized before.
-    pub async fn report_violation(
-        &self,
-        session_id: &str,
-        rule_id: &str,
-        inspector: &str,
-        note: &str,
-    ) -> Result<ReportOutcome, PdpError> {
-        let policies = self.policies.current();
-        let rule = policies.rule(rule_id).ok_or_else(|| {
-            PdpError::invalid(
-                "rule_id",
-                format!(
-                    "{rule_id} is not a rule of policy set {}",
-                    policies.version()
-                ),
-            )
-        })?;
-        let violation = Violation {
-            rule_id: rule.id.clone(),
-            message_en: rule.message_en.clone(),
-            message_zh: rule.message_zh.clone(),
-            penalty: rule.penalty,
-        };
-        let now = self.now();
-        let reason = if note.is_empty() {
-            format!("violation of {rule_id} reported by {inspector}")
-        } else {
-            format!("violation of {rule_id} reported by {inspector}: {note}")
-        };
-        let (enforced, _event) = self
-            .store
-            .enforce(&Discovery {
-                session_id: session_id.to_owned(),
-                trigger: Trigger::ViolationReport,
-                violations: vec![violation.clone()],
-                rule_ids: vec![rule.id.clone()],
-                penalty: rule.penalty,
-                discovered_by: inspector.to_owned(),
-                reason,
-                at: now,
-            })
-            .await?;
-        if enforced.penalty_applied.is_some_and(Penalty::freezes) {
-            self.propagate_freeze(enforced.session.merchant_id.clone())
-                .await;
-        }
-        Ok(ReportOutcome {
-            enforced,
-            violation,
-            now,
-        })
-    }
-
-    pub async fn lift_freeze(
-        &self,
-        merchant_id: &str,
-        operator: &str,
-        reason: &str,
-    ) -> Result<(Account, bool), PdpError> {
+    pub fn get_session(&self, session_id: &str) -> Result<Session, PdpError> {
         self.store
-            .lift_freeze(merchant_id, operator, reason, self.now())
-            .await
+            .get_session(session_id)?
+            .ok_or_else(|| PdpError::NotFound(format!("session {session_id} is unknown")))
     }
 
     pub fn get_registration(&self, kind: Kind, id: &str) -> Result<Registration, PdpError> {
@@ -822,7 +909,10 @@ impl Pdp {
     }
 
     /// The merchant's registration and account.
-    pub fn get_account(&self, merchant_id: &str) -> Result<(Registration, Account), PdpError> {
+    pub fn get_account(
+        &self,
+        merchant_id: &str,
+    ) -> Result<(Registration, crate::domain::Account), PdpError> {
         self.store
             .get_account(merchant_id)?
             .ok_or_else(|| PdpError::NotFound(format!("merchant {merchant_id} is not registered")))

@@ -1,0 +1,337 @@
+//! Changes people make: filings, reviews, listings, AI filings, violation reports, freeze
+//! lifts, ended sessions. Each is recorded with the change it makes (in the same store
+//! transaction), and each that touches what live sessions rely on re-checks them at once.
+
+use super::{Origin, Pdp};
+use crate::domain::{
+    Account, Discovery, Enforced, Kind, Millis, Penalty, RecordBody, Registration, ReviewCommand,
+    Session, SessionState, Trigger, Verdict, WriteOutcome,
+};
+use crate::error::PdpError;
+use crate::policy::Violation;
+
+/// The result of an inspector's violation report.
+#[derive(Clone, Debug)]
+pub struct ReportOutcome {
+    pub enforced: Enforced,
+    pub violation: Violation,
+    pub now: Millis,
+    /// The report's decision-log record.
+    pub record_id: String,
+}
+
+/// The merchant a registration concerns: itself, or the owner of what it files.
+fn registration_merchant(registration: &Registration) -> String {
+    match &registration.body {
+        RecordBody::Merchant { .. } => registration.id.clone(),
+        body => body.owner().unwrap_or_default().to_owned(),
+    }
+}
+
+fn registration_change(registration: &Registration) -> String {
+    format!(
+        "{} {} revision {}, {}",
+        registration.kind().name(),
+        registration.id,
+        registration.revision,
+        registration.review_status.policy_name()
+    )
+}
+
+impl Pdp {
+    /// A record of an action on `registration`, written with its change.
+    fn registration_record(
+        &self,
+        origin: &Origin,
+        action: &str,
+        now: Millis,
+        id: &str,
+        registration: &Registration,
+    ) -> crate::domain::LogRecord {
+        let mut record = self.record(origin, action, now);
+        record.id = id.to_owned();
+        record.merchant_id = registration_merchant(registration);
+        record.change = registration_change(registration);
+        record
+    }
+
+    /// Logs an action that changed nothing (an identical re-send, say).
+    async fn unchanged_action(
+        &self,
+        origin: &Origin,
+        action: &str,
+        now: Millis,
+        registration: &Registration,
+    ) -> Result<(), PdpError> {
+        let mut record = self.record(origin, action, now);
+        record.merchant_id = registration_merchant(registration);
+        record.outcome = "ok (unchanged)".to_owned();
+        self.log(record).await
+    }
+
+    pub async fn register(
+        &self,
+        origin: &Origin,
+        id: &str,
+        body: RecordBody,
+        expected_revision: Option<u64>,
+    ) -> Result<WriteOutcome, PdpError> {
+        let now = self.now();
+        let record_id = super::new_id();
+        let record =
+            |r: &Registration| self.registration_record(origin, "Register", now, &record_id, r);
+        let outcome = self
+            .store
+            .register(id, body, expected_revision, now, &record)
+            .await?;
+        if !outcome.changed {
+            self.unchanged_action(origin, "Register", now, &outcome.registration)
+                .await?;
+        } else if outcome.registration.revision > 1 {
+            self.recheck_sessions_using(
+                outcome.registration.kind(),
+                id,
+                "a changed registration",
+                &record_id,
+            )
+            .await;
+        }
+        Ok(outcome)
+    }
+
+    pub async fn review(
+        &self,
+        origin: &Origin,
+        cmd: &ReviewCommand,
+    ) -> Result<Registration, PdpError> {
+        let now = self.now();
+        let record_id = super::new_id();
+        let record =
+            |r: &Registration| self.registration_record(origin, "ReviewFiling", now, &record_id, r);
+        let registration = self.store.review(cmd, now, &record).await?;
+        if cmd.verdict == Verdict::Revoke {
+            self.recheck_sessions_using(cmd.kind, &cmd.id, "a revoked filing", &record_id)
+                .await;
+        }
+        Ok(registration)
+    }
+
+    pub async fn set_provider_listing(
+        &self,
+        origin: &Origin,
+        id: &str,
+        listed: bool,
+        operator: &str,
+        expected_revision: Option<u64>,
+    ) -> Result<WriteOutcome, PdpError> {
+        let now = self.now();
+        let record_id = super::new_id();
+        let record = |r: &Registration| {
+            self.registration_record(origin, "SetProviderListing", now, &record_id, r)
+        };
+        let outcome = self
+            .store
+            .set_provider_listing(id, listed, operator, expected_revision, now, &record)
+            .await?;
+        if !outcome.changed {
+            self.unchanged_action(origin, "SetProviderListing", now, &outcome.registration)
+                .await?;
+        } else if !listed {
+            self.recheck_sessions_using(Kind::Provider, id, "a delisted provider", &record_id)
+                .await;
+        }
+        Ok(outcome)
+    }
+
+    pub async fn set_ai_feature_filing(
+        &self,
+        origin: &Origin,
+        id: &str,
+        security_assessment_passed: bool,
+        filing_number: &str,
+        operator: &str,
+        expected_revision: Option<u64>,
+    ) -> Result<WriteOutcome, PdpError> {
+        let now = self.now();
+        let record_id = super::new_id();
+        let record = |r: &Registration| {
+            self.registration_record(origin, "SetAiFeatureFiling", now, &record_id, r)
+        };
+        let outcome = self
+            .store
+            .set_ai_feature_filing(
+                id,
+                security_assessment_passed,
+                filing_number,
+                operator,
+                expected_revision,
+                now,
+                &record,
+            )
+            .await?;
+        if !outcome.changed {
+            self.unchanged_action(origin, "SetAiFeatureFiling", now, &outcome.registration)
+                .await?;
+        } else {
+            self.recheck_sessions_using(
+                Kind::AiFeature,
+                id,
+                "a changed AI-feature filing",
+                &record_id,
+            )
+            .await;
+        }
+        Ok(outcome)
+    }
+
+    /// An inspector found `rule_id` broken in a live session: shut it down and apply the rule's
+    /// penalty, unless the session was penalized before. The report is a discovery of its own.
+    pub async fn report_violation(
+        &self,
+        origin: &Origin,
+        session_id: &str,
+        rule_id: &str,
+        inspector: &str,
+        note: &str,
+    ) -> Result<ReportOutcome, PdpError> {
+        let policies = self.policies.current();
+        let rule = policies.rule(rule_id).ok_or_else(|| {
+            PdpError::invalid(
+                "rule_id",
+                format!(
+                    "{rule_id} is not a rule of policy set {}",
+                    policies.version()
+                ),
+            )
+        })?;
+        let violation = Violation {
+            rule_id: rule.id.clone(),
+            message_en: rule.message_en.clone(),
+            message_zh: rule.message_zh.clone(),
+            penalty: rule.penalty,
+        };
+        let now = self.now();
+        let reason = if note.is_empty() {
+            format!("violation of {rule_id} reported by {inspector}")
+        } else {
+            format!("violation of {rule_id} reported by {inspector}: {note}")
+        };
+        let record_id = super::new_id();
+        let record = |enforced: &Enforced| {
+            let mut record = self.record(origin, "ReportViolation", now);
+            record.id = record_id.clone();
+            record.merchant_id = enforced.session.merchant_id.clone();
+            record.session_id = enforced.session.id.clone();
+            record.rule_ids = vec![rule.id.clone()];
+            record.enforcement = "SHUT_DOWN".to_owned();
+            record.policy_version = policies.version().to_owned();
+            record.penalty_applied = enforced.penalty_applied;
+            record.warning_issued = enforced.warning_issued;
+            record.change = match enforced.penalty_applied {
+                Some(penalty) => format!("session shut down; {} applied", penalty.name()),
+                None => "session shut down".to_owned(),
+            };
+            record
+        };
+        let (enforced, _event) = self
+            .store
+            .enforce(
+                &Discovery {
+                    id: record_id.clone(),
+                    session_id: session_id.to_owned(),
+                    trigger: Trigger::ViolationReport,
+                    violations: vec![violation.clone()],
+                    rule_ids: vec![rule.id.clone()],
+                    penalty: rule.penalty,
+                    discovered_by: inspector.to_owned(),
+                    reason,
+                    at: now,
+                    drive_mode: None,
+                    ai_features: Default::default(),
+                },
+                &record,
+            )
+            .await?;
+        if enforced.penalty_applied.is_some_and(Penalty::freezes) {
+            self.propagate_freeze(enforced.session.merchant_id.clone(), &record_id)
+                .await;
+        }
+        Ok(ReportOutcome {
+            enforced,
+            violation,
+            now,
+            record_id,
+        })
+    }
+
+    pub async fn lift_freeze(
+        &self,
+        origin: &Origin,
+        merchant_id: &str,
+        operator: &str,
+        reason: &str,
+    ) -> Result<(Account, bool), PdpError> {
+        let now = self.now();
+        let record = |_: &Account| {
+            let mut record = self.record(origin, "LiftFreeze", now);
+            record.merchant_id = merchant_id.to_owned();
+            record.change = "freeze lifted".to_owned();
+            record
+        };
+        let (account, was_frozen) = self
+            .store
+            .lift_freeze(merchant_id, operator, reason, now, &record)
+            .await?;
+        if !was_frozen {
+            let mut record = self.record(origin, "LiftFreeze", now);
+            record.merchant_id = merchant_id.to_owned();
+            record.outcome = "ok (was not frozen)".to_owned();
+            self.log(record).await?;
+        }
+        Ok((account, was_frozen))
+    }
+
+    /// Ends a session (the publisher stopped). Ending an ended session changes nothing.
+    pub async fn end_session(
+        &self,
+        origin: &Origin,
+        session_id: &str,
+        reason: &str,
+    ) -> Result<Session, PdpError> {
+        let now = self.now();
+        let record = |s: &Session| {
+            let mut record = self.record(origin, "EndSession", now);
+            record.merchant_id = s.merchant_id.clone();
+            record.session_id = s.id.clone();
+            record.change = format!("session ended: {reason}");
+            record
+        };
+        let (session, changed) = self
+            .store
+            .update_session(
+                session_id,
+                |s| {
+                    let mut next = s.clone();
+                    if s.state != SessionState::Ended {
+                        next.state = SessionState::Ended;
+                        if s.closed_at.is_none() {
+                            next.closed_at = Some(now);
+                            next.close_reason = format!("ended: {reason}");
+                        }
+                    }
+                    Ok(next)
+                },
+                &record,
+            )
+            .await?;
+        if !changed {
+            let mut record = self.record(origin, "EndSession", now);
+            record.merchant_id = session.merchant_id.clone();
+            record.session_id = session.id.clone();
+            record.outcome = "ok (already ended)".to_owned();
+            self.log(record).await?;
+        }
+        Ok(session)
+    }
+}
+
