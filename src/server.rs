@@ -225,11 +225,11 @@ pub async fn serve(
         },
         Duration::from_secs(60),
     ));
-    let decision = PolicyDecisionPointServer::new(DecisionService::new(pdp.clone(), stopped.clone()))
-    .max_decoding_message_size(max_message);
-    let admin =
-        PolicyAdminServer::new(AdminService::new(pdp.clone(), stopped.clone()))
+    let decision =
+        PolicyDecisionPointServer::new(DecisionService::new(pdp.clone(), stopped.clone()))
             .max_decoding_message_size(max_message);
+    let admin = PolicyAdminServer::new(AdminService::new(pdp.clone(), stopped.clone()))
+        .max_decoding_message_size(max_message);
     let ext_authz = crate::gateway::envoy::AuthorizationServer::new(
         crate::gateway::envoy::EnvoyAuthorization::new(pdp.clone()),
     )

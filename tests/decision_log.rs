@@ -5,24 +5,6 @@ mod common;
 
 use anchor_pdp::proto::{self, Decision};
 use common::*;
-use tokio_stream::StreamExt;
-
-async fn read(
-    s: &mut TestServer,
-    request: proto::ReadDecisionLogRequest,
-) -> Vec<proto::DecisionLogRecord> {
-    let mut stream = s
-        .admin
-        .read_decision_log(request)
-        .await
-        .expect("read log")
-        .into_inner();
-    let mut records = Vec::new();
-    while let Some(record) = stream.next().await {
-        records.push(record.expect("record"));
-    }
-    records
-}
 
 #[tokio::test]
 async fn the_decision_id_finds_its_record() {
@@ -30,14 +12,12 @@ async fn the_decision_id_finds_its_record() {
     let mut request = start();
     request.drive_mode = proto::DriveMode::Autonomous as i32;
     let denied = s.authorize(request).await;
-    let found = read(
-        &mut s,
-        proto::ReadDecisionLogRequest {
+    let found = s
+        .log(proto::ReadDecisionLogRequest {
             decision_id: denied.decision_id.clone(),
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(found.len(), 1);
     let record = &found[0];
     assert_eq!(record.id, denied.decision_id);
@@ -74,14 +54,12 @@ async fn the_decision_id_finds_its_record() {
     );
     // An allow is not explained unless asked.
     let allowed = s.authorize(start()).await;
-    let found = read(
-        &mut s,
-        proto::ReadDecisionLogRequest {
+    let found = s
+        .log(proto::ReadDecisionLogRequest {
             decision_id: allowed.decision_id,
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     assert!(found[0].explanation.is_none());
 }
 
@@ -99,38 +77,32 @@ async fn the_log_filters_by_merchant_session_decision_and_time() {
     s.clock.advance(60_000);
     s.report(&session, "R7").await;
 
-    let of_session = read(
-        &mut s,
-        proto::ReadDecisionLogRequest {
+    let of_session = s
+        .log(proto::ReadDecisionLogRequest {
             session_id: session.clone(),
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     let actions: Vec<&str> = of_session.iter().map(|r| r.action.as_str()).collect();
     assert_eq!(actions, ["authorize", "authorize", "ReportViolation"]);
     assert_eq!(of_session[1].id, recheck.decision_id);
     assert_eq!(of_session[2].outcome, "ok");
 
-    let denies = read(
-        &mut s,
-        proto::ReadDecisionLogRequest {
+    let denies = s
+        .log(proto::ReadDecisionLogRequest {
             decision: Decision::Deny as i32,
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(denies.len(), 1);
     assert_eq!(denies[0].merchant_id, "m2");
 
-    let of_m2 = read(
-        &mut s,
-        proto::ReadDecisionLogRequest {
+    let of_m2 = s
+        .log(proto::ReadDecisionLogRequest {
             merchant_id: "m2".into(),
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     let m2_actions: Vec<&str> = of_m2.iter().map(|r| r.action.as_str()).collect();
     assert_eq!(m2_actions, ["Register", "authorize"]);
 
@@ -140,27 +112,23 @@ async fn the_log_filters_by_merchant_session_decision_and_time() {
             nanos: 0,
         })
     };
-    let in_window = read(
-        &mut s,
-        proto::ReadDecisionLogRequest {
+    let in_window = s
+        .log(proto::ReadDecisionLogRequest {
             since: ts(T0 + 60_000),
             until: ts(T0 + 120_000),
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(in_window.len(), 2, "{in_window:?}");
     assert!(in_window.iter().all(|r| r.action == "authorize"));
 
     // Every admin action is there, with who did it.
-    let reviews = read(
-        &mut s,
-        proto::ReadDecisionLogRequest {
+    let reviews = s
+        .log(proto::ReadDecisionLogRequest {
             action: "ReviewFiling".into(),
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(reviews.len(), 3);
     assert!(
         reviews
@@ -195,14 +163,12 @@ async fn refused_admin_actions_are_logged_with_their_error() {
         refused.map(|_| ()).unwrap_err().code(),
         tonic::Code::FailedPrecondition
     );
-    let reviews = read(
-        &mut s,
-        proto::ReadDecisionLogRequest {
+    let reviews = s
+        .log(proto::ReadDecisionLogRequest {
             action: "ReviewFiling".into(),
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     let last = reviews.last().expect("logged");
     assert!(
         last.outcome.starts_with("FailedPrecondition"),

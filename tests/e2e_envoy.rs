@@ -103,6 +103,26 @@ async fn envoy_admits_allowed_requests_and_denies_with_reasons_and_fails_closed(
         .sessions;
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].gateway_id, "envoy-whip");
+    // The decision Envoy asked for is on the record, findable by the id it passed upstream.
+    let decision_id = heads[0]
+        .lines()
+        .find_map(|line| line.strip_prefix("x-pdp-decision-id: "))
+        .expect("decision id header")
+        .trim()
+        .to_owned();
+    let record = s.log_record(&decision_id).await;
+    assert_eq!(
+        (
+            record.entry_point.as_str(),
+            record.gateway_id.as_str(),
+            record.merchant_id.as_str(),
+            record.session_id.as_str(),
+            record.change.as_str(),
+        ),
+        ("envoy", "envoy-whip", "m1", live[0].id.as_str(), "session opened")
+    );
+    let request: serde_json::Value = serde_json::from_str(&record.request).expect("JSON");
+    assert_eq!(request["headers"]["x-pdp-room"], "r1", "{request}");
 
     let mut denied_claims = WHIP.to_vec();
     denied_claims[4] = ("x-pdp-drive-mode", "PRE_RECORDED");
@@ -111,6 +131,22 @@ async fn envoy_admits_allowed_requests_and_denies_with_reasons_and_fails_closed(
     let reasons: serde_json::Value = serde_json::from_str(&body).expect("json reasons");
     assert_eq!(reasons["decision"], "DENY");
     assert_eq!(reasons["violations"][0]["rule_id"], "R3");
+    let denied = s
+        .log(proto::ReadDecisionLogRequest {
+            merchant_id: "m1".into(),
+            entry_point: "envoy".into(),
+            decision: proto::Decision::Deny as i32,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(
+        (denied[0].id.as_str(), denied[0].rule_ids.clone()),
+        (
+            reasons["decision_id"].as_str().expect("decision id"),
+            vec!["R3".to_owned()]
+        )
+    );
     assert_eq!(
         seen.lock().map(|s| s.len()).unwrap_or_default(),
         1,

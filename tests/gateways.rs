@@ -4,66 +4,16 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anchor_pdp::proto::{self, EnforcementTrigger, Penalty};
+use common::hooks::*;
 use common::*;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, attribute_context, check_response::HttpResponse,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
-
-/// A minimal HTTP/1.0 exchange, as nginx-rtmp and SRS make them.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    content_type: &str,
-    body: &str,
-) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!(
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: Close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    (status, body)
-}
-
-const FORM: &str = "application/x-www-form-urlencoded";
-
-/// nginx-rtmp 1.2.2's on_publish body, as captured, for stream key `key` and client `client`,
-/// followed by the publisher's own arguments.
-fn nginx_publish(key: &str, client: u32, args: &str) -> String {
-    format!(
-        "app=live&flashver=FMLE/3.0%20(compatible%3B%20Lavf59.27&swfurl=&tcurl=rtmp://127.0.0.1:19350/live&pageurl=&addr=127.0.0.1&clientid={client}&call=publish&name={key}&type=live{args}"
-    )
-}
-
-fn nginx_update(key: &str, client: u32, args: &str) -> String {
-    format!(
-        "app=live&flashver=FMLE/3.0%20(compatible%3B%20Lavf59.27&swfurl=&tcurl=rtmp://127.0.0.1:19350/live&pageurl=&addr=127.0.0.1&clientid={client}&call=update_publish&time=2&timestamp=1956&name={key}{args}"
-    )
-}
-
-fn nginx_done(key: &str, client: u32) -> String {
-    format!(
-        "app=live&flashver=FMLE/3.0%20(compatible%3B%20Lavf59.27&swfurl=&tcurl=rtmp://127.0.0.1:19350/live&pageurl=&addr=127.0.0.1&clientid={client}&call=publish_done&name={key}"
-    )
-}
-
-const CLAIMS: &str = "&anchor=a1&driver=d1&livestream_type=DAILY_MARKETING&drive_mode=REAL_PERSON";
 
 async fn hooked() -> TestServer {
     TestServer::admitted_with(Options {
@@ -71,10 +21,6 @@ async fn hooked() -> TestServer {
         ..Options::default()
     })
     .await
-}
-
-fn json(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 fn rules(body: &serde_json::Value) -> Vec<String> {
@@ -241,24 +187,6 @@ async fn nginx_publisher_arguments_cannot_change_identity() {
 }
 
 // ---- SRS ----
-
-fn srs_body(action: &str, stream: &str, param: &str) -> String {
-    serde_json::json!({
-        "server_id": "vid-0xk989d",
-        "service_id": "shx9a5mj",
-        "action": action,
-        "client_id": "3q8a0q2e",
-        "ip": "127.0.0.1",
-        "vhost": "__defaultVhost__",
-        "app": "live",
-        "tcUrl": "rtmp://127.0.0.1:1935/live",
-        "stream": stream,
-        "param": param,
-        "stream_url": format!("/live/{stream}"),
-        "stream_id": "vid-124q9y3"
-    })
-    .to_string()
-}
 
 #[tokio::test]
 async fn srs_publish_and_unpublish() {

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use anchor_pdp::api::authorize_command;
 use anchor_pdp::clock::ManualClock;
+use anchor_pdp::decision_log::{DecisionLog, Overflow};
 use anchor_pdp::domain::{self, RecordBody, ReviewStatus};
 use anchor_pdp::gateway::{nginx, srs};
 use anchor_pdp::policy::PolicyHandle;
 use anchor_pdp::proto;
-use anchor_pdp::decision_log::{DecisionLog, Overflow};
 use anchor_pdp::service::{Origin, Pdp};
 use anchor_pdp::store::Store;
 use proptest::prelude::*;

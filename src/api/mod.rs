@@ -234,7 +234,11 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
         &self,
         request: Request<proto::AuthorizeRequest>,
     ) -> Result<Response<proto::AuthorizeResponse>, Status> {
-        let origin = grpc_origin(&request, "anchorpdp.v1.AuthorizeRequest", &request.get_ref().gateway_id);
+        let origin = grpc_origin(
+            &request,
+            "anchorpdp.v1.AuthorizeRequest",
+            &request.get_ref().gateway_id,
+        );
         let command = match authorize_command(request.get_ref()) {
             Ok(command) => command,
             Err(e) => {
@@ -302,7 +306,11 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
     ) -> Result<Response<proto::EndSessionResponse>, Status> {
         let audit = {
             let req = request.get_ref();
-            Audit::begin(&request, "EndSession", (String::new(), req.session_id.clone()))
+            Audit::begin(
+                &request,
+                "EndSession",
+                (String::new(), req.session_id.clone()),
+            )
         };
         let origin = audit.origin.clone();
         let result = async move {
@@ -328,7 +336,11 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
     ) -> Result<Response<proto::RegisterResponse>, Status> {
         let audit = {
             let req = request.get_ref();
-            Audit::begin(&request, "Register", (register_merchant(req), String::new()))
+            Audit::begin(
+                &request,
+                "Register",
+                (register_merchant(req), String::new()),
+            )
         };
         let origin = audit.origin.clone();
         let result = async move {
@@ -345,11 +357,12 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
             let pdp = self.pdp.clone();
             let expected_revision = req.expected_revision;
             let id = record_id.clone();
-            let outcome = to_completion(async move {
-                pdp.register(&origin, &id, body, expected_revision).await
-            })
-            .await
-            .map_err(status)?;
+            let outcome =
+                to_completion(
+                    async move { pdp.register(&origin, &id, body, expected_revision).await },
+                )
+                .await
+                .map_err(status)?;
             tracing::info!(
                 kind = outcome.registration.kind().name(),
                 id = %record_id,
@@ -434,7 +447,9 @@ impl Audit {
     ) -> Result<Response<T>, Status> {
         match result {
             Ok(response) => Ok(response),
-            Err(refusal) => Err(refused(pdp, &self.origin, self.action, self.concerns, refusal).await),
+            Err(refusal) => {
+                Err(refused(pdp, &self.origin, self.action, self.concerns, refusal).await)
+            }
         }
     }
 }
@@ -614,15 +629,18 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             }))
         }
         .await;
-        audit.end(&self.pdp, result)
-            .await
+        audit.end(&self.pdp, result).await
     }
 
     async fn set_provider_listing(
         &self,
         request: Request<proto::SetProviderListingRequest>,
     ) -> Result<Response<proto::SetProviderListingResponse>, Status> {
-        let audit = Audit::begin(&request, "SetProviderListing", (String::new(), String::new()));
+        let audit = Audit::begin(
+            &request,
+            "SetProviderListing",
+            (String::new(), String::new()),
+        );
         let origin = audit.origin.clone();
         let result = async move {
             let req = request.get_ref();
@@ -648,15 +666,18 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             }))
         }
         .await;
-        audit.end(&self.pdp, result)
-            .await
+        audit.end(&self.pdp, result).await
     }
 
     async fn set_ai_feature_filing(
         &self,
         request: Request<proto::SetAiFeatureFilingRequest>,
     ) -> Result<Response<proto::SetAiFeatureFilingResponse>, Status> {
-        let audit = Audit::begin(&request, "SetAiFeatureFiling", (String::new(), String::new()));
+        let audit = Audit::begin(
+            &request,
+            "SetAiFeatureFiling",
+            (String::new(), String::new()),
+        );
         let origin = audit.origin.clone();
         let result = async move {
             let req = request.get_ref();
@@ -665,7 +686,8 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
                 text("filing_number", &req.filing_number, MAX_ID_LEN).map_err(status)?;
             let operator = required_text("operator", &req.operator, MAX_ID_LEN).map_err(status)?;
             let pdp = self.pdp.clone();
-            let (passed, expected_revision) = (req.security_assessment_passed, req.expected_revision);
+            let (passed, expected_revision) =
+                (req.security_assessment_passed, req.expected_revision);
             let outcome = to_completion(async move {
                 pdp.set_ai_feature_filing(
                     &origin,
@@ -684,8 +706,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             }))
         }
         .await;
-        audit.end(&self.pdp, result)
-            .await
+        audit.end(&self.pdp, result).await
     }
 
     async fn report_violation(
@@ -694,7 +715,11 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
     ) -> Result<Response<proto::ReportViolationResponse>, Status> {
         let audit = {
             let req = request.get_ref();
-            Audit::begin(&request, "ReportViolation", (String::new(), req.session_id.clone()))
+            Audit::begin(
+                &request,
+                "ReportViolation",
+                (String::new(), req.session_id.clone()),
+            )
         };
         let origin = audit.origin.clone();
         let result = async move {
@@ -737,8 +762,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             }))
         }
         .await;
-        audit.end(&self.pdp, result)
-            .await
+        audit.end(&self.pdp, result).await
     }
 
     async fn lift_freeze(
@@ -747,7 +771,11 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
     ) -> Result<Response<proto::LiftFreezeResponse>, Status> {
         let audit = {
             let req = request.get_ref();
-            Audit::begin(&request, "LiftFreeze", (req.merchant_id.clone(), String::new()))
+            Audit::begin(
+                &request,
+                "LiftFreeze",
+                (req.merchant_id.clone(), String::new()),
+            )
         };
         let origin = audit.origin.clone();
         let result = async move {
@@ -757,11 +785,12 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             let reason = text("reason", &req.reason, MAX_NOTE_LEN).map_err(status)?;
             let pdp = self.pdp.clone();
             let (merchant, by) = (merchant_id.clone(), operator.clone());
-            let (account, was_frozen) = to_completion(async move {
-                pdp.lift_freeze(&origin, &merchant, &by, &reason).await
-            })
-            .await
-            .map_err(status)?;
+            let (account, was_frozen) =
+                to_completion(
+                    async move { pdp.lift_freeze(&origin, &merchant, &by, &reason).await },
+                )
+                .await
+                .map_err(status)?;
             tracing::warn!(merchant_id = %merchant_id, %operator, was_frozen, "freeze lifted");
             let (merchant, _) = self.pdp.get_account(&merchant_id).map_err(status)?;
             Ok(Response::new(proto::LiftFreezeResponse {
@@ -887,7 +916,12 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
                 ReloadOutcome::Rejected { active, .. } => format!("rejected (kept {active})"),
             };
             self.pdp
-                .log_action(&origin, "ReloadPolicies", (String::new(), String::new()), recorded)
+                .log_action(
+                    &origin,
+                    "ReloadPolicies",
+                    (String::new(), String::new()),
+                    recorded,
+                )
                 .await
                 .map_err(status)?;
             let response = match outcome {
@@ -917,8 +951,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             Ok(Response::new(response))
         }
         .await;
-        audit.end(&self.pdp, result)
-            .await
+        audit.end(&self.pdp, result).await
     }
 
     async fn get_policy_status(

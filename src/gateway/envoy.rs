@@ -98,10 +98,12 @@ fn map_check(pdp: &Pdp, request: &CheckRequest) -> Result<Mapped, PdpError> {
         None | Some("start") => {
             let room = convert::id("x-pdp-room", header(headers, "x-pdp-room").unwrap_or(""))?;
             // Envoy keeps x-request-id across its own retries of one request.
-            let idempotency_key =
-                convert::optional_id("x-request-id", header(headers, "x-request-id").unwrap_or(""))?;
-            let mut command = start_command(pdp, gateway, room, None, claims, "x-pdp-room")
-                .map_err(as_header)?;
+            let idempotency_key = convert::optional_id(
+                "x-request-id",
+                header(headers, "x-request-id").unwrap_or(""),
+            )?;
+            let mut command =
+                start_command(pdp, gateway, room, None, claims, "x-pdp-room").map_err(as_header)?;
             command.idempotency_key = idempotency_key;
             Ok(Mapped::Decide(Box::new(command)))
         }

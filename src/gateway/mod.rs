@@ -139,9 +139,9 @@ pub fn start_command(
     })?;
     // The gateway's connection and stream name one broadcast: a retried hook for it must not
     // open a second session.
-    let idempotency_key = stream.as_ref().map(|s| {
-        format!("{}:{}:{}/{}", s.protocol, s.client_id, s.app, s.name)
-    });
+    let idempotency_key = stream
+        .as_ref()
+        .map(|s| format!("{}:{}:{}/{}", s.protocol, s.client_id, s.app, s.name));
     Ok(AuthorizeCommand {
         phase: Phase::Start,
         merchant_id: Some(merchant),
@@ -195,10 +195,7 @@ pub async fn decide(
             let pdp = pdp.clone();
             to_completion(async move { pdp.authorize(&origin, command).await }).await
         }
-        Err(error) => {
-            pdp.refuse(&origin, phase, gateway_violation(&error))
-                .await
-        }
+        Err(error) => pdp.refuse(&origin, phase, gateway_violation(&error)).await,
     }
 }
 

@@ -126,7 +126,10 @@ async fn on_publish(
         super::start_command(&pdp, gateway, room, Some(stream), request.claims, "name")
     })();
     let origin = super::hook_origin(PROTOCOL, &gateway, form);
-    answer(super::decide(&pdp, origin, Phase::Start, command).await, "on_publish")
+    answer(
+        super::decide(&pdp, origin, Phase::Start, command).await,
+        "on_publish",
+    )
 }
 
 async fn on_update(
@@ -149,7 +152,10 @@ async fn on_update(
         Ok::<_, PdpError>(AuthorizeCommand::live(session.id, gateway))
     })();
     let origin = super::hook_origin(PROTOCOL, &gateway, form);
-    answer(super::decide(&pdp, origin, Phase::Live, command).await, "on_update")
+    answer(
+        super::decide(&pdp, origin, Phase::Live, command).await,
+        "on_update",
+    )
 }
 
 fn answer(decided: Result<AuthorizeOutcome, PdpError>, hook: &str) -> Response {

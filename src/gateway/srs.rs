@@ -158,11 +158,14 @@ async fn on_unpublish(
         let request = HookRequest::parse(&body)?;
         let stream = request.stream("on_unpublish")?;
         match pdp.session_for_stream(&stream, &gateway_id)? {
-            Some(session) => {
-                super::end_session(&pdp, origin(&gateway, &body), session.id, "SRS on_unpublish")
-                    .await
-                    .map(Some)
-            }
+            Some(session) => super::end_session(
+                &pdp,
+                origin(&gateway, &body),
+                session.id,
+                "SRS on_unpublish",
+            )
+            .await
+            .map(Some),
             None => Ok(None),
         }
     }

@@ -26,7 +26,7 @@ use crate::policy::{
 use crate::store::{Opened, Store};
 
 pub use admin::ReportOutcome;
-pub use record::{Origin, entry, enforcement_name, to_completion};
+pub use record::{Origin, enforcement_name, entry, to_completion};
 
 /// The pseudo rule id of a LIVE re-check on a session that is not live.
 pub const SESSION_RULE_ID: &str = "SESSION";
@@ -397,12 +397,7 @@ impl Pdp {
         };
         let opened = self
             .store
-            .open_session(
-                &session,
-                &outcome.decision_id,
-                policies.version(),
-                &records,
-            )
+            .open_session(&session, &outcome.decision_id, policies.version(), &records)
             .await;
         match opened {
             Ok(Opened::New { superseded }) => {
@@ -729,9 +724,12 @@ impl Pdp {
             Ok((enforced, _event)) => Ok(enforced_outcome(&enforced)),
             Err(e) => {
                 let mut outcome = base.clone();
-                outcome.decision.violations.push(Violation::pdp_failure(&format!(
-                    "the shutdown and its penalty could not be recorded: {e}"
-                )));
+                outcome
+                    .decision
+                    .violations
+                    .push(Violation::pdp_failure(&format!(
+                        "the shutdown and its penalty could not be recorded: {e}"
+                    )));
                 self.unchanged(check.origin, check.cause_id, outcome).await
             }
         }

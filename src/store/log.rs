@@ -73,7 +73,8 @@ impl Store {
             if record.at >= older_than {
                 break;
             }
-            log.remove(&key).map_err(|e| self.write_failed(storage(e)))?;
+            log.remove(&key)
+                .map_err(|e| self.write_failed(storage(e)))?;
             deleted += 1;
         }
         let mut kept = log.len();

@@ -427,10 +427,7 @@ impl Store {
 
     /// Returns once everything `db` holds is durable.
     async fn durable(&self, db: &Db) -> Result<(), PdpError> {
-        db.commit
-            .durable()
-            .await
-            .map_err(|e| self.write_failed(e))
+        db.commit.durable().await.map_err(|e| self.write_failed(e))
     }
 
     /// One transaction over the data tree and the decision log, then a durable flush.
@@ -551,7 +548,14 @@ impl Store {
             Kind::Provider,
             id,
             |current| {
-                domain::apply_provider_listing(current, id, listed, operator, expected_revision, now)
+                domain::apply_provider_listing(
+                    current,
+                    id,
+                    listed,
+                    operator,
+                    expected_revision,
+                    now,
+                )
             },
             record,
         )
@@ -797,7 +801,12 @@ impl Store {
                 for record in records(superseded.as_ref()) {
                     tx_log(log, &record)?;
                 }
-                Ok((Opened::New { superseded: superseded.map(Box::new) }, event))
+                Ok((
+                    Opened::New {
+                        superseded: superseded.map(Box::new),
+                    },
+                    event,
+                ))
             })
             .map_err(|e| self.tx_failed(e))?;
         if matches!(opened, Opened::New { .. }) {

@@ -2,6 +2,7 @@
 //! clock, and the generated clients connected to it.
 #![allow(dead_code)]
 
+pub mod hooks;
 pub mod programs;
 
 use std::net::SocketAddr;
@@ -291,6 +292,37 @@ impl TestServer {
             .await
             .expect("authorize")
             .into_inner()
+    }
+
+    /// The decision-log records the request picks, in order.
+    pub async fn log(
+        &mut self,
+        request: proto::ReadDecisionLogRequest,
+    ) -> Vec<proto::DecisionLogRecord> {
+        use tokio_stream::StreamExt;
+        let mut stream = self
+            .admin
+            .read_decision_log(request)
+            .await
+            .expect("read log")
+            .into_inner();
+        let mut records = Vec::new();
+        while let Some(record) = stream.next().await {
+            records.push(record.expect("record"));
+        }
+        records
+    }
+
+    /// The one record with this decision id.
+    pub async fn log_record(&mut self, decision_id: &str) -> proto::DecisionLogRecord {
+        let mut found = self
+            .log(proto::ReadDecisionLogRequest {
+                decision_id: decision_id.into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(found.len(), 1, "records with id {decision_id}: {found:?}");
+        found.remove(0)
     }
 
     pub async fn account(&mut self, merchant: &str) -> proto::Account {
