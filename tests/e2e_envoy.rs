@@ -119,7 +119,13 @@ async fn envoy_admits_allowed_requests_and_denies_with_reasons_and_fails_closed(
             record.session_id.as_str(),
             record.change.as_str(),
         ),
-        ("envoy", "envoy-whip", "m1", live[0].id.as_str(), "session opened")
+        (
+            "envoy",
+            "envoy-whip",
+            "m1",
+            live[0].id.as_str(),
+            "session opened"
+        )
     );
     let request: serde_json::Value = serde_json::from_str(&record.request).expect("JSON");
     assert_eq!(request["headers"]["x-pdp-room"], "r1", "{request}");
