@@ -90,6 +90,16 @@ pub struct ServeArgs {
     #[arg(long = "token", env = "ANCHOR_PDP_TOKENS", value_delimiter = ',')]
     pub tokens: Vec<String>,
 
+    /// A gateway's hook secret, as GATEWAY:sha256:HEX (the hash from `anchor-pdp token hash`);
+    /// its hook URLs then carry `?pdp_secret=SECRET`. Repeat, or comma-separate in the
+    /// environment. With none, the hook listener is allowed on loopback only.
+    #[arg(
+        long = "hook-secret",
+        env = "ANCHOR_PDP_HOOK_SECRETS",
+        value_delimiter = ','
+    )]
+    pub hook_secrets: Vec<String>,
+
     /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "ANCHOR_PDP_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -54,8 +54,8 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             let token = token.trim_end_matches(['\r', '\n']);
-            if token.is_empty() {
-                eprintln!("anchor-pdp: empty token on standard input");
+            if let Err(e) = anchor_pdp::api::auth::check_token(token) {
+                eprintln!("anchor-pdp: {e}");
                 return ExitCode::FAILURE;
             }
             println!("{}", anchor_pdp::api::auth::hash_token(token));

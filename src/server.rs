@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::config::ServeArgs;
 use crate::decision_log::{DecisionLog, Retention};
 use crate::error::PdpError;
+use crate::gateway::secrets::HookSecrets;
 use crate::policy::{PolicyHandle, PolicyLoadError};
 use crate::proto::policy_admin_server::PolicyAdminServer;
 use crate::proto::policy_decision_point_server::PolicyDecisionPointServer;
@@ -83,18 +84,36 @@ fn tls_config(args: &ServeArgs) -> Result<Option<tonic::transport::ServerTlsConf
     Ok(Some(config))
 }
 
-/// With no caller authentication, every caller is an admin: refuse to listen beyond loopback.
-pub fn check_exposure(args: &ServeArgs, auth: &Authenticator) -> Result<(), StartError> {
+fn hook_secrets(args: &ServeArgs) -> Result<HookSecrets, StartError> {
+    HookSecrets::from_specs(&args.hook_secrets).map_err(StartError::Auth)
+}
+
+/// With no caller authentication, every caller is an admin, and without hook secrets anyone
+/// who reaches the hooks is a gateway: refuse to listen beyond loopback in either case.
+pub fn check_exposure(
+    args: &ServeArgs,
+    auth: &Authenticator,
+    secrets: &HookSecrets,
+) -> Result<(), StartError> {
+    if let Some(addr) = args.http_listen
+        && !addr.ip().is_loopback()
+        && !secrets.enabled()
+    {
+        return Err(StartError::Auth(format!(
+            "refusing to open the gateway hooks on {addr} without hook secrets: configure \
+             --hook-secret GATEWAY:sha256:HEX (hash a secret with `anchor-pdp token hash`) and \
+             add ?pdp_secret=SECRET to that gateway's hook URLs, or listen on a loopback address"
+        )));
+    }
     if auth.enabled() {
         return Ok(());
     }
-    for addr in std::iter::once(args.listen).chain(args.http_listen) {
-        if !addr.ip().is_loopback() {
-            return Err(StartError::Auth(format!(
-                "refusing to listen on {addr} without caller authentication: configure --token \
-                 (see `anchor-pdp token hash`), or listen on a loopback address"
-            )));
-        }
+    if !args.listen.ip().is_loopback() {
+        return Err(StartError::Auth(format!(
+            "refusing to listen on {} without caller authentication: configure --token \
+             (see `anchor-pdp token hash`), or listen on a loopback address",
+            args.listen
+        )));
     }
     tracing::warn!(
         "no caller authentication configured: every caller is an admin; listening on loopback only"
@@ -211,7 +230,8 @@ pub async fn serve(
     let controls = crate::gateway::nginx_control::parse_controls(&args.nginx_control)
         .map_err(StartError::NginxControl)?;
     let auth = Arc::new(authenticator(args)?);
-    check_exposure(args, &auth)?;
+    let secrets = Arc::new(hook_secrets(args)?);
+    check_exposure(args, &auth, &secrets)?;
     let tls = tls_config(args)?;
     let max_message = usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX);
     // One shutdown signal, fanned out to the gRPC and hook listeners and to open streams.
@@ -267,7 +287,7 @@ pub async fn serve(
         Some(listener) => {
             let addr = listener.local_addr().map_err(StartError::Hooks)?;
             tracing::info!(%addr, "gateway hooks listening (HTTP)");
-            let app = crate::gateway::hooks_router(pdp.clone());
+            let app = crate::gateway::hooks_router(pdp.clone(), secrets.clone());
             let until = stop_when(stopped.clone());
             Some(tokio::spawn(async move {
                 axum::serve(listener, app)
@@ -292,7 +312,7 @@ pub async fn serve(
     let served = builder
         .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .timeout(REQUEST_TIMEOUT)
+        .layer(crate::api::calls::CallLayer::new(REQUEST_TIMEOUT))
         .layer(AuthLayer::new(auth))
         .add_service(health)
         .add_service(reflection_v1)
@@ -333,7 +353,7 @@ pub async fn serve(
 /// Binds the configured address and serves until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs, clock: Arc<dyn Clock>) -> Result<(), StartError> {
     let auth = authenticator(&args)?;
-    check_exposure(&args, &auth)?;
+    check_exposure(&args, &auth, &hook_secrets(&args)?)?;
     tls_config(&args)?;
     let pdp = open(&args, clock)?;
     let listener = TcpListener::bind(args.listen)

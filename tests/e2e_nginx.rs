@@ -18,6 +18,7 @@ async fn pdp_for_nginx(nginx_control: Vec<String>) -> TestServer {
     TestServer::admitted_with(Options {
         http: true,
         nginx_control,
+        hook_secrets: vec![programs::hook_secret_spec("edge-1")],
         ..Options::default()
     })
     .await

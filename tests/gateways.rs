@@ -496,6 +496,7 @@ fn readme_gateway_configs_are_the_ones_the_tests_run() {
     let nginx = programs::nginx_conf(
         "127.0.0.1:8080".parse().expect("addr"),
         "edge-1",
+        "EDGE_1_SECRET",
         10,
         1935,
         8081,
@@ -509,7 +510,10 @@ fn readme_gateway_configs_are_the_ones_the_tests_run() {
     );
     assert_lines_in(&readme_block("yaml", "### Envoy"), &envoy);
     let srs = readme_block("", "### SRS");
-    assert!(srs.contains("/srs/srs-1/on_publish;") && srs.contains("/srs/srs-1/on_unpublish;"));
+    assert!(
+        srs.contains("/srs/srs-1/on_publish?pdp_secret=SRS_1_SECRET;")
+            && srs.contains("/srs/srs-1/on_unpublish?pdp_secret=SRS_1_SECRET;")
+    );
 }
 
 use common::programs;

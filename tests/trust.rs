@@ -337,25 +337,41 @@ fn without_authentication_only_loopback_is_allowed_and_refusals_are_logged() {
     assert!(!temp.path().join("data").exists());
 
     // A token hash from the CLI; the token itself is never configured.
-    let mut hasher = Command::new(bin)
-        .args(["token", "hash"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    {
-        use std::io::Write;
-        let mut stdin = hasher.stdin.take().expect("stdin");
-        stdin
-            .write_all(b"correct horse battery staple\n")
-            .expect("write");
-    }
-    let hashed = hasher.wait_with_output().expect("hash");
+    let hash_of = |token: &str| {
+        let mut hasher = Command::new(bin)
+            .args(["token", "hash"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        {
+            use std::io::Write;
+            let mut stdin = hasher.stdin.take().expect("stdin");
+            stdin
+                .write_all(format!("{token}\n").as_bytes())
+                .expect("write");
+        }
+        hasher.wait_with_output().expect("hash")
+    };
+    let token = "7f3a9c1e5b2d8f4a6c0e9b3d7a1f5c2e";
+    let hashed = hash_of(token);
     assert_eq!(
         String::from_utf8_lossy(&hashed.stdout).trim(),
-        hash_token("correct horse battery staple")
+        hash_token(token)
     );
-    assert!(!String::from_utf8_lossy(&hashed.stdout).contains("horse"));
+    assert!(!String::from_utf8_lossy(&hashed.stdout).contains(token));
+    // Short or blank tokens are refused.
+    for weak in ["short", "", "     ", "correct horse battery staple"] {
+        let refused = hash_of(weak);
+        assert!(!refused.status.success(), "{weak:?} accepted");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("at least 32 characters"),
+            "{weak:?}: {}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+        assert!(refused.stdout.is_empty());
+    }
 }
 
 #[tokio::test]

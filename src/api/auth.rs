@@ -74,6 +74,24 @@ impl fmt::Display for Caller {
     }
 }
 
+/// Tokens shorter than this are refused: a token is a secret, not a password to remember
+/// (`openssl rand -hex 32` gives 64 characters).
+pub const MIN_TOKEN_LEN: usize = 32;
+
+/// Whether `token` is fit to be a caller token or hook secret.
+pub fn check_token(token: &str) -> Result<(), String> {
+    if token.chars().count() < MIN_TOKEN_LEN {
+        return Err(format!(
+            "a token must be at least {MIN_TOKEN_LEN} characters (this one has {}); make one with `openssl rand -hex 32`",
+            token.chars().count()
+        ));
+    }
+    if token.chars().any(char::is_whitespace) {
+        return Err("a token cannot contain whitespace".into());
+    }
+    Ok(())
+}
+
 /// `sha256:<hex>` of a token: the only form a token is configured in.
 pub fn hash_token(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());
@@ -94,7 +112,7 @@ pub struct Authenticator {
     subjects: std::collections::HashMap<String, Caller>,
 }
 
-fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+pub(crate) fn parse_digest(hex: &str) -> Option<[u8; 32]> {
     if hex.len() != 64 {
         return None;
     }
@@ -106,7 +124,7 @@ fn parse_digest(hex: &str) -> Option<[u8; 32]> {
 }
 
 /// Equal without an early exit, so the time taken says nothing about where they differ.
-fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+pub(crate) fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -135,6 +153,12 @@ impl Authenticator {
                 })?;
             if name.is_empty() {
                 return Err("--token: the caller name is empty".into());
+            }
+            if let Some(first) = tokens.iter().find(|t: &&TokenEntry| t.digest == digest) {
+                return Err(format!(
+                    "--token {name} has the same hash as --token {}: a token names one caller",
+                    first.caller.name
+                ));
             }
             tokens.push(TokenEntry {
                 caller: Caller {
@@ -199,9 +223,11 @@ impl Authenticator {
         if !self.enabled() {
             return Ok(Caller::anonymous());
         }
+        // RFC 7235: the scheme is case-insensitive.
         let token = authorization
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -367,8 +393,20 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(caller.name, "edge-1");
         assert_eq!(caller.role, Role::Gateway);
+        for scheme in ["bearer", "BEARER"] {
+            let caller = auth
+                .authenticate(Some(&format!("{scheme} s3cret-gw")))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(caller.name, "edge-1");
+        }
+        let twice = Authenticator::from_specs(&[
+            format!("edge-1:gateway:{hash}"),
+            format!("ops:admin:{hash}"),
+        ]);
+        assert!(twice.is_err_and(|e| e.contains("same hash")));
         for bad in [
             None,
+            Some("Basic s3cret-gw"),
             Some("Bearer wrong"),
             Some("s3cret-gw"),
             Some("Bearer "),

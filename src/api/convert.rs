@@ -13,7 +13,9 @@ pub const MAX_NOTE_LEN: usize = 512;
 pub const MAX_REFERENCE_LEN: usize = 1024;
 pub const MAX_AI_FEATURES: usize = 32;
 
-/// A required id: 1-128 characters of `[A-Za-z0-9._:-]`.
+/// A required id: 1-128 characters of `[A-Za-z0-9._:-]`, not starting with `.`, `:` or `-` (so
+/// `.`, `..` and `-x` are not ids: they read as paths and flags wherever ids end up; SRS's
+/// `__defaultVhost__` is one).
 pub fn id(field: &str, value: &str) -> Result<String, PdpError> {
     if value.is_empty() {
         return Err(PdpError::invalid(field, "required"));
@@ -31,6 +33,15 @@ pub fn id(field: &str, value: &str) -> Result<String, PdpError> {
         return Err(PdpError::invalid(
             field,
             format!("character {bad:?} not allowed; ids use [A-Za-z0-9._:-]"),
+        ));
+    }
+    if value.starts_with(['.', ':', '-']) {
+        return Err(PdpError::invalid(
+            field,
+            format!(
+                "{value:?} starts with {:?}; ids start with a letter, digit or _",
+                &value[..1]
+            ),
         ));
     }
     Ok(value.to_owned())

@@ -2,6 +2,7 @@
 //! mapping from `PdpError` to `Status`. No rules live here.
 
 pub mod auth;
+pub mod calls;
 pub mod convert;
 
 use std::collections::HashSet;

@@ -11,6 +11,7 @@
 pub mod envoy;
 pub mod nginx;
 pub mod nginx_control;
+pub mod secrets;
 pub mod srs;
 
 use std::sync::Arc;
@@ -265,10 +266,52 @@ pub fn hook_refusal(error: &PdpError) -> Response {
     (StatusCode::FORBIDDEN, axum::Json(refusal_json(error))).into_response()
 }
 
-/// The HTTP hook listener's routes.
-pub fn hooks_router(pdp: Arc<Pdp>) -> Router {
+/// The HTTP hook listener's routes, each behind its gateway's secret.
+pub fn hooks_router(pdp: Arc<Pdp>, secrets: Arc<secrets::HookSecrets>) -> Router {
     Router::new()
         .merge(nginx::routes())
         .merge(srs::routes())
         .with_state(pdp)
+        .layer(axum::middleware::from_fn_with_state(
+            secrets,
+            secrets::require_secret,
+        ))
+}
+
+/// A hook request refused before it reached a decision: the wrong content type, or fields
+/// where they do not belong. Logged; the gateway denies on any non-2xx.
+pub fn malformed_hook(status: StatusCode, reason: String) -> Response {
+    tracing::warn!(status = status.as_u16(), %reason, "hook refused");
+    let body = json!({ "code": status.as_u16(), "decision": "DENY", "error": reason });
+    (status, axum::Json(body)).into_response()
+}
+
+/// Checks a POSTed hook's content type and that its query carries nothing but the secret (the
+/// body holds the fields; a query must not add to or override them).
+pub fn check_post(
+    headers: &axum::http::HeaderMap,
+    query: Option<&str>,
+    content_type: &str,
+) -> Result<(), Response> {
+    let given = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = given.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case(content_type) {
+        return Err(malformed_hook(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content-type {given:?}; this hook takes {content_type}"),
+        ));
+    }
+    if !secrets::without_secret(query).is_empty() {
+        return Err(malformed_hook(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the query of a POSTed hook may carry only {}; the fields belong in the body",
+                secrets::SECRET_PARAM
+            ),
+        ));
+    }
+    Ok(())
 }

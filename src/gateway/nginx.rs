@@ -18,8 +18,9 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::post;
 
 use super::{Claims, hook_refusal, hook_response};
 use crate::api::convert;
@@ -48,9 +49,17 @@ pub const PROTOCOL: &str = "nginx-rtmp";
 
 pub fn routes() -> Router<Arc<Pdp>> {
     Router::new()
-        .route("/rtmp/{gateway}/on_publish", any(on_publish))
-        .route("/rtmp/{gateway}/on_update", any(on_update))
-        .route("/rtmp/{gateway}/on_publish_done", any(on_publish_done))
+        // nginx-rtmp POSTs a form (notify_method post, the default) or GETs with the form
+        // in the query (notify_method get).
+        .route(
+            "/rtmp/{gateway}/on_publish",
+            post(on_publish).get(on_publish),
+        )
+        .route("/rtmp/{gateway}/on_update", post(on_update).get(on_update))
+        .route(
+            "/rtmp/{gateway}/on_publish_done",
+            post(on_publish_done).get(on_publish_done),
+        )
 }
 
 /// A hook request, split into nginx's own fields and the publisher's claims.
@@ -103,21 +112,43 @@ impl HookRequest {
     }
 }
 
-fn form<'a>(query: &'a Option<String>, body: &'a Bytes) -> &'a [u8] {
-    if body.is_empty() {
-        query.as_deref().map_or(&[], str::as_bytes)
+/// The hook's form: the POST body, or the query of a GET (the secret taken out).
+fn form(
+    method: &Method,
+    headers: &HeaderMap,
+    query: &Option<String>,
+    body: &Bytes,
+) -> Result<Vec<u8>, Response> {
+    if method == Method::POST {
+        super::check_post(
+            headers,
+            query.as_deref(),
+            "application/x-www-form-urlencoded",
+        )?;
+        Ok(body.to_vec())
+    } else if body.is_empty() {
+        Ok(super::secrets::without_secret(query.as_deref()).into_bytes())
     } else {
-        body
+        Err(super::malformed_hook(
+            StatusCode::BAD_REQUEST,
+            "a GET hook carries its fields in the query, not a body".into(),
+        ))
     }
 }
 
 async fn on_publish(
     State(pdp): State<Arc<Pdp>>,
     Path(gateway): Path<String>,
+    method: Method,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    let form = form(&query, &body);
+    let form = match form(&method, &headers, &query, &body) {
+        Ok(form) => form,
+        Err(refused) => return refused,
+    };
+    let form = form.as_slice();
     let command = (|| {
         let gateway = convert::id("gateway", &gateway)?;
         let request = HookRequest::parse(form)?;
@@ -135,10 +166,16 @@ async fn on_publish(
 async fn on_update(
     State(pdp): State<Arc<Pdp>>,
     Path(gateway): Path<String>,
+    method: Method,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    let form = form(&query, &body);
+    let form = match form(&method, &headers, &query, &body) {
+        Ok(form) => form,
+        Err(refused) => return refused,
+    };
+    let form = form.as_slice();
     let command = (|| {
         let gateway = convert::id("gateway", &gateway)?;
         let request = HookRequest::parse(form)?;
@@ -181,10 +218,16 @@ fn answer(decided: Result<AuthorizeOutcome, PdpError>, hook: &str) -> Response {
 async fn on_publish_done(
     State(pdp): State<Arc<Pdp>>,
     Path(gateway): Path<String>,
+    method: Method,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    let form = form(&query, &body);
+    let form = match form(&method, &headers, &query, &body) {
+        Ok(form) => form,
+        Err(refused) => return refused,
+    };
+    let form = form.as_slice();
     let ended = async {
         let gateway_id = convert::id("gateway", &gateway)?;
         let request = HookRequest::parse(form)?;

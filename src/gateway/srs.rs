@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Deserialize;
@@ -107,8 +107,13 @@ fn refuse(error: &PdpError) -> Response {
 async fn on_publish(
     State(pdp): State<Arc<Pdp>>,
     Path(gateway): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
+    if let Err(refused) = super::check_post(&headers, query.as_deref(), "application/json") {
+        return refused;
+    }
     let command = (|| {
         let gateway = convert::id("gateway", &gateway)?;
         let request = HookRequest::parse(&body)?;
@@ -151,8 +156,13 @@ fn origin(gateway: &str, body: &[u8]) -> Origin {
 async fn on_unpublish(
     State(pdp): State<Arc<Pdp>>,
     Path(gateway): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
+    if let Err(refused) = super::check_post(&headers, query.as_deref(), "application/json") {
+        return refused;
+    }
     let ended = async {
         let gateway_id = convert::id("gateway", &gateway)?;
         let request = HookRequest::parse(&body)?;

@@ -46,6 +46,8 @@ pub struct Options {
     pub nginx_control: Vec<String>,
     /// `NAME:ROLE:sha256:HEX` caller tokens; none = authentication off.
     pub tokens: Vec<String>,
+    /// `GATEWAY:sha256:HEX` hook secrets; none = hooks open (on loopback).
+    pub hook_secrets: Vec<String>,
 }
 
 pub struct TestServer {
@@ -101,6 +103,7 @@ impl TestServer {
         args.http_listen = http_addr;
         args.nginx_control = options.nginx_control.clone();
         args.tokens = options.tokens.clone();
+        args.hook_secrets = options.hook_secrets.clone();
         args.watch_policies = options.watch_policies;
         let pdp = server::open(&args, Arc::new(clock.clone())).expect("open server");
         let (tx, rx) = oneshot::channel::<()>();

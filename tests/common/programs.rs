@@ -122,7 +122,14 @@ impl Nginx {
             std::fs::create_dir_all(prefix.path().join(dir)).expect("mkdir");
         }
         let rtmp_port = free_port();
-        let conf = nginx_conf(hooks, gateway, update_secs, rtmp_port, control_port);
+        let conf = nginx_conf(
+            hooks,
+            gateway,
+            HOOK_SECRET,
+            update_secs,
+            rtmp_port,
+            control_port,
+        );
         std::fs::write(prefix.path().join("nginx.conf"), conf).expect("conf");
         let log = prefix.path().join("logs/stderr.log");
         let child = Command::new(nginx)
@@ -204,9 +211,21 @@ impl Nginx {
     }
 }
 
+/// The hook secret the end-to-end gateways carry in their hook URLs.
+pub const HOOK_SECRET: &str = "e2e0hook0secret0f00d0c0ffee0123456789";
+
+/// `--hook-secret` for `gateway` with `HOOK_SECRET`.
+pub fn hook_secret_spec(gateway: &str) -> String {
+    format!(
+        "{gateway}:{}",
+        anchor_pdp::api::auth::hash_token(HOOK_SECRET)
+    )
+}
+
 pub fn nginx_conf(
     hooks: SocketAddr,
     gateway: &str,
+    secret: &str,
     update_secs: u32,
     rtmp_port: u16,
     control_port: u16,
@@ -224,9 +243,9 @@ rtmp {{
         listen 127.0.0.1:{rtmp_port};
         application live {{
             live on;
-            on_publish      http://{hooks}/rtmp/{gateway}/on_publish;
-            on_update       http://{hooks}/rtmp/{gateway}/on_update;
-            on_publish_done http://{hooks}/rtmp/{gateway}/on_publish_done;
+            on_publish      http://{hooks}/rtmp/{gateway}/on_publish?pdp_secret={secret};
+            on_update       http://{hooks}/rtmp/{gateway}/on_update?pdp_secret={secret};
+            on_publish_done http://{hooks}/rtmp/{gateway}/on_publish_done?pdp_secret={secret};
             notify_update_timeout {update_secs}s;
             notify_update_strict on;
             notify_method post;

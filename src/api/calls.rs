@@ -1,0 +1,130 @@
+//! What every gRPC call gets before and after its handler: a deadline (the caller's
+//! `grpc-timeout`, at most the server's limit) that ends in DEADLINE_EXCEEDED, and a request that
+//! cannot be decoded answered as INVALID_ARGUMENT. tonic itself answers the first CANCELLED and
+//! the second INTERNAL, which tells clients the wrong thing: retry, or blame the server.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tonic::Status;
+
+/// tonic-prost reports an undecodable message as INTERNAL with prost's error text.
+const DECODE_ERROR_PREFIX: &str = "failed to decode Protobuf message";
+
+/// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[derive(Clone)]
+pub struct CallLayer {
+    limit: Duration,
+}
+
+impl CallLayer {
+    /// Every call ends within `limit`, or the caller's shorter deadline.
+    pub fn new(limit: Duration) -> Self {
+        CallLayer { limit }
+    }
+}
+
+impl<S> tower::Layer<S> for CallLayer {
+    type Service = CallService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallService {
+            inner,
+            limit: self.limit,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct CallService<S> {
+    inner: S,
+    limit: Duration,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B, R> tower::Service<http::Request<B>> for CallService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let asked = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let deadline = asked.map_or(self.limit, |asked| asked.min(self.limit));
+        let path = request.uri().path().to_owned();
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let Ok(response) = tokio::time::timeout(deadline, call).await else {
+                tracing::debug!(%path, ?deadline, "deadline exceeded");
+                return Ok(Status::deadline_exceeded(format!(
+                    "the call's deadline ({} ms) passed before it was answered",
+                    deadline.as_millis()
+                ))
+                .into_http());
+            };
+            let mut response = response?;
+            let undecodable = response
+                .headers()
+                .get("grpc-status")
+                .is_some_and(|s| s.as_bytes() == b"13")
+                && response
+                    .headers()
+                    .get("grpc-message")
+                    .is_some_and(|m| m.as_bytes().starts_with(DECODE_ERROR_PREFIX.as_bytes()));
+            if undecodable {
+                response.headers_mut().insert(
+                    "grpc-status",
+                    http::HeaderValue::from_static("3"), // INVALID_ARGUMENT
+                );
+            }
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_by_the_spec() {
+        assert_eq!(parse_grpc_timeout("1m"), Some(Duration::from_millis(1)));
+        assert_eq!(parse_grpc_timeout("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        for bad in ["", "m", "123456789S", "1x", "-1S", "1.5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+}
