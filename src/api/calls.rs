@@ -10,8 +10,17 @@ use std::time::Duration;
 
 use tonic::Status;
 
-/// tonic-prost reports an undecodable message as INTERNAL with prost's error text.
-const DECODE_ERROR_PREFIX: &str = "failed to decode Protobuf message";
+/// tonic-prost reports an undecodable message as INTERNAL with prost's error text, which
+/// `grpc-message` carries percent-encoded (tonic encodes spaces too).
+const DECODE_ERROR_PREFIXES: [&str; 2] = [
+    "failed to decode Protobuf message",
+    "failed%20to%20decode%20Protobuf%20message",
+];
+
+/// tonic's own deadline (from `grpc-timeout`, outside every layer) answers CANCELLED; this
+/// layer's fires this much earlier so that the caller hears DEADLINE_EXCEEDED. The timer ticks
+/// in milliseconds, so less would race. A deadline no longer than this is answered at once.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
 
 /// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
@@ -82,8 +91,19 @@ where
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
-        let deadline = asked.map_or(self.limit, |asked| asked.min(self.limit));
+        let deadline = asked.map_or(self.limit, |asked| {
+            asked.min(self.limit).saturating_sub(DEADLINE_MARGIN)
+        });
         let path = request.uri().path().to_owned();
+        if deadline.is_zero() {
+            return Box::pin(async move {
+                Ok(Status::deadline_exceeded(format!(
+                    "the call's deadline ({}) is too short to be met",
+                    humantime::format_duration(asked.unwrap_or_default())
+                ))
+                .into_http())
+            });
+        }
         let call = self.inner.call(request);
         Box::pin(async move {
             let Ok(response) = tokio::time::timeout(deadline, call).await else {
@@ -99,10 +119,11 @@ where
                 .headers()
                 .get("grpc-status")
                 .is_some_and(|s| s.as_bytes() == b"13")
-                && response
-                    .headers()
-                    .get("grpc-message")
-                    .is_some_and(|m| m.as_bytes().starts_with(DECODE_ERROR_PREFIX.as_bytes()));
+                && response.headers().get("grpc-message").is_some_and(|m| {
+                    DECODE_ERROR_PREFIXES
+                        .iter()
+                        .any(|prefix| m.as_bytes().starts_with(prefix.as_bytes()))
+                });
             if undecodable {
                 response.headers_mut().insert(
                     "grpc-status",

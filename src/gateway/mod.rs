@@ -279,11 +279,26 @@ pub fn hooks_router(pdp: Arc<Pdp>, secrets: Arc<secrets::HookSecrets>) -> Router
 }
 
 /// A hook request refused before it reached a decision: the wrong content type, or fields
-/// where they do not belong. Logged; the gateway denies on any non-2xx.
-pub fn malformed_hook(status: StatusCode, reason: String) -> Response {
-    tracing::warn!(status = status.as_u16(), %reason, "hook refused");
-    let body = json!({ "code": status.as_u16(), "decision": "DENY", "error": reason });
-    (status, axum::Json(body)).into_response()
+/// where they do not belong. Logged when answered; the gateway denies on any non-2xx.
+#[derive(Debug)]
+pub struct MalformedHook {
+    status: StatusCode,
+    reason: String,
+}
+
+impl MalformedHook {
+    pub fn new(status: StatusCode, reason: String) -> Self {
+        MalformedHook { status, reason }
+    }
+}
+
+impl IntoResponse for MalformedHook {
+    fn into_response(self) -> Response {
+        tracing::warn!(status = self.status.as_u16(), reason = %self.reason, "hook refused");
+        let body =
+            json!({ "code": self.status.as_u16(), "decision": "DENY", "error": self.reason });
+        (self.status, axum::Json(body)).into_response()
+    }
 }
 
 /// Checks a POSTed hook's content type and that its query carries nothing but the secret (the
@@ -292,20 +307,20 @@ pub fn check_post(
     headers: &axum::http::HeaderMap,
     query: Option<&str>,
     content_type: &str,
-) -> Result<(), Response> {
+) -> Result<(), MalformedHook> {
     let given = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let essence = given.split(';').next().unwrap_or("").trim();
     if !essence.eq_ignore_ascii_case(content_type) {
-        return Err(malformed_hook(
+        return Err(MalformedHook::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("content-type {given:?}; this hook takes {content_type}"),
         ));
     }
     if !secrets::without_secret(query).is_empty() {
-        return Err(malformed_hook(
+        return Err(MalformedHook::new(
             StatusCode::BAD_REQUEST,
             format!(
                 "the query of a POSTed hook may carry only {}; the fields belong in the body",

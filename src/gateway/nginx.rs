@@ -118,7 +118,7 @@ fn form(
     headers: &HeaderMap,
     query: &Option<String>,
     body: &Bytes,
-) -> Result<Vec<u8>, Response> {
+) -> Result<Vec<u8>, super::MalformedHook> {
     if method == Method::POST {
         super::check_post(
             headers,
@@ -129,7 +129,7 @@ fn form(
     } else if body.is_empty() {
         Ok(super::secrets::without_secret(query.as_deref()).into_bytes())
     } else {
-        Err(super::malformed_hook(
+        Err(super::MalformedHook::new(
             StatusCode::BAD_REQUEST,
             "a GET hook carries its fields in the query, not a body".into(),
         ))
@@ -146,7 +146,7 @@ async fn on_publish(
 ) -> Response {
     let form = match form(&method, &headers, &query, &body) {
         Ok(form) => form,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let form = form.as_slice();
     let command = (|| {
@@ -173,7 +173,7 @@ async fn on_update(
 ) -> Response {
     let form = match form(&method, &headers, &query, &body) {
         Ok(form) => form,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let form = form.as_slice();
     let command = (|| {
@@ -225,7 +225,7 @@ async fn on_publish_done(
 ) -> Response {
     let form = match form(&method, &headers, &query, &body) {
         Ok(form) => form,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let form = form.as_slice();
     let ended = async {

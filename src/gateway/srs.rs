@@ -112,7 +112,7 @@ async fn on_publish(
     body: Bytes,
 ) -> Response {
     if let Err(refused) = super::check_post(&headers, query.as_deref(), "application/json") {
-        return refused;
+        return refused.into_response();
     }
     let command = (|| {
         let gateway = convert::id("gateway", &gateway)?;
@@ -161,7 +161,7 @@ async fn on_unpublish(
     body: Bytes,
 ) -> Response {
     if let Err(refused) = super::check_post(&headers, query.as_deref(), "application/json") {
-        return refused;
+        return refused.into_response();
     }
     let ended = async {
         let gateway_id = convert::id("gateway", &gateway)?;
