@@ -100,6 +100,11 @@ pub struct ServeArgs {
     )]
     pub hook_secrets: Vec<String>,
 
+    /// Let file-watch and SIGHUP reloads drop rules the active set enforces (otherwise such a
+    /// set is rejected, naming the missing rules).
+    #[arg(long, env = "ANCHOR_PDP_ALLOW_RULE_REMOVAL", default_value_t = false)]
+    pub allow_rule_removal: bool,
+
     /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "ANCHOR_PDP_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

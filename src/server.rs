@@ -132,7 +132,8 @@ const WATCH_DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Loads policies and opens the store. Refuses an invalid policy set before touching the store.
 pub fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, StartError> {
-    let policies = PolicyHandle::load(&args.policies, clock.now_ms())?;
+    let policies = PolicyHandle::load(&args.policies, clock.now_ms())?
+        .allowing_rule_removal(args.allow_rule_removal);
     let store = Store::open(&args.data_dir)?;
     let current = policies.current();
     tracing::info!(
@@ -159,7 +160,9 @@ pub fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, StartEr
 
 async fn reload_in_background(pdp: &Arc<Pdp>, trigger: &'static str) {
     let pdp = pdp.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || pdp.reload_policies(trigger)).await {
+    let may_remove_rules = pdp.policy_handle().automatic_reloads_may_remove_rules();
+    let reload = move || pdp.reload_policies(trigger, may_remove_rules);
+    if let Err(e) = tokio::task::spawn_blocking(reload).await {
         tracing::error!(error = %e, trigger, "policy reload task failed");
     }
 }

@@ -151,6 +151,7 @@ async fn editing_the_policies_allows_ggs_without_a_restart_and_a_broken_edit_kee
         .admin
         .reload_policies(proto::ReloadPoliciesRequest {
             operator: "ops-1".into(),
+            ..Default::default()
         })
         .await
         .expect("reload")
@@ -170,6 +171,7 @@ async fn editing_the_policies_allows_ggs_without_a_restart_and_a_broken_edit_kee
         .admin
         .reload_policies(proto::ReloadPoliciesRequest {
             operator: "ops-1".into(),
+            ..Default::default()
         })
         .await
         .expect("reload")
@@ -222,6 +224,7 @@ async fn no_decision_sees_half_a_policy_set_during_reloads() {
             .admin
             .reload_policies(proto::ReloadPoliciesRequest {
                 operator: "ops".into(),
+                ..Default::default()
             })
             .await
             .expect("reload")
@@ -329,4 +332,78 @@ async fn explain_returns_the_facts_and_the_determining_policies() {
 
     // Not asked, not sent.
     assert!(s.authorize(start()).await.explanation.is_none());
+}
+
+async fn reload(s: &mut TestServer, allow_removed_rules: bool) -> proto::ReloadPoliciesResponse {
+    s.admin
+        .reload_policies(proto::ReloadPoliciesRequest {
+            operator: "ops-1".into(),
+            allow_removed_rules,
+        })
+        .await
+        .expect("reload")
+        .into_inner()
+}
+
+/// Writes `rules.cedar` in `dir` as `text`, the way an editor saves.
+fn write_rules(dir: &Path, text: &str) {
+    let temp = dir.join(".rules.cedar.tmp");
+    std::fs::write(&temp, text).expect("write");
+    std::fs::rename(&temp, dir.join("rules.cedar")).expect("rename");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_drops_a_rule_is_rejected_unless_asked_for() {
+    let (mut s, temp) = admitted_with_own_policies(false).await;
+    let policies = temp.path().join("policies");
+    let shipped = std::fs::read_to_string(policies.join("rules.cedar")).expect("rules");
+    let start = shipped.find("@id(\"R1\")").expect("R1");
+    let end = start + shipped[start..].find(CGS_ONLY_R1).expect("R1 end") + CGS_ONLY_R1.len();
+    let without_r1 = format!("{}{}", &shipped[..start], &shipped[end..]);
+    write_rules(&policies, &without_r1);
+
+    let rejected = reload(&mut s, false).await;
+    assert_eq!(
+        rejected.result,
+        ReloadResult::Rejected as i32,
+        "{rejected:?}"
+    );
+    assert_eq!(rejected.problems.len(), 1, "{rejected:?}");
+    assert!(
+        rejected.problems[0]
+            .message
+            .starts_with("the new set drops R1 that the active set enforces"),
+        "{rejected:?}"
+    );
+    assert_refused(&s.authorize(ggs_start()).await, &["R1"]);
+
+    let accepted = reload(&mut s, true).await;
+    assert_eq!(
+        accepted.result,
+        ReloadResult::Reloaded as i32,
+        "{accepted:?}"
+    );
+    assert_allowed(&s.authorize(ggs_start()).await);
+
+    // Only the permit: never a valid set, flag or not.
+    write_rules(
+        &policies,
+        "@id(\"ALLOW\")\npermit (principal, action == AnchorPdp::Action::\"Broadcast\", resource);\n",
+    );
+    for allow in [false, true] {
+        let rejected = reload(&mut s, allow).await;
+        assert_eq!(
+            rejected.result,
+            ReloadResult::Rejected as i32,
+            "{rejected:?}"
+        );
+        assert!(
+            rejected
+                .problems
+                .iter()
+                .any(|p| p.message.contains("no forbid policy")),
+            "{rejected:?}"
+        );
+    }
+    assert_eq!(status(&mut s).await.active_version, accepted.active_version);
 }

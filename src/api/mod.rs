@@ -907,10 +907,13 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
                 .map_err(status)?;
             let pdp = self.pdp.clone();
             let trigger = format!("rpc:{operator}");
+            let may_remove_rules = request.get_ref().allow_removed_rules;
             // Loading parses and validates every file: keep it off the async workers.
-            let outcome = tokio::task::spawn_blocking(move || pdp.reload_policies(&trigger))
-                .await
-                .map_err(|e| Status::internal(format!("reload task failed: {e}")))?;
+            let outcome = tokio::task::spawn_blocking(move || {
+                pdp.reload_policies(&trigger, may_remove_rules)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("reload task failed: {e}")))?;
             let recorded = match &outcome {
                 ReloadOutcome::Reloaded { active, .. } => format!("ok (reloaded {active})"),
                 ReloadOutcome::Unchanged { active } => format!("ok (unchanged {active})"),

@@ -38,6 +38,8 @@ pub struct ReloadStatus {
 
 pub struct PolicyHandle {
     dir: PathBuf,
+    /// Whether automatic reloads (file watch, SIGHUP) may drop rules the active set has.
+    automatic_reloads_may_remove_rules: bool,
     current: RwLock<Arc<PolicyBundle>>,
     status: Mutex<ReloadStatus>,
     /// Serializes reloads so two triggers at once cannot interleave load and swap.
@@ -58,6 +60,7 @@ impl PolicyHandle {
         };
         Ok(PolicyHandle {
             dir: dir.to_owned(),
+            automatic_reloads_may_remove_rules: false,
             current: RwLock::new(Arc::new(bundle)),
             status: Mutex::new(status),
             reloading: Mutex::new(()),
@@ -66,6 +69,16 @@ impl PolicyHandle {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Lets file-watch and SIGHUP reloads drop rules (`serve --allow-rule-removal`).
+    pub fn allowing_rule_removal(mut self, allowed: bool) -> Self {
+        self.automatic_reloads_may_remove_rules = allowed;
+        self
+    }
+
+    pub fn automatic_reloads_may_remove_rules(&self) -> bool {
+        self.automatic_reloads_may_remove_rules
     }
 
     /// The set in force now. Hold the `Arc` for the whole of one decision.
@@ -85,16 +98,47 @@ impl PolicyHandle {
         }
     }
 
-    /// Loads and validates the directory again; swaps it in only if valid and different.
-    pub fn reload(&self, now: Millis, trigger: &str) -> ReloadOutcome {
+    /// Loads and validates the directory again; swaps it in only if valid and different, and
+    /// if it keeps every rule the active set enforces (unless `may_remove_rules`): a rule that
+    /// goes missing from a file would otherwise stop being enforced without anyone saying so.
+    pub fn reload(&self, now: Millis, trigger: &str, may_remove_rules: bool) -> ReloadOutcome {
         let _one_at_a_time = match self.reloading.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let previous = self.current().version().to_owned();
+        let active = self.current();
+        let previous = active.version().to_owned();
         let outcome = match load(&self.dir) {
             Ok(bundle) if bundle.version() == previous => {
                 ReloadOutcome::Unchanged { active: previous }
+            }
+            Ok(bundle)
+                if !may_remove_rules
+                    && active.rules().any(|rule| bundle.rule(&rule.id).is_none()) =>
+            {
+                let mut missing: Vec<&str> = active
+                    .rules()
+                    .filter(|rule| bundle.rule(&rule.id).is_none())
+                    .map(|rule| rule.id.as_str())
+                    .collect();
+                missing.sort_unstable();
+                ReloadOutcome::Rejected {
+                    active: previous,
+                    error: PolicyLoadError {
+                        dir: self.dir.clone(),
+                        problems: vec![super::load::PolicyProblem {
+                            file: self.dir.clone(),
+                            line: 0,
+                            column: 0,
+                            message: format!(
+                                "the new set drops {} that the active set enforces; to remove \
+                                 rules on purpose, reload with allow_removed_rules \
+                                 (PolicyAdmin/ReloadPolicies) or serve --allow-rule-removal",
+                                missing.join(", ")
+                            ),
+                        }],
+                    },
+                }
             }
             Ok(bundle) => {
                 let active = bundle.version().to_owned();

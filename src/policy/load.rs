@@ -241,6 +241,7 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
     let mut rules_by_id = BTreeMap::new();
     let mut origin: HashMap<PolicyId, (usize, usize)> = HashMap::new();
     let mut permits = 0usize;
+    let mut forbids = 0usize;
     for (file_index, file) in policy_files.iter().enumerate() {
         let parsed = match PolicySet::from_str(&file.text) {
             Ok(parsed) => parsed,
@@ -294,6 +295,7 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
             match policy.effect() {
                 Effect::Permit => permits += 1,
                 Effect::Forbid => {
+                    forbids += 1;
                     let mut missing = Vec::new();
                     let penalty = match policy.annotation("penalty") {
                         Some(value) => match Penalty::parse(value) {
@@ -346,6 +348,14 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
                 problems.push(at(e.to_string()));
             }
         }
+    }
+    if forbids == 0 && !policy_files.is_empty() {
+        problems.push(PolicyProblem {
+            file: dir.to_owned(),
+            line: 0,
+            column: 0,
+            message: "no forbid policy: the set would let every broadcast through".into(),
+        });
     }
     if permits == 0 && !policy_files.is_empty() {
         problems.push(PolicyProblem {

@@ -192,9 +192,10 @@ impl Pdp {
         &self.policies
     }
 
-    /// Validates the policy directory again and swaps it in if valid.
-    pub fn reload_policies(&self, trigger: &str) -> ReloadOutcome {
-        self.policies.reload(self.now(), trigger)
+    /// Validates the policy directory again and swaps it in if valid (and, unless
+    /// `may_remove_rules`, if it keeps every active rule).
+    pub fn reload_policies(&self, trigger: &str, may_remove_rules: bool) -> ReloadOutcome {
+        self.policies.reload(self.now(), trigger, may_remove_rules)
     }
 
     pub fn store(&self) -> &Store {
