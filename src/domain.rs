@@ -665,6 +665,64 @@ pub fn apply_ai_feature_filing(
     })
 }
 
+/// The merchants a caller may file for: a registrar is bound to its merchants (or explicitly to
+/// all of them, for a platform service); every other role is not narrowed here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MerchantScope {
+    All,
+    Only(BTreeSet<String>),
+}
+
+impl MerchantScope {
+    pub fn covers(&self, merchant_id: &str) -> bool {
+        match self {
+            MerchantScope::All => true,
+            MerchantScope::Only(merchants) => merchants.contains(merchant_id),
+        }
+    }
+
+    /// Checks that a caller of this scope may file `next` over `current`: both owned by its
+    /// merchants, and the owner unchanged (a filing does not move between merchants).
+    pub fn check_filing(
+        &self,
+        current: Option<&Registration>,
+        next: &RecordBody,
+    ) -> Result<(), PdpError> {
+        let MerchantScope::Only(_) = self else {
+            return Ok(());
+        };
+        let owner = next.owner().unwrap_or_default();
+        if !self.covers(owner) {
+            return Err(PdpError::PermissionDenied(format!(
+                "this caller files for {self}, not for merchant {owner}"
+            )));
+        }
+        if let Some(current) = current {
+            let held_by = current.body.owner().unwrap_or_default();
+            if held_by != owner {
+                return Err(PdpError::PermissionDenied(format!(
+                    "{} {} belongs to merchant {held_by}; a registrar cannot move it to {owner}",
+                    current.kind().name(),
+                    current.id
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for MerchantScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MerchantScope::All => write!(f, "every merchant"),
+            MerchantScope::Only(merchants) => {
+                let list: Vec<&str> = merchants.iter().map(String::as_str).collect();
+                write!(f, "merchant {}", list.join(", "))
+            }
+        }
+    }
+}
+
 /// One penalty applied to an account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PenaltyRecord {

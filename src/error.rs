@@ -13,6 +13,9 @@ pub enum PdpError {
     /// An optimistic-concurrency check failed (expected revision).
     #[error("{0}")]
     Aborted(String),
+    /// The caller is authenticated but may not do this (to this record).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The request is well formed but the stored state does not allow it.
     #[error("{0}")]
     FailedPrecondition(String),

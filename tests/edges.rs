@@ -333,3 +333,65 @@ fn one_token_hash_for_two_callers_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filing_a_live_session_relies_on_cannot_be_materially_changed() {
+    let mut s = TestServer::admitted().await;
+    let session = s.start_session().await;
+    let refile = |record: proto::register_request::Record| proto::RegisterRequest {
+        record: Some(record),
+        expected_revision: None,
+    };
+    let mut restyled = anchor_record("a1", "m1", "p1", proto::ImageStyle::Anime);
+    restyled.display_name = "Anchor a1".into();
+    let moved_room = proto::LivestreamRoom {
+        id: "r1".into(),
+        owner_merchant_id: "m2".into(),
+        display_name: String::new(),
+    };
+    s.merchant("m2", proto::MerchantTier::ChineseGoldSupplier)
+        .await;
+    for record in [
+        proto::register_request::Record::Anchor(restyled.clone()),
+        proto::register_request::Record::Room(moved_room),
+    ] {
+        let refused = s
+            .pdp
+            .register(refile(record))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(refused.message().contains(&session), "{refused:?}");
+    }
+    // A change that keeps the approval is fine, and the broadcast goes on unpenalized.
+    let mut renamed = anchor_record("a1", "m1", "p1", proto::ImageStyle::RealisticHuman);
+    renamed.display_name = "A new name".into();
+    s.pdp
+        .register(refile(proto::register_request::Record::Anchor(renamed)))
+        .await
+        .expect("rename");
+    assert_allowed(&s.authorize(live(&session)).await);
+    let account = s.account("m1").await;
+    assert_eq!((account.warnings, account.penalties), (0, 0));
+    // Once the broadcast has ended, the material change goes through (back to review).
+    s.pdp
+        .end_session(proto::EndSessionRequest {
+            session_id: session.clone(),
+            reason: "done".into(),
+        })
+        .await
+        .expect("end");
+    let changed = s
+        .pdp
+        .register(refile(proto::register_request::Record::Anchor(restyled)))
+        .await
+        .expect("restyle after the broadcast")
+        .into_inner()
+        .registration
+        .expect("registration");
+    assert_eq!(
+        changed.review_status,
+        proto::ReviewStatus::PendingReview as i32
+    );
+}

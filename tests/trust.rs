@@ -58,7 +58,15 @@ async fn secured() -> TestServer {
     TestServer::start_with_options(Options {
         tokens: ROLES
             .iter()
-            .map(|role| format!("{role}-1:{role}:{}", hash_token(&token(role))))
+            .map(|role| {
+                // The registrar files for m1 only.
+                let bound = if *role == "registrar" {
+                    "registrar@m1"
+                } else {
+                    role
+                };
+                format!("{role}-1:{bound}:{}", hash_token(&token(role)))
+            })
             .collect(),
         ..Options::default()
     })
@@ -287,6 +295,7 @@ async fn each_role_may_call_only_its_methods() {
     admin.lift_freeze(lift).await.expect("admin lifts");
     let reload = proto::ReloadPoliciesRequest {
         operator: "ops".into(),
+        ..Default::default()
     };
     assert_eq!(
         code_of(inspector.reload_policies(reload.clone()).await),
@@ -400,4 +409,124 @@ async fn refused_calls_are_logged_with_their_reason() {
         "{}",
         refused.message()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registrar_files_only_for_its_merchants_and_moves_nothing() {
+    let s = secured().await;
+    let (mut admin_pdp, mut admin) = clients(&s, Some(&token("admin"))).await;
+    let (mut registrar, _) = clients(&s, Some(&token("registrar"))).await;
+    for id in ["m1", "m2"] {
+        admin_pdp
+            .register(register(Record::Merchant(proto::Merchant {
+                id: id.into(),
+                tier: proto::MerchantTier::ChineseGoldSupplier as i32,
+                display_name: String::new(),
+            })))
+            .await
+            .expect("merchant");
+    }
+    admin_pdp
+        .register(register(Record::Provider(proto::ServiceProvider {
+            id: "p1".into(),
+            display_name: String::new(),
+        })))
+        .await
+        .expect("provider");
+    // m2's anchor and room, filed and approved by the platform.
+    let m2_anchor = anchor_record("a2", "m2", "p1", proto::ImageStyle::RealisticHuman);
+    admin_pdp
+        .register(register(Record::Anchor(m2_anchor.clone())))
+        .await
+        .expect("m2's anchor");
+    let m2_room = proto::LivestreamRoom {
+        id: "r2".into(),
+        owner_merchant_id: "m2".into(),
+        display_name: String::new(),
+    };
+    admin_pdp
+        .register(register(Record::Room(m2_room.clone())))
+        .await
+        .expect("m2's room");
+    for (kind, id) in [
+        (proto::RegistrationKind::Anchor, "a2"),
+        (proto::RegistrationKind::Room, "r2"),
+    ] {
+        admin
+            .review_filing(proto::ReviewFilingRequest {
+                kind: kind as i32,
+                id: id.into(),
+                verdict: proto::Verdict::Approve as i32,
+                reviewer: "rev".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("approve");
+    }
+
+    // The m1 registrar: its own filings yes; m2's, or moving m2's to m1, no.
+    registrar
+        .register(register(room()))
+        .await
+        .expect("its own merchant's room");
+    let mut restyled = m2_anchor.clone();
+    restyled.image_style = proto::ImageStyle::Anime as i32;
+    let mut moved = m2_room.clone();
+    moved.owner_merchant_id = "m1".into();
+    let new_for_m2 = proto::LivestreamRoom {
+        id: "r3".into(),
+        owner_merchant_id: "m2".into(),
+        display_name: String::new(),
+    };
+    for (what, record) in [
+        ("a new filing for m2", Record::Room(new_for_m2)),
+        ("m2's approved anchor, changed", Record::Anchor(restyled)),
+        ("m2's room, moved to m1", Record::Room(moved)),
+    ] {
+        let refused = registrar
+            .register(register(record))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::PermissionDenied,
+            "{what}: {refused:?}"
+        );
+    }
+    for (kind, id) in [
+        (proto::RegistrationKind::Anchor, "a2"),
+        (proto::RegistrationKind::Room, "r2"),
+    ] {
+        let stored = admin
+            .get_registration(proto::GetRegistrationRequest {
+                kind: kind as i32,
+                id: id.into(),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .registration
+            .expect("registration");
+        assert_eq!(
+            (stored.revision, stored.review_status),
+            // Revision 2 is the approval.
+            (2, proto::ReviewStatus::Approved as i32),
+            "{id} changed"
+        );
+    }
+}
+
+#[test]
+fn a_registrar_must_be_bound_to_merchants() {
+    use anchor_pdp::api::auth::Authenticator;
+    let hash = hash_token("registrar-token-0123456789abcdef0123");
+    let unbound = Authenticator::from_specs(&[format!("crm:registrar:{hash}")]);
+    assert!(
+        unbound.is_err_and(|e| e.contains("registrar@m1+m2, or registrar@*")),
+        "a registrar without merchants was accepted"
+    );
+    assert!(Authenticator::from_specs(&[format!("crm:registrar@*:{hash}")]).is_ok());
+    assert!(Authenticator::from_specs(&[format!("crm:registrar@m1+m2:{hash}")]).is_ok());
+    assert!(Authenticator::from_specs(&[format!("ops:admin@m1:{hash}")]).is_err());
 }

@@ -14,6 +14,8 @@ use std::task::{Context, Poll};
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
+use crate::domain::MerchantScope;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     /// Authorize, EndSession, WatchEnforcements, Envoy's Check.
@@ -56,6 +58,8 @@ impl Role {
 pub struct Caller {
     pub name: String,
     pub role: Role,
+    /// The merchants it may file for (registrars); `All` for every other role.
+    pub merchants: MerchantScope,
 }
 
 impl Caller {
@@ -64,8 +68,49 @@ impl Caller {
         Caller {
             name: "anonymous".into(),
             role: Role::Admin,
+            merchants: MerchantScope::All,
         }
     }
+}
+
+/// A role as configured: `gateway`, `reviewer`, `inspector`, `admin`, or a registrar bound to
+/// its merchants, `registrar@m1+m2`, or to all of them, `registrar@*` (a platform service).
+pub fn parse_role(spec: &str) -> Result<(Role, MerchantScope), String> {
+    let (name, scope) = match spec.split_once('@') {
+        Some((name, scope)) => (name, Some(scope)),
+        None => (spec, None),
+    };
+    let role = Role::parse(name).ok_or_else(|| {
+        format!(
+            "unknown role {name:?}; use gateway, registrar@MERCHANTS, reviewer, inspector or admin"
+        )
+    })?;
+    let merchants = match (role, scope) {
+        (Role::Registrar, None) => {
+            return Err(
+                "a registrar is bound to its merchants: registrar@m1+m2, or registrar@* for a \
+                 platform service that files for every merchant"
+                    .into(),
+            );
+        }
+        (Role::Registrar, Some("*")) => MerchantScope::All,
+        (Role::Registrar, Some(list)) => {
+            let mut merchants = std::collections::BTreeSet::new();
+            for merchant in list.split('+') {
+                merchants.insert(
+                    crate::api::convert::id("merchant", merchant).map_err(|e| e.to_string())?,
+                );
+            }
+            MerchantScope::Only(merchants)
+        }
+        (_, Some(_)) => {
+            return Err(format!(
+                "only a registrar is bound to merchants, not {name}"
+            ));
+        }
+        (_, None) => MerchantScope::All,
+    };
+    Ok((role, merchants))
 }
 
 impl fmt::Display for Caller {
@@ -140,11 +185,7 @@ impl Authenticator {
                     "--token {spec:?}: expected NAME:ROLE:sha256:HEX (never the token itself)"
                 ));
             };
-            let role = Role::parse(role).ok_or_else(|| {
-                format!(
-                    "--token {name}: unknown role {role:?}; use gateway, registrar, reviewer, inspector or admin"
-                )
-            })?;
+            let (role, merchants) = parse_role(role).map_err(|e| format!("--token {name}: {e}"))?;
             let digest = hash
                 .strip_prefix("sha256:")
                 .and_then(parse_digest)
@@ -164,6 +205,7 @@ impl Authenticator {
                 caller: Caller {
                     name: name.to_owned(),
                     role,
+                    merchants,
                 },
                 digest,
             });
@@ -177,11 +219,15 @@ impl Authenticator {
     /// Adds `CN:ROLE` mappings for verified client certificates.
     pub fn with_subjects(mut self, specs: &[String]) -> Result<Authenticator, String> {
         for spec in specs {
-            let (cn, role) = spec
-                .rsplit_once(':')
-                .ok_or_else(|| format!("--mtls-role {spec:?}: expected CN:ROLE"))?;
-            let role = Role::parse(role)
-                .ok_or_else(|| format!("--mtls-role {spec:?}: unknown role {role:?}"))?;
+            // Merchant ids may hold ':', so a registrar's scope is found by its role first.
+            let (cn, role) = match spec.find(":registrar@") {
+                Some(at) => (&spec[..at], &spec[at + 1..]),
+                None => spec
+                    .rsplit_once(':')
+                    .ok_or_else(|| format!("--mtls-role {spec:?}: expected CN:ROLE"))?,
+            };
+            let (role, merchants) =
+                parse_role(role).map_err(|e| format!("--mtls-role {spec:?}: {e}"))?;
             if cn.is_empty() {
                 return Err(format!("--mtls-role {spec:?}: empty subject"));
             }
@@ -190,6 +236,7 @@ impl Authenticator {
                 Caller {
                     name: cn.to_owned(),
                     role,
+                    merchants,
                 },
             );
         }

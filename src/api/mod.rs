@@ -67,6 +67,10 @@ pub fn status(error: PdpError) -> Status {
         PdpError::NotFound(_) => Status::not_found(error.to_string()),
         PdpError::Aborted(_) => Status::aborted(error.to_string()),
         PdpError::FailedPrecondition(_) => Status::failed_precondition(error.to_string()),
+        PdpError::PermissionDenied(_) => {
+            tracing::warn!(%error, "refused");
+            Status::permission_denied(error.to_string())
+        }
         PdpError::Storage(_) | PdpError::Corrupt { .. } => {
             tracing::error!(%error, "store failure");
             Status::unavailable(error.to_string())
@@ -358,12 +362,17 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
             let pdp = self.pdp.clone();
             let expected_revision = req.expected_revision;
             let id = record_id.clone();
-            let outcome =
-                to_completion(
-                    async move { pdp.register(&origin, &id, body, expected_revision).await },
-                )
-                .await
-                .map_err(status)?;
+            // Only registrars are narrowed to merchants; admins file for anyone.
+            let scope = match caller.role {
+                auth::Role::Registrar => caller.merchants.clone(),
+                _ => crate::domain::MerchantScope::All,
+            };
+            let outcome = to_completion(async move {
+                pdp.register(&origin, &id, body, expected_revision, &scope)
+                    .await
+            })
+            .await
+            .map_err(status)?;
             tracing::info!(
                 kind = outcome.registration.kind().name(),
                 id = %record_id,

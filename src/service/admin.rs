@@ -4,8 +4,8 @@
 
 use super::{Origin, Pdp};
 use crate::domain::{
-    Account, Discovery, Enforced, Kind, Millis, Penalty, RecordBody, Registration, ReviewCommand,
-    Session, SessionState, Trigger, Verdict, WriteOutcome,
+    Account, Discovery, Enforced, Kind, MerchantScope, Millis, Penalty, RecordBody, Registration,
+    ReviewCommand, Session, SessionState, Trigger, Verdict, WriteOutcome,
 };
 use crate::error::PdpError;
 use crate::policy::Violation;
@@ -75,6 +75,7 @@ impl Pdp {
         id: &str,
         body: RecordBody,
         expected_revision: Option<u64>,
+        scope: &MerchantScope,
     ) -> Result<WriteOutcome, PdpError> {
         let now = self.now();
         let record_id = super::new_id();
@@ -82,7 +83,7 @@ impl Pdp {
             |r: &Registration| self.registration_record(origin, "Register", now, &record_id, r);
         let outcome = self
             .store
-            .register(id, body, expected_revision, now, &record)
+            .register(id, body, expected_revision, scope, now, &record)
             .await?;
         if !outcome.changed {
             self.unchanged_action(origin, "Register", now, &outcome.registration)

@@ -7,6 +7,7 @@
 //! Layout (format 1): one tree, `pdp.v1`, keyed by `<prefix>/<id>`:
 //! `reg/<kind>/<id>` registrations, `acct/<merchant>` accounts, `sess/<id>` sessions,
 //! `live/<id>` the index of active sessions, `room/<room>` the room's active session,
+//! `inuse/<anchor|driver>/<id>` the live sessions using a filing (a JSON list),
 //! `stream/<gateway lookup key>` the session a gateway hook refers to, `idem/<gateway>/<key>`
 //! the START an idempotency key admitted, `evt/<sequence, 20 digits>` enforcement events and
 //! `evtseq` their counter. Values are one format byte followed by JSON (`evtseq`: 8 bytes
@@ -20,6 +21,7 @@
 mod group_commit;
 mod log;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -33,7 +35,8 @@ use sled::transaction::{
 
 use crate::domain::{
     self, Account, Discovery, Enforced, EnforcementEvent, Facts, IdempotentStart, Kind, LogRecord,
-    Millis, RecordBody, Registration, ReviewCommand, Session, SessionState, Trigger, WriteOutcome,
+    MerchantScope, Millis, RecordBody, Registration, ReviewCommand, ReviewStatus, Session,
+    SessionState, Trigger, WriteOutcome,
 };
 use crate::error::PdpError;
 use group_commit::GroupCommit;
@@ -101,6 +104,48 @@ fn stream_key(lookup: &str) -> String {
     format!("stream/{lookup}")
 }
 
+fn in_use_key(kind: Kind, id: &str) -> String {
+    format!("inuse/{}/{id}", kind.name())
+}
+
+/// Adds or removes `session_id` in the live sessions using a filing.
+fn tx_mark_in_use(
+    tx: &TransactionalTree,
+    kind: Kind,
+    id: &str,
+    session_id: &str,
+    live: bool,
+) -> TxResult<()> {
+    let key = in_use_key(kind, id);
+    let mut sessions: BTreeSet<String> = tx_get(tx, &key)?.unwrap_or_default();
+    let changed = if live {
+        sessions.insert(session_id.to_owned())
+    } else {
+        sessions.remove(session_id)
+    };
+    if changed {
+        if sessions.is_empty() {
+            tx.remove(key.as_bytes()).map_err(tx_unabortable)?;
+        } else {
+            tx_put(tx, &key, &sessions)?;
+        }
+    }
+    Ok(())
+}
+
+/// A live session that relies on the filing `kind`/`id`, if any.
+fn tx_live_session_using(tx: &TransactionalTree, kind: Kind, id: &str) -> TxResult<Option<String>> {
+    Ok(match kind {
+        Kind::Room => tx
+            .get(room_key(id).as_bytes())
+            .map_err(tx_unabortable)?
+            .map(|s| String::from_utf8_lossy(&s).into_owned()),
+        Kind::Anchor | Kind::Driver => tx_get::<BTreeSet<String>>(tx, &in_use_key(kind, id))?
+            .and_then(|sessions| sessions.into_iter().next()),
+        _ => None,
+    })
+}
+
 fn idempotency_key(gateway_id: &str, key: &str) -> String {
     format!("idem/{gateway_id}/{key}")
 }
@@ -121,7 +166,8 @@ fn tx_remove_if_points_at(tx: &TransactionalTree, key: &str, session_id: &str) -
 fn tx_index_session(tx: &TransactionalTree, session: &Session) -> TxResult<()> {
     let live = live_key(&session.id);
     let room = room_key(&session.room_id);
-    if session.state == SessionState::Active {
+    let active = session.state == SessionState::Active;
+    if active {
         tx.insert(live.as_bytes(), &[]).map_err(tx_unabortable)?;
         tx.insert(room.as_bytes(), session.id.as_bytes())
             .map_err(tx_unabortable)?;
@@ -129,6 +175,8 @@ fn tx_index_session(tx: &TransactionalTree, session: &Session) -> TxResult<()> {
         tx.remove(live.as_bytes()).map_err(tx_unabortable)?;
         tx_remove_if_points_at(tx, &room, &session.id)?;
     }
+    tx_mark_in_use(tx, Kind::Anchor, &session.anchor_id, &session.id, active)?;
+    tx_mark_in_use(tx, Kind::Driver, &session.driver_id, &session.id, active)?;
     if let Some(stream) = &session.stream {
         let key = stream_key(&stream.lookup_key(&session.gateway_id));
         if session.state == SessionState::Ended {
@@ -301,8 +349,8 @@ impl Db {
     }
 }
 
-/// Data written before the room index existed has live sessions without it: index them, so
-/// that a room's next START finds its live session.
+/// Data written before these indexes existed has live sessions without them: index them, so
+/// that a room's next START finds its live session and a filing in use is known to be.
 fn index_rooms(data: &sled::Tree) -> Result<(), PdpError> {
     for item in data.scan_prefix(b"live/") {
         let (key, _) = item.map_err(storage)?;
@@ -317,6 +365,14 @@ fn index_rooms(data: &sled::Tree) -> Result<(), PdpError> {
             data.insert(room.as_bytes(), session.id.as_bytes())
                 .map_err(storage)?;
         }
+        data.transaction(|tx| {
+            tx_mark_in_use(tx, Kind::Anchor, &session.anchor_id, &session.id, true)?;
+            tx_mark_in_use(tx, Kind::Driver, &session.driver_id, &session.id, true)
+        })
+        .map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => storage(e),
+        })?;
     }
     Ok(())
 }
@@ -464,11 +520,17 @@ impl Store {
 
     /// Files or updates a record; the records it refers to (owner merchant, provider) must
     /// exist. When it changes anything, `record` is logged with the change.
+    ///
+    /// A caller narrowed to some merchants may file only theirs, and cannot move a filing to
+    /// another. Nobody can materially change an approved filing a live session relies on: the
+    /// change would send it back to review and shut the broadcast down with a penalty.
+    #[allow(clippy::too_many_arguments)]
     pub async fn register(
         &self,
         id: &str,
         body: RecordBody,
         expected_revision: Option<u64>,
+        scope: &MerchantScope,
         now: Millis,
         record: &(dyn Fn(&Registration) -> LogRecord + Sync),
     ) -> Result<WriteOutcome, PdpError> {
@@ -483,9 +545,22 @@ impl Store {
                 }
             }
             let current: Option<Registration> = tx_get(tx, &key)?;
+            scope.check_filing(current.as_ref(), &body).map_err(abort)?;
             let outcome =
                 domain::apply_register(current.as_ref(), id, body.clone(), expected_revision, now)
                     .map_err(abort)?;
+            let back_to_review = current.as_ref().is_some_and(|c| {
+                c.review_status == ReviewStatus::Approved
+                    && outcome.registration.review_status == ReviewStatus::PendingReview
+            });
+            if back_to_review && let Some(session) = tx_live_session_using(tx, body.kind(), id)? {
+                return Err(abort(PdpError::FailedPrecondition(format!(
+                    "{} {id} is in use by live session {session}: this change would send it \
+                     back to review and end the broadcast; change it after the broadcast ends \
+                     (an admin may revoke it meanwhile)",
+                    body.kind().name()
+                ))));
+            }
             if outcome.changed {
                 tx_put(tx, &key, &outcome.registration)?;
                 tx_log(log, &record(&outcome.registration))?;
