@@ -167,4 +167,64 @@ pub struct ServeArgs {
     #[arg(long, env = "ANCHOR_PDP_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024,
           value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
     pub max_message_bytes: u64,
+
+    /// Seconds a new gRPC connection has to start its handshake (the HTTP/2 preface, or the
+    /// TLS handshake); a socket that says nothing is closed.
+    #[arg(long, env = "ANCHOR_PDP_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub handshake_timeout_secs: u64,
+
+    /// Seconds between HTTP/2 keepalive pings on an idle gRPC connection.
+    #[arg(long, env = "ANCHOR_PDP_KEEPALIVE_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub keepalive_secs: u64,
+
+    /// Seconds a keepalive ping may go unanswered before the connection is closed.
+    #[arg(long, env = "ANCHOR_PDP_KEEPALIVE_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub keepalive_timeout_secs: u64,
+
+    /// gRPC connections open at once; more are closed as they arrive.
+    #[arg(long, env = "ANCHOR_PDP_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
+    /// Server streams (WatchEnforcements, ReadDecisionLog) open at once across all
+    /// connections; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ANCHOR_PDP_MAX_STREAMS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_streams: u64,
+
+    /// Seconds a hook connection has to send its request headers.
+    #[arg(long, env = "ANCHOR_PDP_HOOK_HEADER_TIMEOUT_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub hook_header_timeout_secs: u64,
+
+    /// Seconds a hook connection may take in all (request, decision, answer).
+    #[arg(long, env = "ANCHOR_PDP_HOOK_REQUEST_TIMEOUT_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub hook_request_timeout_secs: u64,
+
+    /// Hook connections open at once; more are closed as they arrive.
+    #[arg(long, env = "ANCHOR_PDP_MAX_HOOK_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_hook_connections: u64,
+}
+
+impl ServeArgs {
+    pub fn grpc_limits(&self) -> crate::net::GrpcLimits {
+        crate::net::GrpcLimits {
+            handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout_secs),
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            tls: self.tls_cert.is_some(),
+        }
+    }
+
+    pub fn hook_limits(&self) -> crate::net::HookLimits {
+        crate::net::HookLimits {
+            header_timeout: std::time::Duration::from_secs(self.hook_header_timeout_secs),
+            request_timeout: std::time::Duration::from_secs(self.hook_request_timeout_secs),
+            max_connections: usize::try_from(self.max_hook_connections).unwrap_or(usize::MAX),
+        }
+    }
 }

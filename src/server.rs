@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use crate::api::auth::{AuthLayer, Authenticator};
 use crate::api::{AdminService, DecisionService};
@@ -24,9 +23,6 @@ use crate::store::Store;
 
 /// Calls in flight on one connection; past this latency only grows (see DESIGN.md).
 const CONCURRENCY_PER_CONNECTION: usize = 64;
-/// Every call is answered or abandoned within this (a shorter `grpc-timeout` from the caller
-/// wins).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 streams one connection may hold open (watch streams included).
 const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
@@ -230,6 +226,7 @@ pub async fn serve(
     args: &ServeArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    crate::net::raise_open_file_limit();
     let controls = crate::gateway::nginx_control::parse_controls(&args.nginx_control)
         .map_err(StartError::NginxControl)?;
     let auth = Arc::new(authenticator(args)?);
@@ -248,10 +245,16 @@ pub async fn serve(
         },
         Duration::from_secs(60),
     ));
-    let decision =
-        PolicyDecisionPointServer::new(DecisionService::new(pdp.clone(), stopped.clone()))
-            .max_decoding_message_size(max_message);
-    let admin = PolicyAdminServer::new(AdminService::new(pdp.clone(), stopped.clone()))
+    let streams = crate::api::calls::StreamSlots::new(
+        usize::try_from(args.max_streams).unwrap_or(usize::MAX),
+    );
+    let decision = PolicyDecisionPointServer::new(DecisionService::new(
+        pdp.clone(),
+        stopped.clone(),
+        streams.clone(),
+    ))
+    .max_decoding_message_size(max_message);
+    let admin = PolicyAdminServer::new(AdminService::new(pdp.clone(), stopped.clone(), streams))
         .max_decoding_message_size(max_message);
     let ext_authz = crate::gateway::envoy::AuthorizationServer::new(
         crate::gateway::envoy::EnvoyAuthorization::new(pdp.clone()),
@@ -292,11 +295,10 @@ pub async fn serve(
             tracing::info!(%addr, "gateway hooks listening (HTTP)");
             let app = crate::gateway::hooks_router(pdp.clone(), secrets.clone());
             let until = stop_when(stopped.clone());
-            Some(tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(until)
-                    .await
-            }))
+            let limits = args.hook_limits();
+            Some(tokio::spawn(crate::net::serve_hooks(
+                listener, app, limits, until,
+            )))
         }
         None => None,
     };
@@ -307,15 +309,20 @@ pub async fn serve(
         let _ = stop.send(true);
     });
 
-    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    let incoming = crate::net::grpc_incoming(listeners.grpc, args.grpc_limits());
     let mut builder = Server::builder();
     if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
+        builder =
+            builder.tls_config(tls.timeout(Duration::from_secs(args.handshake_timeout_secs)))?;
     }
     let served = builder
+        .http2_keepalive_interval(Some(Duration::from_secs(args.keepalive_secs)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(args.keepalive_timeout_secs)))
         .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .layer(crate::api::calls::CallLayer::new(REQUEST_TIMEOUT))
+        .layer(crate::api::calls::CallLayer::new(
+            crate::api::calls::CALL_LIMIT,
+        ))
         .layer(AuthLayer::new(auth))
         .add_service(health)
         .add_service(reflection_v1)
@@ -326,12 +333,10 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, stop_when(stopped))
         .await;
     signal.abort();
-    if let Some(hooks) = hooks {
-        match hooks.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "hook listener failed"),
-            Err(e) => tracing::error!(error = %e, "hook listener task failed"),
-        }
+    if let Some(hooks) = hooks
+        && let Err(e) = hooks.await
+    {
+        tracing::error!(error = %e, "hook listener task failed");
     }
     if let Some(dropper) = dropper {
         dropper.abort();

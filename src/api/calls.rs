@@ -40,6 +40,49 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
+/// Every call is answered or abandoned within this (a shorter `grpc-timeout` from the caller
+/// wins); a server stream that reads the store (ReadDecisionLog) ends by then too.
+pub const CALL_LIMIT: Duration = Duration::from_secs(10);
+
+/// The deadline of a call: the caller's `grpc-timeout`, at most `CALL_LIMIT`.
+pub fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> tokio::time::Instant {
+    let asked = metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout);
+    tokio::time::Instant::now() + asked.map_or(CALL_LIMIT, |asked| asked.min(CALL_LIMIT))
+}
+
+/// Server streams open at once across every connection (per-connection limits alone let
+/// many connections add up).
+pub struct StreamSlots {
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    cap: usize,
+    full: crate::net::HitCounter,
+}
+
+impl StreamSlots {
+    pub fn new(cap: usize) -> std::sync::Arc<StreamSlots> {
+        std::sync::Arc::new(StreamSlots {
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(cap)),
+            cap,
+            full: crate::net::HitCounter::default(),
+        })
+    }
+
+    /// A slot for one stream, held until the stream ends.
+    pub fn take(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            self.full
+                .hit("server stream cap reached: stream refused", self.cap as u64);
+            Status::resource_exhausted(format!(
+                "{} server streams are open, the most this server keeps; retry later",
+                self.cap
+            ))
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct CallLayer {
     limit: Duration,

@@ -24,6 +24,7 @@ use convert::{
 /// What a ReadDecisionLog request asks for.
 struct LogFilter {
     decision_id: Option<String>,
+    after_id: Option<String>,
     merchant_id: Option<String>,
     session_id: Option<String>,
     action: String,
@@ -167,14 +168,23 @@ pub fn authorize_command(req: &proto::AuthorizeRequest) -> Result<AuthorizeComma
 /// `anchorpdp.v1.PolicyDecisionPoint`.
 pub struct DecisionService {
     pdp: Arc<Pdp>,
+    streams: Arc<calls::StreamSlots>,
     /// Turns true when the server shuts down: open event streams end then, or a graceful
     /// shutdown would wait on them forever.
     closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl DecisionService {
-    pub fn new(pdp: Arc<Pdp>, closing: tokio::sync::watch::Receiver<bool>) -> Self {
-        DecisionService { pdp, closing }
+    pub fn new(
+        pdp: Arc<Pdp>,
+        closing: tokio::sync::watch::Receiver<bool>,
+        streams: Arc<calls::StreamSlots>,
+    ) -> Self {
+        DecisionService {
+            pdp,
+            streams,
+            closing,
+        }
     }
 }
 
@@ -192,12 +202,14 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
     ) -> Result<Response<Self::WatchEnforcementsStream>, Status> {
         let req = request.into_inner();
         let gateway = optional_id("gateway_id", &req.gateway_id).map_err(status)?;
+        let slot = self.streams.take()?;
         let pdp = self.pdp.clone();
         let mut closing = self.closing.clone();
         // Subscribe before the first read, so nothing published in between is missed.
         let mut published = pdp.subscribe_enforcements();
         let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BATCH);
         tokio::spawn(async move {
+            let _slot = slot;
             let mut after = req.after_sequence;
             loop {
                 published.borrow_and_update();
@@ -393,12 +405,21 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
 /// `anchorpdp.v1.PolicyAdmin`.
 pub struct AdminService {
     pdp: Arc<Pdp>,
+    streams: Arc<calls::StreamSlots>,
     closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AdminService {
-    pub fn new(pdp: Arc<Pdp>, closing: tokio::sync::watch::Receiver<bool>) -> Self {
-        AdminService { pdp, closing }
+    pub fn new(
+        pdp: Arc<Pdp>,
+        closing: tokio::sync::watch::Receiver<bool>,
+        streams: Arc<calls::StreamSlots>,
+    ) -> Self {
+        AdminService {
+            pdp,
+            streams,
+            closing,
+        }
     }
 }
 
@@ -465,6 +486,8 @@ impl Audit {
 }
 
 const DEFAULT_PAGE_SIZE: u32 = 100;
+/// How long a stream past its deadline waits for room to say so.
+const STREAM_END_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 const MAX_PAGE_SIZE: u32 = 1000;
 
 #[tonic::async_trait]
@@ -476,6 +499,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
         &self,
         request: Request<proto::ReadDecisionLogRequest>,
     ) -> Result<Response<Self::ReadDecisionLogStream>, Status> {
+        let deadline = calls::deadline_of(request.metadata());
         let req = request.into_inner();
         let filter = (|| {
             let decision = match req.decision {
@@ -495,6 +519,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             };
             Ok::<_, PdpError>(LogFilter {
                 decision_id: optional_id("decision_id", &req.decision_id)?,
+                after_id: optional_id("after_id", &req.after_id)?,
                 merchant_id: optional_id("merchant_id", &req.merchant_id)?,
                 session_id: optional_id("session_id", &req.session_id)?,
                 action: text("action", &req.action, MAX_ID_LEN)?,
@@ -516,8 +541,10 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
         .map_err(status)?;
         let store = self.pdp.store_handle();
         let mut closing = self.closing.clone();
+        let slot = self.streams.take()?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
+            let _slot = slot;
             if let Some(id) = &filter.decision_id {
                 let found = store.log_record(id).map(|r| r.filter(|r| filter.keep(r)));
                 let _ = match found {
@@ -527,10 +554,28 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
                 };
                 return;
             }
-            let mut after: Option<String> = None;
+            // Records are read after this id (the caller's resume cursor at first).
+            let mut after: Option<String> = filter.after_id.clone();
             let mut sent = 0;
+            // A stream that outlives its deadline ends with where to resume.
+            let out_of_time = |cursor: &Option<String>| {
+                let cursor = cursor.clone().unwrap_or_default();
+                let mut status = Status::deadline_exceeded(format!(
+                    "the call's deadline passed; resume with after_id {cursor:?}"
+                ));
+                if let Ok(value) = cursor.parse() {
+                    status.metadata_mut().insert("resume-after-id", value);
+                }
+                status
+            };
             loop {
                 if *closing.borrow_and_update() {
+                    return;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    let ended = tx.send(Err(out_of_time(&after)));
+                    // A reader that reads nothing more gets no more time either.
+                    let _ = tokio::time::timeout(STREAM_END_GRACE, ended).await;
                     return;
                 }
                 let page = store.read_log(after.as_deref(), |r| filter.keep(r), 256, 4096);
@@ -542,14 +587,21 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
                     }
                 };
                 for record in &records {
-                    if sent >= filter.limit
-                        || tx
-                            .send(Ok(convert::log_record_to_proto(record)))
-                            .await
-                            .is_err()
-                    {
+                    if sent >= filter.limit {
                         return;
                     }
+                    let send = tx.send(Ok(convert::log_record_to_proto(record)));
+                    match tokio::time::timeout_at(deadline, send).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return, // the reader went away
+                        Err(_) => {
+                            let ended = tx.send(Err(out_of_time(&after)));
+                            // A reader that reads nothing more gets no more time either.
+                            let _ = tokio::time::timeout(STREAM_END_GRACE, ended).await;
+                            return;
+                        }
+                    }
+                    after = Some(record.id.clone());
                     sent += 1;
                 }
                 match last {
