@@ -48,6 +48,8 @@ pub struct Options {
     pub tokens: Vec<String>,
     /// `GATEWAY:sha256:HEX` hook secrets; none = hooks open (on loopback).
     pub hook_secrets: Vec<String>,
+    /// Any other setting, applied last.
+    pub configure: Option<fn(&mut anchor_pdp::config::ServeArgs)>,
 }
 
 pub struct TestServer {
@@ -104,6 +106,9 @@ impl TestServer {
         args.nginx_control = options.nginx_control.clone();
         args.tokens = options.tokens.clone();
         args.hook_secrets = options.hook_secrets.clone();
+        if let Some(configure) = options.configure {
+            configure(&mut args);
+        }
         args.watch_policies = options.watch_policies;
         let pdp = server::open(&args, Arc::new(clock.clone())).expect("open server");
         let (tx, rx) = oneshot::channel::<()>();
