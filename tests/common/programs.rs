@@ -76,7 +76,7 @@ impl Drop for Guard {
     }
 }
 
-fn require(program: &str) -> PathBuf {
+pub fn require(program: &str) -> PathBuf {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .output()
