@@ -20,6 +20,7 @@
 
 mod group_commit;
 mod log;
+mod view;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,7 @@ use crate::domain::{
 };
 use crate::error::PdpError;
 use group_commit::GroupCommit;
+use view::FactsView;
 
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
@@ -67,6 +69,11 @@ pub struct Store {
     events_durable: tokio::sync::watch::Sender<u64>,
     /// Why writing failed, until it works again; `None` while writes work.
     write_failure: tokio::sync::watch::Sender<Option<String>>,
+    /// Registrations and accounts in memory: what decisions and lookups read.
+    view: FactsView,
+    /// Held from a transaction's commit until the view has it, so the view takes changes in
+    /// commit order.
+    view_order: std::sync::Mutex<()>,
 }
 
 /// What `open_session` did.
@@ -316,7 +323,7 @@ impl Db {
         let data = db.open_tree(DATA_TREE).map_err(storage)?;
         let log = db.open_tree(LOG_TREE).map_err(storage)?;
         index_rooms(&data)?;
-        let commit = GroupCommit::new(db.clone());
+        let commit = GroupCommit::new(db.clone(), dir)?;
         Ok(Db {
             db,
             data,
@@ -331,6 +338,26 @@ impl Db {
         meta.insert(PROBE_KEY, &now.to_be_bytes())
             .map_err(storage)?;
         self.db.flush().map_err(storage)?;
+        // A full disk can pass sled's flush and fail only when synced.
+        self.commit.sync_blocking()
+    }
+
+    /// Every registration and account on disk, for the in-memory view.
+    fn load_view(&self, view: &FactsView) -> Result<(), PdpError> {
+        let mut registrations = Vec::new();
+        for item in self.data.scan_prefix(b"reg/") {
+            let (key, value) = item.map_err(storage)?;
+            registrations.push(decode::<Registration>(
+                &String::from_utf8_lossy(&key),
+                &value,
+            )?);
+        }
+        let mut accounts = Vec::new();
+        for item in self.data.scan_prefix(b"acct/") {
+            let (key, value) = item.map_err(storage)?;
+            accounts.push(decode::<Account>(&String::from_utf8_lossy(&key), &value)?);
+        }
+        view.reset(registrations, accounts);
         Ok(())
     }
 
@@ -385,11 +412,15 @@ impl Store {
         // Everything already on disk is durable.
         let (events_durable, _) = tokio::sync::watch::channel(db.last_event()?);
         let (write_failure, _) = tokio::sync::watch::channel(None);
+        let view = FactsView::default();
+        db.load_view(&view)?;
         Ok(Store {
             dir: dir.to_owned(),
             db: RwLock::new(Some(Arc::new(db))),
             events_durable,
             write_failure,
+            view,
+            view_order: std::sync::Mutex::new(()),
         })
     }
 
@@ -464,6 +495,8 @@ impl Store {
         let db = Db::open(&self.dir)?;
         db.probe(now)?;
         let last_event = db.last_event()?;
+        // What was not durable is gone from disk; the view must forget it too.
+        db.load_view(&self.view)?;
         let mut guard = self
             .db
             .write()
@@ -478,7 +511,9 @@ impl Store {
 
     /// Blocks until everything written so far is on disk. For shutdown.
     pub fn flush_blocking(&self) -> Result<(), PdpError> {
-        self.db()?.db.flush().map(|_| ()).map_err(storage)
+        let db = self.db()?;
+        db.db.flush().map_err(storage)?;
+        db.commit.sync_blocking()
     }
 
     /// Returns once everything `db` holds is durable.
@@ -486,15 +521,25 @@ impl Store {
         db.commit.durable().await.map_err(|e| self.write_failed(e))
     }
 
-    /// One transaction over the data tree and the decision log, then a durable flush.
+    /// One transaction over the data tree and the decision log, then `to_view` with what it
+    /// committed (in commit order), then a durable flush.
     async fn transact<T>(
         &self,
         f: impl Fn(&TransactionalTree, &TransactionalTree) -> TxResult<T>,
+        to_view: impl FnOnce(&T, &FactsView),
     ) -> Result<T, PdpError> {
         let db = self.db()?;
-        let value = (&db.data, &db.log)
-            .transaction(|(data, log)| f(data, log))
-            .map_err(|e| self.tx_failed(e))?;
+        let value = {
+            let _in_order = self
+                .view_order
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let value = (&db.data, &db.log)
+                .transaction(|(data, log)| f(data, log))
+                .map_err(|e| self.tx_failed(e))?;
+            to_view(&value, &self.view);
+            value
+        };
         self.durable(&db).await?;
         Ok(value)
     }
@@ -535,38 +580,51 @@ impl Store {
         record: &(dyn Fn(&Registration) -> LogRecord + Sync),
     ) -> Result<WriteOutcome, PdpError> {
         let key = registration_key(body.kind(), id);
-        self.transact(|tx, log| {
-            for (kind, ref_id, field) in body.references() {
-                if tx_get::<Registration>(tx, &registration_key(kind, ref_id))?.is_none() {
-                    return Err(abort(PdpError::FailedPrecondition(format!(
-                        "{field}: {} {ref_id} is not registered",
-                        kind.name()
-                    ))));
+        self.transact(
+            |tx, log| {
+                for (kind, ref_id, field) in body.references() {
+                    if tx_get::<Registration>(tx, &registration_key(kind, ref_id))?.is_none() {
+                        return Err(abort(PdpError::FailedPrecondition(format!(
+                            "{field}: {} {ref_id} is not registered",
+                            kind.name()
+                        ))));
+                    }
                 }
-            }
-            let current: Option<Registration> = tx_get(tx, &key)?;
-            scope.check_filing(current.as_ref(), &body).map_err(abort)?;
-            let outcome =
-                domain::apply_register(current.as_ref(), id, body.clone(), expected_revision, now)
-                    .map_err(abort)?;
-            let back_to_review = current.as_ref().is_some_and(|c| {
-                c.review_status == ReviewStatus::Approved
-                    && outcome.registration.review_status == ReviewStatus::PendingReview
-            });
-            if back_to_review && let Some(session) = tx_live_session_using(tx, body.kind(), id)? {
-                return Err(abort(PdpError::FailedPrecondition(format!(
-                    "{} {id} is in use by live session {session}: this change would send it \
+                let current: Option<Registration> = tx_get(tx, &key)?;
+                scope.check_filing(current.as_ref(), &body).map_err(abort)?;
+                let outcome = domain::apply_register(
+                    current.as_ref(),
+                    id,
+                    body.clone(),
+                    expected_revision,
+                    now,
+                )
+                .map_err(abort)?;
+                let back_to_review = current.as_ref().is_some_and(|c| {
+                    c.review_status == ReviewStatus::Approved
+                        && outcome.registration.review_status == ReviewStatus::PendingReview
+                });
+                if back_to_review && let Some(session) = tx_live_session_using(tx, body.kind(), id)?
+                {
+                    return Err(abort(PdpError::FailedPrecondition(format!(
+                        "{} {id} is in use by live session {session}: this change would send it \
                      back to review and end the broadcast; change it after the broadcast ends \
                      (an admin may revoke it meanwhile)",
-                    body.kind().name()
-                ))));
-            }
-            if outcome.changed {
-                tx_put(tx, &key, &outcome.registration)?;
-                tx_log(log, &record(&outcome.registration))?;
-            }
-            Ok(outcome)
-        })
+                        body.kind().name()
+                    ))));
+                }
+                if outcome.changed {
+                    tx_put(tx, &key, &outcome.registration)?;
+                    tx_log(log, &record(&outcome.registration))?;
+                }
+                Ok(outcome)
+            },
+            |outcome, view| {
+                if outcome.changed {
+                    view.put_registration(&outcome.registration);
+                }
+            },
+        )
         .await
     }
 
@@ -578,13 +636,16 @@ impl Store {
         record: &(dyn Fn(&Registration) -> LogRecord + Sync),
     ) -> Result<Registration, PdpError> {
         let key = registration_key(cmd.kind, &cmd.id);
-        self.transact(|tx, log| {
-            let current: Option<Registration> = tx_get(tx, &key)?;
-            let next = domain::apply_review(current.as_ref(), cmd, now).map_err(abort)?;
-            tx_put(tx, &key, &next)?;
-            tx_log(log, &record(&next))?;
-            Ok(next)
-        })
+        self.transact(
+            |tx, log| {
+                let current: Option<Registration> = tx_get(tx, &key)?;
+                let next = domain::apply_review(current.as_ref(), cmd, now).map_err(abort)?;
+                tx_put(tx, &key, &next)?;
+                tx_log(log, &record(&next))?;
+                Ok(next)
+            },
+            |next, view| view.put_registration(next),
+        )
         .await
     }
 
@@ -598,15 +659,22 @@ impl Store {
         record: &(dyn Fn(&Registration) -> LogRecord + Sync),
     ) -> Result<WriteOutcome, PdpError> {
         let key = registration_key(kind, id);
-        self.transact(|tx, log| {
-            let current: Option<Registration> = tx_get(tx, &key)?;
-            let outcome = apply(current.as_ref()).map_err(abort)?;
-            if outcome.changed {
-                tx_put(tx, &key, &outcome.registration)?;
-                tx_log(log, &record(&outcome.registration))?;
-            }
-            Ok(outcome)
-        })
+        self.transact(
+            |tx, log| {
+                let current: Option<Registration> = tx_get(tx, &key)?;
+                let outcome = apply(current.as_ref()).map_err(abort)?;
+                if outcome.changed {
+                    tx_put(tx, &key, &outcome.registration)?;
+                    tx_log(log, &record(&outcome.registration))?;
+                }
+                Ok(outcome)
+            },
+            |outcome, view| {
+                if outcome.changed {
+                    view.put_registration(&outcome.registration);
+                }
+            },
+        )
         .await
     }
 
@@ -668,7 +736,7 @@ impl Store {
     }
 
     pub fn get_registration(&self, kind: Kind, id: &str) -> Result<Option<Registration>, PdpError> {
-        self.read(&registration_key(kind, id))
+        Ok(self.view.registration(kind, id))
     }
 
     /// Up to `limit` records of `kind` with ids after `after`, in id order.
@@ -706,7 +774,8 @@ impl Store {
             return Ok(None);
         };
         let account = self
-            .read(&account_key(merchant_id))?
+            .view
+            .account(merchant_id)
             .unwrap_or_else(|| Account::new(merchant_id));
         Ok(Some((merchant, account)))
     }
@@ -723,31 +792,39 @@ impl Store {
     ) -> Result<(Account, bool), PdpError> {
         let merchant_key = registration_key(Kind::Merchant, merchant_id);
         let key = account_key(merchant_id);
-        self.transact(|tx, log| {
-            if tx_get::<Registration>(tx, &merchant_key)?.is_none() {
-                return Err(abort(PdpError::NotFound(format!(
-                    "merchant {merchant_id} is not registered"
-                ))));
-            }
-            let mut account: Account =
-                tx_get(tx, &key)?.unwrap_or_else(|| Account::new(merchant_id));
-            let was_frozen = account.frozen_at(now).is_some();
-            if was_frozen {
-                account.frozen_until = None;
-                account.freeze_lifted = Some(domain::FreezeLift {
-                    operator: operator.to_owned(),
-                    reason: reason.to_owned(),
-                    lifted_at: now,
-                });
-                tx_put(tx, &key, &account)?;
-                tx_log(log, &record(&account))?;
-            }
-            Ok((account, was_frozen))
-        })
+        self.transact(
+            |tx, log| {
+                if tx_get::<Registration>(tx, &merchant_key)?.is_none() {
+                    return Err(abort(PdpError::NotFound(format!(
+                        "merchant {merchant_id} is not registered"
+                    ))));
+                }
+                let mut account: Account =
+                    tx_get(tx, &key)?.unwrap_or_else(|| Account::new(merchant_id));
+                let was_frozen = account.frozen_at(now).is_some();
+                if was_frozen {
+                    account.frozen_until = None;
+                    account.freeze_lifted = Some(domain::FreezeLift {
+                        operator: operator.to_owned(),
+                        reason: reason.to_owned(),
+                        lifted_at: now,
+                    });
+                    tx_put(tx, &key, &account)?;
+                    tx_log(log, &record(&account))?;
+                }
+                Ok((account, was_frozen))
+            },
+            |(account, was_frozen), view| {
+                if *was_frozen {
+                    view.put_account(account);
+                }
+            },
+        )
         .await
     }
 
-    /// Everything a decision about these ids needs, read as one consistent snapshot.
+    /// Everything a decision about these ids needs, as one consistent snapshot of the
+    /// in-memory view: no disk, no decoding, no transaction.
     pub fn facts(
         &self,
         merchant_id: &str,
@@ -756,47 +833,9 @@ impl Store {
         driver_id: &str,
         ai_features: &[String],
     ) -> Result<Facts, PdpError> {
-        let (merchant, account, room, anchor, provider, driver, features) = self
-            .db()?
-            .data
-            .transaction(|tx| {
-                let merchant: Option<Registration> =
-                    tx_get(tx, &registration_key(Kind::Merchant, merchant_id))?;
-                let account: Option<Account> = tx_get(tx, &account_key(merchant_id))?;
-                let room: Option<Registration> =
-                    tx_get(tx, &registration_key(Kind::Room, room_id))?;
-                let anchor: Option<Registration> =
-                    tx_get(tx, &registration_key(Kind::Anchor, anchor_id))?;
-                let provider: Option<Registration> = match anchor.as_ref().map(|a| &a.body) {
-                    Some(RecordBody::Anchor { provider_id, .. }) => {
-                        tx_get(tx, &registration_key(Kind::Provider, provider_id))?
-                    }
-                    _ => None,
-                };
-                let driver: Option<Registration> =
-                    tx_get(tx, &registration_key(Kind::Driver, driver_id))?;
-                let mut features = Vec::with_capacity(ai_features.len());
-                for feature in ai_features {
-                    let record: Option<Registration> =
-                        tx_get(tx, &registration_key(Kind::AiFeature, feature))?;
-                    features.push((feature.clone(), record));
-                }
-                Ok((merchant, account, room, anchor, provider, driver, features))
-            })
-            .map_err(|e| self.tx_failed(e))?;
-        Ok(Facts {
-            merchant_id: merchant_id.to_owned(),
-            room_id: room_id.to_owned(),
-            anchor_id: anchor_id.to_owned(),
-            driver_id: driver_id.to_owned(),
-            merchant,
-            account,
-            room,
-            anchor,
-            provider,
-            driver,
-            ai_features: features,
-        })
+        Ok(self
+            .view
+            .facts(merchant_id, room_id, anchor_id, driver_id, ai_features))
     }
 
     /// Opens an admitted session, with its decision's records, unless its idempotency key
@@ -938,6 +977,10 @@ impl Store {
     ) -> Result<(Enforced, Option<EnforcementEvent>), PdpError> {
         let skey = session_key(&discovery.session_id);
         let db = self.db()?;
+        let in_order = self
+            .view_order
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (enforced, event) = (&db.data, &db.log)
             .transaction(|(tx, log)| {
                 let session: Session = tx_get(tx, &skey)?.ok_or_else(|| {
@@ -977,6 +1020,8 @@ impl Store {
                 Ok((enforced, event))
             })
             .map_err(|e| self.tx_failed(e))?;
+        self.view.put_account(&enforced.account);
+        drop(in_order);
         self.durable(&db).await?;
         self.publish_events(event.as_ref().map(|e| e.sequence));
         Ok((enforced, event))
@@ -1044,19 +1089,29 @@ impl Store {
         registrations: &[Registration],
         accounts: &[Account],
     ) -> Result<(), PdpError> {
-        self.transact(|tx, _log| {
-            for registration in registrations {
-                tx_put(
-                    tx,
-                    &registration_key(registration.kind(), &registration.id),
-                    registration,
-                )?;
-            }
-            for account in accounts {
-                tx_put(tx, &account_key(&account.merchant_id), account)?;
-            }
-            Ok(())
-        })
+        self.transact(
+            |tx, _log| {
+                for registration in registrations {
+                    tx_put(
+                        tx,
+                        &registration_key(registration.kind(), &registration.id),
+                        registration,
+                    )?;
+                }
+                for account in accounts {
+                    tx_put(tx, &account_key(&account.merchant_id), account)?;
+                }
+                Ok(())
+            },
+            |(), view| {
+                for registration in registrations {
+                    view.put_registration(registration);
+                }
+                for account in accounts {
+                    view.put_account(account);
+                }
+            },
+        )
         .await
     }
 

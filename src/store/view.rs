@@ -1,0 +1,123 @@
+//! What decisions read, in memory: every registration and every account, loaded when the store
+//! opens and updated by each committed write, in commit order. A decision reads no disk and
+//! decodes no JSON; this is also the read path a replicated backend will feed from its watch.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use crate::domain::{Account, Facts, Kind, RecordBody, Registration};
+
+#[derive(Default)]
+struct State {
+    /// By kind, then id (so a lookup by `&str` allocates nothing).
+    registrations: HashMap<Kind, HashMap<String, Registration>>,
+    accounts: HashMap<String, Account>,
+}
+
+#[derive(Default)]
+pub struct FactsView {
+    state: RwLock<State>,
+}
+
+impl FactsView {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        // A panic while writing leaves whole entries (each insert is one move), so a poisoned
+        // lock still holds a usable view.
+        self.state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Replaces everything (at open, and after the store is reopened).
+    pub fn reset(
+        &self,
+        registrations: impl IntoIterator<Item = Registration>,
+        accounts: impl IntoIterator<Item = Account>,
+    ) {
+        let mut state = State::default();
+        for registration in registrations {
+            state
+                .registrations
+                .entry(registration.kind())
+                .or_default()
+                .insert(registration.id.clone(), registration);
+        }
+        for account in accounts {
+            state.accounts.insert(account.merchant_id.clone(), account);
+        }
+        *self.write() = state;
+    }
+
+    pub fn put_registration(&self, registration: &Registration) {
+        self.write()
+            .registrations
+            .entry(registration.kind())
+            .or_default()
+            .insert(registration.id.clone(), registration.clone());
+    }
+
+    pub fn put_account(&self, account: &Account) {
+        self.write()
+            .accounts
+            .insert(account.merchant_id.clone(), account.clone());
+    }
+
+    pub fn registration(&self, kind: Kind, id: &str) -> Option<Registration> {
+        self.read()
+            .registrations
+            .get(&kind)
+            .and_then(|by_id| by_id.get(id))
+            .cloned()
+    }
+
+    pub fn account(&self, merchant_id: &str) -> Option<Account> {
+        self.read().accounts.get(merchant_id).cloned()
+    }
+
+    /// Everything a decision about these ids needs, read under one lock: one consistent
+    /// snapshot.
+    pub fn facts(
+        &self,
+        merchant_id: &str,
+        room_id: &str,
+        anchor_id: &str,
+        driver_id: &str,
+        ai_features: &[String],
+    ) -> Facts {
+        let state = self.read();
+        let get = |kind: Kind, id: &str| {
+            state
+                .registrations
+                .get(&kind)
+                .and_then(|by_id| by_id.get(id))
+                .cloned()
+        };
+        let anchor = get(Kind::Anchor, anchor_id);
+        let provider = match anchor.as_ref().map(|a| &a.body) {
+            Some(RecordBody::Anchor { provider_id, .. }) => get(Kind::Provider, provider_id),
+            _ => None,
+        };
+        Facts {
+            merchant_id: merchant_id.to_owned(),
+            room_id: room_id.to_owned(),
+            anchor_id: anchor_id.to_owned(),
+            driver_id: driver_id.to_owned(),
+            merchant: get(Kind::Merchant, merchant_id),
+            account: state.accounts.get(merchant_id).cloned(),
+            room: get(Kind::Room, room_id),
+            anchor,
+            provider,
+            driver: get(Kind::Driver, driver_id),
+            ai_features: ai_features
+                .iter()
+                .map(|id| (id.clone(), get(Kind::AiFeature, id)))
+                .collect(),
+        }
+    }
+}
