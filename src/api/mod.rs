@@ -270,7 +270,9 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
             .await
             .map_err(status)?;
         let decision = &outcome.decision;
-        tracing::info!(
+        // Per decision: debug only (the decision log is the record; INFO would be a write per
+        // request to stderr).
+        tracing::debug!(
             decision_id = %outcome.decision_id,
             allowed = decision.allowed,
             rules = %decision.rule_ids().join(","),
@@ -385,7 +387,7 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
             })
             .await
             .map_err(status)?;
-            tracing::info!(
+            tracing::debug!(
                 kind = outcome.registration.kind().name(),
                 id = %record_id,
                 revision = outcome.registration.revision,

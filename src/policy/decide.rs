@@ -217,13 +217,38 @@ impl PolicyBundle {
         now: Millis,
         explain: bool,
     ) -> Decision {
-        match self.evaluate(facts, observation, now, explain) {
+        self.decide_with(facts, observation, now, explain, explain)
+    }
+
+    /// As `decide_explained`, and every deny explained whatever `explain` says: the decision
+    /// log keeps the explanation of each deny. Cedar evaluates once either way; a deny's facts
+    /// are rendered after the fact, from the same inputs.
+    pub fn decide_for_the_record(
+        &self,
+        facts: &Facts,
+        observation: &Observation<'_>,
+        now: Millis,
+        explain: bool,
+    ) -> Decision {
+        self.decide_with(facts, observation, now, explain, true)
+    }
+
+    fn decide_with(
+        &self,
+        facts: &Facts,
+        observation: &Observation<'_>,
+        now: Millis,
+        explain: bool,
+        explain_denies: bool,
+    ) -> Decision {
+        let explain_errors = explain || explain_denies;
+        match self.evaluate(facts, observation, now, explain, explain_denies) {
             Ok(decision) => decision,
             Err(detail) => Decision {
                 allowed: false,
                 violations: vec![Violation::pdp_failure(&detail)],
                 policy_version: self.version().to_owned(),
-                explanation: explain.then(|| Explanation {
+                explanation: explain_errors.then(|| Explanation {
                     errors: vec![detail],
                     ..Explanation::default()
                 }),
@@ -237,7 +262,79 @@ impl PolicyBundle {
         observation: &Observation<'_>,
         now: Millis,
         explain: bool,
+        explain_denies: bool,
     ) -> Result<Decision, String> {
+        let inputs = self.inputs(facts, observation, now, explain)?;
+        let response =
+            Authorizer::new().is_authorized(&inputs.request, &self.set, &inputs.entities);
+        let mut violations: Vec<(usize, Violation)> = Vec::new();
+        for policy_id in response.diagnostics().reason() {
+            if let Some(rule) = self.rules.get(policy_id) {
+                violations.push((
+                    rule.order,
+                    Violation {
+                        rule_id: rule.id.clone(),
+                        message_en: rule.message_en.clone(),
+                        message_zh: rule.message_zh.clone(),
+                        penalty: rule.penalty,
+                    },
+                ));
+            }
+        }
+        violations.sort_by_key(|(order, _)| *order);
+        let mut violations: Vec<Violation> = violations.into_iter().map(|(_, v)| v).collect();
+        // Cedar skips a policy whose condition errors; a skipped forbid might have denied.
+        for error in response.diagnostics().errors() {
+            violations.push(Violation::pdp_failure(&error.to_string()));
+        }
+        let allowed = response.decision() == CedarDecision::Allow && violations.is_empty();
+        if !allowed && violations.is_empty() {
+            violations.push(Violation::pdp_failure("no policy permits this broadcast"));
+        }
+        let explanation = if explain || (explain_denies && !allowed) {
+            // Rendering the facts costs more than deciding on them: an allow nobody asked to
+            // explain skips it, and an unexplained deny renders them now from the same inputs.
+            let (fact_log, context_facts) = if explain {
+                (inputs.fact_log, inputs.context_facts)
+            } else {
+                let rendered = self.inputs(facts, observation, now, true)?;
+                (rendered.fact_log, rendered.context_facts)
+            };
+            let mut determining: Vec<String> = response
+                .diagnostics()
+                .reason()
+                .map(|id| id.to_string())
+                .collect();
+            determining.sort();
+            Some(Explanation {
+                facts: fact_log,
+                context: context_facts,
+                determining_policies: determining,
+                errors: response
+                    .diagnostics()
+                    .errors()
+                    .map(|e| e.to_string())
+                    .collect(),
+            })
+        } else {
+            None
+        };
+        Ok(Decision {
+            allowed,
+            violations,
+            policy_version: self.version().to_owned(),
+            explanation,
+        })
+    }
+
+    /// The entities and request Cedar decides on, and (with `explain`) how they read.
+    fn inputs(
+        &self,
+        facts: &Facts,
+        observation: &Observation<'_>,
+        now: Millis,
+        explain: bool,
+    ) -> Result<Inputs, String> {
         let types = &self.types;
         let merchant_uid = uid(&types.merchant, &facts.merchant_id);
         let room_uid = uid(&types.room, &facts.room_id);
@@ -328,56 +425,21 @@ impl PolicyBundle {
         )
         .map_err(|e| format!("request does not match the schema: {e}"))?;
 
-        let response = Authorizer::new().is_authorized(&request, &self.set, &entities);
-        let mut violations: Vec<(usize, Violation)> = Vec::new();
-        for policy_id in response.diagnostics().reason() {
-            if let Some(rule) = self.rules.get(policy_id) {
-                violations.push((
-                    rule.order,
-                    Violation {
-                        rule_id: rule.id.clone(),
-                        message_en: rule.message_en.clone(),
-                        message_zh: rule.message_zh.clone(),
-                        penalty: rule.penalty,
-                    },
-                ));
-            }
-        }
-        violations.sort_by_key(|(order, _)| *order);
-        let mut violations: Vec<Violation> = violations.into_iter().map(|(_, v)| v).collect();
-        // Cedar skips a policy whose condition errors; a skipped forbid might have denied.
-        for error in response.diagnostics().errors() {
-            violations.push(Violation::pdp_failure(&error.to_string()));
-        }
-        let allowed = response.decision() == CedarDecision::Allow && violations.is_empty();
-        if !allowed && violations.is_empty() {
-            violations.push(Violation::pdp_failure("no policy permits this broadcast"));
-        }
-        let explanation = explain.then(|| {
-            let mut determining: Vec<String> = response
-                .diagnostics()
-                .reason()
-                .map(|id| id.to_string())
-                .collect();
-            determining.sort();
-            Explanation {
-                facts: fact_log,
-                context: context_facts,
-                determining_policies: determining,
-                errors: response
-                    .diagnostics()
-                    .errors()
-                    .map(|e| e.to_string())
-                    .collect(),
-            }
-        });
-        Ok(Decision {
-            allowed,
-            violations,
-            policy_version: self.version().to_owned(),
-            explanation,
+        Ok(Inputs {
+            entities,
+            request,
+            fact_log,
+            context_facts,
         })
     }
+}
+
+/// What Cedar decides on, and how it reads to a person.
+struct Inputs {
+    entities: Entities,
+    request: Request,
+    fact_log: Vec<Fact>,
+    context_facts: Vec<Fact>,
 }
 
 #[cfg(test)]

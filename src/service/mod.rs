@@ -137,12 +137,7 @@ fn decide_for_the_record(
     now: Millis,
     explain: bool,
 ) -> Decision {
-    let decision = policies.decide_explained(facts, observation, now, explain);
-    if decision.allowed || decision.explanation.is_some() {
-        decision
-    } else {
-        policies.decide_explained(facts, observation, now, true)
-    }
+    policies.decide_for_the_record(facts, observation, now, explain)
 }
 
 fn new_id() -> String {
