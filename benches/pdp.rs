@@ -30,24 +30,77 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-fn report(name: &str, calls: u64, elapsed: Duration, mut latencies: Vec<Duration>) {
+/// This process's CPU time (user + system) and bytes it caused to be written to storage, from
+/// /proc (Linux). Client and server share the process, so CPU is both sides'.
+fn process_usage() -> (Duration, u64) {
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name (which may hold spaces) start after ')'.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some(Duration::from_secs_f64((user + system) / ticks_per_second))
+        })
+        .unwrap_or_default();
+    let written = std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or_default();
+    (cpu, written)
+}
+
+/// One scenario's figures.
+#[derive(Clone, Copy, Default)]
+struct Figures {
+    per_second: f64,
+}
+
+fn report(
+    name: &str,
+    calls: u64,
+    elapsed: Duration,
+    mut latencies: Vec<Duration>,
+    usage: (Duration, u64),
+    baseline: Option<Figures>,
+) -> Figures {
     latencies.sort();
+    let per_second = calls as f64 / elapsed.as_secs_f64();
+    let ratio = baseline.map_or_else(
+        || "    base".to_owned(),
+        |b| format!("{:>7.2}x", per_second / b.per_second),
+    );
     println!(
-        "{name:<34} {:>9.0} calls/s   p50 {:>8.3} ms   p99 {:>8.3} ms   max {:>8.3} ms   ({calls} calls)",
-        calls as f64 / elapsed.as_secs_f64(),
+        "{name:<40} {per_second:>8.0}/s {ratio}   p50 {:>7.3}   p99 {:>7.3}   p999 {:>7.3} ms   cpu {:>6.1} µs   disk {:>7.0} B   per call",
         percentile(&latencies, 0.50).as_secs_f64() * 1e3,
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        percentile(&latencies, 0.999).as_secs_f64() * 1e3,
+        usage.0.as_secs_f64() * 1e6 / calls.max(1) as f64,
+        usage.1 as f64 / calls.max(1) as f64,
     );
+    Figures { per_second }
 }
 
 /// Runs `call` from `in_flight` concurrent tasks for `duration`; every call must succeed.
-async fn drive<F, Fut>(name: &str, in_flight: usize, duration: Duration, call: F) -> Result<()>
+async fn drive<F, Fut>(
+    name: &str,
+    in_flight: usize,
+    duration: Duration,
+    baseline: Option<Figures>,
+    call: F,
+) -> Result<Figures>
 where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<()>> + Send,
 {
     let counter = Arc::new(AtomicU64::new(0));
+    let (cpu_before, written_before) = process_usage();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..in_flight {
@@ -68,7 +121,47 @@ where
     for task in tasks {
         all.extend(task.await??);
     }
-    report(name, all.len() as u64, start.elapsed(), all);
+    let elapsed = start.elapsed();
+    let (cpu_after, written_after) = process_usage();
+    let usage = (
+        cpu_after.saturating_sub(cpu_before),
+        written_after.saturating_sub(written_before),
+    );
+    let name = format!("{name} @{in_flight}");
+    Ok(report(
+        &name,
+        all.len() as u64,
+        elapsed,
+        all,
+        usage,
+        baseline,
+    ))
+}
+
+/// A further room of m1, filed and approved.
+async fn fixture_room(
+    pdp: &mut PolicyDecisionPointClient<Channel>,
+    admin: &mut PolicyAdminClient<Channel>,
+    id: &str,
+) -> Result<()> {
+    pdp.register(proto::RegisterRequest {
+        record: Some(Record::Room(proto::LivestreamRoom {
+            id: id.into(),
+            owner_merchant_id: "m1".into(),
+            display_name: String::new(),
+        })),
+        expected_revision: None,
+    })
+    .await?;
+    admin
+        .review_filing(proto::ReviewFilingRequest {
+            kind: proto::RegistrationKind::Room as i32,
+            id: id.into(),
+            verdict: proto::Verdict::Approve as i32,
+            reviewer: "bench".into(),
+            ..Default::default()
+        })
+        .await?;
     Ok(())
 }
 
@@ -244,7 +337,7 @@ async fn main() -> Result<()> {
     let per_read = t.elapsed() / iterations;
     println!(
         "{:<34} {:>9.0} calls/s   {:>8.2} µs per snapshot (1 thread)",
-        "store facts (sled read txn)",
+        "store facts (in-memory view)",
         1.0 / per_read.as_secs_f64(),
         per_read.as_secs_f64() * 1e6
     );
@@ -254,73 +347,132 @@ async fn main() -> Result<()> {
         .await?
         .into_inner()
         .session_id;
-    let client = pdp.clone();
-    drive(
-        "Authorize LIVE (read + decide)",
-        in_flight,
-        duration,
-        move |_| {
-            let mut client = client.clone();
-            let session = session.clone();
-            async move {
-                let response = client
-                    .authorize(proto::AuthorizeRequest {
-                        phase: proto::Phase::Live as i32,
-                        session_id: session,
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                if response.decision != proto::Decision::Allow as i32 {
-                    return Err(format!("denied: {:?}", response.violations).into());
+    // A second room, for the LIVE session: STARTs on r1 supersede each other, not it.
+    fixture_room(&mut pdp, &mut admin, "r-live").await?;
+    let mut live_start = start_request();
+    live_start.room_id = "r-live".into();
+    let session = {
+        let _ = session;
+        pdp.authorize(live_start).await?.into_inner().session_id
+    };
+    println!(
+        "{:<40} {:>10} {:>8}   latency (ms)                            client + server CPU, bytes written",
+        "scenario @in-flight", "rate", "÷ health"
+    );
+    for flight in [1, in_flight] {
+        let health = tonic_health::pb::health_client::HealthClient::new(
+            Channel::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await?,
+        );
+        let baseline = drive(
+            "Health/Check (no-op baseline)",
+            flight,
+            duration,
+            None,
+            move |_| {
+                let mut health = health.clone();
+                async move {
+                    health
+                        .check(tonic_health::pb::HealthCheckRequest {
+                            service: "anchorpdp.v1.PolicyDecisionPoint".into(),
+                        })
+                        .await?;
+                    Ok(())
                 }
-                Ok(())
-            }
-        },
-    )
-    .await?;
-
-    let client = pdp.clone();
-    drive(
-        "Authorize START (decide + durable)",
-        in_flight,
-        duration,
-        move |_| {
-            let mut client = client.clone();
-            async move {
-                let response = client.authorize(start_request()).await?.into_inner();
-                if response.decision != proto::Decision::Allow as i32 {
-                    return Err(format!("denied: {:?}", response.violations).into());
+            },
+        )
+        .await?;
+        let client = pdp.clone();
+        let session = session.clone();
+        drive(
+            "Authorize LIVE allow",
+            flight,
+            duration,
+            Some(baseline),
+            move |_| {
+                let mut client = client.clone();
+                let session = session.clone();
+                async move {
+                    let response = client
+                        .authorize(proto::AuthorizeRequest {
+                            phase: proto::Phase::Live as i32,
+                            session_id: session,
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner();
+                    if response.decision != proto::Decision::Allow as i32 {
+                        return Err(format!("denied: {:?}", response.violations).into());
+                    }
+                    Ok(())
                 }
-                Ok(())
-            }
-        },
-    )
-    .await?;
-
-    let client = pdp.clone();
-    drive(
-        "Register merchant (durable write)",
-        in_flight,
-        duration,
-        move |n| {
-            let mut client = client.clone();
-            async move {
-                client
-                    .register(proto::RegisterRequest {
-                        record: Some(Record::Merchant(proto::Merchant {
-                            id: format!("bench-{n}"),
-                            tier: proto::MerchantTier::ChineseGoldSupplier as i32,
-                            display_name: String::new(),
-                        })),
-                        expected_revision: None,
-                    })
-                    .await?;
-                Ok(())
-            }
-        },
-    )
-    .await?;
+            },
+        )
+        .await?;
+        let client = pdp.clone();
+        drive(
+            "Authorize START allow (durable)",
+            flight,
+            duration,
+            Some(baseline),
+            move |_| {
+                let mut client = client.clone();
+                async move {
+                    let response = client.authorize(start_request()).await?.into_inner();
+                    if response.decision != proto::Decision::Allow as i32 {
+                        return Err(format!("denied: {:?}", response.violations).into());
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .await?;
+        let client = pdp.clone();
+        drive(
+            "Authorize START deny (R3, logged)",
+            flight,
+            duration,
+            Some(baseline),
+            move |_| {
+                let mut client = client.clone();
+                async move {
+                    let mut request = start_request();
+                    request.drive_mode = proto::DriveMode::PreRecorded as i32;
+                    let response = client.authorize(request).await?.into_inner();
+                    if response.decision != proto::Decision::Deny as i32 {
+                        return Err("allowed a pre-recorded broadcast".into());
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .await?;
+        let client = pdp.clone();
+        drive(
+            "Register merchant (durable)",
+            flight,
+            duration,
+            Some(baseline),
+            move |n| {
+                let mut client = client.clone();
+                async move {
+                    client
+                        .register(proto::RegisterRequest {
+                            record: Some(Record::Merchant(proto::Merchant {
+                                id: format!("bench-{flight}-{n}"),
+                                tier: proto::MerchantTier::ChineseGoldSupplier as i32,
+                                display_name: String::new(),
+                            })),
+                            expected_revision: None,
+                        })
+                        .await?;
+                    Ok(())
+                }
+            },
+        )
+        .await?;
+    }
 
     // Hot reload: edit a policy file, then count until a decision is made under the new
     // version (file watch, debounce, load + validate, swap).
