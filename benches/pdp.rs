@@ -286,6 +286,7 @@ async fn main() -> Result<()> {
         let listeners = server::Listeners {
             grpc: listener,
             http: None,
+            metrics: None,
         };
         server::serve(listeners, service, &serve_args, async {
             let _ = stopped.await;

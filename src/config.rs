@@ -100,6 +100,10 @@ pub struct ServeArgs {
     )]
     pub hook_secrets: Vec<String>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless set).
+    #[arg(long, env = "ANCHOR_PDP_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Let file-watch and SIGHUP reloads drop rules the active set enforces (otherwise such a
     /// set is rejected, naming the missing rules).
     #[arg(long, env = "ANCHOR_PDP_ALLOW_RULE_REMOVAL", default_value_t = false)]

@@ -97,6 +97,8 @@ impl DecisionLog {
 
     /// Records one entry. In wait mode, returns once it is durable.
     pub async fn record(&self, record: LogRecord) -> Result<(), PdpError> {
+        metrics::gauge!("anchor_pdp_decision_log_queue_depth")
+            .set((self.capacity - self.queue.capacity()) as f64);
         match self.overflow {
             Overflow::Wait => {
                 let (done, durable) = oneshot::channel();

@@ -12,6 +12,7 @@ pub mod decision_log;
 pub mod domain;
 pub mod error;
 pub mod gateway;
+pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod policy_suite;

@@ -121,6 +121,8 @@ pub fn check_exposure(
 pub struct Listeners {
     pub grpc: TcpListener,
     pub http: Option<TcpListener>,
+    /// Prometheus `/metrics`, if configured.
+    pub metrics: Option<TcpListener>,
 }
 
 /// Editors and config managers write a change in several steps; reload once they are quiet.
@@ -302,6 +304,24 @@ pub async fn serve(
         }
         None => None,
     };
+    // Without a metrics listener no recorder is installed, and every metric is a no-op.
+    let metrics = match listeners
+        .metrics
+        .and_then(|listener| Some((listener, crate::metrics::install()?)))
+    {
+        Some((listener, handle)) => {
+            let addr = listener.local_addr().map_err(StartError::Hooks)?;
+            tracing::info!(%addr, "metrics listening (HTTP, /metrics)");
+            let app = crate::metrics::router(pdp.clone(), handle);
+            Some(tokio::spawn(crate::net::serve_hooks(
+                listener,
+                app,
+                args.hook_limits(),
+                stop_when(stopped.clone()),
+            )))
+        }
+        None => None,
+    };
     let dropper = (!controls.is_empty())
         .then(|| tokio::spawn(crate::gateway::nginx_control::run(pdp.clone(), controls)));
     let signal = tokio::spawn(async move {
@@ -337,6 +357,11 @@ pub async fn serve(
         && let Err(e) = hooks.await
     {
         tracing::error!(error = %e, "hook listener task failed");
+    }
+    if let Some(metrics) = metrics
+        && let Err(e) = metrics.await
+    {
+        tracing::error!(error = %e, "metrics listener task failed");
     }
     if let Some(dropper) = dropper {
         dropper.abort();
@@ -383,10 +408,19 @@ pub async fn run(args: ServeArgs, clock: Arc<dyn Clock>) -> Result<(), StartErro
         ),
         None => None,
     };
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
     serve(
         Listeners {
             grpc: listener,
             http,
+            metrics,
         },
         pdp,
         &args,

@@ -92,6 +92,7 @@ async fn certificate_subjects_map_to_roles() {
             server::Listeners {
                 grpc: listener,
                 http: None,
+                metrics: None,
             },
             pdp,
             &args,

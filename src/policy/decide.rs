@@ -22,7 +22,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    fn policy_name(self) -> &'static str {
+    pub fn policy_name(self) -> &'static str {
         match self {
             Phase::Start => "START",
             Phase::Live => "LIVE",

@@ -160,6 +160,12 @@ impl PolicyHandle {
         };
         status.last_attempt_at = Some(now);
         status.last_trigger = trigger.to_owned();
+        let result = match &outcome {
+            ReloadOutcome::Reloaded { .. } => "reloaded",
+            ReloadOutcome::Unchanged { .. } => "unchanged",
+            ReloadOutcome::Rejected { .. } => "rejected",
+        };
+        metrics::counter!("anchor_pdp_policy_reloads_total", "result" => result).increment(1);
         match &outcome {
             ReloadOutcome::Reloaded { active, .. } => {
                 status.active_version = active.clone();

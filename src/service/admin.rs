@@ -85,6 +85,13 @@ impl Pdp {
             .store
             .register(id, body, expected_revision, scope, now, &record)
             .await?;
+        if outcome.changed {
+            metrics::counter!(
+                "anchor_pdp_registrations_total",
+                "kind" => outcome.registration.kind().name()
+            )
+            .increment(1);
+        }
         if !outcome.changed {
             self.unchanged_action(origin, "Register", now, &outcome.registration)
                 .await?;
@@ -253,6 +260,7 @@ impl Pdp {
                 &record,
             )
             .await?;
+        super::count_penalty(enforced.penalty_applied);
         if enforced.penalty_applied.is_some_and(Penalty::freezes) {
             self.propagate_freeze(enforced.session.merchant_id.clone(), &record_id)
                 .await;

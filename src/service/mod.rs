@@ -140,6 +140,13 @@ fn decide_for_the_record(
     policies.decide_for_the_record(facts, observation, now, explain)
 }
 
+/// Counts a penalty an enforcement applied.
+fn count_penalty(penalty: Option<Penalty>) {
+    if let Some(penalty) = penalty {
+        metrics::counter!("anchor_pdp_penalties_total", "penalty" => penalty.name()).increment(1);
+    }
+}
+
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
@@ -214,12 +221,32 @@ impl Pdp {
         cmd: AuthorizeCommand,
     ) -> Result<AuthorizeOutcome, PdpError> {
         let now = self.now();
+        let started = std::time::Instant::now();
         // One set for the whole decision, even if a reload lands meanwhile.
         let policies = self.policies.current();
-        match cmd.phase {
+        let phase = cmd.phase;
+        let outcome = match phase {
             Phase::Start => self.authorize_start(&policies, origin, cmd, now).await,
             Phase::Live => self.authorize_live(&policies, origin, cmd, now).await,
+        };
+        if let Ok(outcome) = &outcome {
+            let decision = if outcome.decision.allowed {
+                "allow"
+            } else {
+                "deny"
+            };
+            metrics::histogram!(
+                "anchor_pdp_authorize_seconds",
+                "phase" => phase.policy_name(),
+                "decision" => decision
+            )
+            .record(started.elapsed().as_secs_f64());
+            for violation in &outcome.decision.violations {
+                metrics::counter!("anchor_pdp_violations_total", "rule" => violation.rule_id.clone())
+                    .increment(1);
+            }
         }
+        outcome
     }
 
     fn outcome(
@@ -717,7 +744,10 @@ impl Pdp {
             )
         };
         match self.store.enforce(&discovery, &record).await {
-            Ok((enforced, _event)) => Ok(enforced_outcome(&enforced)),
+            Ok((enforced, _event)) => {
+                count_penalty(enforced.penalty_applied);
+                Ok(enforced_outcome(&enforced))
+            }
             Err(e) => {
                 let mut outcome = base.clone();
                 outcome

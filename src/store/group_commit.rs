@@ -68,6 +68,7 @@ impl GroupCommit {
         let covered = self.requested.load(Ordering::SeqCst);
         let db = self.db.clone();
         let data_file = self.data_file.clone();
+        let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || {
             db.flush()
                 .map_err(|e| PdpError::Storage(format!("flush failed: {e}")))?;
@@ -77,6 +78,8 @@ impl GroupCommit {
         })
         .await
         .map_err(|e| PdpError::Storage(format!("flush task failed: {e}")))??;
+        metrics::histogram!("anchor_pdp_store_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
         self.flushed.fetch_max(covered, Ordering::SeqCst);
         Ok(())
     }

@@ -10,9 +10,13 @@ impl Store {
     pub async fn append_log(&self, records: &[LogRecord]) -> Result<(), PdpError> {
         let db = self.db()?;
         let mut batch = sled::Batch::default();
+        let mut bytes = 0;
         for record in records {
-            batch.insert(record.id.as_bytes(), encode(&record.id, record)?);
+            let encoded = encode(&record.id, record)?;
+            bytes += encoded.len();
+            batch.insert(record.id.as_bytes(), encoded);
         }
+        metrics::counter!("anchor_pdp_decision_log_bytes_total").increment(bytes as u64);
         db.log
             .apply_batch(batch)
             .map_err(|e| self.write_failed(storage(e)))?;

@@ -48,6 +48,8 @@ pub struct Options {
     pub tokens: Vec<String>,
     /// `GATEWAY:sha256:HEX` hook secrets; none = hooks open (on loopback).
     pub hook_secrets: Vec<String>,
+    /// Open the Prometheus metrics listener on an ephemeral port.
+    pub metrics: bool,
     /// Any other setting, applied last.
     pub configure: Option<fn(&mut anchor_pdp::config::ServeArgs)>,
 }
@@ -56,6 +58,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The gateway-hook listener, when `Options::http`.
     pub http_addr: Option<SocketAddr>,
+    /// The metrics listener, when `Options::metrics`.
+    pub metrics_addr: Option<SocketAddr>,
     pub clock: ManualClock,
     pub pdp: PolicyDecisionPointClient<Channel>,
     pub admin: PolicyAdminClient<Channel>,
@@ -97,6 +101,18 @@ impl TestServer {
             None
         };
         let http_addr = http.as_ref().map(|l| l.local_addr().expect("http addr"));
+        let metrics = if options.metrics {
+            Some(
+                TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind metrics"),
+            )
+        } else {
+            None
+        };
+        let metrics_addr = metrics
+            .as_ref()
+            .map(|l| l.local_addr().expect("metrics addr"));
         // The embedded defaults, as `anchor-pdp serve` has them, then this test's settings.
         let mut args = serve_defaults();
         args.listen = addr;
@@ -116,6 +132,7 @@ impl TestServer {
             let listeners = server::Listeners {
                 grpc: listener,
                 http,
+                metrics,
             };
             server::serve(listeners, pdp, &args, async {
                 let _ = rx.await;
@@ -132,6 +149,7 @@ impl TestServer {
         TestServer {
             addr,
             http_addr,
+            metrics_addr,
             clock,
             pdp,
             admin,
