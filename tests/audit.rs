@@ -372,7 +372,21 @@ async fn one_revoke_over_three_live_sessions_is_one_warning_and_one_freeze() {
         .into_iter()
         .filter(|r| r.penalty_applied == Penalty::E2WarnShutDownAndFreeze as i32)
         .collect();
-    assert_eq!(penalized.len(), 1, "{penalized:?}");
+    assert_eq!(penalized.len(), 1, "{penalized:?}"); // The status's count is kept as records are written, by every path, not counted by
+    // walking the log: it matches what reading the whole log finds.
+    let everything = s
+        .log(proto::ReadDecisionLogRequest {
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await;
+    let status = s
+        .admin
+        .get_decision_log_status(proto::GetDecisionLogStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.records, everything.len() as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,8 @@
 //! The decision log's own operations: appending records that go with no state change, reading
 //! and pruning. Records that go with a change are written by that change's transaction.
 
+use std::sync::atomic::Ordering;
+
 use super::{Store, decode, encode, storage};
 use crate::domain::{LogRecord, Millis};
 use crate::error::PdpError;
@@ -20,6 +22,8 @@ impl Store {
         db.log
             .apply_batch(batch)
             .map_err(|e| self.write_failed(storage(e)))?;
+        self.log_records
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
         self.durable(&db).await
     }
 
@@ -77,24 +81,29 @@ impl Store {
             if record.at >= older_than {
                 break;
             }
-            log.remove(&key)
-                .map_err(|e| self.write_failed(storage(e)))?;
+            if log
+                .remove(&key)
+                .map_err(|e| self.write_failed(storage(e)))?
+                .is_some()
+            {
+                self.log_records.fetch_sub(1, Ordering::Relaxed);
+            }
             deleted += 1;
         }
-        let mut kept = log.len();
-        while kept > max_records {
+        while self.log_len() > max_records {
             match log.pop_min().map_err(|e| self.write_failed(storage(e)))? {
                 Some(_) => {
+                    self.log_records.fetch_sub(1, Ordering::Relaxed);
                     deleted += 1;
-                    kept -= 1;
                 }
                 None => break,
             }
         }
-        Ok((deleted, kept))
+        Ok((deleted, self.log_len()))
     }
 
+    /// Records kept now: counted as they are written and pruned, never by walking the tree.
     pub fn log_len(&self) -> usize {
-        self.db().map_or(0, |db| db.log.len())
+        usize::try_from(self.log_records.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
     }
 }

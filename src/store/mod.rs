@@ -71,6 +71,9 @@ pub struct Store {
     write_failure: tokio::sync::watch::Sender<Option<String>>,
     /// Registrations and accounts in memory: what decisions and lookups read.
     view: FactsView,
+    /// Decision-log records kept, counted as they are written and pruned (counting the tree
+    /// walks all of it).
+    log_records: std::sync::atomic::AtomicU64,
     /// Held from a transaction's commit until the view has it, so the view takes changes in
     /// commit order.
     view_order: std::sync::Mutex<()>,
@@ -241,8 +244,22 @@ fn tx_event(
     Ok(event)
 }
 
+thread_local! {
+    /// Decision-log records written by the transaction attempt running on this thread: sled
+    /// runs a transaction's closure on the caller's thread, and may run it again on conflict,
+    /// so each attempt starts from zero and the committed attempt's count is what is added.
+    static LOGGED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 fn tx_log(log: &TransactionalTree, record: &LogRecord) -> TxResult<()> {
+    LOGGED.with(|logged| logged.set(logged.get() + 1));
     tx_put(log, &record.id, record)
+}
+
+/// Runs one attempt of a transaction that may log records.
+fn attempt<T>(f: impl FnOnce() -> T) -> T {
+    LOGGED.with(|logged| logged.set(0));
+    f()
 }
 
 fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, PdpError> {
@@ -414,11 +431,14 @@ impl Store {
         let (write_failure, _) = tokio::sync::watch::channel(None);
         let view = FactsView::default();
         db.load_view(&view)?;
+        // The one full count, at open; from here on it is kept as records come and go.
+        let log_records = db.log.len() as u64;
         Ok(Store {
             dir: dir.to_owned(),
             db: RwLock::new(Some(Arc::new(db))),
             events_durable,
             write_failure,
+            log_records: std::sync::atomic::AtomicU64::new(log_records),
             view,
             view_order: std::sync::Mutex::new(()),
         })
@@ -495,8 +515,10 @@ impl Store {
         let db = Db::open(&self.dir)?;
         db.probe(now)?;
         let last_event = db.last_event()?;
-        // What was not durable is gone from disk; the view must forget it too.
+        // What was not durable is gone from disk; the view and the count must forget it too.
         db.load_view(&self.view)?;
+        self.log_records
+            .store(db.log.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let mut guard = self
             .db
             .write()
@@ -535,8 +557,9 @@ impl Store {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let value = (&db.data, &db.log)
-                .transaction(|(data, log)| f(data, log))
+                .transaction(|(data, log)| attempt(|| f(data, log)))
                 .map_err(|e| self.tx_failed(e))?;
+            self.logged_committed();
             to_view(&value, &self.view);
             value
         };
@@ -549,6 +572,13 @@ impl Store {
             Some(bytes) => decode(key, &bytes).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Adds the records the transaction just committed on this thread wrote.
+    fn logged_committed(&self) {
+        let logged = LOGGED.with(std::cell::Cell::get);
+        self.log_records
+            .fetch_add(logged, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn publish_events(&self, sequences: impl IntoIterator<Item = u64>) {
@@ -858,71 +888,74 @@ impl Store {
         let db = self.db()?;
         let (opened, event) = (&db.data, &db.log)
             .transaction(|(tx, log)| {
-                if let Some(idem) = &idem
-                    && let Some(first) = tx_get::<IdempotentStart>(tx, idem)?
-                {
-                    return Ok((Opened::Replay(first), None));
-                }
-                if tx.get(key.as_bytes()).map_err(tx_unabortable)?.is_some() {
-                    return Err(abort(PdpError::Storage(format!(
-                        "session id {} collides with a stored session",
-                        session.id
-                    ))));
-                }
-                let mut superseded = None;
-                let mut event = None;
-                let room = room_key(&session.room_id);
-                if let Some(old_id) = tx.get(room.as_bytes()).map_err(tx_unabortable)? {
-                    let old_key = session_key(&String::from_utf8_lossy(&old_id));
-                    if let Some(old) = tx_get::<Session>(tx, &old_key)?
-                        && old.state == SessionState::Active
+                attempt(|| {
+                    if let Some(idem) = &idem
+                        && let Some(first) = tx_get::<IdempotentStart>(tx, idem)?
                     {
-                        let mut closed = old.clone();
-                        closed.state = SessionState::Ended;
-                        closed.closed_at = Some(session.started_at);
-                        closed.close_reason = format!(
-                            "superseded by session {}: a room has one live broadcast",
-                            session.id
-                        );
-                        tx_put(tx, &old_key, &closed)?;
-                        tx_index_session(tx, &closed)?;
-                        event = Some(tx_event(
-                            tx,
-                            &closed,
-                            Trigger::Superseded,
-                            &closed.close_reason,
-                            Vec::new(),
-                            None,
-                            session.started_at,
-                        )?);
-                        superseded = Some(closed);
+                        return Ok((Opened::Replay(first), None));
                     }
-                }
-                tx_put(tx, &key, session)?;
-                tx_index_session(tx, session)?;
-                if let Some(idem) = &idem {
-                    tx_put(
-                        tx,
-                        idem,
-                        &IdempotentStart {
-                            session_id: session.id.clone(),
-                            decision_id: decision_id.to_owned(),
-                            policy_version: policy_version.to_owned(),
-                            at: session.started_at,
+                    if tx.get(key.as_bytes()).map_err(tx_unabortable)?.is_some() {
+                        return Err(abort(PdpError::Storage(format!(
+                            "session id {} collides with a stored session",
+                            session.id
+                        ))));
+                    }
+                    let mut superseded = None;
+                    let mut event = None;
+                    let room = room_key(&session.room_id);
+                    if let Some(old_id) = tx.get(room.as_bytes()).map_err(tx_unabortable)? {
+                        let old_key = session_key(&String::from_utf8_lossy(&old_id));
+                        if let Some(old) = tx_get::<Session>(tx, &old_key)?
+                            && old.state == SessionState::Active
+                        {
+                            let mut closed = old.clone();
+                            closed.state = SessionState::Ended;
+                            closed.closed_at = Some(session.started_at);
+                            closed.close_reason = format!(
+                                "superseded by session {}: a room has one live broadcast",
+                                session.id
+                            );
+                            tx_put(tx, &old_key, &closed)?;
+                            tx_index_session(tx, &closed)?;
+                            event = Some(tx_event(
+                                tx,
+                                &closed,
+                                Trigger::Superseded,
+                                &closed.close_reason,
+                                Vec::new(),
+                                None,
+                                session.started_at,
+                            )?);
+                            superseded = Some(closed);
+                        }
+                    }
+                    tx_put(tx, &key, session)?;
+                    tx_index_session(tx, session)?;
+                    if let Some(idem) = &idem {
+                        tx_put(
+                            tx,
+                            idem,
+                            &IdempotentStart {
+                                session_id: session.id.clone(),
+                                decision_id: decision_id.to_owned(),
+                                policy_version: policy_version.to_owned(),
+                                at: session.started_at,
+                            },
+                        )?;
+                    }
+                    for record in records(superseded.as_ref()) {
+                        tx_log(log, &record)?;
+                    }
+                    Ok((
+                        Opened::New {
+                            superseded: superseded.map(Box::new),
                         },
-                    )?;
-                }
-                for record in records(superseded.as_ref()) {
-                    tx_log(log, &record)?;
-                }
-                Ok((
-                    Opened::New {
-                        superseded: superseded.map(Box::new),
-                    },
-                    event,
-                ))
+                        event,
+                    ))
+                })
             })
             .map_err(|e| self.tx_failed(e))?;
+        self.logged_committed();
         if matches!(opened, Opened::New { .. }) {
             self.durable(&db).await?;
         }
@@ -946,21 +979,24 @@ impl Store {
         let db = self.db()?;
         let (session, changed) = (&db.data, &db.log)
             .transaction(|(tx, log)| {
-                let current: Session = tx_get(tx, &key)?.ok_or_else(|| {
-                    abort(PdpError::NotFound(format!(
-                        "session {session_id} is unknown"
-                    )))
-                })?;
-                let next = update(&current).map_err(abort)?;
-                let changed = next != current;
-                if changed {
-                    tx_put(tx, &key, &next)?;
-                    tx_index_session(tx, &next)?;
-                    tx_log(log, &record(&next))?;
-                }
-                Ok((next, changed))
+                attempt(|| {
+                    let current: Session = tx_get(tx, &key)?.ok_or_else(|| {
+                        abort(PdpError::NotFound(format!(
+                            "session {session_id} is unknown"
+                        )))
+                    })?;
+                    let next = update(&current).map_err(abort)?;
+                    let changed = next != current;
+                    if changed {
+                        tx_put(tx, &key, &next)?;
+                        tx_index_session(tx, &next)?;
+                        tx_log(log, &record(&next))?;
+                    }
+                    Ok((next, changed))
+                })
             })
             .map_err(|e| self.tx_failed(e))?;
+        self.logged_committed();
         if changed {
             self.durable(&db).await?;
         }
@@ -983,43 +1019,46 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (enforced, event) = (&db.data, &db.log)
             .transaction(|(tx, log)| {
-                let session: Session = tx_get(tx, &skey)?.ok_or_else(|| {
-                    abort(PdpError::NotFound(format!(
-                        "session {} is unknown",
-                        discovery.session_id
-                    )))
-                })?;
-                let akey = account_key(&session.merchant_id);
-                let account: Account =
-                    tx_get(tx, &akey)?.unwrap_or_else(|| Account::new(&session.merchant_id));
-                let enforced =
-                    domain::apply_discovery(&session, &account, discovery).map_err(abort)?;
-                if enforced.session != session {
-                    tx_put(tx, &skey, &enforced.session)?;
-                    tx_index_session(tx, &enforced.session)?;
-                }
-                if enforced.account != account {
-                    tx_put(tx, &akey, &enforced.account)?;
-                }
-                let ended_live = session.state == SessionState::Active
-                    && enforced.session.state != SessionState::Active;
-                let event = if ended_live {
-                    Some(tx_event(
-                        tx,
-                        &enforced.session,
-                        discovery.trigger,
-                        &discovery.reason,
-                        discovery.violations.clone(),
-                        enforced.penalty_applied,
-                        discovery.at,
-                    )?)
-                } else {
-                    None
-                };
-                tx_log(log, &record(&enforced))?;
-                Ok((enforced, event))
+                attempt(|| {
+                    let session: Session = tx_get(tx, &skey)?.ok_or_else(|| {
+                        abort(PdpError::NotFound(format!(
+                            "session {} is unknown",
+                            discovery.session_id
+                        )))
+                    })?;
+                    let akey = account_key(&session.merchant_id);
+                    let account: Account =
+                        tx_get(tx, &akey)?.unwrap_or_else(|| Account::new(&session.merchant_id));
+                    let enforced =
+                        domain::apply_discovery(&session, &account, discovery).map_err(abort)?;
+                    if enforced.session != session {
+                        tx_put(tx, &skey, &enforced.session)?;
+                        tx_index_session(tx, &enforced.session)?;
+                    }
+                    if enforced.account != account {
+                        tx_put(tx, &akey, &enforced.account)?;
+                    }
+                    let ended_live = session.state == SessionState::Active
+                        && enforced.session.state != SessionState::Active;
+                    let event = if ended_live {
+                        Some(tx_event(
+                            tx,
+                            &enforced.session,
+                            discovery.trigger,
+                            &discovery.reason,
+                            discovery.violations.clone(),
+                            enforced.penalty_applied,
+                            discovery.at,
+                        )?)
+                    } else {
+                        None
+                    };
+                    tx_log(log, &record(&enforced))?;
+                    Ok((enforced, event))
+                })
             })
             .map_err(|e| self.tx_failed(e))?;
+        self.logged_committed();
         self.view.put_account(&enforced.account);
         drop(in_order);
         self.durable(&db).await?;
