@@ -147,34 +147,46 @@ where
                 .into_http())
             });
         }
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let Ok(response) = tokio::time::timeout(deadline, call).await else {
-                tracing::debug!(%path, ?deadline, "deadline exceeded");
-                return Ok(Status::deadline_exceeded(format!(
-                    "the call's deadline ({} ms) passed before it was answered",
-                    deadline.as_millis()
-                ))
-                .into_http());
-            };
-            let mut response = response?;
-            let undecodable = response
-                .headers()
-                .get("grpc-status")
-                .is_some_and(|s| s.as_bytes() == b"13")
-                && response.headers().get("grpc-message").is_some_and(|m| {
-                    DECODE_ERROR_PREFIXES
-                        .iter()
-                        .any(|prefix| m.as_bytes().starts_with(prefix.as_bytes()))
-                });
-            if undecodable {
-                response.headers_mut().insert(
-                    "grpc-status",
-                    http::HeaderValue::from_static("3"), // INVALID_ARGUMENT
-                );
-            }
-            Ok(response)
-        })
+        // One span per call: what it logs carries the method, and Authorize adds its decision id.
+        let span = tracing::info_span!(
+            "rpc",
+            method = %path,
+            decision_id = tracing::field::Empty
+        );
+        let call = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let Ok(response) = tokio::time::timeout(deadline, call).await else {
+                    tracing::debug!(%path, ?deadline, "deadline exceeded");
+                    return Ok(Status::deadline_exceeded(format!(
+                        "the call's deadline ({} ms) passed before it was answered",
+                        deadline.as_millis()
+                    ))
+                    .into_http());
+                };
+                let mut response = response?;
+                let undecodable = response
+                    .headers()
+                    .get("grpc-status")
+                    .is_some_and(|s| s.as_bytes() == b"13")
+                    && response.headers().get("grpc-message").is_some_and(|m| {
+                        DECODE_ERROR_PREFIXES
+                            .iter()
+                            .any(|prefix| m.as_bytes().starts_with(prefix.as_bytes()))
+                    });
+                if undecodable {
+                    response.headers_mut().insert(
+                        "grpc-status",
+                        http::HeaderValue::from_static("3"), // INVALID_ARGUMENT
+                    );
+                }
+                Ok(response)
+            },
+            span,
+        ))
     }
 }
 

@@ -269,6 +269,7 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
         let outcome = to_completion(async move { pdp.authorize(&origin, command).await })
             .await
             .map_err(status)?;
+        tracing::Span::current().record("decision_id", outcome.decision_id.as_str());
         let decision = &outcome.decision;
         // Per decision: debug only (the decision log is the record; INFO would be a write per
         // request to stderr).
