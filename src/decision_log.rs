@@ -200,10 +200,9 @@ pub async fn run_retention(
 ) {
     loop {
         let cutoff = clock.now_ms() - Millis::from(retention.max_age_days) * DAY_MS;
-        let store = store.clone();
+        let log = store.clone();
         let pruned =
-            tokio::task::spawn_blocking(move || store.prune_log(cutoff, retention.max_records))
-                .await;
+            tokio::task::spawn_blocking(move || log.prune_log(cutoff, retention.max_records)).await;
         match pruned {
             Ok(Ok((deleted, kept))) if deleted > 0 => {
                 tracing::info!(deleted, kept, "decision log retention applied");
@@ -211,6 +210,16 @@ pub async fn run_retention(
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "decision log retention failed"),
             Err(e) => tracing::error!(error = %e, "decision log retention task failed"),
+        }
+        // Closed sessions and enforcement events are kept as long as the log.
+        let history = store.clone();
+        match tokio::task::spawn_blocking(move || history.prune_history(cutoff)).await {
+            Ok(Ok((sessions, events))) if sessions + events > 0 => {
+                tracing::info!(sessions, events, "session and event retention applied");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "session retention failed"),
+            Err(e) => tracing::error!(error = %e, "session retention task failed"),
         }
         tokio::time::sleep(every).await;
     }

@@ -177,3 +177,81 @@ async fn refused_admin_actions_are_logged_with_their_error() {
     );
     assert!(last.request.contains("reviewer-2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_sessions_and_their_events_leave_with_the_log_age_limit() {
+    let temp = tempfile::tempdir().expect("temp");
+    let data_dir = temp.path().join("data");
+    let clock = anchor_pdp::clock::ManualClock::new(T0);
+    let mut s = TestServer::start_on(&data_dir, clock.clone()).await;
+    admit(&mut s).await;
+    let ended = s.start_session().await;
+    s.report(&ended, "R3").await;
+    let live = s.start_session_in("r2").await;
+    let events_before = enforcement_count(&mut s).await;
+    assert_eq!(events_before, 1);
+    s.stop().await;
+
+    // 181 days on (the default age limit is 180): retention runs as the server starts.
+    clock.advance(181 * DAY_MS);
+    let mut s = TestServer::start_on(&data_dir, clock).await;
+    let mut gone = false;
+    for _ in 0..100 {
+        let found = s
+            .admin
+            .get_session(proto::GetSessionRequest {
+                session_id: ended.clone(),
+            })
+            .await;
+        if found.is_err_and(|status| status.code() == tonic::Code::NotFound) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(gone, "the closed session outlived the age limit");
+    assert_eq!(enforcement_count(&mut s).await, 0);
+    // A live broadcast is never pruned, however old.
+    assert_eq!(
+        s.session(&live).await.state,
+        proto::SessionState::Active as i32
+    );
+}
+
+/// Files and approves m1's broadcast fixtures on a server started on its own data dir.
+async fn admit(s: &mut TestServer) {
+    s.merchant("m1", proto::MerchantTier::ChineseGoldSupplier)
+        .await;
+    s.provider("p1", true).await;
+    s.anchor("a1", "m1", "p1", proto::ImageStyle::RealisticHuman)
+        .await;
+    s.driver("d1", "m1").await;
+    s.room("r1", "m1").await;
+    for (kind, id) in [
+        (proto::RegistrationKind::Anchor, "a1"),
+        (proto::RegistrationKind::Driver, "d1"),
+        (proto::RegistrationKind::Room, "r1"),
+    ] {
+        s.approve(kind, id).await;
+    }
+}
+
+/// Enforcement events kept, read from the start of the stream.
+async fn enforcement_count(s: &mut TestServer) -> usize {
+    let mut stream = s
+        .pdp
+        .watch_enforcements(proto::WatchEnforcementsRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut count = 0;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        tokio_stream::StreamExt::next(&mut stream),
+    )
+    .await
+    {
+        count += 1;
+    }
+    count
+}

@@ -106,6 +106,11 @@ fn live_key(session_id: &str) -> String {
     format!("live/{session_id}")
 }
 
+/// Closed sessions by when they closed, so retention reads only what has expired.
+fn closed_key(closed_at: Millis, session_id: &str) -> String {
+    format!("closed/{:020}/{session_id}", closed_at.max(0))
+}
+
 fn room_key(room_id: &str) -> String {
     format!("room/{room_id}")
 }
@@ -187,6 +192,10 @@ fn tx_index_session(tx: &TransactionalTree, session: &Session) -> TxResult<()> {
     }
     tx_mark_in_use(tx, Kind::Anchor, &session.anchor_id, &session.id, active)?;
     tx_mark_in_use(tx, Kind::Driver, &session.driver_id, &session.id, active)?;
+    if !active && let Some(closed_at) = session.closed_at {
+        tx.insert(closed_key(closed_at, &session.id).as_bytes(), &[])
+            .map_err(tx_unabortable)?;
+    }
     if let Some(stream) = &session.stream {
         let key = stream_key(&stream.lookup_key(&session.gateway_id));
         if session.state == SessionState::Ended {
@@ -340,6 +349,7 @@ impl Db {
         let data = db.open_tree(DATA_TREE).map_err(storage)?;
         let log = db.open_tree(LOG_TREE).map_err(storage)?;
         index_rooms(&data)?;
+        index_closed_sessions(&data)?;
         let commit = GroupCommit::new(db.clone(), dir)?;
         Ok(Db {
             db,
@@ -391,6 +401,27 @@ impl Db {
             None => Ok(0),
         }
     }
+}
+
+/// Data written before the closed-session index existed: index its closed sessions once, so
+/// retention finds them (a marker in the data tree says it is done).
+fn index_closed_sessions(data: &sled::Tree) -> Result<(), PdpError> {
+    const DONE: &[u8] = b"closed-index-built";
+    if data.get(DONE).map_err(storage)?.is_some() {
+        return Ok(());
+    }
+    for item in data.scan_prefix(b"sess/") {
+        let (key, value) = item.map_err(storage)?;
+        let session: Session = decode(&String::from_utf8_lossy(&key), &value)?;
+        if session.state != SessionState::Active
+            && let Some(closed_at) = session.closed_at
+        {
+            data.insert(closed_key(closed_at, &session.id).as_bytes(), &[])
+                .map_err(storage)?;
+        }
+    }
+    data.insert(DONE, &[]).map_err(storage)?;
+    Ok(())
 }
 
 /// Data written before these indexes existed has live sessions without them: index them, so
@@ -1159,26 +1190,46 @@ impl Store {
     pub fn prune_history(&self, older_than: Millis) -> Result<(usize, usize), PdpError> {
         let db = self.db()?;
         let mut sessions = 0;
-        for item in db.data.scan_prefix(b"sess/") {
-            let (key, value) = item.map_err(storage)?;
-            let name = String::from_utf8_lossy(&key).into_owned();
-            let session: Session = decode(&name, &value)?;
-            let closed_before = session.state != SessionState::Active
-                && session.closed_at.is_some_and(|at| at < older_than);
-            if !closed_before {
+        // Oldest first; stops at the first session closed at or after the cutoff.
+        for item in db.data.scan_prefix(b"closed/") {
+            let (index_key, _) = item.map_err(storage)?;
+            let name = String::from_utf8_lossy(&index_key).into_owned();
+            let mut parts = name["closed/".len()..].splitn(2, '/');
+            let (Some(at), Some(session_id)) = (parts.next(), parts.next()) else {
                 continue;
+            };
+            let closed_at: Millis = at.parse().map_err(|_| PdpError::Corrupt {
+                key: name.clone(),
+                reason: "bad close time".into(),
+            })?;
+            if closed_at >= older_than {
+                break;
             }
-            let stream = session
-                .stream
-                .as_ref()
-                .map(|s| stream_key(&s.lookup_key(&session.gateway_id)));
-            let idem = session
-                .idempotency_key
-                .as_ref()
-                .map(|k| idempotency_key(&session.gateway_id, k));
+            let key = session_key(session_id);
+            let session: Option<Session> = match db.data.get(key.as_bytes()).map_err(storage)? {
+                Some(bytes) => Some(decode(&key, &bytes)?),
+                None => None,
+            };
+            // A session reopened since cannot be: sessions never go back to live. Still, only
+            // a closed one is deleted.
+            let session = session.filter(|s| s.state != SessionState::Active);
+            let stream = session.as_ref().and_then(|s| {
+                s.stream
+                    .as_ref()
+                    .map(|stream| stream_key(&stream.lookup_key(&s.gateway_id)))
+            });
+            let idem = session.as_ref().and_then(|s| {
+                s.idempotency_key
+                    .as_ref()
+                    .map(|k| idempotency_key(&s.gateway_id, k))
+            });
             db.data
                 .transaction(|tx| {
-                    tx.remove(key.as_ref()).map_err(tx_unabortable)?;
+                    tx.remove(index_key.as_ref()).map_err(tx_unabortable)?;
+                    let Some(session) = &session else {
+                        return Ok(());
+                    };
+                    tx.remove(key.as_bytes()).map_err(tx_unabortable)?;
                     tx.remove(live_key(&session.id).as_bytes())
                         .map_err(tx_unabortable)?;
                     tx_remove_if_points_at(tx, &room_key(&session.room_id), &session.id)?;
@@ -1194,7 +1245,9 @@ impl Store {
                     Ok(())
                 })
                 .map_err(|e| self.tx_failed(e))?;
-            sessions += 1;
+            if session.is_some() {
+                sessions += 1;
+            }
         }
         let mut events = 0;
         for item in db.data.scan_prefix(b"evt/") {
