@@ -30,11 +30,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-/// This process's CPU time (user + system) and bytes it caused to be written to storage, from
-/// /proc (Linux). Client and server share the process, so CPU is both sides'.
-fn process_usage() -> (Duration, u64) {
+/// A process's CPU time (user + system) and the bytes it caused to be written to storage, from
+/// /proc/PROC (Linux).
+fn process_usage(proc: &str) -> (Duration, u64) {
     let ticks_per_second = 100.0; // USER_HZ on Linux
-    let cpu = std::fs::read_to_string("/proc/self/stat")
+    let cpu = std::fs::read_to_string(format!("/proc/{proc}/stat"))
         .ok()
         .and_then(|stat| {
             // Fields after the command name (which may hold spaces) start after ')'.
@@ -45,7 +45,7 @@ fn process_usage() -> (Duration, u64) {
             Some(Duration::from_secs_f64((user + system) / ticks_per_second))
         })
         .unwrap_or_default();
-    let written = std::fs::read_to_string("/proc/self/io")
+    let written = std::fs::read_to_string(format!("/proc/{proc}/io"))
         .ok()
         .and_then(|io| {
             io.lines()
@@ -62,34 +62,128 @@ struct Figures {
     per_second: f64,
 }
 
+/// Where the figures go: the table on stdout, and every row for `--json`.
+#[derive(Default)]
+struct Results {
+    rows: std::sync::Mutex<Vec<serde_json::Value>>,
+}
+
+static RESULTS: std::sync::LazyLock<Results> = std::sync::LazyLock::new(Results::default);
+
+/// What one scenario used: the server's CPU and disk writes, and the client's CPU.
+struct Usage {
+    server_cpu: Duration,
+    server_written: u64,
+    client_cpu: Duration,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn report(
     name: &str,
+    in_flight: usize,
     calls: u64,
     elapsed: Duration,
     mut latencies: Vec<Duration>,
-    usage: (Duration, u64),
+    usage: Usage,
     baseline: Option<Figures>,
 ) -> Figures {
     latencies.sort();
     let per_second = calls as f64 / elapsed.as_secs_f64();
-    let ratio = baseline.map_or_else(
-        || "    base".to_owned(),
-        |b| format!("{:>7.2}x", per_second / b.per_second),
-    );
+    let ratio = baseline.map(|b| per_second / b.per_second);
+    let ms = |p: f64| percentile(&latencies, p).as_secs_f64() * 1e3;
+    let per_call = |total: f64| total / calls.max(1) as f64;
+    let server_cpu_us = per_call(usage.server_cpu.as_secs_f64() * 1e6);
+    let client_cpu_us = per_call(usage.client_cpu.as_secs_f64() * 1e6);
+    let written = per_call(usage.server_written as f64);
     println!(
-        "{name:<40} {per_second:>8.0}/s {ratio}   p50 {:>7.3}   p99 {:>7.3}   p999 {:>7.3} ms   cpu {:>6.1} µs   disk {:>7.0} B   per call",
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.999).as_secs_f64() * 1e3,
-        usage.0.as_secs_f64() * 1e6 / calls.max(1) as f64,
-        usage.1 as f64 / calls.max(1) as f64,
+        "{:<40} {per_second:>8.0}/s {}   p50 {:>7.3}   p99 {:>7.3}   p999 {:>7.3} ms   server cpu {server_cpu_us:>6.1} µs   client cpu {client_cpu_us:>6.1} µs   disk {written:>7.0} B   per call",
+        format!("{name} @{in_flight}"),
+        ratio.map_or_else(|| "    base".to_owned(), |r| format!("{r:>7.2}x")),
+        ms(0.50),
+        ms(0.99),
+        ms(0.999),
     );
+    if let Ok(mut rows) = RESULTS.rows.lock() {
+        rows.push(serde_json::json!({
+            "scenario": name,
+            "in_flight": in_flight,
+            "calls": calls,
+            "per_second": per_second,
+            "ratio_to_health": ratio,
+            "p50_ms": ms(0.50),
+            "p99_ms": ms(0.99),
+            "p999_ms": ms(0.999),
+            "server_cpu_us_per_call": server_cpu_us,
+            "client_cpu_us_per_call": client_cpu_us,
+            "bytes_written_per_call": written,
+        }));
+    }
     Figures { per_second }
+}
+
+/// The server binary in a process of its own, as in production, so that its CPU and disk
+/// writes can be read apart from the load generator's.
+struct ServerProcess {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    async fn start() -> Result<ServerProcess> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_anchor-pdp"))
+            .args([
+                "serve",
+                "--listen",
+                &addr.to_string(),
+                "--watch-policies",
+                "false",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--policies")
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
+            .env_remove("ANCHOR_PDP_TOKENS")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let server = ServerProcess {
+            child,
+            addr,
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok(server);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err("the server process did not start listening".into())
+    }
+
+    fn proc(&self) -> String {
+        self.child.id().to_string()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
 }
 
 /// Runs `call` from `in_flight` concurrent tasks for `duration`; every call must succeed.
 async fn drive<F, Fut>(
     name: &str,
+    server: &str,
     in_flight: usize,
     duration: Duration,
     baseline: Option<Figures>,
@@ -100,7 +194,8 @@ where
     Fut: std::future::Future<Output = Result<()>> + Send,
 {
     let counter = Arc::new(AtomicU64::new(0));
-    let (cpu_before, written_before) = process_usage();
+    let (server_cpu_before, written_before) = process_usage(server);
+    let (client_cpu_before, _) = process_usage("self");
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..in_flight {
@@ -122,14 +217,16 @@ where
         all.extend(task.await??);
     }
     let elapsed = start.elapsed();
-    let (cpu_after, written_after) = process_usage();
-    let usage = (
-        cpu_after.saturating_sub(cpu_before),
-        written_after.saturating_sub(written_before),
-    );
-    let name = format!("{name} @{in_flight}");
+    let (server_cpu_after, written_after) = process_usage(server);
+    let (client_cpu_after, _) = process_usage("self");
+    let usage = Usage {
+        server_cpu: server_cpu_after.saturating_sub(server_cpu_before),
+        server_written: written_after.saturating_sub(written_before),
+        client_cpu: client_cpu_after.saturating_sub(client_cpu_before),
+    };
     Ok(report(
-        &name,
+        name,
+        in_flight,
         all.len() as u64,
         elapsed,
         all,
@@ -253,6 +350,7 @@ async fn main() -> Result<()> {
         .collect();
     let seconds: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(5);
     let in_flight: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(64);
+    let json_out = args.get(2).cloned();
     let duration = Duration::from_secs(seconds);
 
     let temp = tempfile::tempdir()?;
@@ -343,6 +441,16 @@ async fn main() -> Result<()> {
         per_read.as_secs_f64() * 1e6
     );
 
+    // The load scenarios run against the server binary in a process of its own; the in-process
+    // server stays for the reload scenario, which edits its policy directory.
+    let in_process = pdp.clone();
+    let process = ServerProcess::start().await?;
+    let server = process.proc();
+    let endpoint = format!("http://{}", process.addr);
+    let mut pdp = PolicyDecisionPointClient::connect(endpoint.clone()).await?;
+    let mut admin = PolicyAdminClient::connect(endpoint).await?;
+    fixtures(&mut pdp, &mut admin).await?;
+    let addr = process.addr;
     let session = pdp
         .authorize(start_request())
         .await?
@@ -357,7 +465,7 @@ async fn main() -> Result<()> {
         pdp.authorize(live_start).await?.into_inner().session_id
     };
     println!(
-        "{:<40} {:>10} {:>8}   latency (ms)                            client + server CPU, bytes written",
+        "{:<40} {:>10} {:>8}   latency (ms)                            server (its own process) and client CPU, server's disk writes",
         "scenario @in-flight", "rate", "÷ health"
     );
     for flight in [1, in_flight] {
@@ -368,6 +476,7 @@ async fn main() -> Result<()> {
         );
         let baseline = drive(
             "Health/Check (no-op baseline)",
+            &server,
             flight,
             duration,
             None,
@@ -388,6 +497,7 @@ async fn main() -> Result<()> {
         let session = session.clone();
         drive(
             "Authorize LIVE allow",
+            &server,
             flight,
             duration,
             Some(baseline),
@@ -414,6 +524,7 @@ async fn main() -> Result<()> {
         let client = pdp.clone();
         drive(
             "Authorize START allow (durable)",
+            &server,
             flight,
             duration,
             Some(baseline),
@@ -432,6 +543,7 @@ async fn main() -> Result<()> {
         let client = pdp.clone();
         drive(
             "Authorize START deny (R3, logged)",
+            &server,
             flight,
             duration,
             Some(baseline),
@@ -452,6 +564,7 @@ async fn main() -> Result<()> {
         let client = pdp.clone();
         drive(
             "Register merchant (durable)",
+            &server,
             flight,
             duration,
             Some(baseline),
@@ -474,6 +587,9 @@ async fn main() -> Result<()> {
         )
         .await?;
     }
+
+    drop(process);
+    let mut pdp = in_process;
 
     // Hot reload: edit a policy file, then count until a decision is made under the new
     // version (file watch, debounce, load + validate, swap).
@@ -519,5 +635,10 @@ async fn main() -> Result<()> {
     drop(direct);
     let _ = stop.send(());
     server_task.await??;
+    if let Some(path) = json_out {
+        let rows = RESULTS.rows.lock().map(|r| r.clone()).unwrap_or_default();
+        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+        println!("figures written to {path}");
+    }
     Ok(())
 }
