@@ -30,9 +30,11 @@ fn syncs(trace: &str) -> Vec<(f64, f64)> {
     let mut open: std::collections::HashMap<&str, f64> = Default::default();
     let mut done = Vec::new();
     for line in trace.lines() {
-        let mut fields = line.splitn(3, ' ');
-        let (Some(pid), Some(at), Some(call)) = (fields.next(), fields.next(), fields.next())
-        else {
+        // strace pads the pid column: `4280  1795901768.878113 fsync(9) = 0`.
+        let Some((pid, rest)) = line.trim_start().split_once(char::is_whitespace) else {
+            continue;
+        };
+        let Some((at, call)) = rest.trim_start().split_once(' ') else {
             continue;
         };
         let Ok(at) = at.parse::<f64>() else { continue };
@@ -156,4 +158,17 @@ async fn every_acknowledgement_follows_a_sync_that_began_after_its_request() {
         acknowledged.len(),
         syncs.len()
     );
+}
+
+#[test]
+fn the_trace_parser_reads_padded_and_split_lines() {
+    let trace = "4280  1795901768.878113 fsync(9)        = 0\n\
+                 4281  1795901768.919421 sync_file_range(9, 0, 161, 0 <unfinished ...>\n\
+                 12345 1795901769.000001 fdatasync(9 <unfinished ...>\n\
+                 4281  1795901769.000002 <... sync_file_range resumed>) = 0\n\
+                 12345 1795901769.000500 <... fdatasync resumed>) = 0\n";
+    let found = syncs(trace);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!((found[1].0 - 1795901769.000001).abs() < 1e-6);
+    assert!((found[1].1 - 1795901769.000500).abs() < 1e-6);
 }
