@@ -112,11 +112,10 @@ struct LiveCheck<'a> {
     discovered_by: &'a str,
     explain: bool,
     origin: &'a Origin,
-    /// The record that caused a PDP re-check; empty for a gateway's own LIVE check.
+    /// The record that caused a PDP re-check; empty for a gateway's own LIVE check. It is also
+    /// the discovery the check belongs to (one penalty per merchant for all its sessions); a
+    /// gateway's check is a discovery of its own.
     cause_id: &'a str,
-    /// The discovery this check belongs to: one penalty per merchant for all its sessions.
-    /// `None`: the check is a discovery of its own.
-    discovery_id: Option<&'a str>,
 }
 
 pub struct Pdp {
@@ -125,19 +124,6 @@ pub struct Pdp {
     clock: Arc<dyn Clock>,
     recheck_after: Duration,
     log: Arc<DecisionLog>,
-}
-
-/// Decides, explaining every deny even when the caller did not ask: the decision log keeps the
-/// explanation, and a deny is what a merchant will ask about. Allows are explained only on
-/// request, so the common path pays nothing.
-fn decide_for_the_record(
-    policies: &PolicyBundle,
-    facts: &crate::domain::Facts,
-    observation: &Observation<'_>,
-    now: Millis,
-    explain: bool,
-) -> Decision {
-    policies.decide_for_the_record(facts, observation, now, explain)
 }
 
 /// Counts a penalty an enforcement applied.
@@ -368,7 +354,7 @@ impl Pdp {
             drive_mode,
             ai_features: &cmd.ai_features,
         };
-        let decision = decide_for_the_record(policies, &facts, &observation, now, cmd.explain);
+        let decision = policies.decide_for_the_record(&facts, &observation, now, cmd.explain);
         let frozen_until = facts.account.as_ref().and_then(|a| a.frozen_at(now));
         if !decision.allowed {
             let mut outcome = self.outcome(decision, Enforcement::RefuseStart, now);
@@ -576,7 +562,6 @@ impl Pdp {
                     explain: cmd.explain,
                     origin,
                     cause_id: "",
-                    discovery_id: None,
                 },
                 now,
             )
@@ -658,7 +643,7 @@ impl Pdp {
             drive_mode,
             ai_features: &feature_list,
         };
-        let decision = decide_for_the_record(policies, &facts, &observation, now, check.explain);
+        let decision = policies.decide_for_the_record(&facts, &observation, now, check.explain);
 
         if decision.allowed {
             let mut outcome = self.outcome(decision, Enforcement::None, now);
@@ -706,9 +691,11 @@ impl Pdp {
 
         let base = shut_down(decision);
         let discovery = Discovery {
-            id: check
-                .discovery_id
-                .map_or_else(|| base.decision_id.clone(), str::to_owned),
+            id: if check.cause_id.is_empty() {
+                base.decision_id.clone()
+            } else {
+                check.cause_id.to_owned()
+            },
             session_id: session_id.clone(),
             trigger: check.trigger,
             violations: base.decision.violations.clone(),
@@ -848,7 +835,6 @@ impl Pdp {
                         explain: false,
                         origin: &origin,
                         cause_id,
-                        discovery_id: Some(cause_id),
                     },
                     self.now(),
                 )
