@@ -65,15 +65,20 @@ fn as_header(error: PdpError) -> PdpError {
     }
 }
 
-fn map_check(pdp: &Pdp, request: &CheckRequest) -> Result<Mapped, PdpError> {
-    let empty = HashMap::new();
-    let extensions = request
+/// One of the route's `context_extensions` (set in Envoy's config, so trusted).
+fn extension<'a>(request: &'a CheckRequest, key: &str) -> Option<&'a str> {
+    request
         .attributes
         .as_ref()
-        .map_or(&empty, |a| &a.context_extensions);
+        .and_then(|a| a.context_extensions.get(key))
+        .map(String::as_str)
+}
+
+fn map_check(pdp: &Pdp, request: &CheckRequest) -> Result<Mapped, PdpError> {
+    let empty = HashMap::new();
     let gateway = convert::id(
         "context_extensions.gateway",
-        extensions.get("gateway").map_or("", String::as_str),
+        extension(request, "gateway").unwrap_or(""),
     )?;
     let headers = request.get_client_headers().unwrap_or(&empty);
     let mut claims = Claims::default();
@@ -94,7 +99,7 @@ fn map_check(pdp: &Pdp, request: &CheckRequest) -> Result<Mapped, PdpError> {
             header(headers, "x-pdp-session").unwrap_or(""),
         )
     };
-    match extensions.get("phase").map(String::as_str) {
+    match extension(request, "phase") {
         None | Some("start") => {
             let room = convert::id("x-pdp-room", header(headers, "x-pdp-room").unwrap_or(""))?;
             // Envoy keeps x-request-id across its own retries of one request.
@@ -140,7 +145,7 @@ fn origin(request: &Request<CheckRequest>) -> Origin {
         .and_then(|r| r.http.as_ref());
     Origin {
         entry_point: entry::ENVOY,
-        gateway_id: extensions.get("gateway").cloned().unwrap_or_default(),
+        gateway_id: extension(check, "gateway").unwrap_or_default().to_owned(),
         caller: crate::api::auth::caller(request).to_string(),
         request: serde_json::json!({
             "context_extensions": extensions,
@@ -168,11 +173,7 @@ impl Authorization for EnvoyAuthorization {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let origin = origin(&request);
-        let phase = match origin
-            .request
-            .pointer("/context_extensions/phase")
-            .and_then(|p| p.as_str())
-        {
+        let phase = match extension(request.get_ref(), "phase") {
             Some("live") => Phase::Live,
             _ => Phase::Start,
         };
