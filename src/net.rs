@@ -206,10 +206,11 @@ pub struct HookLimits {
     pub max_connections: usize,
 }
 
-/// Serves the hook routes: one request per connection (nginx-rtmp and SRS open one per hook),
-/// its headers within `header_timeout`, all of it within `request_timeout`, at most
+/// Serves plain HTTP routes (the gateway hooks, and metrics) under the hook listener's limits:
+/// one request per connection (nginx-rtmp and SRS open one per hook, scrapers are content with
+/// it), its headers within `header_timeout`, all of it within `request_timeout`, at most
 /// `max_connections` at once. Returns when `stop` resolves, after the requests in flight.
-pub async fn serve_hooks(
+pub async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
     limits: HookLimits,

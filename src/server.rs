@@ -298,7 +298,7 @@ pub async fn serve(
             let app = crate::gateway::hooks_router(pdp.clone(), secrets.clone());
             let until = stop_when(stopped.clone());
             let limits = args.hook_limits();
-            Some(tokio::spawn(crate::net::serve_hooks(
+            Some(tokio::spawn(crate::net::serve_http(
                 listener, app, limits, until,
             )))
         }
@@ -313,7 +313,7 @@ pub async fn serve(
             let addr = listener.local_addr().map_err(StartError::Hooks)?;
             tracing::info!(%addr, "metrics listening (HTTP, /metrics)");
             let app = crate::metrics::router(pdp.clone(), handle);
-            Some(tokio::spawn(crate::net::serve_hooks(
+            Some(tokio::spawn(crate::net::serve_http(
                 listener,
                 app,
                 args.hook_limits(),
