@@ -260,6 +260,28 @@ thread_local! {
     static LOGGED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
+/// Writes a registration `outcome` changed, with its record.
+fn tx_put_if_changed(
+    tx: &TransactionalTree,
+    log: &TransactionalTree,
+    key: &str,
+    outcome: &WriteOutcome,
+    record: &(dyn Fn(&Registration) -> LogRecord + Sync),
+) -> TxResult<()> {
+    if outcome.changed {
+        tx_put(tx, key, &outcome.registration)?;
+        tx_log(log, &record(&outcome.registration))?;
+    }
+    Ok(())
+}
+
+/// The view takes a registration `outcome` changed.
+fn view_if_changed(outcome: &WriteOutcome, view: &FactsView) {
+    if outcome.changed {
+        view.put_registration(&outcome.registration);
+    }
+}
+
 fn tx_log(log: &TransactionalTree, record: &LogRecord) -> TxResult<()> {
     LOGGED.with(|logged| logged.set(logged.get() + 1));
     tx_put(log, &record.id, record)
@@ -674,17 +696,10 @@ impl Store {
                         body.kind().name()
                     ))));
                 }
-                if outcome.changed {
-                    tx_put(tx, &key, &outcome.registration)?;
-                    tx_log(log, &record(&outcome.registration))?;
-                }
+                tx_put_if_changed(tx, log, &key, &outcome, record)?;
                 Ok(outcome)
             },
-            |outcome, view| {
-                if outcome.changed {
-                    view.put_registration(&outcome.registration);
-                }
-            },
+            view_if_changed,
         )
         .await
     }
@@ -724,17 +739,10 @@ impl Store {
             |tx, log| {
                 let current: Option<Registration> = tx_get(tx, &key)?;
                 let outcome = apply(current.as_ref()).map_err(abort)?;
-                if outcome.changed {
-                    tx_put(tx, &key, &outcome.registration)?;
-                    tx_log(log, &record(&outcome.registration))?;
-                }
+                tx_put_if_changed(tx, log, &key, &outcome, record)?;
                 Ok(outcome)
             },
-            |outcome, view| {
-                if outcome.changed {
-                    view.put_registration(&outcome.registration);
-                }
-            },
+            view_if_changed,
         )
         .await
     }
