@@ -167,12 +167,18 @@ fn readme_walkthrough_runs_verbatim_against_the_default_server() {
     std::fs::create_dir_all(&bin_dir).expect("bin dir");
     std::os::unix::fs::symlink(&grpcurl, bin_dir.join("grpcurl")).expect("symlink grpcurl");
 
-    // No flags, no config: the defaults the README promises.
+    // No flags, no config file: the defaults the README promises, but for the port. A server
+    // the user runs on 50051 (as the README invites) or a second test run must not collide,
+    // so this one takes a free port, and the README's commands are run against it.
+    let port = free_port();
     let mut server = Running::spawn(
-        pdp().arg("serve").current_dir(&work),
+        pdp()
+            .arg("serve")
+            .env("ANCHOR_PDP_LISTEN", format!("127.0.0.1:{port}"))
+            .current_dir(&work),
         temp.path().join("server.log"),
     );
-    let addr: SocketAddr = "127.0.0.1:50051".parse().expect("addr");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     server.wait_listening(addr);
 
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
@@ -189,8 +195,9 @@ fn readme_walkthrough_runs_verbatim_against_the_default_server() {
     let mut checked_lines = 0;
     for (lang, body) in &blocks {
         if lang == "sh" {
+            let body = body.replace("localhost:50051", &format!("localhost:{port}"));
             let output = Command::new("bash")
-                .args(["-euo", "pipefail", "-c", body])
+                .args(["-euo", "pipefail", "-c", &body])
                 .current_dir(&work)
                 .env("PATH", &path)
                 .output()
