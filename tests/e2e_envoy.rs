@@ -57,15 +57,7 @@ async fn post(port: u16, headers: &[(&str, &str)]) -> (u16, String) {
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = String::new();
     stream.read_to_string(&mut response).await.expect("read");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned(),
-    )
+    common::hooks::status_and_body(&response)
 }
 
 const WHIP: [(&str, &str); 5] = [

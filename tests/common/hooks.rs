@@ -20,6 +20,11 @@ pub async fn http(
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = String::new();
     stream.read_to_string(&mut response).await.expect("read");
+    status_and_body(&response)
+}
+
+/// An HTTP/1 response's status code (0 if none) and body.
+pub fn status_and_body(response: &str) -> (u16, String) {
     let status = response
         .split_whitespace()
         .nth(1)
