@@ -161,6 +161,16 @@ pub struct ServeArgs {
     )]
     pub decision_log_max_records: usize,
 
+    /// The decision log is kept in segment files of about this many MiB; retention deletes
+    /// whole segments.
+    #[arg(
+        long,
+        env = "ANCHOR_PDP_DECISION_LOG_SEGMENT_MIB",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u64).range(1..=1024)
+    )]
+    pub decision_log_segment_mib: u64,
+
     /// Reload the policies when a file under the policy directory changes (SIGHUP and the
     /// ReloadPolicies RPC always work).
     #[arg(long, env = "ANCHOR_PDP_WATCH_POLICIES", default_value_t = true,

@@ -168,12 +168,12 @@ impl DecisionLog {
 
     async fn write(&self, store: &Store, batch: &mut Vec<Entry>) {
         let (records, waiters): (Vec<LogRecord>, Vec<_>) = batch.drain(..).unzip();
-        let result = store.append_log(&records).await;
+        let count = records.len() as u64;
+        let result = store.append_log(records).await;
         if let Err(e) = &result {
-            tracing::error!(error = %e, records = records.len(), "decision log write failed");
+            tracing::error!(error = %e, records = count, "decision log write failed");
         } else {
-            self.written
-                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            self.written.fetch_add(count, Ordering::Relaxed);
         }
         for waiter in waiters.into_iter().flatten() {
             let _ = waiter.send(result.clone());
@@ -297,21 +297,38 @@ mod tests {
     }
 
     #[test]
-    fn retention_by_age_then_by_size() {
+    fn retention_drops_whole_segments_by_age_then_by_count() {
         let temp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = Store::open(&temp.path().join("data")).unwrap_or_else(|e| panic!("{e}"));
+        // Small segments: each batch below fills one.
+        let store =
+            Store::open_with(&temp.path().join("data"), 4096).unwrap_or_else(|e| panic!("{e}"));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap_or_else(|e| panic!("{e}"));
-        let records: Vec<_> = (0..6).map(|i| record(&format!("id-{i}"), i * 10)).collect();
-        runtime
-            .block_on(store.append_log(&records))
+        // Six segments of 20 records, at times 0, 10, ... 50.
+        for segment in 0..6 {
+            let records: Vec<_> = (0..20)
+                .map(|i| record(&format!("id-{segment}-{i}"), segment * 10))
+                .collect();
+            runtime
+                .block_on(store.append_log(records))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(store.log_len(), 120);
+        assert_eq!(store.log_size().1, 6);
+        // Records older than 20: the first two segments, whole.
+        let (deleted, kept) = store.prune_log(20, 1000).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((deleted, kept), (40, 80));
+        // At most 50 kept: whole segments go until that holds.
+        let (deleted, kept) = store.prune_log(0, 50).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((deleted, kept), (40, 40));
+        assert_eq!(store.log_size().1, 2);
+        assert!(store.log_record("id-3-19").ok().flatten().is_none());
+        assert!(store.log_record("id-4-0").ok().flatten().is_some());
+        // Everything expired: the segment being written is sealed and goes too.
+        let (deleted, kept) = store
+            .prune_log(1000, 1000)
             .unwrap_or_else(|e| panic!("{e}"));
-        let (deleted, kept) = store.prune_log(20, 100).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((deleted, kept), (2, 4));
-        let (deleted, kept) = store.prune_log(0, 3).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((deleted, kept), (1, 3));
-        assert!(store.log_record("id-2").ok().flatten().is_none());
-        assert!(store.log_record("id-3").ok().flatten().is_some());
+        assert_eq!((deleted, kept), (40, 0));
     }
 }

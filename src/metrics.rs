@@ -88,7 +88,12 @@ fn describe() {
     describe_counter!(
         "anchor_pdp_decision_log_bytes_total",
         metrics::Unit::Bytes,
-        "Bytes of decision-log records written through the queue"
+        "Bytes appended to the decision log's segment files"
+    );
+    describe_histogram!(
+        "anchor_pdp_decision_log_sync_seconds",
+        metrics::Unit::Seconds,
+        "Group commits of the decision log: one fdatasync of its segment per batch"
     );
     describe_counter!(
         "anchor_pdp_policy_reloads_total",

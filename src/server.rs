@@ -132,7 +132,7 @@ const WATCH_DEBOUNCE: Duration = Duration::from_millis(100);
 pub fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, StartError> {
     let policies = PolicyHandle::load(&args.policies, clock.now_ms())?
         .allowing_rule_removal(args.allow_rule_removal);
-    let store = Store::open(&args.data_dir)?;
+    let store = Store::open_with(&args.data_dir, args.decision_log_segment_mib << 20)?;
     let current = policies.current();
     tracing::info!(
         policies = %args.policies.display(),

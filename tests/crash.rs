@@ -69,6 +69,9 @@ struct Acked {
     penalized: Vec<(String, String)>,
     /// Sessions acknowledged as opened, by merchant.
     sessions: Vec<(String, String)>,
+    /// Decision ids of acknowledged Authorize calls: STARTs (their record goes with the
+    /// session, through the outbox) and LIVE re-checks (straight to the log).
+    decisions: Vec<String>,
 }
 
 fn register(record: Record) -> proto::RegisterRequest {
@@ -161,10 +164,18 @@ async fn worker(port: u16, round: usize, worker: usize, acked: Arc<Mutex<Acked>>
         let Ok(allowed) = pdp.authorize(start).await else {
             return;
         };
-        let session = allowed.into_inner().session_id;
+        let allowed = allowed.into_inner();
+        let session = allowed.session_id;
         assert!(!session.is_empty(), "an admitted broadcast was refused");
         if let Ok(mut a) = acked.lock() {
             a.sessions.push((m.clone(), session.clone()));
+            a.decisions.push(allowed.decision_id);
+        }
+        let Ok(recheck) = pdp.authorize(common::live(&session)).await else {
+            return;
+        };
+        if let Ok(mut a) = acked.lock() {
+            a.decisions.push(recheck.into_inner().decision_id);
         }
         let report = proto::ReportViolationRequest {
             session_id: session.clone(),
@@ -225,11 +236,30 @@ async fn acknowledged_writes_survive_kill_9_and_no_penalty_is_half_applied() {
             &temp.path().join(format!("server-{}.log", round + 1)),
         );
         let (_, mut admin) = connect(port).await;
-        let (records, penalized, sessions) = {
+        let (records, penalized, sessions, decisions) = {
             let a = acked.lock().expect("acked");
-            (a.records.clone(), a.penalized.clone(), a.sessions.clone())
+            (
+                a.records.clone(),
+                a.penalized.clone(),
+                a.sessions.clone(),
+                a.decisions.clone(),
+            )
         };
         let mut lost = Vec::new();
+        for id in &decisions {
+            let mut found = admin
+                .read_decision_log(proto::ReadDecisionLogRequest {
+                    decision_id: id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("read log")
+                .into_inner();
+            match found.message().await {
+                Ok(Some(record)) if &record.id == id => {}
+                other => lost.push(format!("decision record {id}: {other:?}")),
+            }
+        }
         for (kind, id, revision, status) in &records {
             match admin
                 .get_registration(proto::GetRegistrationRequest {
@@ -300,15 +330,16 @@ async fn acknowledged_writes_survive_kill_9_and_no_penalty_is_half_applied() {
                 half.push(format!("{merchant}: session {s:?} account {account:?}"));
             }
         }
-        let checked = records.len() + penalized.len() + sessions.len();
+        let checked = records.len() + penalized.len() + sessions.len() + decisions.len();
         checked_total = checked;
         println!(
-            "crash round {}: {} acknowledged writes checked ({} registrations/reviews, {} sessions, {} penalties), {} lost, {} half-applied",
+            "crash round {}: {} acknowledged writes checked ({} registrations/reviews, {} sessions, {} penalties, {} decision records), {} lost, {} half-applied",
             round + 1,
             checked,
             records.len(),
             sessions.len(),
             penalized.len(),
+            decisions.len(),
             lost.len(),
             half.len()
         );

@@ -144,6 +144,9 @@ async fn the_log_filters_by_merchant_session_decision_and_time() {
     assert_eq!(status.dropped, 0);
     assert_eq!(status.overflow, "wait");
     assert!(status.records >= 14, "{status:?}");
+    // One segment so far, holding every record's bytes.
+    assert_eq!(status.segments, 1);
+    assert!(status.bytes > status.records * 100, "{status:?}");
 }
 
 #[tokio::test]

@@ -623,8 +623,11 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
         _request: Request<proto::GetDecisionLogStatusRequest>,
     ) -> Result<Response<proto::GetDecisionLogStatusResponse>, Status> {
         let log = self.pdp.decision_log();
+        let (bytes, segments) = self.pdp.store().log_size();
         Ok(Response::new(proto::GetDecisionLogStatusResponse {
-            records: self.pdp.store().log_len() as u64,
+            records: self.pdp.store().log_len(),
+            bytes,
+            segments: u32::try_from(segments).unwrap_or(u32::MAX),
             written: log.written(),
             dropped: log.dropped(),
             queue_capacity: u32::try_from(log.capacity()).unwrap_or(u32::MAX),

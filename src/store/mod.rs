@@ -12,7 +12,13 @@
 //! the START an idempotency key admitted, `evt/<sequence, 20 digits>` enforcement events and
 //! `evtseq` their counter. Values are one format byte followed by JSON (`evtseq`: 8 bytes
 //! big-endian). The `meta` tree records the format so that a later build can migrate instead of
-//! misreading; `log.v1` is the decision log, keyed by decision id.
+//! misreading.
+//!
+//! The decision log lives in its own append-only segment files (`segments`). A record that goes
+//! with a change is written in the change's transaction to `log.v1` (keyed by decision id), an
+//! outbox: once the change is durable the record is appended to the segments, and only then
+//! leaves the outbox. Opening the store appends whatever a crash left in the outbox, so a
+//! record is never lost and never without its change.
 //!
 //! sled stops writing for good after an I/O error (a full disk): it keeps the error and
 //! returns it from every later write. The store notes the first such failure (health reads it)
@@ -20,6 +26,7 @@
 
 mod group_commit;
 mod log;
+mod segments;
 mod view;
 
 use std::collections::BTreeSet;
@@ -41,6 +48,7 @@ use crate::domain::{
 };
 use crate::error::PdpError;
 use group_commit::GroupCommit;
+use segments::SegmentLog;
 use view::FactsView;
 
 /// The on-disk format this build writes and reads.
@@ -56,7 +64,7 @@ const LOG_TREE: &str = "log.v1";
 struct Db {
     db: sled::Db,
     data: sled::Tree,
-    /// The decision log, keyed by decision id (UUIDv7, so by time).
+    /// Decision-log records written with a change, until they are in the segments.
     log: sled::Tree,
     commit: GroupCommit,
 }
@@ -71,9 +79,8 @@ pub struct Store {
     write_failure: tokio::sync::watch::Sender<Option<String>>,
     /// Registrations and accounts in memory: what decisions and lookups read.
     view: FactsView,
-    /// Decision-log records kept, counted as they are written and pruned (counting the tree
-    /// walks all of it).
-    log_records: std::sync::atomic::AtomicU64,
+    /// The decision log.
+    segments: Arc<SegmentLog>,
     /// Held from a transaction's commit until the view has it, so the view takes changes in
     /// commit order.
     view_order: std::sync::Mutex<()>,
@@ -256,8 +263,13 @@ fn tx_event(
 thread_local! {
     /// Decision-log records written by the transaction attempt running on this thread: sled
     /// runs a transaction's closure on the caller's thread, and may run it again on conflict,
-    /// so each attempt starts from zero and the committed attempt's count is what is added.
-    static LOGGED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// so each attempt starts empty and the committed attempt's records are what go on.
+    static LOGGED: std::cell::RefCell<Vec<LogRecord>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The records the transaction just committed on this thread logged.
+fn take_logged() -> Vec<LogRecord> {
+    LOGGED.with(|logged| std::mem::take(&mut *logged.borrow_mut()))
 }
 
 /// Writes a registration `outcome` changed, with its record.
@@ -283,13 +295,13 @@ fn view_if_changed(outcome: &WriteOutcome, view: &FactsView) {
 }
 
 fn tx_log(log: &TransactionalTree, record: &LogRecord) -> TxResult<()> {
-    LOGGED.with(|logged| logged.set(logged.get() + 1));
+    LOGGED.with(|logged| logged.borrow_mut().push(record.clone()));
     tx_put(log, &record.id, record)
 }
 
 /// Runs one attempt of a transaction that may log records.
 fn attempt<T>(f: impl FnOnce() -> T) -> T {
-    LOGGED.with(|logged| logged.set(0));
+    LOGGED.with(|logged| logged.borrow_mut().clear());
     f()
 }
 
@@ -474,24 +486,69 @@ fn index_rooms(data: &sled::Tree) -> Result<(), PdpError> {
     Ok(())
 }
 
+/// Appends what the outbox holds and the segments do not (a crash came between a change and
+/// its record's append; or the data was written before the segments existed), then empties it.
+fn drain_outbox(db: &Db, segments: &SegmentLog) -> Result<usize, PdpError> {
+    let mut missing = Vec::new();
+    let mut keys = Vec::new();
+    for item in db.log.iter() {
+        let (key, value) = item.map_err(storage)?;
+        let id = String::from_utf8_lossy(&key).into_owned();
+        let record: LogRecord = decode(&id, &value)?;
+        if segments.get(&id)?.is_none() {
+            missing.push(record);
+        }
+        keys.push(key);
+    }
+    for chunk in missing.chunks(4096) {
+        segments.append_blocking(chunk)?;
+    }
+    let mut batch = sled::Batch::default();
+    for key in keys {
+        batch.remove(key);
+    }
+    db.log.apply_batch(batch).map_err(storage)?;
+    db.db.flush().map_err(storage)?;
+    Ok(missing.len())
+}
+
+/// The decision log's segment files, under the data directory.
+const SEGMENTS_DIR: &str = "decision-log";
+/// Default size at which a decision-log segment is sealed and the next begins.
+pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 64 << 20;
+
 impl Store {
     /// Opens (or creates) the store in `dir`. Refuses a directory written in a format this
     /// build does not know.
     pub fn open(dir: &Path) -> Result<Store, PdpError> {
+        Store::open_with(dir, DEFAULT_LOG_SEGMENT_BYTES)
+    }
+
+    /// `open`, with decision-log segments sealed at `log_segment_bytes`.
+    pub fn open_with(dir: &Path, log_segment_bytes: u64) -> Result<Store, PdpError> {
         let db = Db::open(dir)?;
+        let segments = Arc::new(SegmentLog::open(
+            &dir.join(SEGMENTS_DIR),
+            log_segment_bytes,
+        )?);
+        let replayed = drain_outbox(&db, &segments)?;
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                "decision log: appended records left in the outbox"
+            );
+        }
         // Everything already on disk is durable.
         let (events_durable, _) = tokio::sync::watch::channel(db.last_event()?);
         let (write_failure, _) = tokio::sync::watch::channel(None);
         let view = FactsView::default();
         db.load_view(&view)?;
-        // The one full count, at open; from here on it is kept as records come and go.
-        let log_records = db.log.len() as u64;
         Ok(Store {
             dir: dir.to_owned(),
             db: RwLock::new(Some(Arc::new(db))),
             events_durable,
             write_failure,
-            log_records: std::sync::atomic::AtomicU64::new(log_records),
+            segments,
             view,
             view_order: std::sync::Mutex::new(()),
         })
@@ -543,6 +600,7 @@ impl Store {
         let current = self.db.read().ok().and_then(|guard| guard.clone());
         if let Some(db) = &current
             && db.probe(now).is_ok()
+            && self.segments.sync_blocking().is_ok()
         {
             self.write_failure.send_replace(None);
             return Ok(());
@@ -567,11 +625,11 @@ impl Store {
         }
         let db = Db::open(&self.dir)?;
         db.probe(now)?;
+        self.segments.sync_blocking()?;
+        drain_outbox(&db, &self.segments)?;
         let last_event = db.last_event()?;
-        // What was not durable is gone from disk; the view and the count must forget it too.
+        // What was not durable is gone from disk; the view must forget it too.
         db.load_view(&self.view)?;
-        self.log_records
-            .store(db.log.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let mut guard = self
             .db
             .write()
@@ -588,12 +646,36 @@ impl Store {
     pub fn flush_blocking(&self) -> Result<(), PdpError> {
         let db = self.db()?;
         db.db.flush().map_err(storage)?;
-        db.commit.sync_blocking()
+        db.commit.sync_blocking()?;
+        self.segments.sync_blocking()
     }
 
     /// Returns once everything `db` holds is durable.
     async fn durable(&self, db: &Db) -> Result<(), PdpError> {
         db.commit.durable().await.map_err(|e| self.write_failed(e))
+    }
+
+    /// After the change they went with is durable: appends the records a transaction logged
+    /// to the decision log, durably, and takes them out of the outbox. Until then a crash
+    /// leaves them in the outbox, which the next open appends.
+    async fn append_logged(&self, db: &Db, records: Vec<LogRecord>) -> Result<(), PdpError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        self.segments
+            .append(records)
+            .await
+            .map_err(|e| self.write_failed(e))?;
+        let mut batch = sled::Batch::default();
+        for id in ids {
+            batch.remove(id.as_bytes());
+        }
+        // Not flushed on its own: a record left in the outbox is found already appended.
+        if let Err(e) = db.log.apply_batch(batch) {
+            tracing::warn!(error = %e, "decision log: could not empty the outbox");
+        }
+        Ok(())
     }
 
     /// One transaction over the data tree and the decision log, then `to_view` with what it
@@ -612,11 +694,12 @@ impl Store {
             let value = (&db.data, &db.log)
                 .transaction(|(data, log)| attempt(|| f(data, log)))
                 .map_err(|e| self.tx_failed(e))?;
-            self.logged_committed();
             to_view(&value, &self.view);
             value
         };
+        let logged = take_logged();
         self.durable(&db).await?;
+        self.append_logged(&db, logged).await?;
         Ok(value)
     }
 
@@ -625,13 +708,6 @@ impl Store {
             Some(bytes) => decode(key, &bytes).map(Some),
             None => Ok(None),
         }
-    }
-
-    /// Adds the records the transaction just committed on this thread wrote.
-    fn logged_committed(&self) {
-        let logged = LOGGED.with(std::cell::Cell::get);
-        self.log_records
-            .fetch_add(logged, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn publish_events(&self, sequences: impl IntoIterator<Item = u64>) {
@@ -994,9 +1070,10 @@ impl Store {
                 })
             })
             .map_err(|e| self.tx_failed(e))?;
-        self.logged_committed();
+        let logged = take_logged();
         if matches!(opened, Opened::New { .. }) {
             self.durable(&db).await?;
+            self.append_logged(&db, logged).await?;
         }
         self.publish_events(event.map(|e| e.sequence));
         Ok(opened)
@@ -1035,9 +1112,10 @@ impl Store {
                 })
             })
             .map_err(|e| self.tx_failed(e))?;
-        self.logged_committed();
+        let logged = take_logged();
         if changed {
             self.durable(&db).await?;
+            self.append_logged(&db, logged).await?;
         }
         Ok((session, changed))
     }
@@ -1097,10 +1175,11 @@ impl Store {
                 })
             })
             .map_err(|e| self.tx_failed(e))?;
-        self.logged_committed();
+        let logged = take_logged();
         self.view.put_account(&enforced.account);
         drop(in_order);
         self.durable(&db).await?;
+        self.append_logged(&db, logged).await?;
         self.publish_events(event.as_ref().map(|e| e.sequence));
         Ok((enforced, event))
     }
@@ -1325,6 +1404,45 @@ mod tests {
             cause_id: String::new(),
             change: String::new(),
         }
+    }
+
+    #[test]
+    fn records_a_crash_left_in_the_outbox_reach_the_log_once_at_open() {
+        let temp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = temp.path().join("data");
+        let mut left = test_record();
+        left.id = uuid::Uuid::now_v7().to_string();
+        let mut appended = test_record();
+        appended.id = uuid::Uuid::now_v7().to_string();
+        {
+            let store = Store::open(&dir).unwrap_or_else(|e| panic!("{e}"));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("{e}"));
+            runtime
+                .block_on(store.append_log(vec![appended.clone()]))
+                .unwrap_or_else(|e| panic!("{e}"));
+            // The state of a crash after a change was durable: one record only in the outbox,
+            // one in both (the crash came before the outbox was emptied).
+            let db = store.db().unwrap_or_else(|e| panic!("{e}"));
+            for record in [&left, &appended] {
+                let bytes = encode(&record.id, record).unwrap_or_else(|e| panic!("{e}"));
+                db.log
+                    .insert(record.id.as_bytes(), bytes)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            db.db.flush().unwrap_or_else(|e| panic!("{e}"));
+        }
+        let store = Store::open(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(store.log_len(), 2);
+        let (records, _) = store
+            .read_log(None, |_| true, 10, 10)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ids: Vec<_> = records.iter().map(|r| r.id.clone()).collect();
+        assert_eq!(ids, [appended.id.clone(), left.id.clone()]);
+        let db = store.db().unwrap_or_else(|e| panic!("{e}"));
+        assert!(db.log.is_empty(), "the outbox is emptied");
     }
 
     #[test]
