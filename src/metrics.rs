@@ -100,4 +100,8 @@ fn describe() {
         "Policy reload attempts, by result (reloaded, unchanged, rejected)"
     );
     describe_gauge!("anchor_pdp_live_sessions", "Sessions live now");
+    describe_counter!(
+        "anchor_pdp_decision_memo_total",
+        "Decisions looked up in the memo, by result (hit: reused; miss: Cedar evaluated)"
+    );
 }

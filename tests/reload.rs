@@ -288,7 +288,16 @@ async fn explain_returns_the_facts_and_the_determining_policies() {
         fact("context", "ai_features_filed").as_deref(),
         Some(r#"["voice-clone"]"#)
     );
-    assert_eq!(fact("context", "now_ms"), Some(T0.to_string()));
+    // The shipped rules read the conditions computed from the time, not the time itself.
+    assert_eq!(
+        fact(r#"AnchorPdp::Merchant::"m1""#, "frozen").as_deref(),
+        Some("false")
+    );
+    assert_eq!(
+        fact(r#"AnchorPdp::Anchor::"a1""#, "approval_expired").as_deref(),
+        Some("false")
+    );
+    assert_eq!(fact("context", "now_ms"), None);
 
     // Why was I shut down? The gateway saw a pre-recorded anchor: R3, from the context.
     let session = s.start_session().await;

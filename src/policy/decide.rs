@@ -1,16 +1,11 @@
 //! The decision: a pure function of (store facts, the gateway's observations, the policy set,
 //! the time). No I/O and no clock: everything it needs is an argument.
 
-use std::collections::{HashMap, HashSet};
-use std::str::FromStr;
+use cedar_policy::{Authorizer, Decision as CedarDecision};
 
-use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
-    EntityUid, Request, RestrictedExpression,
-};
-
+use super::inputs::DecisionInputs;
 use super::load::PolicyBundle;
-use crate::domain::{DriveMode, Facts, LivestreamType, Millis, Penalty, RecordBody, Registration};
+use crate::domain::{DriveMode, Facts, LivestreamType, Millis, Penalty};
 
 /// The pseudo rule id of a failure to decide (fail closed).
 pub const PDP_RULE_ID: &str = "PDP";
@@ -79,127 +74,7 @@ impl Decision {
     }
 }
 
-/// Entity type names, parsed once.
-pub(crate) struct EntityTypes {
-    merchant: EntityTypeName,
-    provider: EntityTypeName,
-    anchor: EntityTypeName,
-    driver: EntityTypeName,
-    room: EntityTypeName,
-    broadcast: EntityUid,
-}
-
-impl EntityTypes {
-    pub(crate) fn new() -> Result<Self, String> {
-        let name = |n: &str| EntityTypeName::from_str(n).map_err(|e| format!("{n}: {e}"));
-        Ok(EntityTypes {
-            merchant: name("AnchorPdp::Merchant")?,
-            provider: name("AnchorPdp::Provider")?,
-            anchor: name("AnchorPdp::Anchor")?,
-            driver: name("AnchorPdp::Driver")?,
-            room: name("AnchorPdp::Room")?,
-            broadcast: EntityUid::from_type_name_and_id(
-                name("AnchorPdp::Action")?,
-                EntityId::new("Broadcast"),
-            ),
-        })
-    }
-}
-
-fn uid(type_name: &EntityTypeName, id: &str) -> EntityUid {
-    EntityUid::from_type_name_and_id(type_name.clone(), EntityId::new(id))
-}
-
 pub use crate::domain::{Explanation, Fact};
-
-/// Builds one entity's attributes and, when explaining, records each as a fact.
-struct Attrs {
-    entity: String,
-    map: HashMap<String, RestrictedExpression>,
-    facts: Vec<Fact>,
-    explain: bool,
-}
-
-impl Attrs {
-    fn new(entity: impl ToString, explain: bool) -> Attrs {
-        Attrs {
-            entity: entity.to_string(),
-            map: HashMap::new(),
-            facts: Vec::new(),
-            explain,
-        }
-    }
-
-    fn put(&mut self, name: &str, value: RestrictedExpression, shown: impl FnOnce() -> String) {
-        if self.explain {
-            self.facts.push(Fact {
-                entity: self.entity.clone(),
-                attribute: name.to_owned(),
-                value: shown(),
-            });
-        }
-        self.map.insert(name.to_owned(), value);
-    }
-
-    fn bool(&mut self, name: &str, value: bool) {
-        self.put(name, RestrictedExpression::new_bool(value), || {
-            value.to_string()
-        });
-    }
-
-    fn string(&mut self, name: &str, value: &str) {
-        self.put(
-            name,
-            RestrictedExpression::new_string(value.to_owned()),
-            || format!("{value:?}"),
-        );
-    }
-
-    fn long(&mut self, name: &str, value: i64) {
-        self.put(name, RestrictedExpression::new_long(value), || {
-            value.to_string()
-        });
-    }
-
-    fn entity(&mut self, name: &str, value: &EntityUid) {
-        self.put(
-            name,
-            RestrictedExpression::new_entity_uid(value.clone()),
-            || value.to_string(),
-        );
-    }
-
-    fn strings(&mut self, name: &str, values: &[&String]) {
-        let set = RestrictedExpression::new_set(
-            values
-                .iter()
-                .map(|v| RestrictedExpression::new_string((*v).clone())),
-        );
-        self.put(name, set, || {
-            let shown: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
-            format!("[{}]", shown.join(", "))
-        });
-    }
-}
-
-/// The review attributes shared by anchors, drivers and rooms.
-fn filing_attrs(attrs: &mut Attrs, types: &EntityTypes, record: Option<&Registration>) {
-    attrs.bool("filed", record.is_some());
-    if let Some(record) = record {
-        if let Some(owner) = record.body.owner() {
-            attrs.entity("owner", &uid(&types.merchant, owner));
-        }
-        attrs.string("review", record.review_status.policy_name());
-        if let Some(expires) = record.approval_expires_at() {
-            attrs.long("approval_expires_ms", expires);
-        }
-    }
-}
-
-fn entity(attrs: Attrs, uid: EntityUid, facts: &mut Vec<Fact>) -> Result<Entity, String> {
-    facts.extend(attrs.facts);
-    Entity::new(uid, attrs.map, HashSet::new()).map_err(|e| format!("cannot build entity: {e}"))
-}
 
 impl PolicyBundle {
     /// Decides one broadcast. Any failure on the way (an entity that cannot be built, an
@@ -241,8 +116,46 @@ impl PolicyBundle {
         explain: bool,
         explain_denies: bool,
     ) -> Decision {
+        let inputs = DecisionInputs::new(facts, observation, now, self.reads_now);
+        if explain {
+            // Explaining an allow renders what the memo does not keep; rare, so not memoized.
+            return self.decide_inputs(&inputs, true, true);
+        }
+        let mut decision = self.memo.get_or_decide(inputs, |inputs| {
+            // What is kept serves every caller: a deny with its explanation, an allow without.
+            self.decide_inputs(inputs, false, true)
+        });
+        if !explain_denies {
+            decision.explanation = None;
+        }
+        decision
+    }
+
+    /// Decides on `inputs` with Cedar, never from the memo. For the memo's own tests and the
+    /// benchmark of an unmemoized decision.
+    pub fn decide_uncached(
+        &self,
+        facts: &Facts,
+        observation: &Observation<'_>,
+        now: Millis,
+    ) -> Decision {
+        let inputs = DecisionInputs::new(facts, observation, now, self.reads_now);
+        self.decide_inputs(&inputs, false, true)
+    }
+
+    /// Memoized decisions kept, and lookups that found one / did not since this set loaded.
+    pub fn memo_stats(&self) -> (usize, u64, u64) {
+        self.memo.stats()
+    }
+
+    fn decide_inputs(
+        &self,
+        inputs: &DecisionInputs,
+        explain: bool,
+        explain_denies: bool,
+    ) -> Decision {
         let explain_errors = explain || explain_denies;
-        match self.evaluate(facts, observation, now, explain, explain_denies) {
+        match self.evaluate(inputs, explain, explain_denies) {
             Ok(decision) => decision,
             Err(detail) => Decision {
                 allowed: false,
@@ -258,13 +171,11 @@ impl PolicyBundle {
 
     fn evaluate(
         &self,
-        facts: &Facts,
-        observation: &Observation<'_>,
-        now: Millis,
+        decision_inputs: &DecisionInputs,
         explain: bool,
         explain_denies: bool,
     ) -> Result<Decision, String> {
-        let inputs = self.inputs(facts, observation, now, explain)?;
+        let inputs = decision_inputs.to_cedar(&self.types, explain)?;
         let response =
             Authorizer::new().is_authorized(&inputs.request, &self.set, &inputs.entities);
         let mut violations: Vec<(usize, Violation)> = Vec::new();
@@ -297,7 +208,7 @@ impl PolicyBundle {
             let (fact_log, context_facts) = if explain {
                 (inputs.fact_log, inputs.context_facts)
             } else {
-                let rendered = self.inputs(facts, observation, now, true)?;
+                let rendered = decision_inputs.to_cedar(&self.types, true)?;
                 (rendered.fact_log, rendered.context_facts)
             };
             let mut determining: Vec<String> = response
@@ -326,126 +237,12 @@ impl PolicyBundle {
             explanation,
         })
     }
-
-    /// The entities and request Cedar decides on, and (with `explain`) how they read.
-    fn inputs(
-        &self,
-        facts: &Facts,
-        observation: &Observation<'_>,
-        now: Millis,
-        explain: bool,
-    ) -> Result<Inputs, String> {
-        let types = &self.types;
-        let merchant_uid = uid(&types.merchant, &facts.merchant_id);
-        let room_uid = uid(&types.room, &facts.room_id);
-        let anchor_uid = uid(&types.anchor, &facts.anchor_id);
-        let driver_uid = uid(&types.driver, &facts.driver_id);
-        let mut fact_log = Vec::new();
-
-        let mut merchant = Attrs::new(&merchant_uid, explain);
-        merchant.bool("filed", facts.merchant.is_some());
-        let tier = match facts.merchant.as_ref().map(|m| &m.body) {
-            Some(RecordBody::Merchant { tier, .. }) => tier.policy_name(),
-            _ => "UNREGISTERED",
-        };
-        merchant.string("tier", tier);
-        if let Some(until) = facts.account.as_ref().and_then(|a| a.frozen_until) {
-            merchant.long("frozen_until_ms", until);
-        }
-        let mut entities = vec![entity(merchant, merchant_uid.clone(), &mut fact_log)?];
-        let mut room = Attrs::new(&room_uid, explain);
-        filing_attrs(&mut room, types, facts.room.as_ref());
-        entities.push(entity(room, room_uid.clone(), &mut fact_log)?);
-        let mut driver = Attrs::new(&driver_uid, explain);
-        filing_attrs(&mut driver, types, facts.driver.as_ref());
-        entities.push(entity(driver, driver_uid.clone(), &mut fact_log)?);
-        let mut anchor = Attrs::new(&anchor_uid, explain);
-        filing_attrs(&mut anchor, types, facts.anchor.as_ref());
-        if let Some(RecordBody::Anchor {
-            provider_id,
-            image_style,
-            ..
-        }) = facts.anchor.as_ref().map(|a| &a.body)
-        {
-            let provider_uid = uid(&types.provider, provider_id);
-            anchor.entity("provider", &provider_uid);
-            anchor.string("image_style", image_style.policy_name());
-            // A provider the store does not know is, by definition, not listed.
-            let listed = facts
-                .provider
-                .as_ref()
-                .and_then(|p| p.provider_listing.as_ref())
-                .is_some_and(|l| l.listed);
-            let mut provider = Attrs::new(&provider_uid, explain);
-            provider.bool("filed", facts.provider.is_some());
-            provider.bool("listed", listed);
-            entities.push(entity(provider, provider_uid, &mut fact_log)?);
-        }
-        entities.push(entity(anchor, anchor_uid.clone(), &mut fact_log)?);
-        let entities = Entities::from_entities(entities, None)
-            .map_err(|e| format!("cannot build entities: {e}"))?;
-
-        let cleared = |test: &dyn Fn(&Registration) -> bool| -> Vec<&String> {
-            facts
-                .ai_features
-                .iter()
-                .filter(|(_, record)| record.as_ref().is_some_and(test))
-                .map(|(id, _)| id)
-                .collect()
-        };
-        let assessed = cleared(&|r| {
-            r.ai_feature_clearance
-                .as_ref()
-                .is_some_and(|c| c.security_assessment_passed)
-        });
-        let filed = cleared(&|r| r.ai_feature_clearance.as_ref().is_some_and(|c| c.filed()));
-        let in_use: Vec<&String> = observation.ai_features.iter().collect();
-        let mut context = Attrs::new("context", explain);
-        context.string("phase", observation.phase.policy_name());
-        context.long("now_ms", now);
-        context.string("livestream_type", observation.livestream_type.policy_name());
-        context.string("drive_mode", observation.drive_mode.policy_name());
-        context.entity("anchor", &anchor_uid);
-        context.entity("driver", &driver_uid);
-        context.strings("ai_features", &in_use);
-        context.strings("ai_features_assessed", &assessed);
-        context.strings("ai_features_filed", &filed);
-        let context_facts = std::mem::take(&mut context.facts);
-        let context =
-            Context::from_pairs(context.map).map_err(|e| format!("cannot build context: {e}"))?;
-        // Not schema-checked per request (~5 µs of ~38): the policies are validated against the
-        // schema at load, this function is the only producer of requests, and a request of the
-        // wrong shape fails evaluation, which denies.
-        let request = Request::new(
-            merchant_uid,
-            types.broadcast.clone(),
-            room_uid,
-            context,
-            None,
-        )
-        .map_err(|e| format!("request does not match the schema: {e}"))?;
-
-        Ok(Inputs {
-            entities,
-            request,
-            fact_log,
-            context_facts,
-        })
-    }
-}
-
-/// What Cedar decides on, and how it reads to a person.
-struct Inputs {
-    entities: Entities,
-    request: Request,
-    fact_log: Vec<Fact>,
-    context_facts: Vec<Fact>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{self, Account, Kind, Tier};
+    use crate::domain::{self, Account, Kind, RecordBody, Registration, Tier};
     use std::path::Path;
 
     fn registration(id: &str, body: RecordBody) -> Registration {

@@ -76,7 +76,12 @@ pub struct PolicyBundle {
     pub(crate) rules: HashMap<PolicyId, RuleInfo>,
     rules_by_id: BTreeMap<String, RuleInfo>,
     version: String,
-    pub(crate) types: super::decide::EntityTypes,
+    pub(crate) types: super::inputs::EntityTypes,
+    /// Whether any policy may read `context.now_ms`. A policy can only read an attribute by
+    /// naming it, so a set whose text never says `now_ms` does not get the time, only the
+    /// conditions computed from it, and its decisions are memoized across time.
+    pub(crate) reads_now: bool,
+    pub(crate) memo: super::memo::Memo,
 }
 
 impl PolicyBundle {
@@ -394,7 +399,7 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
         return Err(fail(problems));
     }
 
-    let types = super::decide::EntityTypes::new().map_err(|message| {
+    let types = super::inputs::EntityTypes::new().map_err(|message| {
         fail(vec![PolicyProblem {
             file: dir.to_owned(),
             line: 0,
@@ -421,6 +426,8 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
         rules_by_id,
         version: format!("sha256:{hex}"),
         types,
+        reads_now: policy_files.iter().any(|f| f.text.contains("now_ms")),
+        memo: super::memo::Memo::default(),
     })
 }
 

@@ -3,7 +3,9 @@
 
 mod decide;
 mod handle;
+mod inputs;
 mod load;
+mod memo;
 
 pub use decide::{Decision, Explanation, Fact, Observation, PDP_RULE_ID, Phase, Violation};
 pub use handle::{PolicyHandle, ReloadOutcome, ReloadStatus};
