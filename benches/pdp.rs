@@ -2,6 +2,7 @@
 //!
 //!     cargo bench --bench pdp                # 5 s per gRPC scenario, 64 calls in flight
 //!     cargo bench --bench pdp -- 10 128      # 10 s per scenario, 128 in flight
+//!     cargo bench --bench pdp -- 4 64 figures.json chart.png   # also JSON rows and a chart
 //!
 //! Scenarios: the pure decision (store facts already read), then over gRPC on loopback with
 //! client and server sharing the machine: a LIVE re-check (a consistent store read plus a
@@ -56,10 +57,24 @@ fn process_usage(proc: &str) -> (Duration, u64) {
     (cpu, written)
 }
 
+/// A process's resident memory in KiB, from /proc/PROC/status (Linux).
+fn resident_kib(proc: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{proc}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or_default()
+}
+
 /// One scenario's figures.
 #[derive(Clone, Copy, Default)]
 struct Figures {
     per_second: f64,
+    p50_ms: f64,
 }
 
 /// Where the figures go: the table on stdout, and every row for `--json`.
@@ -118,7 +133,10 @@ fn report(
             "bytes_written_per_call": written,
         }));
     }
-    Figures { per_second }
+    Figures {
+        per_second,
+        p50_ms: ms(0.50),
+    }
 }
 
 /// The server binary in a process of its own, as in production, so that its CPU and disk
@@ -342,6 +360,93 @@ fn start_request() -> proto::AuthorizeRequest {
     }
 }
 
+/// Draws p50 latency against throughput, one line per scenario, each point labelled with its
+/// calls in flight, as a PNG.
+/// A scenario's name and its points: (calls per second, p50 ms, calls in flight).
+type Curve<'a> = (&'a str, Vec<(f64, f64, usize)>);
+
+fn draw_chart(path: &str, curves: &[Curve<'_>]) -> Result<()> {
+    use plotters::prelude::*;
+    const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+    let font =
+        std::fs::read(FONT).map_err(|e| format!("{FONT}: {e} (apt install fonts-dejavu-core)"))?;
+    plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(font.into_boxed_slice()),
+    )
+    .map_err(|_| "cannot read the chart font")?;
+    let failed = |e: &dyn std::fmt::Display| format!("cannot draw {path}: {e}");
+    let points = curves.iter().flat_map(|(_, p)| p.iter());
+    let (max_rate, max_ms) = points.fold((1.0f64, 0.1f64), |(r, l), p| (r.max(p.0), l.max(p.1)));
+    let (min_rate, min_ms) = curves
+        .iter()
+        .flat_map(|(_, p)| p.iter())
+        .fold((f64::MAX, f64::MAX), |(r, l), p| (r.min(p.0), l.min(p.1)));
+    let root = BitMapBackend::new(path, (1000, 640)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| failed(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "anchor-pdp {}: p50 latency vs throughput, 1-256 calls in flight ({} cores, loopback)",
+                env!("CARGO_PKG_VERSION"),
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            ),
+            ("sans-serif", 20),
+        )
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (min_rate * 0.7..max_rate * 1.4).log_scale(),
+            (min_ms * 0.7..max_ms * 1.5).log_scale(),
+        )
+        .map_err(|e| failed(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("calls per second (log)")
+        .y_desc("p50 latency, ms (log)")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| failed(&e))?;
+    for ((name, points), color) in curves.iter().zip([BLACK, BLUE, RED]) {
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|p| (p.0, p.1)),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| failed(&e))?
+            .label(*name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .map(|p| Circle::new((p.0, p.1), 4, color.filled())),
+            )
+            .map_err(|e| failed(&e))?;
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .map(|p| Text::new(format!("{}", p.2), (p.0, p.1 * 1.12), ("sans-serif", 12))),
+            )
+            .map_err(|e| failed(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 15))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| failed(&e))?;
+    root.present().map_err(|e| failed(&e))?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args()
@@ -351,6 +456,13 @@ async fn main() -> Result<()> {
     let seconds: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(5);
     let in_flight: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(64);
     let json_out = args.get(2).cloned();
+    let chart_out = args.get(3).cloned();
+    // With ANCHOR_PDP_BENCH_IDLE_SECONDS, the server's CPU and memory are watched that long
+    // with no traffic, after the load.
+    let idle_seconds: u64 = std::env::var("ANCHOR_PDP_BENCH_IDLE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let duration = Duration::from_secs(seconds);
 
     let temp = tempfile::tempdir()?;
@@ -484,124 +596,166 @@ async fn main() -> Result<()> {
         "{:<40} {:>10} {:>8}   latency (ms)                            server (its own process) and client CPU, server's disk writes",
         "scenario @in-flight", "rate", "÷ health"
     );
-    for flight in [1, in_flight] {
-        let health = tonic_health::pb::health_client::HealthClient::new(
-            Channel::from_shared(format!("http://{addr}"))?
-                .connect()
-                .await?,
-        );
-        let baseline = drive(
-            "Health/Check (no-op baseline)",
-            &server,
-            flight,
-            duration,
-            None,
-            move |_| {
-                let mut health = health.clone();
-                async move {
-                    health
-                        .check(tonic_health::pb::HealthCheckRequest {
-                            service: "anchorpdp.v1.PolicyDecisionPoint".into(),
-                        })
-                        .await?;
-                    Ok(())
-                }
-            },
-        )
-        .await?;
-        let client = pdp.clone();
+    let health = tonic_health::pb::health_client::HealthClient::new(
+        Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?,
+    );
+    let health_call = move |_| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "anchorpdp.v1.PolicyDecisionPoint".into(),
+                })
+                .await?;
+            Ok(())
+        }
+    };
+    let client = pdp.clone();
+    let live_call = move |_| {
+        let mut client = client.clone();
         let session = session.clone();
+        async move {
+            let response = client
+                .authorize(proto::AuthorizeRequest {
+                    phase: proto::Phase::Live as i32,
+                    session_id: session,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            if response.decision != proto::Decision::Allow as i32 {
+                return Err(format!("denied: {:?}", response.violations).into());
+            }
+            Ok(())
+        }
+    };
+    let client = pdp.clone();
+    let start_call = move |_| {
+        let mut client = client.clone();
+        async move {
+            let response = client.authorize(start_request()).await?.into_inner();
+            if response.decision != proto::Decision::Allow as i32 {
+                return Err(format!("denied: {:?}", response.violations).into());
+            }
+            Ok(())
+        }
+    };
+    let client = pdp.clone();
+    let deny_call = move |_| {
+        let mut client = client.clone();
+        async move {
+            let mut request = start_request();
+            request.drive_mode = proto::DriveMode::PreRecorded as i32;
+            let response = client.authorize(request).await?.into_inner();
+            if response.decision != proto::Decision::Deny as i32 {
+                return Err("allowed a pre-recorded broadcast".into());
+            }
+            Ok(())
+        }
+    };
+    let client = pdp.clone();
+    let merchants = Arc::new(AtomicU64::new(0));
+    let register_call = move |_| {
+        let mut client = client.clone();
+        let n = merchants.fetch_add(1, Ordering::Relaxed);
+        async move {
+            client
+                .register(proto::RegisterRequest {
+                    record: Some(Record::Merchant(proto::Merchant {
+                        id: format!("bench-{n}"),
+                        tier: proto::MerchantTier::ChineseGoldSupplier as i32,
+                        display_name: String::new(),
+                    })),
+                    expected_revision: None,
+                })
+                .await?;
+            Ok(())
+        }
+    };
+    const HEALTH: &str = "Health/Check (no-op baseline)";
+    const LIVE: &str = "Authorize LIVE allow";
+    const START: &str = "Authorize START allow (durable)";
+    for flight in [1, in_flight] {
+        let baseline = drive(HEALTH, &server, flight, duration, None, health_call.clone()).await?;
+        let base = Some(baseline);
+        drive(LIVE, &server, flight, duration, base, live_call.clone()).await?;
+        drive(START, &server, flight, duration, base, start_call.clone()).await?;
+        let deny = "Authorize START deny (R3, logged)";
+        drive(deny, &server, flight, duration, base, deny_call.clone()).await?;
+        let register = "Register merchant (durable)";
         drive(
-            "Authorize LIVE allow",
+            register,
             &server,
             flight,
             duration,
-            Some(baseline),
-            move |_| {
-                let mut client = client.clone();
-                let session = session.clone();
-                async move {
-                    let response = client
-                        .authorize(proto::AuthorizeRequest {
-                            phase: proto::Phase::Live as i32,
-                            session_id: session,
-                            ..Default::default()
-                        })
-                        .await?
-                        .into_inner();
-                    if response.decision != proto::Decision::Allow as i32 {
-                        return Err(format!("denied: {:?}", response.violations).into());
-                    }
-                    Ok(())
-                }
-            },
+            base,
+            register_call.clone(),
         )
         .await?;
-        let client = pdp.clone();
-        drive(
-            "Authorize START allow (durable)",
-            &server,
-            flight,
-            duration,
-            Some(baseline),
-            move |_| {
-                let mut client = client.clone();
-                async move {
-                    let response = client.authorize(start_request()).await?.into_inner();
-                    if response.decision != proto::Decision::Allow as i32 {
-                        return Err(format!("denied: {:?}", response.violations).into());
-                    }
-                    Ok(())
-                }
-            },
-        )
-        .await?;
-        let client = pdp.clone();
-        drive(
-            "Authorize START deny (R3, logged)",
-            &server,
-            flight,
-            duration,
-            Some(baseline),
-            move |_| {
-                let mut client = client.clone();
-                async move {
-                    let mut request = start_request();
-                    request.drive_mode = proto::DriveMode::PreRecorded as i32;
-                    let response = client.authorize(request).await?.into_inner();
-                    if response.decision != proto::Decision::Deny as i32 {
-                        return Err("allowed a pre-recorded broadcast".into());
-                    }
-                    Ok(())
-                }
-            },
-        )
-        .await?;
-        let client = pdp.clone();
-        drive(
-            "Register merchant (durable)",
-            &server,
-            flight,
-            duration,
-            Some(baseline),
-            move |n| {
-                let mut client = client.clone();
-                async move {
-                    client
-                        .register(proto::RegisterRequest {
-                            record: Some(Record::Merchant(proto::Merchant {
-                                id: format!("bench-{flight}-{n}"),
-                                tier: proto::MerchantTier::ChineseGoldSupplier as i32,
-                                display_name: String::new(),
-                            })),
-                            expected_revision: None,
-                        })
-                        .await?;
-                    Ok(())
-                }
-            },
-        )
-        .await?;
+    }
+    if let Some(path) = &chart_out {
+        // Latency against throughput as more calls are in flight, for the chart.
+        println!("sweep for the chart: 1 to 256 in flight");
+        let short = (duration / 2).max(Duration::from_secs(1));
+        let mut curves: Vec<Curve<'_>> = vec![
+            (HEALTH, Vec::new()),
+            (LIVE, Vec::new()),
+            (START, Vec::new()),
+        ];
+        for flight in [1, 2, 4, 8, 16, 32, 64, 128, 256] {
+            let baseline = drive(HEALTH, &server, flight, short, None, health_call.clone()).await?;
+            let live = drive(
+                LIVE,
+                &server,
+                flight,
+                short,
+                Some(baseline),
+                live_call.clone(),
+            );
+            let live = live.await?;
+            let start = drive(
+                START,
+                &server,
+                flight,
+                short,
+                Some(baseline),
+                start_call.clone(),
+            );
+            let start = start.await?;
+            for (curve, figures) in curves.iter_mut().zip([baseline, live, start]) {
+                curve.1.push((figures.per_second, figures.p50_ms, flight));
+            }
+        }
+        draw_chart(path, &curves)?;
+        println!("chart written to {path}");
+    }
+
+    if idle_seconds > 0 {
+        let status = admin
+            .get_decision_log_status(proto::GetDecisionLogStatusRequest {})
+            .await?
+            .into_inner();
+        let (cpu_before, _) = process_usage(&server);
+        let rss_before = resident_kib(&server);
+        let mut rss_max = rss_before;
+        let idle_started = Instant::now();
+        while idle_started.elapsed() < Duration::from_secs(idle_seconds) {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            rss_max = rss_max.max(resident_kib(&server));
+        }
+        let (cpu_after, _) = process_usage(&server);
+        let rss_after = resident_kib(&server);
+        println!(
+            "idle {idle_seconds} s with {} log records, {} MiB of segments: server cpu {:.3}% of one core, RSS {} -> {} MiB (max {} MiB)",
+            status.records,
+            status.bytes >> 20,
+            (cpu_after - cpu_before).as_secs_f64() / idle_started.elapsed().as_secs_f64() * 100.0,
+            rss_before >> 10,
+            rss_after >> 10,
+            rss_max >> 10,
+        );
     }
 
     drop(process);
