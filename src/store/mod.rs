@@ -362,6 +362,7 @@ impl Db {
     fn open(dir: &Path) -> Result<Db, PdpError> {
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(SLED_CACHE_BYTES)
             .open()
             .map_err(|e| PdpError::Storage(format!("cannot open {}: {e}", dir.display())))?;
         let meta = db.open_tree(META_TREE).map_err(storage)?;
@@ -403,7 +404,7 @@ impl Db {
         self.commit.sync_blocking()
     }
 
-    /// Every registration and account on disk, for the in-memory view.
+    /// Every registration, account and live session on disk, for the in-memory view.
     fn load_view(&self, view: &FactsView) -> Result<(), PdpError> {
         let mut registrations = Vec::new();
         for item in self.data.scan_prefix(b"reg/") {
@@ -418,7 +419,15 @@ impl Db {
             let (key, value) = item.map_err(storage)?;
             accounts.push(decode::<Account>(&String::from_utf8_lossy(&key), &value)?);
         }
-        view.reset(registrations, accounts);
+        let mut live = Vec::new();
+        for item in self.data.scan_prefix(b"live/") {
+            let (key, _) = item.map_err(storage)?;
+            let skey = session_key(&String::from_utf8_lossy(&key["live/".len()..]));
+            if let Some(bytes) = self.data.get(skey.as_bytes()).map_err(storage)? {
+                live.push(decode::<Session>(&skey, &bytes)?);
+            }
+        }
+        view.reset(registrations, accounts, live);
         Ok(())
     }
 
@@ -511,6 +520,10 @@ fn drain_outbox(db: &Db, segments: &SegmentLog) -> Result<usize, PdpError> {
     db.db.flush().map_err(storage)?;
     Ok(missing.len())
 }
+
+/// sled's page cache (its default is 1 GiB). Decisions and lookups read registrations and
+/// accounts from the in-memory view, so the cache serves only sessions, indexes and writes.
+const SLED_CACHE_BYTES: u64 = 128 << 20;
 
 /// The decision log's segment files, under the data directory.
 const SEGMENTS_DIR: &str = "decision-log";
@@ -1001,6 +1014,10 @@ impl Store {
             .as_ref()
             .map(|k| idempotency_key(&session.gateway_id, k));
         let db = self.db()?;
+        let in_order = self
+            .view_order
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (opened, event) = (&db.data, &db.log)
             .transaction(|(tx, log)| {
                 attempt(|| {
@@ -1071,6 +1088,13 @@ impl Store {
             })
             .map_err(|e| self.tx_failed(e))?;
         let logged = take_logged();
+        if let Opened::New { superseded } = &opened {
+            if let Some(superseded) = superseded {
+                self.view.put_session(superseded);
+            }
+            self.view.put_session(session);
+        }
+        drop(in_order);
         if matches!(opened, Opened::New { .. }) {
             self.durable(&db).await?;
             self.append_logged(&db, logged).await?;
@@ -1079,7 +1103,11 @@ impl Store {
         Ok(opened)
     }
 
+    /// A live session from the view; a closed one from disk.
     pub fn get_session(&self, session_id: &str) -> Result<Option<Session>, PdpError> {
+        if let Some(live) = self.view.live_session(session_id) {
+            return Ok(Some(live));
+        }
         self.read(&session_key(session_id))
     }
 
@@ -1093,6 +1121,10 @@ impl Store {
     ) -> Result<(Session, bool), PdpError> {
         let key = session_key(session_id);
         let db = self.db()?;
+        let in_order = self
+            .view_order
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (session, changed) = (&db.data, &db.log)
             .transaction(|(tx, log)| {
                 attempt(|| {
@@ -1113,6 +1145,10 @@ impl Store {
             })
             .map_err(|e| self.tx_failed(e))?;
         let logged = take_logged();
+        if changed {
+            self.view.put_session(&session);
+        }
+        drop(in_order);
         if changed {
             self.durable(&db).await?;
             self.append_logged(&db, logged).await?;
@@ -1177,6 +1213,7 @@ impl Store {
             .map_err(|e| self.tx_failed(e))?;
         let logged = take_logged();
         self.view.put_account(&enforced.account);
+        self.view.put_session(&enforced.session);
         drop(in_order);
         self.durable(&db).await?;
         self.append_logged(&db, logged).await?;
@@ -1186,14 +1223,8 @@ impl Store {
 
     /// Sessions admitted and not yet shut down or ended.
     pub fn active_sessions(&self) -> Result<Vec<Session>, PdpError> {
-        let mut sessions = Vec::new();
-        for item in self.db()?.data.scan_prefix(b"live/") {
-            let (key, _) = item.map_err(storage)?;
-            let id = String::from_utf8_lossy(&key["live/".len()..]).into_owned();
-            if let Some(session) = self.get_session(&id)? {
-                sessions.push(session);
-            }
-        }
+        let mut sessions = self.view.live_sessions();
+        sessions.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
         Ok(sessions)
     }
 

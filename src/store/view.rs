@@ -1,17 +1,20 @@
-//! What decisions read, in memory: every registration and every account, loaded when the store
+//! What decisions read, in memory: every registration, every account and every live session,
+//! loaded when the store
 //! opens and updated by each committed write, in commit order. A decision reads no disk and
 //! decodes no JSON; this is also the read path a replicated backend will feed from its watch.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use crate::domain::{Account, Facts, Kind, RecordBody, Registration};
+use crate::domain::{Account, Facts, Kind, RecordBody, Registration, Session, SessionState};
 
 #[derive(Default)]
 struct State {
     /// By kind, then id (so a lookup by `&str` allocates nothing).
     registrations: HashMap<Kind, HashMap<String, Registration>>,
     accounts: HashMap<String, Account>,
+    /// Sessions not yet shut down or ended, by id.
+    live: HashMap<String, Session>,
 }
 
 #[derive(Default)]
@@ -39,8 +42,12 @@ impl FactsView {
         &self,
         registrations: impl IntoIterator<Item = Registration>,
         accounts: impl IntoIterator<Item = Account>,
+        live: impl IntoIterator<Item = Session>,
     ) {
-        let mut state = State::default();
+        let mut state = State {
+            live: live.into_iter().map(|s| (s.id.clone(), s)).collect(),
+            ..State::default()
+        };
         for registration in registrations {
             state
                 .registrations
@@ -66,6 +73,24 @@ impl FactsView {
         self.write()
             .accounts
             .insert(account.merchant_id.clone(), account.clone());
+    }
+
+    /// Keeps a session while it is live and forgets it once it is not.
+    pub fn put_session(&self, session: &Session) {
+        let mut state = self.write();
+        if session.state == SessionState::Active {
+            state.live.insert(session.id.clone(), session.clone());
+        } else {
+            state.live.remove(&session.id);
+        }
+    }
+
+    pub fn live_session(&self, session_id: &str) -> Option<Session> {
+        self.read().live.get(session_id).cloned()
+    }
+
+    pub fn live_sessions(&self) -> Vec<Session> {
+        self.read().live.values().cloned().collect()
     }
 
     pub fn registration(&self, kind: Kind, id: &str) -> Option<Registration> {
