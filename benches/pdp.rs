@@ -4,10 +4,12 @@
 //!     cargo bench --bench pdp -- 10 128      # 10 s per scenario, 128 in flight
 //!     cargo bench --bench pdp -- 4 64 figures.json chart.png   # also JSON rows and a chart
 //!
-//! Scenarios: the pure decision (store facts already read), then over gRPC on loopback with
-//! client and server sharing the machine: a LIVE re-check (a consistent store read plus a
-//! decision), a START allow (a decision plus a durable session write), and a Register (a durable
-//! write). Durable = flushed to disk before the reply, group-committed.
+//! Scenarios: the pure decision (memoized and not), then over gRPC on loopback with client and
+//! server sharing the machine, against the server binary in a process of its own filled with
+//! `ANCHOR_PDP_BENCH_MERCHANTS` merchants (64 by default; every fourth breaks R1, R4 or R7): a
+//! LIVE re-check of each passing merchant's live session in turn, a START allow in turn over
+//! the passing ones (a durable session write), a START deny over the breaking ones, and a
+//! Register (a durable write). Durable = fdatasync'ed before the reply, group-committed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -254,32 +256,6 @@ where
 }
 
 /// A further room of m1, filed and approved.
-async fn fixture_room(
-    pdp: &mut PolicyDecisionPointClient<Channel>,
-    admin: &mut PolicyAdminClient<Channel>,
-    id: &str,
-) -> Result<()> {
-    pdp.register(proto::RegisterRequest {
-        record: Some(Record::Room(proto::LivestreamRoom {
-            id: id.into(),
-            owner_merchant_id: "m1".into(),
-            display_name: String::new(),
-        })),
-        expected_revision: None,
-    })
-    .await?;
-    admin
-        .review_filing(proto::ReviewFilingRequest {
-            kind: proto::RegistrationKind::Room as i32,
-            id: id.into(),
-            verdict: proto::Verdict::Approve as i32,
-            reviewer: "bench".into(),
-            ..Default::default()
-        })
-        .await?;
-    Ok(())
-}
-
 async fn fixtures(
     pdp: &mut PolicyDecisionPointClient<Channel>,
     admin: &mut PolicyAdminClient<Channel>,
@@ -345,6 +321,99 @@ async fn fixtures(
             .await?;
     }
     Ok(())
+}
+
+/// A population of `n` merchants, each with an anchor (provider p1), a driver and two rooms
+/// (one for START churn, one for its LIVE session). Every fourth breaks a rule, in turn R1
+/// (tier), R4 (cartoon image) and R7 (room never reviewed). Returns the merchants that pass
+/// and those that break.
+async fn population(
+    pdp: &mut PolicyDecisionPointClient<Channel>,
+    admin: &mut PolicyAdminClient<Channel>,
+    n: usize,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    let (mut passing, mut breaking) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let broken = (i % 4 == 3).then_some((i / 4) % 3);
+        let m = format!("pm{i}");
+        let register = |record| proto::RegisterRequest {
+            record: Some(record),
+            expected_revision: None,
+        };
+        let tier = match broken {
+            Some(0) => proto::MerchantTier::Other,
+            _ => proto::MerchantTier::ChineseGoldSupplier,
+        };
+        pdp.register(register(Record::Merchant(proto::Merchant {
+            id: m.clone(),
+            tier: tier as i32,
+            display_name: String::new(),
+        })))
+        .await?;
+        let style = match broken {
+            Some(1) => proto::ImageStyle::Cartoon,
+            _ => proto::ImageStyle::RealisticHuman,
+        };
+        pdp.register(register(Record::Anchor(proto::VirtualAnchor {
+            id: format!("pa{i}"),
+            owner_merchant_id: m.clone(),
+            provider_id: "p1".into(),
+            image_style: style as i32,
+            image_reference: format!("oss://pa{i}"),
+            display_name: String::new(),
+        })))
+        .await?;
+        pdp.register(register(Record::Driver(proto::Driver {
+            id: format!("pd{i}"),
+            owner_merchant_id: m.clone(),
+            identity_reference: format!("kyc://pd{i}"),
+            display_name: String::new(),
+        })))
+        .await?;
+        let mut approve = vec![
+            (proto::RegistrationKind::Anchor, format!("pa{i}")),
+            (proto::RegistrationKind::Driver, format!("pd{i}")),
+        ];
+        for room in [format!("pr{i}"), format!("pl{i}")] {
+            pdp.register(register(Record::Room(proto::LivestreamRoom {
+                id: room.clone(),
+                owner_merchant_id: m.clone(),
+                display_name: String::new(),
+            })))
+            .await?;
+            if broken != Some(2) {
+                approve.push((proto::RegistrationKind::Room, room));
+            }
+        }
+        for (kind, id) in approve {
+            admin
+                .review_filing(proto::ReviewFilingRequest {
+                    kind: kind as i32,
+                    id,
+                    verdict: proto::Verdict::Approve as i32,
+                    reviewer: "bench".into(),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        if broken.is_some() {
+            breaking.push(i);
+        } else {
+            passing.push(i);
+        }
+    }
+    Ok((passing, breaking))
+}
+
+/// Merchant `i` of the population starting a broadcast in `room` (`pr` or `pl`).
+fn population_start(i: usize, room: &str) -> proto::AuthorizeRequest {
+    proto::AuthorizeRequest {
+        merchant_id: format!("pm{i}"),
+        room_id: format!("{room}{i}"),
+        anchor_id: format!("pa{i}"),
+        driver_id: format!("pd{i}"),
+        ..start_request()
+    }
 }
 
 fn start_request() -> proto::AuthorizeRequest {
@@ -457,6 +526,11 @@ async fn main() -> Result<()> {
     let in_flight: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(64);
     let json_out = args.get(2).cloned();
     let chart_out = args.get(3).cloned();
+    // Merchants in the population the load runs over (64 by default).
+    let merchants: usize = std::env::var("ANCHOR_PDP_BENCH_MERCHANTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
     // With ANCHOR_PDP_BENCH_IDLE_SECONDS, the server's CPU and memory are watched that long
     // with no traffic, after the load.
     let idle_seconds: u64 = std::env::var("ANCHOR_PDP_BENCH_IDLE_SECONDS")
@@ -579,19 +653,28 @@ async fn main() -> Result<()> {
     let mut admin = PolicyAdminClient::connect(endpoint).await?;
     fixtures(&mut pdp, &mut admin).await?;
     let addr = process.addr;
-    let session = pdp
-        .authorize(start_request())
-        .await?
-        .into_inner()
-        .session_id;
-    // A second room, for the LIVE session: STARTs on r1 supersede each other, not it.
-    fixture_room(&mut pdp, &mut admin, "r-live").await?;
-    let mut live_start = start_request();
-    live_start.room_id = "r-live".into();
-    let session = {
-        let _ = session;
-        pdp.authorize(live_start).await?.into_inner().session_id
-    };
+    let (passing, breaking) = population(&mut pdp, &mut admin, merchants).await?;
+    if passing.is_empty() || breaking.is_empty() {
+        return Err("the population needs at least 4 merchants".into());
+    }
+    // One live session per passing merchant, in its second room: the STARTs below churn the
+    // first room and supersede each other, not these.
+    let mut sessions = Vec::new();
+    for &i in &passing {
+        let opened = pdp.authorize(population_start(i, "pl")).await?.into_inner();
+        if opened.decision != proto::Decision::Allow as i32 {
+            return Err(format!("merchant pm{i} was refused: {:?}", opened.violations).into());
+        }
+        sessions.push(opened.session_id);
+    }
+    println!(
+        "population: {merchants} merchants, {} passing (each live), {} breaking R1, R4 or R7",
+        passing.len(),
+        breaking.len()
+    );
+    let sessions = Arc::new(sessions);
+    let passing = Arc::new(passing);
+    let breaking = Arc::new(breaking);
     println!(
         "{:<40} {:>10} {:>8}   latency (ms)                            server (its own process) and client CPU, server's disk writes",
         "scenario @in-flight", "rate", "÷ health"
@@ -613,9 +696,9 @@ async fn main() -> Result<()> {
         }
     };
     let client = pdp.clone();
-    let live_call = move |_| {
+    let live_call = move |n: u64| {
         let mut client = client.clone();
-        let session = session.clone();
+        let session = sessions[n as usize % sessions.len()].clone();
         async move {
             let response = client
                 .authorize(proto::AuthorizeRequest {
@@ -632,10 +715,11 @@ async fn main() -> Result<()> {
         }
     };
     let client = pdp.clone();
-    let start_call = move |_| {
+    let start_call = move |n: u64| {
         let mut client = client.clone();
+        let request = population_start(passing[n as usize % passing.len()], "pr");
         async move {
-            let response = client.authorize(start_request()).await?.into_inner();
+            let response = client.authorize(request).await?.into_inner();
             if response.decision != proto::Decision::Allow as i32 {
                 return Err(format!("denied: {:?}", response.violations).into());
             }
@@ -643,14 +727,13 @@ async fn main() -> Result<()> {
         }
     };
     let client = pdp.clone();
-    let deny_call = move |_| {
+    let deny_call = move |n: u64| {
         let mut client = client.clone();
+        let request = population_start(breaking[n as usize % breaking.len()], "pr");
         async move {
-            let mut request = start_request();
-            request.drive_mode = proto::DriveMode::PreRecorded as i32;
             let response = client.authorize(request).await?.into_inner();
             if response.decision != proto::Decision::Deny as i32 {
-                return Err("allowed a pre-recorded broadcast".into());
+                return Err("allowed a merchant that breaks a rule".into());
             }
             Ok(())
         }
@@ -682,7 +765,7 @@ async fn main() -> Result<()> {
         let base = Some(baseline);
         drive(LIVE, &server, flight, duration, base, live_call.clone()).await?;
         drive(START, &server, flight, duration, base, start_call.clone()).await?;
-        let deny = "Authorize START deny (R3, logged)";
+        let deny = "Authorize START deny (R1/R4/R7, logged)";
         drive(deny, &server, flight, duration, base, deny_call.clone()).await?;
         let register = "Register merchant (durable)";
         drive(

@@ -5,13 +5,15 @@
 //!
 //!     cargo bench --bench population                 # 1,000,000 anchors
 //!     cargo bench --bench population -- 100000       # 100,000
+//!     ANCHOR_PDP_BENCH_IDLE_SECONDS=300 cargo bench --bench population -- 1000 1000000
+//!         # 1,000 anchors and 1,000,000 decision-log records, then the idle server watched 5 min
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anchor_pdp::domain::{
-    ImageStyle, ProviderListing, RecordBody, Registration, ReviewStatus, Tier,
+    ImageStyle, LogRecord, ProviderListing, RecordBody, Registration, ReviewStatus, Tier,
 };
 use anchor_pdp::proto;
 use anchor_pdp::store::Store;
@@ -87,6 +89,53 @@ fn resident_mib(pid: u32) -> u64 {
         .map_or(0, |kib| kib >> 10)
 }
 
+/// A process's CPU time (user + system), in seconds, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<String> = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / 100.0)
+        })
+        .unwrap_or_default()
+}
+
+/// A LIVE allow's record, as the server writes it.
+fn record(merchant: u64, at: i64) -> LogRecord {
+    LogRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        at,
+        action: "authorize".into(),
+        caller: "gateway gw-1 (hook)".into(),
+        entry_point: "nginx-rtmp".into(),
+        gateway_id: "gw-1".into(),
+        merchant_id: format!("m{merchant}"),
+        session_id: uuid::Uuid::now_v7().to_string(),
+        request: serde_json::json!({
+            "phase": "PHASE_LIVE",
+            "sessionId": "0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b",
+            "gatewayId": "gw-1",
+        }),
+        allowed: Some(true),
+        rule_ids: vec![],
+        enforcement: "NONE".into(),
+        policy_version: "sha256:652765a64a907bd3".into(),
+        outcome: "ok".into(),
+        explanation: None,
+        penalty_applied: None,
+        warning_issued: false,
+        cause_id: String::new(),
+        change: String::new(),
+    }
+}
+
 fn live(session_id: &str) -> proto::AuthorizeRequest {
     proto::AuthorizeRequest {
         phase: proto::Phase::Live as i32,
@@ -97,11 +146,19 @@ fn live(session_id: &str) -> proto::AuthorizeRequest {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let anchors: u64 = std::env::args()
+    let args: Vec<String> = std::env::args()
         .skip(1)
-        .find(|a| a != "--bench")
+        .filter(|a| a != "--bench")
+        .collect();
+    let anchors: u64 = args
+        .first()
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
+    let log_records: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(0);
+    let idle_seconds: u64 = std::env::var("ANCHOR_PDP_BENCH_IDLE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let temp = tempfile::tempdir()?;
     let data = temp.path().join("data");
 
@@ -128,7 +185,22 @@ async fn main() -> Result<()> {
                 .collect();
             store.import(&records, &[]).await?;
         }
+        // Decision-log records as LIVE re-checks write them, in batches as the writer does.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64;
+        let mut written = 0;
+        while written < log_records {
+            let batch: Vec<LogRecord> = (written..(written + 512).min(log_records))
+                .map(|n| record(n % anchors.max(1), now))
+                .collect();
+            written += batch.len() as u64;
+            store.append_log(batch).await?;
+        }
         store.flush_blocking()?;
+    }
+    if log_records > 0 {
+        println!("wrote {log_records} decision-log records");
     }
     println!(
         "filled {anchors} merchants with a room, anchor and driver each ({} registrations) in {:.1} s",
@@ -226,6 +298,21 @@ async fn main() -> Result<()> {
         calls.load(Ordering::Relaxed) as f64 / load.elapsed().as_secs_f64(),
         resident_mib(pid)
     );
+    if idle_seconds > 0 {
+        let cpu_before = cpu_seconds(pid);
+        let rss_before = resident_mib(pid);
+        let mut rss_max = rss_before;
+        let idle = Instant::now();
+        while idle.elapsed() < Duration::from_secs(idle_seconds) {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            rss_max = rss_max.max(resident_mib(pid));
+        }
+        println!(
+            "idle {idle_seconds} s: server cpu {:.3}% of one core, RSS {rss_before} -> {} MiB (max {rss_max} MiB)",
+            (cpu_seconds(pid) - cpu_before) / idle.elapsed().as_secs_f64() * 100.0,
+            resident_mib(pid),
+        );
+    }
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
