@@ -663,6 +663,14 @@ impl Store {
         self.segments.sync_blocking()
     }
 
+    /// Held from a transaction's commit until the view has its changes.
+    fn in_view_order(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic while holding it leaves nothing half-done: the guard only orders.
+        self.view_order
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Returns once everything `db` holds is durable.
     async fn durable(&self, db: &Db) -> Result<(), PdpError> {
         db.commit.durable().await.map_err(|e| self.write_failed(e))
@@ -700,10 +708,7 @@ impl Store {
     ) -> Result<T, PdpError> {
         let db = self.db()?;
         let value = {
-            let _in_order = self
-                .view_order
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _in_order = self.in_view_order();
             let value = (&db.data, &db.log)
                 .transaction(|(data, log)| attempt(|| f(data, log)))
                 .map_err(|e| self.tx_failed(e))?;
@@ -1014,10 +1019,7 @@ impl Store {
             .as_ref()
             .map(|k| idempotency_key(&session.gateway_id, k));
         let db = self.db()?;
-        let in_order = self
-            .view_order
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let in_order = self.in_view_order();
         let (opened, event) = (&db.data, &db.log)
             .transaction(|(tx, log)| {
                 attempt(|| {
@@ -1121,10 +1123,7 @@ impl Store {
     ) -> Result<(Session, bool), PdpError> {
         let key = session_key(session_id);
         let db = self.db()?;
-        let in_order = self
-            .view_order
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let in_order = self.in_view_order();
         let (session, changed) = (&db.data, &db.log)
             .transaction(|(tx, log)| {
                 attempt(|| {
@@ -1166,10 +1165,7 @@ impl Store {
     ) -> Result<(Enforced, Option<EnforcementEvent>), PdpError> {
         let skey = session_key(&discovery.session_id);
         let db = self.db()?;
-        let in_order = self
-            .view_order
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let in_order = self.in_view_order();
         let (enforced, event) = (&db.data, &db.log)
             .transaction(|(tx, log)| {
                 attempt(|| {

@@ -331,6 +331,13 @@ impl SegmentLog {
         Ok(())
     }
 
+    /// The appends made so far and the file to sync to cover them: appends before `covered`
+    /// are in the active segment or in a sealed one, synced when it was sealed.
+    fn sync_target(&self) -> (u64, Arc<File>) {
+        let state = self.state();
+        (state.appended, state.active.file.clone())
+    }
+
     /// Returns once every append up to `ticket` is on disk (fdatasync), one sync for all the
     /// callers waiting at the time.
     async fn sync(&self, ticket: u64) -> Result<(), PdpError> {
@@ -338,11 +345,7 @@ impl SegmentLog {
         if self.synced.load(Ordering::SeqCst) >= ticket {
             return Ok(());
         }
-        // Appends before `covered` are in this file or in a sealed (synced) one.
-        let (covered, file) = {
-            let state = self.state();
-            (state.appended, state.active.file.clone())
-        };
+        let (covered, file) = self.sync_target();
         let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || file.sync_data())
             .await
@@ -377,10 +380,7 @@ impl SegmentLog {
 
     /// Syncs the active segment now (blocking).
     pub fn sync_blocking(&self) -> Result<(), PdpError> {
-        let (covered, file) = {
-            let state = self.state();
-            (state.appended, state.active.file.clone())
-        };
+        let (covered, file) = self.sync_target();
         file.sync_data().map_err(|e| io("fdatasync", e))?;
         self.synced.fetch_max(covered, Ordering::SeqCst);
         Ok(())
@@ -434,14 +434,11 @@ impl SegmentLog {
         Ok(None)
     }
 
-    /// The record `id`, if it is kept.
-    pub fn get(&self, id: &str) -> Result<Option<LogRecord>, PdpError> {
-        let Some((position, limit)) = self.locate(id)? else {
-            return Ok(None);
-        };
+    /// The frame `locate` found at `position` (in a segment whose frames end at `limit`);
+    /// `None` if retention has deleted its segment since.
+    fn frame_at(&self, position: Position, limit: u64) -> Result<Option<Frame>, PdpError> {
         let file = match File::open(self.segment_path(position.number)) {
             Ok(file) => file,
-            // Retention deleted it meanwhile.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io("read", e)),
         };
@@ -450,14 +447,28 @@ impl SegmentLog {
             offset: position.offset,
         };
         match read_frame(&mut reader, position.offset, limit) {
+            Some(frame) => Ok(Some(frame)),
+            None => Err(PdpError::Corrupt {
+                key: format!(
+                    "decision log segment {} at {}",
+                    position.number, position.offset
+                ),
+                reason: "an indexed frame does not read back whole".into(),
+            }),
+        }
+    }
+
+    /// The record `id`, if it is kept.
+    pub fn get(&self, id: &str) -> Result<Option<LogRecord>, PdpError> {
+        let Some((position, limit)) = self.locate(id)? else {
+            return Ok(None);
+        };
+        match self.frame_at(position, limit)? {
             Some(frame) => {
                 let record = decode(&frame)?;
                 Ok((record.id == id).then_some(record))
             }
-            None => Err(PdpError::Corrupt {
-                key: format!("decision log record {id}"),
-                reason: "its frame does not read back whole".into(),
-            }),
+            None => Ok(None),
         }
     }
 
@@ -492,15 +503,9 @@ impl SegmentLog {
                 Some((position, limit)) => {
                     start = position;
                     // Step over the cursor's own frame.
-                    let file = File::open(self.segment_path(position.number))
-                        .map_err(|e| io("read", e))?;
-                    let mut reader = ReadAt {
-                        file: &file,
-                        offset: position.offset,
-                    };
-                    match read_frame(&mut reader, position.offset, limit) {
+                    match self.frame_at(position, limit)? {
                         Some(frame) => start.offset = frame.end,
-                        None => return Err(io("read", std::io::ErrorKind::InvalidData.into())),
+                        None => return Err(io("read", std::io::ErrorKind::NotFound.into())),
                     }
                 }
                 None => {
