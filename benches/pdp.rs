@@ -11,6 +11,8 @@
 //! the passing ones (a durable session write), a START deny over the breaking ones, and a
 //! Register (a durable write). Durable = fdatasync'ed before the reply, group-committed.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,6 +22,7 @@ use anchor_pdp::policy::{Observation, Phase};
 use anchor_pdp::proto::{self, register_request::Record};
 use anchor_pdp::{PolicyAdminClient, PolicyDecisionPointClient, domain, server};
 use clap::Parser;
+use common::{process_usage, resident_kib};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
@@ -31,45 +34,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
-}
-
-/// A process's CPU time (user + system) and the bytes it caused to be written to storage, from
-/// /proc/PROC (Linux).
-fn process_usage(proc: &str) -> (Duration, u64) {
-    let ticks_per_second = 100.0; // USER_HZ on Linux
-    let cpu = std::fs::read_to_string(format!("/proc/{proc}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // Fields after the command name (which may hold spaces) start after ')'.
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let user: f64 = fields.get(11)?.parse().ok()?;
-            let system: f64 = fields.get(12)?.parse().ok()?;
-            Some(Duration::from_secs_f64((user + system) / ticks_per_second))
-        })
-        .unwrap_or_default();
-    let written = std::fs::read_to_string(format!("/proc/{proc}/io"))
-        .ok()
-        .and_then(|io| {
-            io.lines()
-                .find_map(|l| l.strip_prefix("write_bytes: "))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or_default();
-    (cpu, written)
-}
-
-/// A process's resident memory in KiB, from /proc/PROC/status (Linux).
-fn resident_kib(proc: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{proc}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or_default()
 }
 
 /// One scenario's figures.

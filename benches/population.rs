@@ -8,6 +8,8 @@
 //!     ANCHOR_PDP_BENCH_IDLE_SECONDS=300 cargo bench --bench population -- 1000 1000000
 //!         # 1,000 anchors and 1,000,000 decision-log records, then the idle server watched 5 min
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -78,33 +80,12 @@ fn merchant(i: u64) -> [Registration; 4] {
 }
 
 fn resident_mib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib >> 10)
+    common::resident_kib(&pid.to_string()) >> 10
 }
 
-/// A process's CPU time (user + system), in seconds, from /proc/PID/stat.
+/// A process's CPU time (user + system), in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let fields: Vec<String> = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect();
-            let user: f64 = fields.get(11)?.parse().ok()?;
-            let system: f64 = fields.get(12)?.parse().ok()?;
-            Some((user + system) / 100.0)
-        })
-        .unwrap_or_default()
+    common::process_usage(&pid.to_string()).0.as_secs_f64()
 }
 
 /// A LIVE allow's record, as the server writes it.
