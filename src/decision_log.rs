@@ -212,14 +212,12 @@ pub async fn run_retention(
             Err(e) => tracing::error!(error = %e, "decision log retention task failed"),
         }
         // Closed sessions and enforcement events are kept as long as the log.
-        let history = store.clone();
-        match tokio::task::spawn_blocking(move || history.prune_history(cutoff)).await {
-            Ok(Ok((sessions, events))) if sessions + events > 0 => {
+        match store.prune_history(cutoff).await {
+            Ok((sessions, events)) if sessions + events > 0 => {
                 tracing::info!(sessions, events, "session and event retention applied");
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "session retention failed"),
-            Err(e) => tracing::error!(error = %e, "session retention task failed"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "session retention failed"),
         }
         tokio::time::sleep(every).await;
     }

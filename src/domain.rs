@@ -863,6 +863,10 @@ pub struct EnforcementEvent {
     pub violations: Vec<Violation>,
     pub penalty_applied: Option<Penalty>,
     pub at: Millis,
+    /// The replica whose transaction wrote the event (empty on the embedded store): the one
+    /// that tells an nginx gateway to drop the stream, so it is told once.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub replica: String,
 }
 
 /// One attribute of one entity, or one context value, as the decision saw it.

@@ -9,10 +9,11 @@ use crate::error::PdpError;
 impl Store {
     /// Appends decision-log records in one batch and waits until they are durable.
     pub async fn append_log(&self, records: Vec<LogRecord>) -> Result<(), PdpError> {
-        self.segments
+        self.shared
+            .segments
             .append(records)
             .await
-            .map_err(|e| self.write_failed(e))
+            .map_err(|e| self.shared.write_failed(e))
     }
 
     /// Decision-log records in the order they were logged, starting after the record `after`,
@@ -25,11 +26,11 @@ impl Store {
         limit: usize,
         scan_limit: usize,
     ) -> Result<(Vec<LogRecord>, Option<String>), PdpError> {
-        self.segments.read(after, keep, limit, scan_limit)
+        self.shared.segments.read(after, keep, limit, scan_limit)
     }
 
     pub fn log_record(&self, id: &str) -> Result<Option<LogRecord>, PdpError> {
-        self.segments.get(id)
+        self.shared.segments.get(id)
     }
 
     /// Deletes the segments holding only records older than `older_than`, then the oldest
@@ -39,16 +40,16 @@ impl Store {
         older_than: Millis,
         max_records: usize,
     ) -> Result<(u64, u64), PdpError> {
-        self.segments.prune(older_than, max_records)
+        self.shared.segments.prune(older_than, max_records)
     }
 
     /// Records kept: summed from each segment's summary, never by reading them.
     pub fn log_len(&self) -> u64 {
-        self.segments.records()
+        self.shared.segments.records()
     }
 
     /// The decision log's bytes on disk, and its segment files.
     pub fn log_size(&self) -> (u64, usize) {
-        self.segments.size()
+        self.shared.segments.size()
     }
 }

@@ -1,45 +1,29 @@
-//! The only module that knows sled. It exposes domain operations; each one is a single sled
-//! transaction (so nothing is ever half-written) followed by a group-committed flush (so
-//! nothing acknowledged is lost). A change that comes with a decision-log record writes the
-//! record in the same transaction, across the data and log trees: neither exists without the
-//! other, whatever happens to the caller.
+//! The only module that knows how state is stored. It exposes domain operations, each written
+//! once against the `Tx` interface (`tx.rs`) and run by one of two backends:
 //!
-//! Layout (format 1): one tree, `pdp.v1`, keyed by `<prefix>/<id>`:
-//! `reg/<kind>/<id>` registrations, `acct/<merchant>` accounts, `sess/<id>` sessions,
-//! `live/<id>` the index of active sessions, `room/<room>` the room's active session,
-//! `inuse/<anchor|driver>/<id>` the live sessions using a filing (a JSON list),
-//! `stream/<gateway lookup key>` the session a gateway hook refers to, `idem/<gateway>/<key>`
-//! the START an idempotency key admitted, `evt/<sequence, 20 digits>` enforcement events and
-//! `evtseq` their counter. Values are one format byte followed by JSON (`evtseq`: 8 bytes
-//! big-endian). The `meta` tree records the format so that a later build can migrate instead of
-//! misreading.
+//! - `sled_store.rs`, the embedded default: one sled database in the data directory;
+//! - `etcd_store.rs`, for several replicas over an etcd v3 cluster.
 //!
-//! The decision log lives in its own append-only segment files (`segments`). A record that goes
-//! with a change is written in the change's transaction to `log.v1` (keyed by decision id), an
-//! outbox: once the change is durable the record is appended to the segments, and only then
-//! leaves the outbox. Opening the store appends whatever a crash left in the outbox, so a
-//! record is never lost and never without its change.
+//! Each operation is one transaction: nothing is ever half-written, and two writers racing
+//! give one winner. A change that comes with decision-log records writes them in the same
+//! transaction: neither exists without the other, whatever happens to the caller. Decisions
+//! and lookups read the in-memory view (`view.rs`), which both backends feed with every
+//! committed change in commit order.
 //!
-//! sled stops writing for good after an I/O error (a full disk): it keeps the error and
-//! returns it from every later write. The store notes the first such failure (health reads it)
-//! and `recover` reopens the database once writing works again.
+//! The decision log lives in this process's own append-only segment files (`segments`), under
+//! the data directory, whichever backend holds the state.
 
+mod etcd_store;
 mod group_commit;
 mod log;
 mod segments;
+mod sled_store;
+mod tx;
 mod view;
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
-
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use sled::Transactional;
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
-};
 
 use crate::domain::{
     self, Account, Discovery, Enforced, EnforcementEvent, Facts, IdempotentStart, Kind, LogRecord,
@@ -47,537 +31,50 @@ use crate::domain::{
     SessionState, Trigger, WriteOutcome,
 };
 use crate::error::PdpError;
-use group_commit::GroupCommit;
+use etcd_store::EtcdBackend;
+pub use etcd_store::EtcdOptions;
 use segments::SegmentLog;
+use sled_store::SledBackend;
+pub use tx::FORMAT_VERSION;
+use tx::{
+    EventBody, Tx, TxResult, Writes, account_key, closed_key, decode, event_key, event_sequence,
+    idempotency_key, live_key, registration_key, room_key, session_key, stream_key, tx_event,
+    tx_get, tx_index_session, tx_live_session_using, tx_pointer, tx_put, tx_put_if_changed,
+    tx_remove_if_points_at,
+};
 use view::FactsView;
-
-/// The on-disk format this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
-const DATA_TREE: &str = "pdp.v1";
-const META_TREE: &str = "meta";
-const FORMAT_KEY: &str = "format_version";
-const PROBE_KEY: &str = "write_probe";
-const EVENT_COUNTER_KEY: &str = "evtseq";
-const LOG_TREE: &str = "log.v1";
-
-/// One open sled database. Replaced as a whole when the store is reopened.
-struct Db {
-    db: sled::Db,
-    data: sled::Tree,
-    /// Decision-log records written with a change, until they are in the segments.
-    log: sled::Tree,
-    commit: GroupCommit,
-}
-
-pub struct Store {
-    dir: PathBuf,
-    /// `None` only while the database is being reopened.
-    db: RwLock<Option<Arc<Db>>>,
-    /// The highest enforcement-event sequence known durable; subscribers read up to it.
-    events_durable: tokio::sync::watch::Sender<u64>,
-    /// Why writing failed, until it works again; `None` while writes work.
-    write_failure: tokio::sync::watch::Sender<Option<String>>,
-    /// Registrations and accounts in memory: what decisions and lookups read.
-    view: FactsView,
-    /// The decision log.
-    segments: Arc<SegmentLog>,
-    /// Held from a transaction's commit until the view has it, so the view takes changes in
-    /// commit order.
-    view_order: std::sync::Mutex<()>,
-}
-
-/// What `open_session` did.
-#[derive(Clone, Debug)]
-pub enum Opened {
-    /// The session is open; `superseded` is the room's earlier live session, now closed.
-    New { superseded: Option<Box<Session>> },
-    /// The idempotency key was used before: nothing was written; this is what it admitted.
-    Replay(IdempotentStart),
-}
-
-type TxResult<T> = Result<T, ConflictableTransactionError<PdpError>>;
-
-fn registration_key(kind: Kind, id: &str) -> String {
-    format!("reg/{}/{id}", kind.name())
-}
-
-fn account_key(merchant_id: &str) -> String {
-    format!("acct/{merchant_id}")
-}
-
-fn session_key(session_id: &str) -> String {
-    format!("sess/{session_id}")
-}
-
-fn live_key(session_id: &str) -> String {
-    format!("live/{session_id}")
-}
-
-/// Closed sessions by when they closed, so retention reads only what has expired.
-fn closed_key(closed_at: Millis, session_id: &str) -> String {
-    format!("closed/{:020}/{session_id}", closed_at.max(0))
-}
-
-fn room_key(room_id: &str) -> String {
-    format!("room/{room_id}")
-}
-
-fn stream_key(lookup: &str) -> String {
-    format!("stream/{lookup}")
-}
-
-fn in_use_key(kind: Kind, id: &str) -> String {
-    format!("inuse/{}/{id}", kind.name())
-}
-
-/// Adds or removes `session_id` in the live sessions using a filing.
-fn tx_mark_in_use(
-    tx: &TransactionalTree,
-    kind: Kind,
-    id: &str,
-    session_id: &str,
-    live: bool,
-) -> TxResult<()> {
-    let key = in_use_key(kind, id);
-    let mut sessions: BTreeSet<String> = tx_get(tx, &key)?.unwrap_or_default();
-    let changed = if live {
-        sessions.insert(session_id.to_owned())
-    } else {
-        sessions.remove(session_id)
-    };
-    if changed {
-        if sessions.is_empty() {
-            tx.remove(key.as_bytes()).map_err(tx_unabortable)?;
-        } else {
-            tx_put(tx, &key, &sessions)?;
-        }
-    }
-    Ok(())
-}
-
-/// A live session that relies on the filing `kind`/`id`, if any.
-fn tx_live_session_using(tx: &TransactionalTree, kind: Kind, id: &str) -> TxResult<Option<String>> {
-    Ok(match kind {
-        Kind::Room => tx
-            .get(room_key(id).as_bytes())
-            .map_err(tx_unabortable)?
-            .map(|s| String::from_utf8_lossy(&s).into_owned()),
-        Kind::Anchor | Kind::Driver => tx_get::<BTreeSet<String>>(tx, &in_use_key(kind, id))?
-            .and_then(|sessions| sessions.into_iter().next()),
-        _ => None,
-    })
-}
-
-fn idempotency_key(gateway_id: &str, key: &str) -> String {
-    format!("idem/{gateway_id}/{key}")
-}
-
-fn event_key(sequence: u64) -> String {
-    format!("evt/{sequence:020}")
-}
-
-/// Removes `key` if it still points at `session_id`.
-fn tx_remove_if_points_at(tx: &TransactionalTree, key: &str, session_id: &str) -> TxResult<()> {
-    if tx.get(key.as_bytes()).map_err(tx_unabortable)?.as_deref() == Some(session_id.as_bytes()) {
-        tx.remove(key.as_bytes()).map_err(tx_unabortable)?;
-    }
-    Ok(())
-}
-
-/// Keeps the active-session indexes and the gateway lookup in step with a session's state.
-fn tx_index_session(tx: &TransactionalTree, session: &Session) -> TxResult<()> {
-    let live = live_key(&session.id);
-    let room = room_key(&session.room_id);
-    let active = session.state == SessionState::Active;
-    if active {
-        tx.insert(live.as_bytes(), &[]).map_err(tx_unabortable)?;
-        tx.insert(room.as_bytes(), session.id.as_bytes())
-            .map_err(tx_unabortable)?;
-    } else {
-        tx.remove(live.as_bytes()).map_err(tx_unabortable)?;
-        tx_remove_if_points_at(tx, &room, &session.id)?;
-    }
-    tx_mark_in_use(tx, Kind::Anchor, &session.anchor_id, &session.id, active)?;
-    tx_mark_in_use(tx, Kind::Driver, &session.driver_id, &session.id, active)?;
-    if !active && let Some(closed_at) = session.closed_at {
-        tx.insert(closed_key(closed_at, &session.id).as_bytes(), &[])
-            .map_err(tx_unabortable)?;
-    }
-    if let Some(stream) = &session.stream {
-        let key = stream_key(&stream.lookup_key(&session.gateway_id));
-        if session.state == SessionState::Ended {
-            tx_remove_if_points_at(tx, &key, &session.id)?;
-        } else {
-            tx.insert(key.as_bytes(), session.id.as_bytes())
-                .map_err(tx_unabortable)?;
-        }
-    }
-    Ok(())
-}
-
-fn tx_next_event_sequence(tx: &TransactionalTree) -> TxResult<u64> {
-    let current = match tx.get(EVENT_COUNTER_KEY).map_err(tx_unabortable)? {
-        Some(bytes) => {
-            let raw: [u8; 8] = bytes.as_ref().try_into().map_err(|_| {
-                abort(PdpError::Corrupt {
-                    key: EVENT_COUNTER_KEY.into(),
-                    reason: "not 8 bytes".into(),
-                })
-            })?;
-            u64::from_be_bytes(raw)
-        }
-        None => 0,
-    };
-    let next = current + 1;
-    tx.insert(EVENT_COUNTER_KEY, &next.to_be_bytes())
-        .map_err(tx_unabortable)?;
-    Ok(next)
-}
-
-/// Writes the event that tells gateways a live session ended.
-fn tx_event(
-    tx: &TransactionalTree,
-    session: &Session,
-    trigger: Trigger,
-    reason: &str,
-    violations: Vec<crate::domain::Violation>,
-    penalty_applied: Option<crate::domain::Penalty>,
-    at: Millis,
-) -> TxResult<EnforcementEvent> {
-    let event = EnforcementEvent {
-        sequence: tx_next_event_sequence(tx)?,
-        session_id: session.id.clone(),
-        merchant_id: session.merchant_id.clone(),
-        gateway_id: session.gateway_id.clone(),
-        stream: session.stream.clone(),
-        trigger,
-        reason: reason.to_owned(),
-        violations,
-        penalty_applied,
-        at,
-    };
-    tx_put(tx, &event_key(event.sequence), &event)?;
-    Ok(event)
-}
-
-thread_local! {
-    /// Decision-log records written by the transaction attempt running on this thread: sled
-    /// runs a transaction's closure on the caller's thread, and may run it again on conflict,
-    /// so each attempt starts empty and the committed attempt's records are what go on.
-    static LOGGED: std::cell::RefCell<Vec<LogRecord>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// The records the transaction just committed on this thread logged.
-fn take_logged() -> Vec<LogRecord> {
-    LOGGED.with(|logged| std::mem::take(&mut *logged.borrow_mut()))
-}
-
-/// Writes a registration `outcome` changed, with its record.
-fn tx_put_if_changed(
-    tx: &TransactionalTree,
-    log: &TransactionalTree,
-    key: &str,
-    outcome: &WriteOutcome,
-    record: &(dyn Fn(&Registration) -> LogRecord + Sync),
-) -> TxResult<()> {
-    if outcome.changed {
-        tx_put(tx, key, &outcome.registration)?;
-        tx_log(log, &record(&outcome.registration))?;
-    }
-    Ok(())
-}
-
-/// The view takes a registration `outcome` changed.
-fn view_if_changed(outcome: &WriteOutcome, view: &FactsView) {
-    if outcome.changed {
-        view.put_registration(&outcome.registration);
-    }
-}
-
-fn tx_log(log: &TransactionalTree, record: &LogRecord) -> TxResult<()> {
-    LOGGED.with(|logged| logged.borrow_mut().push(record.clone()));
-    tx_put(log, &record.id, record)
-}
-
-/// Runs one attempt of a transaction that may log records.
-fn attempt<T>(f: impl FnOnce() -> T) -> T {
-    LOGGED.with(|logged| logged.borrow_mut().clear());
-    f()
-}
-
-fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, PdpError> {
-    let mut bytes = vec![FORMAT_VERSION];
-    serde_json::to_writer(&mut bytes, value).map_err(|e| PdpError::Corrupt {
-        key: key.to_owned(),
-        reason: format!("cannot encode: {e}"),
-    })?;
-    Ok(bytes)
-}
-
-fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, PdpError> {
-    match bytes.split_first() {
-        Some((&FORMAT_VERSION, json)) => {
-            serde_json::from_slice(json).map_err(|e| PdpError::Corrupt {
-                key: key.to_owned(),
-                reason: e.to_string(),
-            })
-        }
-        Some((other, _)) => Err(PdpError::Corrupt {
-            key: key.to_owned(),
-            reason: format!("unknown record format {other}"),
-        }),
-        None => Err(PdpError::Corrupt {
-            key: key.to_owned(),
-            reason: "empty record".into(),
-        }),
-    }
-}
-
-fn storage(e: impl std::fmt::Display) -> PdpError {
-    PdpError::Storage(e.to_string())
-}
-
-fn abort(e: PdpError) -> ConflictableTransactionError<PdpError> {
-    ConflictableTransactionError::Abort(e)
-}
-
-fn tx_unabortable(e: UnabortableTransactionError) -> ConflictableTransactionError<PdpError> {
-    e.into()
-}
-
-fn tx_get<T: DeserializeOwned>(tx: &TransactionalTree, key: &str) -> TxResult<Option<T>> {
-    match tx.get(key.as_bytes()).map_err(tx_unabortable)? {
-        Some(bytes) => decode(key, &bytes).map(Some).map_err(abort),
-        None => Ok(None),
-    }
-}
-
-fn tx_put<T: Serialize>(tx: &TransactionalTree, key: &str, value: &T) -> TxResult<()> {
-    let bytes = encode(key, value).map_err(abort)?;
-    tx.insert(key.as_bytes(), bytes).map_err(tx_unabortable)?;
-    Ok(())
-}
-
-impl Db {
-    fn open(dir: &Path) -> Result<Db, PdpError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(SLED_CACHE_BYTES)
-            .open()
-            .map_err(|e| PdpError::Storage(format!("cannot open {}: {e}", dir.display())))?;
-        let meta = db.open_tree(META_TREE).map_err(storage)?;
-        match meta.get(FORMAT_KEY).map_err(storage)? {
-            Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
-            Some(v) => {
-                return Err(PdpError::Storage(format!(
-                    "{} holds store format {:?}; this build reads format {FORMAT_VERSION}",
-                    dir.display(),
-                    v.as_ref()
-                )));
-            }
-            None => {
-                meta.insert(FORMAT_KEY, &[FORMAT_VERSION])
-                    .map_err(storage)?;
-                db.flush().map_err(storage)?;
-            }
-        }
-        let data = db.open_tree(DATA_TREE).map_err(storage)?;
-        let log = db.open_tree(LOG_TREE).map_err(storage)?;
-        index_rooms(&data)?;
-        index_closed_sessions(&data)?;
-        let commit = GroupCommit::new(db.clone(), dir)?;
-        Ok(Db {
-            db,
-            data,
-            log,
-            commit,
-        })
-    }
-
-    /// Writes and flushes a probe value: does writing work?
-    fn probe(&self, now: Millis) -> Result<(), PdpError> {
-        let meta = self.db.open_tree(META_TREE).map_err(storage)?;
-        meta.insert(PROBE_KEY, &now.to_be_bytes())
-            .map_err(storage)?;
-        self.db.flush().map_err(storage)?;
-        // A full disk can pass sled's flush and fail only when synced.
-        self.commit.sync_blocking()
-    }
-
-    /// Every registration, account and live session on disk, for the in-memory view.
-    fn load_view(&self, view: &FactsView) -> Result<(), PdpError> {
-        let mut registrations = Vec::new();
-        for item in self.data.scan_prefix(b"reg/") {
-            let (key, value) = item.map_err(storage)?;
-            registrations.push(decode::<Registration>(
-                &String::from_utf8_lossy(&key),
-                &value,
-            )?);
-        }
-        let mut accounts = Vec::new();
-        for item in self.data.scan_prefix(b"acct/") {
-            let (key, value) = item.map_err(storage)?;
-            accounts.push(decode::<Account>(&String::from_utf8_lossy(&key), &value)?);
-        }
-        let mut live = Vec::new();
-        for item in self.data.scan_prefix(b"live/") {
-            let (key, _) = item.map_err(storage)?;
-            let skey = session_key(&String::from_utf8_lossy(&key["live/".len()..]));
-            if let Some(bytes) = self.data.get(skey.as_bytes()).map_err(storage)? {
-                live.push(decode::<Session>(&skey, &bytes)?);
-            }
-        }
-        view.reset(registrations, accounts, live);
-        Ok(())
-    }
-
-    fn last_event(&self) -> Result<u64, PdpError> {
-        match self.data.get(EVENT_COUNTER_KEY).map_err(storage)? {
-            Some(bytes) => bytes
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| PdpError::Corrupt {
-                    key: EVENT_COUNTER_KEY.into(),
-                    reason: "not 8 bytes".into(),
-                }),
-            None => Ok(0),
-        }
-    }
-}
-
-/// Data written before the closed-session index existed: index its closed sessions once, so
-/// retention finds them (a marker in the data tree says it is done).
-fn index_closed_sessions(data: &sled::Tree) -> Result<(), PdpError> {
-    const DONE: &[u8] = b"closed-index-built";
-    if data.get(DONE).map_err(storage)?.is_some() {
-        return Ok(());
-    }
-    for item in data.scan_prefix(b"sess/") {
-        let (key, value) = item.map_err(storage)?;
-        let session: Session = decode(&String::from_utf8_lossy(&key), &value)?;
-        if session.state != SessionState::Active
-            && let Some(closed_at) = session.closed_at
-        {
-            data.insert(closed_key(closed_at, &session.id).as_bytes(), &[])
-                .map_err(storage)?;
-        }
-    }
-    data.insert(DONE, &[]).map_err(storage)?;
-    Ok(())
-}
-
-/// Data written before these indexes existed has live sessions without them: index them, so
-/// that a room's next START finds its live session and a filing in use is known to be.
-fn index_rooms(data: &sled::Tree) -> Result<(), PdpError> {
-    for item in data.scan_prefix(b"live/") {
-        let (key, _) = item.map_err(storage)?;
-        let id = String::from_utf8_lossy(&key["live/".len()..]).into_owned();
-        let skey = session_key(&id);
-        let Some(bytes) = data.get(skey.as_bytes()).map_err(storage)? else {
-            continue;
-        };
-        let session: Session = decode(&skey, &bytes)?;
-        let room = room_key(&session.room_id);
-        if data.get(room.as_bytes()).map_err(storage)?.is_none() {
-            data.insert(room.as_bytes(), session.id.as_bytes())
-                .map_err(storage)?;
-        }
-        data.transaction(|tx| {
-            tx_mark_in_use(tx, Kind::Anchor, &session.anchor_id, &session.id, true)?;
-            tx_mark_in_use(tx, Kind::Driver, &session.driver_id, &session.id, true)
-        })
-        .map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => storage(e),
-        })?;
-    }
-    Ok(())
-}
-
-/// Appends what the outbox holds and the segments do not (a crash came between a change and
-/// its record's append; or the data was written before the segments existed), then empties it.
-fn drain_outbox(db: &Db, segments: &SegmentLog) -> Result<usize, PdpError> {
-    let mut missing = Vec::new();
-    let mut keys = Vec::new();
-    for item in db.log.iter() {
-        let (key, value) = item.map_err(storage)?;
-        let id = String::from_utf8_lossy(&key).into_owned();
-        let record: LogRecord = decode(&id, &value)?;
-        if segments.get(&id)?.is_none() {
-            missing.push(record);
-        }
-        keys.push(key);
-    }
-    for chunk in missing.chunks(4096) {
-        segments.append_blocking(chunk)?;
-    }
-    let mut batch = sled::Batch::default();
-    for key in keys {
-        batch.remove(key);
-    }
-    db.log.apply_batch(batch).map_err(storage)?;
-    db.db.flush().map_err(storage)?;
-    Ok(missing.len())
-}
-
-/// sled's page cache (its default is 1 GiB). Decisions and lookups read registrations and
-/// accounts from the in-memory view, so the cache serves only sessions, indexes and writes.
-const SLED_CACHE_BYTES: u64 = 128 << 20;
 
 /// The decision log's segment files, under the data directory.
 const SEGMENTS_DIR: &str = "decision-log";
 /// Default size at which a decision-log segment is sealed and the next begins.
 pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 64 << 20;
+/// How long a read asking for a `min_revision` waits for the view to reach it.
+pub const MIN_REVISION_WAIT: Duration = Duration::from_secs(2);
 
-impl Store {
-    /// Opens (or creates) the store in `dir`. Refuses a directory written in a format this
-    /// build does not know.
-    pub fn open(dir: &Path) -> Result<Store, PdpError> {
-        Store::open_with(dir, DEFAULT_LOG_SEGMENT_BYTES)
-    }
+/// What both backends share: the view they feed, the decision log, and what they tell
+/// subscribers.
+pub struct Shared {
+    /// Registrations, accounts and live sessions in memory: what decisions and lookups read.
+    view: FactsView,
+    /// The decision log.
+    segments: Arc<SegmentLog>,
+    /// The highest enforcement-event sequence known durable; subscribers read up to it.
+    events_durable: tokio::sync::watch::Sender<u64>,
+    /// Why writing fails, until it works again; `None` while writes work.
+    write_failure: tokio::sync::watch::Sender<Option<String>>,
+}
 
-    /// `open`, with decision-log segments sealed at `log_segment_bytes`.
-    pub fn open_with(dir: &Path, log_segment_bytes: u64) -> Result<Store, PdpError> {
-        let db = Db::open(dir)?;
-        let segments = Arc::new(SegmentLog::open(
-            &dir.join(SEGMENTS_DIR),
-            log_segment_bytes,
-        )?);
-        let replayed = drain_outbox(&db, &segments)?;
-        if replayed > 0 {
-            tracing::info!(
-                records = replayed,
-                "decision log: appended records left in the outbox"
-            );
+impl Shared {
+    fn new(segments: SegmentLog) -> Shared {
+        Shared {
+            view: FactsView::default(),
+            segments: Arc::new(segments),
+            events_durable: tokio::sync::watch::channel(0).0,
+            write_failure: tokio::sync::watch::channel(None).0,
         }
-        // Everything already on disk is durable.
-        let (events_durable, _) = tokio::sync::watch::channel(db.last_event()?);
-        let (write_failure, _) = tokio::sync::watch::channel(None);
-        let view = FactsView::default();
-        db.load_view(&view)?;
-        Ok(Store {
-            dir: dir.to_owned(),
-            db: RwLock::new(Some(Arc::new(db))),
-            events_durable,
-            write_failure,
-            segments,
-            view,
-            view_order: std::sync::Mutex::new(()),
-        })
     }
 
-    fn db(&self) -> Result<Arc<Db>, PdpError> {
-        let guard = self
-            .db
-            .read()
-            .map_err(|_| PdpError::Storage("the store's handle is poisoned".into()))?;
-        guard.clone().ok_or_else(|| {
-            PdpError::Storage("the store is being reopened after a write failure".into())
-        })
-    }
-
-    /// Notes a failed write: health turns NOT_SERVING until `recover` finds writing works.
+    /// Notes a failed write: health turns NOT_SERVING until writing works again.
     fn write_failed(&self, error: PdpError) -> PdpError {
         self.write_failure.send_if_modified(|failure| {
             if failure.is_some() {
@@ -590,146 +87,28 @@ impl Store {
         error
     }
 
-    fn tx_failed(&self, e: TransactionError<PdpError>) -> PdpError {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => self.write_failed(storage(e)),
-        }
-    }
-
-    /// `None` while writes work, else why they failed. Changes when that changes.
-    pub fn subscribe_write_failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
-        self.write_failure.subscribe()
-    }
-
-    pub fn write_failure(&self) -> Option<String> {
-        self.write_failure.borrow().clone()
-    }
-
-    /// After a write failure: checks whether writing works again, reopening the database if
-    /// sled has stopped writing (it does after any I/O error). Returns `Ok` once a probe write
-    /// is durable; the failure is then cleared. Blocking: run it off the async workers.
-    pub fn recover(&self, now: Millis) -> Result<(), PdpError> {
-        let current = self.db.read().ok().and_then(|guard| guard.clone());
-        if let Some(db) = &current
-            && db.probe(now).is_ok()
-            && self.segments.sync_blocking().is_ok()
-        {
-            self.write_failure.send_replace(None);
-            return Ok(());
-        }
-        // sled keeps its first I/O error and refuses every later write: only a fresh open
-        // clears it. That needs sled's directory lock, so every handle to the old one must go
-        // first; calls in flight finish (or fail) within moments.
-        let old = {
-            let mut guard = self
-                .db
-                .write()
-                .map_err(|_| PdpError::Storage("the store's handle is poisoned".into()))?;
-            guard.take()
-        };
-        drop(current);
-        if let Some(old) = old {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
+    /// Feeds the view what a commit wrote, in the order it wrote it.
+    fn apply_to_view(&self, writes: &Writes) {
+        for (key, value) in writes {
+            let Some(value) = value else { continue };
+            match tx::view_change(key, value) {
+                Ok(Some(tx::ViewChange::Registration(r))) => self.view.put_registration(&r),
+                Ok(Some(tx::ViewChange::Account(a))) => self.view.put_account(&a),
+                Ok(Some(tx::ViewChange::Session(s))) => self.view.put_session(&s),
+                Ok(None) => {}
+                Err(e) => tracing::error!(%e, "a committed record does not decode"),
             }
-            drop(old);
-        }
-        let db = Db::open(&self.dir)?;
-        db.probe(now)?;
-        self.segments.sync_blocking()?;
-        drain_outbox(&db, &self.segments)?;
-        let last_event = db.last_event()?;
-        // What was not durable is gone from disk; the view must forget it too.
-        db.load_view(&self.view)?;
-        let mut guard = self
-            .db
-            .write()
-            .map_err(|_| PdpError::Storage("the store's handle is poisoned".into()))?;
-        *guard = Some(Arc::new(db));
-        // What was not durable before the failure is gone; what is on disk now is durable.
-        self.events_durable.send_replace(last_event);
-        self.write_failure.send_replace(None);
-        tracing::info!(dir = %self.dir.display(), "store reopened: writing works again");
-        Ok(())
-    }
-
-    /// Blocks until everything written so far is on disk. For shutdown.
-    pub fn flush_blocking(&self) -> Result<(), PdpError> {
-        let db = self.db()?;
-        db.db.flush().map_err(storage)?;
-        db.commit.sync_blocking()?;
-        self.segments.sync_blocking()
-    }
-
-    /// Held from a transaction's commit until the view has its changes.
-    fn in_view_order(&self) -> std::sync::MutexGuard<'_, ()> {
-        // A panic while holding it leaves nothing half-done: the guard only orders.
-        self.view_order
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Returns once everything `db` holds is durable.
-    async fn durable(&self, db: &Db) -> Result<(), PdpError> {
-        db.commit.durable().await.map_err(|e| self.write_failed(e))
-    }
-
-    /// After the change they went with is durable: appends the records a transaction logged
-    /// to the decision log, durably, and takes them out of the outbox. Until then a crash
-    /// leaves them in the outbox, which the next open appends.
-    async fn append_logged(&self, db: &Db, records: Vec<LogRecord>) -> Result<(), PdpError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
-        self.segments
-            .append(records)
-            .await
-            .map_err(|e| self.write_failed(e))?;
-        let mut batch = sled::Batch::default();
-        for id in ids {
-            batch.remove(id.as_bytes());
-        }
-        // Not flushed on its own: a record left in the outbox is found already appended.
-        if let Err(e) = db.log.apply_batch(batch) {
-            tracing::warn!(error = %e, "decision log: could not empty the outbox");
-        }
-        Ok(())
-    }
-
-    /// One transaction over the data tree and the decision log, then `to_view` with what it
-    /// committed (in commit order), then a durable flush.
-    async fn transact<T>(
-        &self,
-        f: impl Fn(&TransactionalTree, &TransactionalTree) -> TxResult<T>,
-        to_view: impl FnOnce(&T, &FactsView),
-    ) -> Result<T, PdpError> {
-        let db = self.db()?;
-        let value = {
-            let _in_order = self.in_view_order();
-            let value = (&db.data, &db.log)
-                .transaction(|(data, log)| attempt(|| f(data, log)))
-                .map_err(|e| self.tx_failed(e))?;
-            to_view(&value, &self.view);
-            value
-        };
-        let logged = take_logged();
-        self.durable(&db).await?;
-        self.append_logged(&db, logged).await?;
-        Ok(value)
-    }
-
-    fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, PdpError> {
-        match self.db()?.data.get(key.as_bytes()).map_err(storage)? {
-            Some(bytes) => decode(key, &bytes).map(Some),
-            None => Ok(None),
         }
     }
 
-    fn publish_events(&self, sequences: impl IntoIterator<Item = u64>) {
-        if let Some(last) = sequences.into_iter().max() {
+    /// Tells subscribers about the newest enforcement event a durable commit wrote.
+    fn publish_events(&self, writes: &Writes) {
+        let newest = writes
+            .iter()
+            .filter(|(_, value)| value.is_some())
+            .filter_map(|(key, _)| event_sequence(key))
+            .max();
+        if let Some(last) = newest {
             self.events_durable.send_if_modified(|durable| {
                 let newer = last > *durable;
                 if newer {
@@ -737,6 +116,222 @@ impl Store {
                 }
                 newer
             });
+        }
+    }
+}
+
+enum Backend {
+    Sled(SledBackend),
+    Etcd(Arc<EtcdBackend>),
+}
+
+pub struct Store {
+    backend: Backend,
+    shared: Arc<Shared>,
+    /// Names this process in the enforcement events it writes.
+    replica: String,
+}
+
+/// What `open_session` did.
+#[derive(Clone, Debug)]
+pub enum Opened {
+    /// The session is open; `superseded` is the room's earlier live session, now closed.
+    New { superseded: Option<Box<Session>> },
+    /// The idempotency key was used before: nothing was written; this is what it admitted.
+    Replay(IdempotentStart),
+}
+
+impl Store {
+    /// Opens (or creates) the embedded store in `dir`. Refuses a directory written in a format
+    /// this build does not know.
+    pub fn open(dir: &Path) -> Result<Store, PdpError> {
+        Store::open_with(dir, DEFAULT_LOG_SEGMENT_BYTES)
+    }
+
+    /// `open`, with decision-log segments sealed at `log_segment_bytes`.
+    pub fn open_with(dir: &Path, log_segment_bytes: u64) -> Result<Store, PdpError> {
+        let shared = Arc::new(Shared::new(SegmentLog::open(
+            &dir.join(SEGMENTS_DIR),
+            log_segment_bytes,
+        )?));
+        let (backend, last_event) = SledBackend::open(dir, &shared)?;
+        shared.events_durable.send_replace(last_event);
+        Ok(Store {
+            backend: Backend::Sled(backend),
+            shared,
+            replica: String::new(),
+        })
+    }
+
+    /// Opens a replica over etcd; `dir` holds this replica's own decision log.
+    pub async fn open_etcd(
+        dir: &Path,
+        log_segment_bytes: u64,
+        options: EtcdOptions,
+    ) -> Result<Store, PdpError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| PdpError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        let shared = Arc::new(Shared::new(SegmentLog::open(
+            &dir.join(SEGMENTS_DIR),
+            log_segment_bytes,
+        )?));
+        let replica = options.replica.clone();
+        let backend = EtcdBackend::open(options, shared.clone()).await?;
+        Ok(Store {
+            backend: Backend::Etcd(backend),
+            shared,
+            replica,
+        })
+    }
+
+    /// `sled` or `etcd`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sled(_) => "sled",
+            Backend::Etcd(_) => "etcd",
+        }
+    }
+
+    /// This replica's name (empty on the embedded store).
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// The store revision the view is at: every response carries it, and a request may ask
+    /// for at least one it saw.
+    pub fn revision(&self) -> u64 {
+        match &self.backend {
+            Backend::Sled(sled) => sled.revision(),
+            Backend::Etcd(etcd) => etcd.revision(),
+        }
+    }
+
+    /// Waits (briefly) until the view is at `min_revision`; FAILED_PRECONDITION if it is not
+    /// by then. Read-your-writes across replicas.
+    pub async fn at_least(&self, min_revision: u64) -> Result<(), PdpError> {
+        if min_revision == 0 || self.revision() >= min_revision {
+            return Ok(());
+        }
+        let reached = match &self.backend {
+            Backend::Sled(_) => false,
+            Backend::Etcd(etcd) => etcd.wait_for(min_revision, MIN_REVISION_WAIT).await,
+        };
+        if reached {
+            Ok(())
+        } else {
+            Err(PdpError::FailedPrecondition(format!(
+                "min_revision {min_revision}: this replica's view is at revision {} after \
+                 waiting {} ms; retry, or ask another replica",
+                self.revision(),
+                MIN_REVISION_WAIT.as_millis()
+            )))
+        }
+    }
+
+    /// Runs `f` as one transaction of the backend; returns once its changes are durable and
+    /// in the view.
+    async fn transact<T>(
+        &self,
+        f: &(dyn Fn(&dyn Tx) -> TxResult<T> + Sync),
+    ) -> Result<T, PdpError> {
+        match &self.backend {
+            Backend::Sled(sled) => sled.transact(&self.shared, f).await.map(|(v, _)| v),
+            Backend::Etcd(etcd) => etcd.transact(f).await.map(|(v, _)| v),
+        }
+    }
+
+    fn read_raw(&self, key: &str) -> Result<Option<Vec<u8>>, PdpError> {
+        match &self.backend {
+            Backend::Sled(sled) => sled.get(key),
+            Backend::Etcd(etcd) => Ok(etcd.get(key)),
+        }
+    }
+
+    fn read<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, PdpError> {
+        match self.read_raw(key)? {
+            Some(bytes) => decode(key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` keys and values in [`start`, `end`).
+    fn scan(
+        &self,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, PdpError> {
+        match &self.backend {
+            Backend::Sled(sled) => sled.scan(start, end, limit),
+            Backend::Etcd(etcd) => Ok(etcd.scan(start, end, limit)),
+        }
+    }
+
+    /// `None` while writes work, else why they fail. Changes when that changes.
+    pub fn subscribe_write_failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.shared.write_failure.subscribe()
+    }
+
+    pub fn write_failure(&self) -> Option<String> {
+        self.shared.write_failure.borrow().clone()
+    }
+
+    /// After a write failure: checks whether writing works again (on sled, reopening the
+    /// database if it has stopped writing; on etcd, whether the replica is current again).
+    /// Returns `Ok` once it does; the failure is then cleared. Blocking: run it off the async
+    /// workers.
+    pub fn recover(&self, now: Millis) -> Result<(), PdpError> {
+        match &self.backend {
+            Backend::Sled(sled) => sled.recover(&self.shared, now)?,
+            Backend::Etcd(etcd) => {
+                if let Some(why) = etcd.write_refusal() {
+                    return Err(PdpError::Storage(why));
+                }
+            }
+        }
+        self.shared.write_failure.send_replace(None);
+        Ok(())
+    }
+
+    /// Blocks until everything written so far is on disk. For shutdown.
+    pub fn flush_blocking(&self) -> Result<(), PdpError> {
+        if let Backend::Sled(sled) = &self.backend {
+            sled.flush_blocking()?;
+        }
+        self.shared.segments.sync_blocking()
+    }
+
+    /// The published policy set (etcd only): its bytes and revision as the watch delivers
+    /// them.
+    pub fn subscribe_policy(&self) -> Option<tokio::sync::watch::Receiver<Option<(Vec<u8>, i64)>>> {
+        match &self.backend {
+            Backend::Sled(_) => None,
+            Backend::Etcd(etcd) => Some(etcd.subscribe_policy()),
+        }
+    }
+
+    /// Publishes a policy set to every replica (etcd only; a no-op on sled). With
+    /// `only_if_absent`, only when none is published yet. Returns whether it wrote.
+    pub async fn publish_policy(
+        &self,
+        bytes: Vec<u8>,
+        only_if_absent: bool,
+    ) -> Result<bool, PdpError> {
+        match &self.backend {
+            Backend::Sled(_) => Ok(false),
+            Backend::Etcd(etcd) => etcd.publish_policy(bytes, only_if_absent).await,
+        }
+    }
+
+    /// Whether the view may answer decisions now: on etcd, not after `max_staleness` without
+    /// a quorum.
+    fn view_answers(&self) -> Result<(), PdpError> {
+        match &self.backend {
+            Backend::Etcd(etcd) => match etcd.read_refusal() {
+                Some(why) => Err(PdpError::Storage(why)),
+                None => Ok(()),
+            },
+            Backend::Sled(_) => Ok(()),
         }
     }
 
@@ -757,44 +352,36 @@ impl Store {
         record: &(dyn Fn(&Registration) -> LogRecord + Sync),
     ) -> Result<WriteOutcome, PdpError> {
         let key = registration_key(body.kind(), id);
-        self.transact(
-            |tx, log| {
-                for (kind, ref_id, field) in body.references() {
-                    if tx_get::<Registration>(tx, &registration_key(kind, ref_id))?.is_none() {
-                        return Err(abort(PdpError::FailedPrecondition(format!(
-                            "{field}: {} {ref_id} is not registered",
-                            kind.name()
-                        ))));
-                    }
+        self.transact(&|tx| {
+            for (kind, ref_id, field) in body.references() {
+                if tx_get::<Registration>(tx, &registration_key(kind, ref_id))?.is_none() {
+                    return Err(PdpError::FailedPrecondition(format!(
+                        "{field}: {} {ref_id} is not registered",
+                        kind.name()
+                    ))
+                    .into());
                 }
-                let current: Option<Registration> = tx_get(tx, &key)?;
-                scope.check_filing(current.as_ref(), &body).map_err(abort)?;
-                let outcome = domain::apply_register(
-                    current.as_ref(),
-                    id,
-                    body.clone(),
-                    expected_revision,
-                    now,
-                )
-                .map_err(abort)?;
-                let back_to_review = current.as_ref().is_some_and(|c| {
-                    c.review_status == ReviewStatus::Approved
-                        && outcome.registration.review_status == ReviewStatus::PendingReview
-                });
-                if back_to_review && let Some(session) = tx_live_session_using(tx, body.kind(), id)?
-                {
-                    return Err(abort(PdpError::FailedPrecondition(format!(
-                        "{} {id} is in use by live session {session}: this change would send it \
+            }
+            let current: Option<Registration> = tx_get(tx, &key)?;
+            scope.check_filing(current.as_ref(), &body)?;
+            let outcome =
+                domain::apply_register(current.as_ref(), id, body.clone(), expected_revision, now)?;
+            let back_to_review = current.as_ref().is_some_and(|c| {
+                c.review_status == ReviewStatus::Approved
+                    && outcome.registration.review_status == ReviewStatus::PendingReview
+            });
+            if back_to_review && let Some(session) = tx_live_session_using(tx, body.kind(), id)? {
+                return Err(PdpError::FailedPrecondition(format!(
+                    "{} {id} is in use by live session {session}: this change would send it \
                      back to review and end the broadcast; change it after the broadcast ends \
                      (an admin may revoke it meanwhile)",
-                        body.kind().name()
-                    ))));
-                }
-                tx_put_if_changed(tx, log, &key, &outcome, record)?;
-                Ok(outcome)
-            },
-            view_if_changed,
-        )
+                    body.kind().name()
+                ))
+                .into());
+            }
+            tx_put_if_changed(tx, &key, &outcome, record)?;
+            Ok(outcome)
+        })
         .await
     }
 
@@ -806,16 +393,13 @@ impl Store {
         record: &(dyn Fn(&Registration) -> LogRecord + Sync),
     ) -> Result<Registration, PdpError> {
         let key = registration_key(cmd.kind, &cmd.id);
-        self.transact(
-            |tx, log| {
-                let current: Option<Registration> = tx_get(tx, &key)?;
-                let next = domain::apply_review(current.as_ref(), cmd, now).map_err(abort)?;
-                tx_put(tx, &key, &next)?;
-                tx_log(log, &record(&next))?;
-                Ok(next)
-            },
-            |next, view| view.put_registration(next),
-        )
+        self.transact(&|tx| {
+            let current: Option<Registration> = tx_get(tx, &key)?;
+            let next = domain::apply_review(current.as_ref(), cmd, now)?;
+            tx_put(tx, &key, &next)?;
+            tx.log(&record(&next))?;
+            Ok(next)
+        })
         .await
     }
 
@@ -825,19 +409,16 @@ impl Store {
         &self,
         kind: Kind,
         id: &str,
-        apply: impl Fn(Option<&Registration>) -> Result<WriteOutcome, PdpError>,
+        apply: impl Fn(Option<&Registration>) -> Result<WriteOutcome, PdpError> + Sync,
         record: &(dyn Fn(&Registration) -> LogRecord + Sync),
     ) -> Result<WriteOutcome, PdpError> {
         let key = registration_key(kind, id);
-        self.transact(
-            |tx, log| {
-                let current: Option<Registration> = tx_get(tx, &key)?;
-                let outcome = apply(current.as_ref()).map_err(abort)?;
-                tx_put_if_changed(tx, log, &key, &outcome, record)?;
-                Ok(outcome)
-            },
-            view_if_changed,
-        )
+        self.transact(&|tx| {
+            let current: Option<Registration> = tx_get(tx, &key)?;
+            let outcome = apply(current.as_ref())?;
+            tx_put_if_changed(tx, &key, &outcome, record)?;
+            Ok(outcome)
+        })
         .await
     }
 
@@ -899,7 +480,7 @@ impl Store {
     }
 
     pub fn get_registration(&self, kind: Kind, id: &str) -> Result<Option<Registration>, PdpError> {
-        Ok(self.view.registration(kind, id))
+        Ok(self.shared.view.registration(kind, id))
     }
 
     /// Up to `limit` records of `kind` with ids after `after`, in id order.
@@ -916,16 +497,11 @@ impl Store {
             Some(after) => format!("{prefix}{after}\0"),
             None => prefix.clone(),
         };
-        let mut out = Vec::new();
-        for item in self.db()?.data.range(start.as_bytes()..) {
-            let (key, value) = item.map_err(storage)?;
-            if !key.starts_with(prefix.as_bytes()) || out.len() >= limit {
-                break;
-            }
-            let key = String::from_utf8_lossy(&key).into_owned();
-            out.push(decode(&key, &value)?);
-        }
-        Ok(out)
+        let end = format!("reg/{}0", kind.name());
+        self.scan(&start, &end, limit)?
+            .into_iter()
+            .map(|(key, value)| decode(&key, &value))
+            .collect()
     }
 
     /// The merchant's account; a registered merchant with no penalty yet has a clean one.
@@ -937,6 +513,7 @@ impl Store {
             return Ok(None);
         };
         let account = self
+            .shared
             .view
             .account(merchant_id)
             .unwrap_or_else(|| Account::new(merchant_id));
@@ -955,39 +532,34 @@ impl Store {
     ) -> Result<(Account, bool), PdpError> {
         let merchant_key = registration_key(Kind::Merchant, merchant_id);
         let key = account_key(merchant_id);
-        self.transact(
-            |tx, log| {
-                if tx_get::<Registration>(tx, &merchant_key)?.is_none() {
-                    return Err(abort(PdpError::NotFound(format!(
-                        "merchant {merchant_id} is not registered"
-                    ))));
-                }
-                let mut account: Account =
-                    tx_get(tx, &key)?.unwrap_or_else(|| Account::new(merchant_id));
-                let was_frozen = account.frozen_at(now).is_some();
-                if was_frozen {
-                    account.frozen_until = None;
-                    account.freeze_lifted = Some(domain::FreezeLift {
-                        operator: operator.to_owned(),
-                        reason: reason.to_owned(),
-                        lifted_at: now,
-                    });
-                    tx_put(tx, &key, &account)?;
-                    tx_log(log, &record(&account))?;
-                }
-                Ok((account, was_frozen))
-            },
-            |(account, was_frozen), view| {
-                if *was_frozen {
-                    view.put_account(account);
-                }
-            },
-        )
+        self.transact(&|tx| {
+            if tx_get::<Registration>(tx, &merchant_key)?.is_none() {
+                return Err(PdpError::NotFound(format!(
+                    "merchant {merchant_id} is not registered"
+                ))
+                .into());
+            }
+            let mut account: Account =
+                tx_get(tx, &key)?.unwrap_or_else(|| Account::new(merchant_id));
+            let was_frozen = account.frozen_at(now).is_some();
+            if was_frozen {
+                account.frozen_until = None;
+                account.freeze_lifted = Some(domain::FreezeLift {
+                    operator: operator.to_owned(),
+                    reason: reason.to_owned(),
+                    lifted_at: now,
+                });
+                tx_put(tx, &key, &account)?;
+                tx.log(&record(&account))?;
+            }
+            Ok((account, was_frozen))
+        })
         .await
     }
 
     /// Everything a decision about these ids needs, as one consistent snapshot of the
-    /// in-memory view: no disk, no decoding, no transaction.
+    /// in-memory view: no disk, no decoding, no transaction. On etcd, an error (so a deny)
+    /// once the replica has been without a quorum for longer than its view may answer.
     pub fn facts(
         &self,
         merchant_id: &str,
@@ -996,7 +568,9 @@ impl Store {
         driver_id: &str,
         ai_features: &[String],
     ) -> Result<Facts, PdpError> {
+        self.view_answers()?;
         Ok(self
+            .shared
             .view
             .facts(merchant_id, room_id, anchor_id, driver_id, ai_features))
     }
@@ -1018,96 +592,76 @@ impl Store {
             .idempotency_key
             .as_ref()
             .map(|k| idempotency_key(&session.gateway_id, k));
-        let db = self.db()?;
-        let in_order = self.in_view_order();
-        let (opened, event) = (&db.data, &db.log)
-            .transaction(|(tx, log)| {
-                attempt(|| {
-                    if let Some(idem) = &idem
-                        && let Some(first) = tx_get::<IdempotentStart>(tx, idem)?
-                    {
-                        return Ok((Opened::Replay(first), None));
-                    }
-                    if tx.get(key.as_bytes()).map_err(tx_unabortable)?.is_some() {
-                        return Err(abort(PdpError::Storage(format!(
-                            "session id {} collides with a stored session",
-                            session.id
-                        ))));
-                    }
-                    let mut superseded = None;
-                    let mut event = None;
-                    let room = room_key(&session.room_id);
-                    if let Some(old_id) = tx.get(room.as_bytes()).map_err(tx_unabortable)? {
-                        let old_key = session_key(&String::from_utf8_lossy(&old_id));
-                        if let Some(old) = tx_get::<Session>(tx, &old_key)?
-                            && old.state == SessionState::Active
-                        {
-                            let mut closed = old.clone();
-                            closed.state = SessionState::Ended;
-                            closed.closed_at = Some(session.started_at);
-                            closed.close_reason = format!(
-                                "superseded by session {}: a room has one live broadcast",
-                                session.id
-                            );
-                            tx_put(tx, &old_key, &closed)?;
-                            tx_index_session(tx, &closed)?;
-                            event = Some(tx_event(
-                                tx,
-                                &closed,
-                                Trigger::Superseded,
-                                &closed.close_reason,
-                                Vec::new(),
-                                None,
-                                session.started_at,
-                            )?);
-                            superseded = Some(closed);
-                        }
-                    }
-                    tx_put(tx, &key, session)?;
-                    tx_index_session(tx, session)?;
-                    if let Some(idem) = &idem {
-                        tx_put(
-                            tx,
-                            idem,
-                            &IdempotentStart {
-                                session_id: session.id.clone(),
-                                decision_id: decision_id.to_owned(),
-                                policy_version: policy_version.to_owned(),
-                                at: session.started_at,
-                            },
-                        )?;
-                    }
-                    for record in records(superseded.as_ref()) {
-                        tx_log(log, &record)?;
-                    }
-                    Ok((
-                        Opened::New {
-                            superseded: superseded.map(Box::new),
-                        },
-                        event,
-                    ))
-                })
-            })
-            .map_err(|e| self.tx_failed(e))?;
-        let logged = take_logged();
-        if let Opened::New { superseded } = &opened {
-            if let Some(superseded) = superseded {
-                self.view.put_session(superseded);
+        self.transact(&|tx| {
+            if let Some(idem) = &idem
+                && let Some(first) = tx_get::<IdempotentStart>(tx, idem)?
+            {
+                return Ok(Opened::Replay(first));
             }
-            self.view.put_session(session);
-        }
-        drop(in_order);
-        if matches!(opened, Opened::New { .. }) {
-            self.durable(&db).await?;
-            self.append_logged(&db, logged).await?;
-        }
-        self.publish_events(event.map(|e| e.sequence));
-        Ok(opened)
+            if tx.get(&key)?.is_some() {
+                return Err(PdpError::Storage(format!(
+                    "session id {} collides with a stored session",
+                    session.id
+                ))
+                .into());
+            }
+            let mut superseded = None;
+            if let Some(old_id) = tx_pointer(tx, &room_key(&session.room_id))? {
+                let old_key = session_key(&old_id);
+                if let Some(old) = tx_get::<Session>(tx, &old_key)?
+                    && old.state == SessionState::Active
+                {
+                    let mut closed = old.clone();
+                    closed.state = SessionState::Ended;
+                    closed.closed_at = Some(session.started_at);
+                    closed.close_reason = format!(
+                        "superseded by session {}: a room has one live broadcast",
+                        session.id
+                    );
+                    tx_put(tx, &old_key, &closed)?;
+                    tx_index_session(tx, &closed)?;
+                    tx_event(
+                        tx,
+                        &closed,
+                        EventBody {
+                            trigger: Trigger::Superseded,
+                            reason: &closed.close_reason,
+                            violations: Vec::new(),
+                            penalty_applied: None,
+                            at: session.started_at,
+                            replica: &self.replica,
+                        },
+                    )?;
+                    superseded = Some(closed);
+                }
+            }
+            tx_put(tx, &key, session)?;
+            tx_index_session(tx, session)?;
+            if let Some(idem) = &idem {
+                tx_put(
+                    tx,
+                    idem,
+                    &IdempotentStart {
+                        session_id: session.id.clone(),
+                        decision_id: decision_id.to_owned(),
+                        policy_version: policy_version.to_owned(),
+                        at: session.started_at,
+                    },
+                )?;
+            }
+            for record in records(superseded.as_ref()) {
+                tx.log(&record)?;
+            }
+            Ok(Opened::New {
+                superseded: superseded.map(Box::new),
+            })
+        })
+        .await
     }
 
-    /// A live session from the view; a closed one from disk.
+    /// A live session from the view; a closed one from the store.
     pub fn get_session(&self, session_id: &str) -> Result<Option<Session>, PdpError> {
-        if let Some(live) = self.view.live_session(session_id) {
+        if let Some(live) = self.shared.view.live_session(session_id) {
             return Ok(Some(live));
         }
         self.read(&session_key(session_id))
@@ -1118,41 +672,23 @@ impl Store {
     pub async fn update_session(
         &self,
         session_id: &str,
-        update: impl Fn(&Session) -> Result<Session, PdpError>,
+        update: impl Fn(&Session) -> Result<Session, PdpError> + Sync,
         record: &(dyn Fn(&Session) -> LogRecord + Sync),
     ) -> Result<(Session, bool), PdpError> {
         let key = session_key(session_id);
-        let db = self.db()?;
-        let in_order = self.in_view_order();
-        let (session, changed) = (&db.data, &db.log)
-            .transaction(|(tx, log)| {
-                attempt(|| {
-                    let current: Session = tx_get(tx, &key)?.ok_or_else(|| {
-                        abort(PdpError::NotFound(format!(
-                            "session {session_id} is unknown"
-                        )))
-                    })?;
-                    let next = update(&current).map_err(abort)?;
-                    let changed = next != current;
-                    if changed {
-                        tx_put(tx, &key, &next)?;
-                        tx_index_session(tx, &next)?;
-                        tx_log(log, &record(&next))?;
-                    }
-                    Ok((next, changed))
-                })
-            })
-            .map_err(|e| self.tx_failed(e))?;
-        let logged = take_logged();
-        if changed {
-            self.view.put_session(&session);
-        }
-        drop(in_order);
-        if changed {
-            self.durable(&db).await?;
-            self.append_logged(&db, logged).await?;
-        }
-        Ok((session, changed))
+        self.transact(&|tx| {
+            let current: Session = tx_get(tx, &key)?
+                .ok_or_else(|| PdpError::NotFound(format!("session {session_id} is unknown")))?;
+            let next = update(&current)?;
+            let changed = next != current;
+            if changed {
+                tx_put(tx, &key, &next)?;
+                tx_index_session(tx, &next)?;
+                tx.log(&record(&next))?;
+            }
+            Ok((next, changed))
+        })
+        .await
     }
 
     /// Shuts a session down and applies a live discovery's penalty: session, account, the
@@ -1164,74 +700,55 @@ impl Store {
         record: &(dyn Fn(&Enforced) -> LogRecord + Sync),
     ) -> Result<(Enforced, Option<EnforcementEvent>), PdpError> {
         let skey = session_key(&discovery.session_id);
-        let db = self.db()?;
-        let in_order = self.in_view_order();
-        let (enforced, event) = (&db.data, &db.log)
-            .transaction(|(tx, log)| {
-                attempt(|| {
-                    let session: Session = tx_get(tx, &skey)?.ok_or_else(|| {
-                        abort(PdpError::NotFound(format!(
-                            "session {} is unknown",
-                            discovery.session_id
-                        )))
-                    })?;
-                    let akey = account_key(&session.merchant_id);
-                    let account: Account =
-                        tx_get(tx, &akey)?.unwrap_or_else(|| Account::new(&session.merchant_id));
-                    let enforced =
-                        domain::apply_discovery(&session, &account, discovery).map_err(abort)?;
-                    if enforced.session != session {
-                        tx_put(tx, &skey, &enforced.session)?;
-                        tx_index_session(tx, &enforced.session)?;
-                    }
-                    if enforced.account != account {
-                        tx_put(tx, &akey, &enforced.account)?;
-                    }
-                    let ended_live = session.state == SessionState::Active
-                        && enforced.session.state != SessionState::Active;
-                    let event = if ended_live {
-                        Some(tx_event(
-                            tx,
-                            &enforced.session,
-                            discovery.trigger,
-                            &discovery.reason,
-                            discovery.violations.clone(),
-                            enforced.penalty_applied,
-                            discovery.at,
-                        )?)
-                    } else {
-                        None
-                    };
-                    tx_log(log, &record(&enforced))?;
-                    Ok((enforced, event))
-                })
-            })
-            .map_err(|e| self.tx_failed(e))?;
-        let logged = take_logged();
-        self.view.put_account(&enforced.account);
-        self.view.put_session(&enforced.session);
-        drop(in_order);
-        self.durable(&db).await?;
-        self.append_logged(&db, logged).await?;
-        self.publish_events(event.as_ref().map(|e| e.sequence));
-        Ok((enforced, event))
+        self.transact(&|tx| {
+            let session: Session = tx_get(tx, &skey)?.ok_or_else(|| {
+                PdpError::NotFound(format!("session {} is unknown", discovery.session_id))
+            })?;
+            let akey = account_key(&session.merchant_id);
+            let account: Account =
+                tx_get(tx, &akey)?.unwrap_or_else(|| Account::new(&session.merchant_id));
+            let enforced = domain::apply_discovery(&session, &account, discovery)?;
+            if enforced.session != session {
+                tx_put(tx, &skey, &enforced.session)?;
+                tx_index_session(tx, &enforced.session)?;
+            }
+            if enforced.account != account {
+                tx_put(tx, &akey, &enforced.account)?;
+            }
+            let ended_live = session.state == SessionState::Active
+                && enforced.session.state != SessionState::Active;
+            let event = if ended_live {
+                Some(tx_event(
+                    tx,
+                    &enforced.session,
+                    EventBody {
+                        trigger: discovery.trigger,
+                        reason: &discovery.reason,
+                        violations: discovery.violations.clone(),
+                        penalty_applied: enforced.penalty_applied,
+                        at: discovery.at,
+                        replica: &self.replica,
+                    },
+                )?)
+            } else {
+                None
+            };
+            tx.log(&record(&enforced))?;
+            Ok((enforced, event))
+        })
+        .await
     }
 
     /// Sessions admitted and not yet shut down or ended.
     pub fn active_sessions(&self) -> Result<Vec<Session>, PdpError> {
-        let mut sessions = self.view.live_sessions();
+        let mut sessions = self.shared.view.live_sessions();
         sessions.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
         Ok(sessions)
     }
 
     /// The session a gateway hook refers to by its stream lookup key.
     pub fn session_by_stream(&self, lookup: &str) -> Result<Option<Session>, PdpError> {
-        match self
-            .db()?
-            .data
-            .get(stream_key(lookup).as_bytes())
-            .map_err(storage)?
-        {
+        match self.read_raw(&stream_key(lookup))? {
             Some(id) => self.get_session(&String::from_utf8_lossy(&id)),
             None => Ok(None),
         }
@@ -1243,138 +760,133 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<EnforcementEvent>, PdpError> {
-        let durable = *self.events_durable.borrow();
-        let mut events = Vec::new();
+        let durable = *self.shared.events_durable.borrow();
         if after >= durable {
-            return Ok(events);
+            return Ok(Vec::new());
         }
         let start = event_key(after.saturating_add(1));
         let end = event_key(durable.saturating_add(1));
-        for item in self.db()?.data.range(start.as_bytes()..end.as_bytes()) {
-            let (key, value) = item.map_err(storage)?;
-            let key = String::from_utf8_lossy(&key).into_owned();
-            events.push(decode(&key, &value)?);
-            if events.len() >= limit {
-                break;
-            }
-        }
-        Ok(events)
+        self.scan(&start, &end, limit)?
+            .into_iter()
+            .map(|(key, value)| decode(&key, &value))
+            .collect()
     }
 
     /// Changes whenever a newer enforcement event is durable; the value is its sequence.
     pub fn subscribe_events(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.events_durable.subscribe()
+        self.shared.events_durable.subscribe()
     }
 
-    /// Writes records and accounts as given, in one transaction: for fixtures and restores,
-    /// where the state is already decided. Registration goes through `register` instead.
+    /// Writes records and accounts as given: for fixtures and restores, where the state is
+    /// already decided. Registration goes through `register` instead. Written in transactions
+    /// of a few dozen records (etcd bounds a transaction's size).
     pub async fn import(
         &self,
         registrations: &[Registration],
         accounts: &[Account],
     ) -> Result<(), PdpError> {
-        self.transact(
-            |tx, _log| {
-                for registration in registrations {
+        const CHUNK: usize = 100;
+        for chunk in registrations.chunks(CHUNK) {
+            self.transact(&|tx| {
+                for registration in chunk {
                     tx_put(
                         tx,
                         &registration_key(registration.kind(), &registration.id),
                         registration,
                     )?;
                 }
-                for account in accounts {
+                Ok(())
+            })
+            .await?;
+        }
+        for chunk in accounts.chunks(CHUNK) {
+            self.transact(&|tx| {
+                for account in chunk {
                     tx_put(tx, &account_key(&account.merchant_id), account)?;
                 }
                 Ok(())
-            },
-            |(), view| {
-                for registration in registrations {
-                    view.put_registration(registration);
-                }
-                for account in accounts {
-                    view.put_account(account);
-                }
-            },
-        )
-        .await
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Deletes closed sessions (shut down or ended before `older_than`) and enforcement events
     /// from before it. Live sessions are never touched. Returns (sessions, events) deleted.
-    pub fn prune_history(&self, older_than: Millis) -> Result<(usize, usize), PdpError> {
-        let db = self.db()?;
+    pub async fn prune_history(&self, older_than: Millis) -> Result<(usize, usize), PdpError> {
+        const PAGE: usize = 1000;
         let mut sessions = 0;
         // Oldest first; stops at the first session closed at or after the cutoff.
-        for item in db.data.scan_prefix(b"closed/") {
-            let (index_key, _) = item.map_err(storage)?;
-            let name = String::from_utf8_lossy(&index_key).into_owned();
-            let mut parts = name["closed/".len()..].splitn(2, '/');
-            let (Some(at), Some(session_id)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            let closed_at: Millis = at.parse().map_err(|_| PdpError::Corrupt {
-                key: name.clone(),
-                reason: "bad close time".into(),
-            })?;
-            if closed_at >= older_than {
-                break;
+        let cutoff = closed_key(older_than, "");
+        loop {
+            let page = self.scan("closed/", &cutoff, PAGE)?;
+            let done = page.len() < PAGE;
+            for (index_key, _) in page {
+                let Some(session_id) = index_key["closed/".len()..].split_once('/').map(|x| x.1)
+                else {
+                    continue;
+                };
+                let key = session_key(session_id);
+                let removed = self
+                    .transact(&|tx| {
+                        tx.remove(&index_key)?;
+                        // Sessions never go back to live; still, only a closed one is deleted.
+                        let Some(session) = tx_get::<Session>(tx, &key)?
+                            .filter(|s| s.state != SessionState::Active)
+                        else {
+                            return Ok(false);
+                        };
+                        tx.remove(&key)?;
+                        tx.remove(&live_key(&session.id))?;
+                        tx_remove_if_points_at(tx, &room_key(&session.room_id), &session.id)?;
+                        if let Some(stream) = &session.stream {
+                            let stream = stream_key(&stream.lookup_key(&session.gateway_id));
+                            tx_remove_if_points_at(tx, &stream, &session.id)?;
+                        }
+                        if let Some(idem) = &session.idempotency_key {
+                            let idem = idempotency_key(&session.gateway_id, idem);
+                            if tx_get::<IdempotentStart>(tx, &idem)?
+                                .is_some_and(|first| first.session_id == session.id)
+                            {
+                                tx.remove(&idem)?;
+                            }
+                        }
+                        Ok(true)
+                    })
+                    .await?;
+                if removed {
+                    sessions += 1;
+                }
             }
-            let key = session_key(session_id);
-            let session: Option<Session> = match db.data.get(key.as_bytes()).map_err(storage)? {
-                Some(bytes) => Some(decode(&key, &bytes)?),
-                None => None,
-            };
-            // A session reopened since cannot be: sessions never go back to live. Still, only
-            // a closed one is deleted.
-            let session = session.filter(|s| s.state != SessionState::Active);
-            let stream = session.as_ref().and_then(|s| {
-                s.stream
-                    .as_ref()
-                    .map(|stream| stream_key(&stream.lookup_key(&s.gateway_id)))
-            });
-            let idem = session.as_ref().and_then(|s| {
-                s.idempotency_key
-                    .as_ref()
-                    .map(|k| idempotency_key(&s.gateway_id, k))
-            });
-            db.data
-                .transaction(|tx| {
-                    tx.remove(index_key.as_ref()).map_err(tx_unabortable)?;
-                    let Some(session) = &session else {
-                        return Ok(());
-                    };
-                    tx.remove(key.as_bytes()).map_err(tx_unabortable)?;
-                    tx.remove(live_key(&session.id).as_bytes())
-                        .map_err(tx_unabortable)?;
-                    tx_remove_if_points_at(tx, &room_key(&session.room_id), &session.id)?;
-                    if let Some(stream) = &stream {
-                        tx_remove_if_points_at(tx, stream, &session.id)?;
-                    }
-                    if let Some(idem) = &idem
-                        && tx_get::<IdempotentStart>(tx, idem)?
-                            .is_some_and(|first| first.session_id == session.id)
-                    {
-                        tx.remove(idem.as_bytes()).map_err(tx_unabortable)?;
-                    }
-                    Ok(())
-                })
-                .map_err(|e| self.tx_failed(e))?;
-            if session.is_some() {
-                sessions += 1;
+            if done {
+                break;
             }
         }
         let mut events = 0;
-        for item in db.data.scan_prefix(b"evt/") {
-            let (key, value) = item.map_err(storage)?;
-            let name = String::from_utf8_lossy(&key).into_owned();
-            let event: EnforcementEvent = decode(&name, &value)?;
-            if event.at >= older_than {
+        loop {
+            let page = self.scan("evt/", "evt0", PAGE)?;
+            let mut expired = Vec::new();
+            for (key, value) in &page {
+                let event: EnforcementEvent = decode(key, value)?;
+                if event.at >= older_than {
+                    break;
+                }
+                expired.push(key.clone());
+            }
+            let more = expired.len() == page.len() && page.len() == PAGE;
+            for chunk in expired.chunks(100) {
+                self.transact(&|tx| {
+                    for key in chunk {
+                        tx.remove(key)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+                events += chunk.len();
+            }
+            if !more {
                 break;
             }
-            db.data
-                .remove(&key)
-                .map_err(|e| self.write_failed(storage(e)))?;
-            events += 1;
         }
         Ok((sessions, events))
     }
@@ -1452,14 +964,12 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
             // The state of a crash after a change was durable: one record only in the outbox,
             // one in both (the crash came before the outbox was emptied).
-            let db = store.db().unwrap_or_else(|e| panic!("{e}"));
+            let Backend::Sled(sled) = &store.backend else {
+                panic!("the embedded store is sled")
+            };
             for record in [&left, &appended] {
-                let bytes = encode(&record.id, record).unwrap_or_else(|e| panic!("{e}"));
-                db.log
-                    .insert(record.id.as_bytes(), bytes)
-                    .unwrap_or_else(|e| panic!("{e}"));
+                sled.put_in_outbox(record).unwrap_or_else(|e| panic!("{e}"));
             }
-            db.db.flush().unwrap_or_else(|e| panic!("{e}"));
         }
         let store = Store::open(&dir).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(store.log_len(), 2);
@@ -1468,8 +978,10 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let ids: Vec<_> = records.iter().map(|r| r.id.clone()).collect();
         assert_eq!(ids, [appended.id.clone(), left.id.clone()]);
-        let db = store.db().unwrap_or_else(|e| panic!("{e}"));
-        assert!(db.log.is_empty(), "the outbox is emptied");
+        let Backend::Sled(sled) = &store.backend else {
+            panic!("the embedded store is sled")
+        };
+        assert_eq!(sled.outbox_len(), 0, "the outbox is emptied");
     }
 
     #[test]
@@ -1514,7 +1026,9 @@ mod tests {
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
         });
-        let (sessions, events) = store.prune_history(10).unwrap_or_else(|e| panic!("{e}"));
+        let (sessions, events) = runtime
+            .block_on(store.prune_history(10))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((sessions, events), (2, 1));
         for (id, kept) in [
             ("ended", false),

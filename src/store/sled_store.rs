@@ -1,0 +1,534 @@
+//! The embedded backend: one sled database in the data directory. A transaction is a sled
+//! transaction over the data tree and the decision-log outbox, followed by a group-committed
+//! flush (so nothing acknowledged is lost).
+//!
+//! Layout (format 1): one tree, `pdp.v1`, keyed as `tx.rs` names the keys. Values are one
+//! format byte followed by JSON (`evtseq`: 8 bytes big-endian; the room and stream indexes:
+//! the session id). The `meta` tree records the format so that a later build can migrate
+//! instead of misreading.
+//!
+//! A record that goes with a change is written in the change's transaction to `log.v1` (keyed
+//! by decision id), an outbox: once the change is durable the record is appended to the
+//! segments, and only then leaves the outbox. Opening the store appends whatever a crash left
+//! in the outbox, so a record is never lost and never without its change.
+//!
+//! sled stops writing for good after an I/O error (a full disk): it keeps the error and
+//! returns it from every later write. The store notes the first such failure (health reads it)
+//! and `recover` reopens the database once writing works again.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sled::Transactional;
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+};
+
+use super::Shared;
+use super::group_commit::GroupCommit;
+use super::segments::SegmentLog;
+use super::tx::{
+    self, EVENT_COUNTER_KEY, FORMAT_VERSION, Tx, TxError, TxResult, Writes, decode, decode_counter,
+    room_key, session_key,
+};
+use crate::domain::{Account, Kind, LogRecord, Millis, Registration, Session};
+use crate::error::PdpError;
+
+const DATA_TREE: &str = "pdp.v1";
+const META_TREE: &str = "meta";
+const FORMAT_KEY: &str = "format_version";
+const PROBE_KEY: &str = "write_probe";
+const LOG_TREE: &str = "log.v1";
+
+/// sled's page cache (its default is 1 GiB). Decisions and lookups read registrations and
+/// accounts from the in-memory view, so the cache serves only sessions, indexes and writes.
+const SLED_CACHE_BYTES: u64 = 128 << 20;
+
+/// One open sled database. Replaced as a whole when the store is reopened.
+struct Db {
+    db: sled::Db,
+    data: sled::Tree,
+    /// Decision-log records written with a change, until they are in the segments.
+    log: sled::Tree,
+    commit: GroupCommit,
+}
+
+pub struct SledBackend {
+    dir: PathBuf,
+    /// `None` only while the database is being reopened.
+    db: RwLock<Option<Arc<Db>>>,
+    /// Held from a transaction's commit until the view has its changes, so the view takes
+    /// changes in commit order.
+    view_order: std::sync::Mutex<()>,
+    /// The revision of the last commit: from sled's id generator, which never goes back, not
+    /// even across a crash.
+    revision: AtomicU64,
+}
+
+/// One attempt of a sled transaction, seen through `Tx`.
+struct SledTx<'a> {
+    data: &'a TransactionalTree,
+    log: &'a TransactionalTree,
+    writes: RefCell<Writes>,
+    logged: RefCell<Vec<LogRecord>>,
+    /// sled's own error (a conflict to retry, or storage), handed back to sled as it came.
+    failure: RefCell<Option<UnabortableTransactionError>>,
+}
+
+impl SledTx<'_> {
+    fn failed(&self, e: UnabortableTransactionError) -> TxError {
+        self.failure.borrow_mut().get_or_insert(e);
+        TxError::Backend
+    }
+}
+
+impl Tx for SledTx<'_> {
+    fn get(&self, key: &str) -> TxResult<Option<Vec<u8>>> {
+        self.data
+            .get(key.as_bytes())
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| self.failed(e))
+    }
+
+    fn put(&self, key: &str, value: Vec<u8>) -> TxResult<()> {
+        self.data
+            .insert(key.as_bytes(), value.as_slice())
+            .map_err(|e| self.failed(e))?;
+        self.writes.borrow_mut().push((key.to_owned(), Some(value)));
+        Ok(())
+    }
+
+    fn remove(&self, key: &str) -> TxResult<()> {
+        self.data
+            .remove(key.as_bytes())
+            .map_err(|e| self.failed(e))?;
+        self.writes.borrow_mut().push((key.to_owned(), None));
+        Ok(())
+    }
+
+    fn log(&self, record: &LogRecord) -> TxResult<()> {
+        let bytes = tx::encode(&record.id, record)?;
+        self.log
+            .insert(record.id.as_bytes(), bytes)
+            .map_err(|e| self.failed(e))?;
+        self.logged.borrow_mut().push(record.clone());
+        Ok(())
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> PdpError {
+    PdpError::Storage(e.to_string())
+}
+
+/// What a committed transaction returns with its value.
+pub struct SledCommit<T> {
+    pub value: T,
+    pub writes: Writes,
+    pub logged: Vec<LogRecord>,
+}
+
+impl Db {
+    fn open(dir: &Path) -> Result<Db, PdpError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()
+            .map_err(|e| PdpError::Storage(format!("cannot open {}: {e}", dir.display())))?;
+        let meta = db.open_tree(META_TREE).map_err(storage)?;
+        match meta.get(FORMAT_KEY).map_err(storage)? {
+            Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
+            Some(v) => {
+                return Err(PdpError::Storage(format!(
+                    "{} holds store format {:?}; this build reads format {FORMAT_VERSION}",
+                    dir.display(),
+                    v.as_ref()
+                )));
+            }
+            None => {
+                meta.insert(FORMAT_KEY, &[FORMAT_VERSION])
+                    .map_err(storage)?;
+                db.flush().map_err(storage)?;
+            }
+        }
+        let data = db.open_tree(DATA_TREE).map_err(storage)?;
+        let log = db.open_tree(LOG_TREE).map_err(storage)?;
+        index_rooms(&data)?;
+        index_closed_sessions(&data)?;
+        let commit = GroupCommit::new(db.clone(), dir)?;
+        Ok(Db {
+            db,
+            data,
+            log,
+            commit,
+        })
+    }
+
+    /// Writes and flushes a probe value: does writing work?
+    fn probe(&self, now: Millis) -> Result<(), PdpError> {
+        let meta = self.db.open_tree(META_TREE).map_err(storage)?;
+        meta.insert(PROBE_KEY, &now.to_be_bytes())
+            .map_err(storage)?;
+        self.db.flush().map_err(storage)?;
+        // A full disk can pass sled's flush and fail only when synced.
+        self.commit.sync_blocking()
+    }
+
+    /// Every registration, account and live session on disk, for the in-memory view.
+    fn load_view(&self, shared: &Shared) -> Result<(), PdpError> {
+        let mut registrations = Vec::new();
+        for item in self.data.scan_prefix(b"reg/") {
+            let (key, value) = item.map_err(storage)?;
+            registrations.push(decode::<Registration>(
+                &String::from_utf8_lossy(&key),
+                &value,
+            )?);
+        }
+        let mut accounts = Vec::new();
+        for item in self.data.scan_prefix(b"acct/") {
+            let (key, value) = item.map_err(storage)?;
+            accounts.push(decode::<Account>(&String::from_utf8_lossy(&key), &value)?);
+        }
+        let mut live = Vec::new();
+        for item in self.data.scan_prefix(b"live/") {
+            let (key, _) = item.map_err(storage)?;
+            let skey = session_key(&String::from_utf8_lossy(&key["live/".len()..]));
+            if let Some(bytes) = self.data.get(skey.as_bytes()).map_err(storage)? {
+                live.push(decode::<Session>(&skey, &bytes)?);
+            }
+        }
+        shared.view.reset(registrations, accounts, live);
+        Ok(())
+    }
+
+    fn last_event(&self) -> Result<u64, PdpError> {
+        match self.data.get(EVENT_COUNTER_KEY).map_err(storage)? {
+            Some(bytes) => decode_counter(EVENT_COUNTER_KEY, &bytes),
+            None => Ok(0),
+        }
+    }
+}
+
+/// Data written before the closed-session index existed: index its closed sessions once, so
+/// retention finds them (a marker in the data tree says it is done).
+fn index_closed_sessions(data: &sled::Tree) -> Result<(), PdpError> {
+    const DONE: &[u8] = b"closed-index-built";
+    if data.get(DONE).map_err(storage)?.is_some() {
+        return Ok(());
+    }
+    for item in data.scan_prefix(b"sess/") {
+        let (key, value) = item.map_err(storage)?;
+        let session: Session = decode(&String::from_utf8_lossy(&key), &value)?;
+        if session.state != crate::domain::SessionState::Active
+            && let Some(closed_at) = session.closed_at
+        {
+            data.insert(tx::closed_key(closed_at, &session.id).as_bytes(), &[])
+                .map_err(storage)?;
+        }
+    }
+    data.insert(DONE, &[]).map_err(storage)?;
+    Ok(())
+}
+
+/// Data written before these indexes existed has live sessions without them: index them, so
+/// that a room's next START finds its live session and a filing in use is known to be.
+fn index_rooms(data: &sled::Tree) -> Result<(), PdpError> {
+    for item in data.scan_prefix(b"live/") {
+        let (key, _) = item.map_err(storage)?;
+        let id = String::from_utf8_lossy(&key["live/".len()..]).into_owned();
+        let skey = session_key(&id);
+        let Some(bytes) = data.get(skey.as_bytes()).map_err(storage)? else {
+            continue;
+        };
+        let session: Session = decode(&skey, &bytes)?;
+        let room = room_key(&session.room_id);
+        if data.get(room.as_bytes()).map_err(storage)?.is_none() {
+            data.insert(room.as_bytes(), session.id.as_bytes())
+                .map_err(storage)?;
+        }
+        // At open, before anything else runs: plain writes suffice.
+        for (kind, filing) in [
+            (Kind::Anchor, &session.anchor_id),
+            (Kind::Driver, &session.driver_id),
+        ] {
+            let key = tx::in_use_key(kind, filing);
+            let mut using: std::collections::BTreeSet<String> =
+                match data.get(key.as_bytes()).map_err(storage)? {
+                    Some(bytes) => decode(&key, &bytes)?,
+                    None => Default::default(),
+                };
+            if using.insert(session.id.clone()) {
+                data.insert(key.as_bytes(), tx::encode(&key, &using)?)
+                    .map_err(storage)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f` as one sled transaction attempt, handing sled its own errors back.
+fn in_sled<T>(
+    tx: &SledTx<'_>,
+    f: impl FnOnce(&dyn Tx) -> TxResult<T>,
+) -> Result<T, ConflictableTransactionError<PdpError>> {
+    match f(tx) {
+        Ok(value) => Ok(value),
+        Err(TxError::Abort(e)) => Err(ConflictableTransactionError::Abort(e)),
+        Err(TxError::Backend) => Err(match tx.failure.borrow_mut().take() {
+            Some(e) => e.into(),
+            None => ConflictableTransactionError::Abort(PdpError::Storage(
+                "a sled transaction failed without saying why".into(),
+            )),
+        }),
+    }
+}
+
+/// Appends what the outbox holds and the segments do not (a crash came between a change and
+/// its record's append; or the data was written before the segments existed), then empties it.
+fn drain_outbox(db: &Db, segments: &SegmentLog) -> Result<usize, PdpError> {
+    let mut missing = Vec::new();
+    let mut keys = Vec::new();
+    for item in db.log.iter() {
+        let (key, value) = item.map_err(storage)?;
+        let id = String::from_utf8_lossy(&key).into_owned();
+        let record: LogRecord = decode(&id, &value)?;
+        if segments.get(&id)?.is_none() {
+            missing.push(record);
+        }
+        keys.push(key);
+    }
+    for chunk in missing.chunks(4096) {
+        segments.append_blocking(chunk)?;
+    }
+    let mut batch = sled::Batch::default();
+    for key in keys {
+        batch.remove(key);
+    }
+    db.log.apply_batch(batch).map_err(storage)?;
+    db.db.flush().map_err(storage)?;
+    Ok(missing.len())
+}
+
+impl SledBackend {
+    /// Opens (or creates) the database in `dir`, appends what its outbox holds to the decision
+    /// log and loads the view. Returns the backend and the last enforcement-event sequence.
+    pub fn open(dir: &Path, shared: &Shared) -> Result<(SledBackend, u64), PdpError> {
+        let db = Db::open(dir)?;
+        let replayed = drain_outbox(&db, &shared.segments)?;
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                "decision log: appended records left in the outbox"
+            );
+        }
+        let last_event = db.last_event()?;
+        db.load_view(shared)?;
+        let revision = db.db.generate_id().map_err(storage)?;
+        Ok((
+            SledBackend {
+                dir: dir.to_owned(),
+                db: RwLock::new(Some(Arc::new(db))),
+                view_order: std::sync::Mutex::new(()),
+                revision: AtomicU64::new(revision),
+            },
+            last_event,
+        ))
+    }
+
+    fn db(&self) -> Result<Arc<Db>, PdpError> {
+        let guard = self
+            .db
+            .read()
+            .map_err(|_| PdpError::Storage("the store's handle is poisoned".into()))?;
+        guard.clone().ok_or_else(|| {
+            PdpError::Storage("the store is being reopened after a write failure".into())
+        })
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// Held from a transaction's commit until the view has it.
+    fn in_view_order(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic while holding it leaves nothing half-done: the guard only orders.
+        self.view_order
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PdpError> {
+        Ok(self
+            .db()?
+            .data
+            .get(key.as_bytes())
+            .map_err(storage)?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Up to `limit` keys and values from `start` (inclusive) to `end` (exclusive).
+    pub fn scan(
+        &self,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, PdpError> {
+        let mut out = Vec::new();
+        for item in self.db()?.data.range(start.as_bytes()..end.as_bytes()) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item.map_err(storage)?;
+            out.push((String::from_utf8_lossy(&key).into_owned(), value.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` as one sled transaction; feeds the view what it wrote (in commit order); makes
+    /// it durable; then appends its decision-log records. Returns the value and the revision.
+    pub async fn transact<T>(
+        &self,
+        shared: &Shared,
+        f: &(dyn Fn(&dyn Tx) -> TxResult<T> + Sync),
+    ) -> Result<(T, u64), PdpError> {
+        let db = self.db()?;
+        let (committed, revision) = {
+            let _in_order = self.in_view_order();
+            let committed = (&db.data, &db.log)
+                .transaction(|(data, log)| {
+                    let tx = SledTx {
+                        data,
+                        log,
+                        writes: RefCell::default(),
+                        logged: RefCell::default(),
+                        failure: RefCell::default(),
+                    };
+                    let value = in_sled(&tx, f)?;
+                    Ok(SledCommit {
+                        value,
+                        writes: tx.writes.into_inner(),
+                        logged: tx.logged.into_inner(),
+                    })
+                })
+                .map_err(|e| match e {
+                    TransactionError::Abort(e) => e,
+                    TransactionError::Storage(e) => shared.write_failed(storage(e)),
+                })?;
+            if committed.writes.is_empty() && committed.logged.is_empty() {
+                return Ok((committed.value, self.revision()));
+            }
+            let revision = db.db.generate_id().map_err(storage)?;
+            self.revision.fetch_max(revision, Ordering::AcqRel);
+            shared.apply_to_view(&committed.writes);
+            (committed, revision)
+        };
+        db.commit
+            .durable()
+            .await
+            .map_err(|e| shared.write_failed(e))?;
+        self.append_logged(shared, &db, committed.logged).await?;
+        shared.publish_events(&committed.writes);
+        Ok((committed.value, revision))
+    }
+
+    /// After the change they went with is durable: appends the records a transaction logged
+    /// to the decision log, durably, and takes them out of the outbox. Until then a crash
+    /// leaves them in the outbox, which the next open appends.
+    async fn append_logged(
+        &self,
+        shared: &Shared,
+        db: &Db,
+        records: Vec<LogRecord>,
+    ) -> Result<(), PdpError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        shared
+            .segments
+            .append(records)
+            .await
+            .map_err(|e| shared.write_failed(e))?;
+        let mut batch = sled::Batch::default();
+        for id in ids {
+            batch.remove(id.as_bytes());
+        }
+        // Not flushed on its own: a record left in the outbox is found already appended.
+        if let Err(e) = db.log.apply_batch(batch) {
+            tracing::warn!(error = %e, "decision log: could not empty the outbox");
+        }
+        Ok(())
+    }
+
+    /// After a write failure: checks whether writing works again, reopening the database if
+    /// sled has stopped writing (it does after any I/O error). Returns `Ok` once a probe write
+    /// is durable. Blocking: run it off the async workers.
+    pub fn recover(&self, shared: &Shared, now: Millis) -> Result<(), PdpError> {
+        let current = self.db.read().ok().and_then(|guard| guard.clone());
+        if let Some(db) = &current
+            && db.probe(now).is_ok()
+            && shared.segments.sync_blocking().is_ok()
+        {
+            return Ok(());
+        }
+        // sled keeps its first I/O error and refuses every later write: only a fresh open
+        // clears it. That needs sled's directory lock, so every handle to the old one must go
+        // first; calls in flight finish (or fail) within moments.
+        let old = {
+            let mut guard = self
+                .db
+                .write()
+                .map_err(|_| PdpError::Storage("the store's handle is poisoned".into()))?;
+            guard.take()
+        };
+        drop(current);
+        if let Some(old) = old {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            drop(old);
+        }
+        let db = Db::open(&self.dir)?;
+        db.probe(now)?;
+        shared.segments.sync_blocking()?;
+        drain_outbox(&db, &shared.segments)?;
+        let last_event = db.last_event()?;
+        // What was not durable is gone from disk; the view must forget it too.
+        db.load_view(shared)?;
+        let mut guard = self
+            .db
+            .write()
+            .map_err(|_| PdpError::Storage("the store's handle is poisoned".into()))?;
+        *guard = Some(Arc::new(db));
+        // What was not durable before the failure is gone; what is on disk now is durable.
+        shared.events_durable.send_replace(last_event);
+        tracing::info!(dir = %self.dir.display(), "store reopened: writing works again");
+        Ok(())
+    }
+
+    /// Blocks until everything written so far is on disk. For shutdown.
+    pub fn flush_blocking(&self) -> Result<(), PdpError> {
+        let db = self.db()?;
+        db.db.flush().map_err(storage)?;
+        db.commit.sync_blocking()
+    }
+
+    /// Puts a record in the outbox as a crash would leave it.
+    #[cfg(test)]
+    pub fn put_in_outbox(&self, record: &LogRecord) -> Result<(), PdpError> {
+        let db = self.db()?;
+        db.log
+            .insert(record.id.as_bytes(), tx::encode(&record.id, record)?)
+            .map_err(storage)?;
+        db.db.flush().map_err(storage)?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub fn outbox_len(&self) -> usize {
+        self.db().map_or(0, |db| db.log.len())
+    }
+}
