@@ -70,6 +70,9 @@ const SNAPSHOT_PAGE: i64 = 1000;
 const MAX_TXN_OPS: usize = 120;
 pub const POLICY_KEY: &str = "policy/active";
 
+/// The published policy set's bytes and the revision that published it.
+pub type PublishedPolicy = Option<(Vec<u8>, i64)>;
+
 #[derive(Default)]
 struct Mirror {
     /// Key (without the prefix) → value and the revision that last changed it.
@@ -93,7 +96,7 @@ pub struct EtcdBackend {
     revision: tokio::sync::watch::Sender<i64>,
     health: Mutex<Health>,
     /// The published policy set and its revision, as the watch last saw it.
-    policy: tokio::sync::watch::Sender<Option<(Vec<u8>, i64)>>,
+    policy: tokio::sync::watch::Sender<PublishedPolicy>,
 }
 
 fn etcd_error(what: &str, e: impl std::fmt::Display) -> PdpError {
@@ -748,7 +751,7 @@ impl EtcdBackend {
     }
 
     /// The published policy set, as the watch delivers it.
-    pub fn subscribe_policy(&self) -> tokio::sync::watch::Receiver<Option<(Vec<u8>, i64)>> {
+    pub fn subscribe_policy(&self) -> tokio::sync::watch::Receiver<PublishedPolicy> {
         self.policy.subscribe()
     }
 

@@ -32,7 +32,7 @@ use crate::domain::{
 };
 use crate::error::PdpError;
 use etcd_store::EtcdBackend;
-pub use etcd_store::EtcdOptions;
+pub use etcd_store::{EtcdOptions, PublishedPolicy};
 use segments::SegmentLog;
 use sled_store::SledBackend;
 pub use tx::FORMAT_VERSION;
@@ -303,7 +303,7 @@ impl Store {
 
     /// The published policy set (etcd only): its bytes and revision as the watch delivers
     /// them.
-    pub fn subscribe_policy(&self) -> Option<tokio::sync::watch::Receiver<Option<(Vec<u8>, i64)>>> {
+    pub fn subscribe_policy(&self) -> Option<tokio::sync::watch::Receiver<PublishedPolicy>> {
         match &self.backend {
             Backend::Sled(_) => None,
             Backend::Etcd(etcd) => Some(etcd.subscribe_policy()),
