@@ -527,7 +527,7 @@ async fn main() -> Result<()> {
     serve_args.listen = addr;
     serve_args.data_dir = temp.path().join("data");
     serve_args.policies = policy_dir.clone();
-    let service = server::open(&serve_args, Arc::new(SystemClock))?;
+    let service = server::open(&serve_args, Arc::new(SystemClock)).await?;
     let direct = service.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server_task = tokio::spawn(async move {

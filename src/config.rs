@@ -171,6 +171,65 @@ pub struct ServeArgs {
     )]
     pub decision_log_segment_mib: u64,
 
+    /// Where the state lives: `sled` (embedded, in --data-dir) or `etcd` (shared by several
+    /// replicas; --data-dir then holds this replica's own decision log).
+    #[arg(long = "store", env = "ANCHOR_PDP_STORE", value_enum, default_value_t = StoreKind::Sled)]
+    pub store: StoreKind,
+
+    /// etcd client endpoints (`http://host:2379`, or `https://` with --etcd-ca).
+    #[arg(
+        long,
+        env = "ANCHOR_PDP_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        required_if_eq("store", "etcd")
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// Every key anchor-pdp writes in etcd starts with this.
+    #[arg(long, env = "ANCHOR_PDP_ETCD_PREFIX", default_value = "/anchor-pdp/")]
+    pub etcd_prefix: String,
+
+    /// etcd user (with --etcd-password) when etcd has authentication enabled.
+    #[arg(long, env = "ANCHOR_PDP_ETCD_USER", requires = "etcd_password")]
+    pub etcd_user: Option<String>,
+
+    #[arg(long, env = "ANCHOR_PDP_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+
+    /// CA certificate (PEM) that signed etcd's server certificates.
+    #[arg(long, env = "ANCHOR_PDP_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+
+    /// Client certificate and key (PEM) when etcd asks for them.
+    #[arg(long, env = "ANCHOR_PDP_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+
+    #[arg(long, env = "ANCHOR_PDP_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+
+    /// Without an etcd quorum, LIVE re-checks of unchanged facts are answered from the view
+    /// for this long after the last quorum read, then fail closed. New broadcasts and writes
+    /// are refused at once.
+    #[arg(long, env = "ANCHOR_PDP_ETCD_MAX_STALENESS_MS", default_value_t = 5000)]
+    pub etcd_max_staleness_ms: u64,
+
+    /// How long state-change decision records stay in etcd for every replica to copy.
+    #[arg(
+        long,
+        env = "ANCHOR_PDP_ETCD_LOG_RETENTION_MINS",
+        default_value_t = 1440
+    )]
+    pub etcd_log_retention_mins: u64,
+
+    /// etcd revisions older than this are compacted (a replica whose watch falls further
+    /// behind reloads its view from a snapshot).
+    #[arg(long, env = "ANCHOR_PDP_ETCD_COMPACT_SECS", default_value_t = 300)]
+    pub etcd_compact_secs: u64,
+
+    /// This replica's name, in enforcement events and logs; defaults to host:port.
+    #[arg(long, env = "ANCHOR_PDP_REPLICA_ID")]
+    pub replica_id: Option<String>,
+
     /// Reload the policies when a file under the policy directory changes (SIGHUP and the
     /// ReloadPolicies RPC always work).
     #[arg(long, env = "ANCHOR_PDP_WATCH_POLICIES", default_value_t = true,
@@ -239,6 +298,37 @@ impl ServeArgs {
             header_timeout: std::time::Duration::from_secs(self.hook_header_timeout_secs),
             request_timeout: std::time::Duration::from_secs(self.hook_request_timeout_secs),
             max_connections: usize::try_from(self.max_hook_connections).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// Where the state lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    Sled,
+    Etcd,
+}
+
+impl ServeArgs {
+    /// The etcd backend's options, from the flags.
+    pub fn etcd_options(&self) -> crate::store::EtcdOptions {
+        let replica = self.replica_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "replica".into());
+            format!("{host}:{}", self.listen.port())
+        });
+        crate::store::EtcdOptions {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            user: self.etcd_user.clone().zip(self.etcd_password.clone()),
+            ca: self.etcd_ca.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+            max_staleness: std::time::Duration::from_millis(self.etcd_max_staleness_ms),
+            log_retention: std::time::Duration::from_secs(self.etcd_log_retention_mins * 60),
+            compact_after: std::time::Duration::from_secs(self.etcd_compact_secs),
+            replica,
         }
     }
 }

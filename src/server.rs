@@ -11,11 +11,11 @@ use tonic::transport::Server;
 use crate::api::auth::{AuthLayer, Authenticator};
 use crate::api::{AdminService, DecisionService};
 use crate::clock::Clock;
-use crate::config::ServeArgs;
+use crate::config::{ServeArgs, StoreKind};
 use crate::decision_log::{DecisionLog, Retention};
 use crate::error::PdpError;
 use crate::gateway::secrets::HookSecrets;
-use crate::policy::{PolicyHandle, PolicyLoadError};
+use crate::policy::{PolicyHandle, PolicyLoadError, ReloadOutcome};
 use crate::proto::policy_admin_server::PolicyAdminServer;
 use crate::proto::policy_decision_point_server::PolicyDecisionPointServer;
 use crate::service::Pdp;
@@ -129,16 +129,24 @@ pub struct Listeners {
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Loads policies and opens the store. Refuses an invalid policy set before touching the store.
-pub fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, StartError> {
+pub async fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, StartError> {
     let policies = PolicyHandle::load(&args.policies, clock.now_ms())?
         .allowing_rule_removal(args.allow_rule_removal);
-    let store = Store::open_with(&args.data_dir, args.decision_log_segment_mib << 20)?;
+    let segment_bytes = args.decision_log_segment_mib << 20;
+    let store = match args.store {
+        StoreKind::Sled => Store::open_with(&args.data_dir, segment_bytes)?,
+        StoreKind::Etcd => {
+            Store::open_etcd(&args.data_dir, segment_bytes, args.etcd_options()).await?
+        }
+    };
     let current = policies.current();
     tracing::info!(
         policies = %args.policies.display(),
         policy_version = current.version(),
         rules = current.rules().count(),
         data_dir = %args.data_dir.display(),
+        store = store.backend_name(),
+        replica = store.replica(),
         "loaded"
     );
     let store = Arc::new(store);
@@ -159,9 +167,12 @@ pub fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, StartEr
 async fn reload_in_background(pdp: &Arc<Pdp>, trigger: &'static str) {
     let pdp = pdp.clone();
     let may_remove_rules = pdp.policy_handle().automatic_reloads_may_remove_rules();
-    let reload = move || pdp.reload_policies(trigger, may_remove_rules);
-    if let Err(e) = tokio::task::spawn_blocking(reload).await {
-        tracing::error!(error = %e, trigger, "policy reload task failed");
+    let reloader = pdp.clone();
+    let reload = move || reloader.reload_policies(trigger, may_remove_rules);
+    match tokio::task::spawn_blocking(reload).await {
+        Ok(ReloadOutcome::Reloaded { .. }) => pdp.publish_policies().await,
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, trigger, "policy reload task failed"),
     }
 }
 
@@ -247,6 +258,10 @@ pub async fn serve(
         },
         Duration::from_secs(60),
     ));
+    let published = tokio::spawn(
+        pdp.clone()
+            .follow_published_policies(args.data_dir.join("published-policies")),
+    );
     let streams = crate::api::calls::StreamSlots::new(
         usize::try_from(args.max_streams).unwrap_or(usize::MAX),
     );
@@ -367,6 +382,7 @@ pub async fn serve(
         dropper.abort();
     }
     retention.abort();
+    published.abort();
     store_health.abort();
     // The log's writer stops last, after the servers have answered everything in flight.
     pdp.decision_log().close().await;
@@ -388,7 +404,7 @@ pub async fn run(args: ServeArgs, clock: Arc<dyn Clock>) -> Result<(), StartErro
     let auth = authenticator(&args)?;
     check_exposure(&args, &auth, &hook_secrets(&args)?)?;
     tls_config(&args)?;
-    let pdp = open(&args, clock)?;
+    let pdp = open(&args, clock).await?;
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|source| StartError::Bind {

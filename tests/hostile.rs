@@ -66,6 +66,7 @@ fn any_request() -> impl Strategy<Value = proto::AuthorizeRequest> {
                     gateway_id: gateway,
                     explain: false,
                     idempotency_key: String::new(),
+                    min_revision: 0,
                 }
             },
         )

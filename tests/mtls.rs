@@ -85,7 +85,9 @@ async fn certificate_subjects_map_to_roles() {
     args.tls_key = Some(write("server.key", &server_key));
     args.client_ca = Some(write("ca.pem", &pki.ca_pem));
     args.mtls_roles = vec!["edge-1:gateway".into(), "ops-1:admin".into()];
-    let pdp = server::open(&args, Arc::new(ManualClock::new(T0))).expect("open");
+    let pdp = server::open(&args, Arc::new(ManualClock::new(T0)))
+        .await
+        .expect("open");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(async move {
         server::serve(

@@ -490,6 +490,7 @@ pub fn event_to_proto(e: &domain::EnforcementEvent) -> proto::EnforcementEvent {
         violations: e.violations.iter().map(violation_to_proto).collect(),
         penalty_applied: applied_penalty(e.penalty_applied),
         at: Some(timestamp(e.at)),
+        replica: e.replica.clone(),
     }
 }
 

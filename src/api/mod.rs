@@ -264,6 +264,11 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
                 return Err(refused(&self.pdp, &origin, "authorize", concerns, status(e)).await);
             }
         };
+        self.pdp
+            .store()
+            .at_least(request.get_ref().min_revision)
+            .await
+            .map_err(status)?;
         let pdp = self.pdp.clone();
         // The decision and its record happen even if the caller gives up meanwhile.
         let outcome = to_completion(async move { pdp.authorize(&origin, command).await })
@@ -317,6 +322,7 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
                 .map(convert::explanation_to_proto),
             superseded_session_id: outcome.superseded_session_id.clone().unwrap_or_default(),
             replayed: outcome.replayed,
+            store_revision: self.pdp.store().revision(),
         }))
     }
 
@@ -398,6 +404,7 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
             Ok(Response::new(proto::RegisterResponse {
                 registration: Some(convert::registration_to_proto(&outcome.registration)),
                 changed: outcome.changed,
+                store_revision: self.pdp.store().revision(),
             }))
         }
         .await;
@@ -694,6 +701,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             );
             Ok(Response::new(proto::ReviewFilingResponse {
                 registration: Some(convert::registration_to_proto(&registration)),
+                store_revision: self.pdp.store().revision(),
             }))
         }
         .await;
@@ -827,6 +835,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
                 warning_issued: enforced.warning_issued,
                 account,
                 violation: Some(convert::violation_to_proto(&outcome.violation)),
+                store_revision: self.pdp.store().revision(),
             }))
         }
         .await;
@@ -868,6 +877,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
                     self.pdp.now(),
                 )),
                 was_frozen,
+                store_revision: self.pdp.store().revision(),
             }))
         }
         .await;
@@ -981,6 +991,9 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             })
             .await
             .map_err(|e| Status::internal(format!("reload task failed: {e}")))?;
+            if matches!(outcome, ReloadOutcome::Reloaded { .. }) {
+                self.pdp.publish_policies().await;
+            }
             let recorded = match &outcome {
                 ReloadOutcome::Reloaded { active, .. } => format!("ok (reloaded {active})"),
                 ReloadOutcome::Unchanged { active } => format!("ok (unchanged {active})"),

@@ -126,8 +126,11 @@ async fn apply(controls: &HashMap<String, ControlUrl>, event: &EnforcementEvent)
     }
 }
 
-/// Follows enforcement events from now on and drops the publishers they name.
+/// Follows enforcement events from now on and drops the publishers they name. With several
+/// replicas, each sees every event; only the one whose transaction wrote it calls nginx, so
+/// nginx is told once.
 pub async fn run(pdp: Arc<Pdp>, controls: HashMap<String, ControlUrl>) {
+    let replica = pdp.store().replica().to_owned();
     let mut published = pdp.subscribe_enforcements();
     // Events from before this start were acted on then, or are past: start at the newest.
     let mut after = *published.borrow_and_update();
@@ -136,7 +139,9 @@ pub async fn run(pdp: Arc<Pdp>, controls: HashMap<String, ControlUrl>) {
             Ok(events) => {
                 for event in &events {
                     after = event.sequence;
-                    apply(&controls, event).await;
+                    if event.replica == replica {
+                        apply(&controls, event).await;
+                    }
                 }
                 if events.len() == 256 {
                     continue;

@@ -102,13 +102,24 @@ impl PolicyHandle {
     /// if it keeps every rule the active set enforces (unless `may_remove_rules`): a rule that
     /// goes missing from a file would otherwise stop being enforced without anyone saying so.
     pub fn reload(&self, now: Millis, trigger: &str, may_remove_rules: bool) -> ReloadOutcome {
+        self.reload_from(&self.dir, now, trigger, may_remove_rules)
+    }
+
+    /// `reload`, from another directory: where a replica unpacked the set published to all.
+    pub fn reload_from(
+        &self,
+        dir: &Path,
+        now: Millis,
+        trigger: &str,
+        may_remove_rules: bool,
+    ) -> ReloadOutcome {
         let _one_at_a_time = match self.reloading.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
         let active = self.current();
         let previous = active.version().to_owned();
-        let outcome = match load(&self.dir) {
+        let outcome = match load(dir) {
             Ok(bundle) if bundle.version() == previous => {
                 ReloadOutcome::Unchanged { active: previous }
             }
@@ -125,9 +136,9 @@ impl PolicyHandle {
                 ReloadOutcome::Rejected {
                     active: previous,
                     error: PolicyLoadError {
-                        dir: self.dir.clone(),
+                        dir: dir.to_owned(),
                         problems: vec![super::load::PolicyProblem {
-                            file: self.dir.clone(),
+                            file: dir.to_owned(),
                             line: 0,
                             column: 0,
                             message: format!(

@@ -6,7 +6,9 @@ mod handle;
 mod inputs;
 mod load;
 mod memo;
+mod published;
 
 pub use decide::{Decision, Explanation, Fact, Observation, PDP_RULE_ID, Phase, Violation};
 pub use handle::{PolicyHandle, ReloadOutcome, ReloadStatus};
 pub use load::{PolicyBundle, PolicyLoadError, PolicyProblem, RuleInfo, load};
+pub use published::{pack, unpack};

@@ -7,6 +7,7 @@
 //! Either way the record is durable before the answer leaves.
 
 mod admin;
+mod published_policy;
 mod record;
 
 use std::collections::BTreeSet;

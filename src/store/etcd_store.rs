@@ -57,8 +57,15 @@ pub struct EtcdOptions {
     pub replica: String,
 }
 
-/// One etcd request's budget: past it the replica treats etcd as unreachable.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// One etcd request's budget: long enough to ride out a leader election (etcd holds a
+/// request while it elects), short enough that a caller hears back.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// One attempt's budget. etcd-client balances over every endpoint, and a request it sends to a
+/// member that just died can hang instead of failing: past this, the attempt is made again
+/// (over another connection) until `REQUEST_TIMEOUT`.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// The heartbeat's budget: it is how an outage is noticed, so it is short.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(800);
 const HEARTBEAT: Duration = Duration::from_millis(200);
 /// Heartbeats may fail for this long before writes are refused: one lost packet is not an
 /// outage.
@@ -103,16 +110,35 @@ fn etcd_error(what: &str, e: impl std::fmt::Display) -> PdpError {
     PdpError::Storage(format!("etcd: {what}: {e}"))
 }
 
-async fn timed<T>(
+/// An idempotent request, attempted again while attempts fail, until `REQUEST_TIMEOUT`.
+async fn timed<T, F>(what: &str, mut attempt: impl FnMut() -> F) -> Result<T, PdpError>
+where
+    F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let started = Instant::now();
+    loop {
+        match within(ATTEMPT_TIMEOUT, what, attempt()).await {
+            Ok(v) => return Ok(v),
+            Err(e) if started.elapsed() + ATTEMPT_TIMEOUT > REQUEST_TIMEOUT => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "etcd: attempting again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn within<T>(
+    limit: Duration,
     what: &str,
     f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, PdpError> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+    match tokio::time::timeout(limit, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(etcd_error(what, e)),
         Err(_) => Err(etcd_error(
             what,
-            format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+            format!("no answer within {} ms", limit.as_millis()),
         )),
     }
 }
@@ -220,7 +246,7 @@ impl EtcdBackend {
             connect = connect.with_tls(tls);
         }
         let client = tokio::time::timeout(
-            REQUEST_TIMEOUT * 5,
+            REQUEST_TIMEOUT * 2,
             Client::connect(options.endpoints.clone(), Some(connect)),
         )
         .await
@@ -277,7 +303,7 @@ impl EtcdBackend {
 
     /// Every key under the prefix, read at one revision, replaces the mirror and the view.
     async fn load_snapshot(&self, shared: &Shared) -> Result<(), PdpError> {
-        let mut kv = self.client.kv_client();
+        let kv = self.client.kv_client();
         let end = prefix_end(&self.options.prefix);
         let mut start = self.options.prefix.as_bytes().to_vec();
         let mut at = 0;
@@ -291,7 +317,11 @@ impl EtcdBackend {
             if at > 0 {
                 options = options.with_revision(at);
             }
-            let page = timed("reading the snapshot", kv.get(start.clone(), Some(options))).await?;
+            let page = timed("reading the snapshot", || {
+                let (mut kv, start, options) = (kv.clone(), start.clone(), options.clone());
+                async move { kv.get(start, Some(options)).await }
+            })
+            .await?;
             if at == 0 {
                 at = page.header().map_or(0, |h| h.revision());
             }
@@ -530,7 +560,8 @@ impl EtcdBackend {
         loop {
             ticker.tick().await;
             let asked = Instant::now();
-            let read = timed(
+            let read = within(
+                HEARTBEAT_TIMEOUT,
                 "quorum read",
                 kv.get(key.clone(), Some(GetOptions::new().with_count_only())),
             )
@@ -598,7 +629,7 @@ impl EtcdBackend {
     /// Deletes decision-log keys older than the retention and compacts old revisions, once a
     /// minute. Every replica runs it; doing it twice is harmless.
     async fn retention(self: Arc<Self>) {
-        let mut kv = self.client.kv_client();
+        let kv = self.client.kv_client();
         let mut seen: std::collections::VecDeque<(Instant, i64)> = Default::default();
         let mut ticker = tokio::time::interval(Duration::from_secs(60));
         loop {
@@ -607,10 +638,13 @@ impl EtcdBackend {
             let cutoff = now - self.options.log_retention.as_millis() as Millis;
             let from = self.key("log/");
             let to = self.key(&format!("log/{}", first_id_at(cutoff)));
-            if let Err(e) = timed(
-                "deleting old decision-log keys",
-                kv.delete(from, Some(DeleteOptions::new().with_range(to))),
-            )
+            if let Err(e) = timed("deleting old decision-log keys", || {
+                let (mut kv, from, to) = (kv.clone(), from.clone(), to.clone());
+                async move {
+                    kv.delete(from, Some(DeleteOptions::new().with_range(to)))
+                        .await
+                }
+            })
             .await
             {
                 tracing::warn!(%e, "etcd: decision-log retention failed; will retry");
@@ -623,10 +657,10 @@ impl EtcdBackend {
                 let Some((_, revision)) = seen.pop_front() else {
                     break;
                 };
-                match timed(
-                    "compacting",
-                    kv.compact(revision, Some(CompactionOptions::new())),
-                )
+                match timed("compacting", || {
+                    let mut kv = kv.clone();
+                    async move { kv.compact(revision, Some(CompactionOptions::new())).await }
+                })
                 .await
                 {
                     Ok(_) => tracing::debug!(revision, "etcd: compacted"),
@@ -656,12 +690,10 @@ impl EtcdBackend {
         &self,
         f: &(dyn Fn(&dyn Tx) -> TxResult<T> + Sync),
     ) -> Result<(T, u64), PdpError> {
-        if let Some(why) = self.write_refusal() {
-            return Err(PdpError::Storage(why));
-        }
         let mut kv = self.client.kv_client();
         let mut fresher = HashMap::new();
         let mut fresher_at = 0;
+        let started = Instant::now();
         for _ in 0..MAX_ATTEMPTS {
             let tx = EtcdTx {
                 backend: self,
@@ -683,6 +715,11 @@ impl EtcdBackend {
             let logged = tx.logged.into_inner();
             if writes.is_empty() && logged.is_empty() {
                 return Ok((value, self.revision()));
+            }
+            // Without a quorum a write would hang until it timed out: refuse it at once. (An
+            // operation that writes nothing, such as an unchanged LIVE re-check, goes on.)
+            if let Some(why) = self.write_refusal() {
+                return Err(PdpError::Storage(why));
             }
             let reads = tx.reads.into_inner();
             let compares: Vec<Compare> = reads
@@ -718,9 +755,22 @@ impl EtcdBackend {
                 .map(|key| TxnOp::get(self.key(key), None))
                 .collect();
             let txn = Txn::new().when(compares).and_then(ops).or_else(refresh);
-            let response = timed("committing", kv.txn(txn)).await.map_err(|e| {
-                PdpError::Storage(format!("{e} (the change may or may not have been made)"))
-            })?;
+            // An attempt that fails or hangs may still have committed. Running the operation
+            // again is safe all the same: if it did commit, the guards fail, and the operation
+            // runs on what it wrote.
+            let response = match within(ATTEMPT_TIMEOUT, "committing", kv.txn(txn)).await {
+                Ok(response) => response,
+                Err(e) if started.elapsed() + ATTEMPT_TIMEOUT <= REQUEST_TIMEOUT => {
+                    tracing::debug!(error = %e, "etcd: committing again");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(PdpError::Storage(format!(
+                        "{e} (the change may or may not have been made)"
+                    )));
+                }
+            };
             let revision = response.header().map_or(0, |h| h.revision());
             if response.succeeded() {
                 if !self.wait_for(revision as u64, OWN_WRITE_WAIT).await {
@@ -762,7 +812,7 @@ impl EtcdBackend {
         bytes: Vec<u8>,
         only_if_absent: bool,
     ) -> Result<bool, PdpError> {
-        let mut kv = self.client.kv_client();
+        let kv = self.client.kv_client();
         let key = self.key(POLICY_KEY);
         let compares = if only_if_absent {
             vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)]
@@ -772,7 +822,11 @@ impl EtcdBackend {
         let txn = Txn::new()
             .when(compares)
             .and_then(vec![TxnOp::put(key, bytes, None)]);
-        let response = timed("publishing the policy set", kv.txn(txn)).await?;
+        let response = timed("publishing the policy set", || {
+            let (mut kv, txn) = (kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await?;
         if response.succeeded() {
             let revision = response.header().map_or(0, |h| h.revision());
             self.wait_for(revision as u64, OWN_WRITE_WAIT).await;

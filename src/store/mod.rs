@@ -598,7 +598,13 @@ impl Store {
             {
                 return Ok(Opened::Replay(first));
             }
-            if tx.get(&key)?.is_some() {
+            if let Some(stored) = tx_get::<Session>(tx, &key)? {
+                // An earlier attempt of this very call committed before its answer was lost.
+                if stored.started_at == session.started_at
+                    && stored.gateway_id == session.gateway_id
+                {
+                    return Ok(Opened::New { superseded: None });
+                }
                 return Err(PdpError::Storage(format!(
                     "session id {} collides with a stored session",
                     session.id

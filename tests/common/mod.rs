@@ -2,6 +2,7 @@
 //! clock, and the generated clients connected to it.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod hooks;
 pub mod programs;
 
@@ -50,6 +51,11 @@ pub struct Options {
     pub hook_secrets: Vec<String>,
     /// Open the Prometheus metrics listener on an ephemeral port.
     pub metrics: bool,
+    /// etcd endpoints: a replica over etcd instead of the embedded store.
+    pub etcd: Vec<String>,
+    /// The etcd key prefix replicas of one deployment share.
+    pub etcd_prefix: Option<String>,
+    pub replica_id: Option<String>,
     /// Any other setting, applied last.
     pub configure: Option<fn(&mut anchor_pdp::config::ServeArgs)>,
 }
@@ -122,11 +128,21 @@ impl TestServer {
         args.nginx_control = options.nginx_control.clone();
         args.tokens = options.tokens.clone();
         args.hook_secrets = options.hook_secrets.clone();
+        if !options.etcd.is_empty() {
+            args.store = anchor_pdp::config::StoreKind::Etcd;
+            args.etcd_endpoints = options.etcd.clone();
+            if let Some(prefix) = &options.etcd_prefix {
+                args.etcd_prefix = prefix.clone();
+            }
+            args.replica_id = options.replica_id.clone();
+        }
         if let Some(configure) = options.configure {
             configure(&mut args);
         }
         args.watch_policies = options.watch_policies;
-        let pdp = server::open(&args, Arc::new(clock.clone())).expect("open server");
+        let pdp = server::open(&args, Arc::new(clock.clone()))
+            .await
+            .expect("open server");
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             let listeners = server::Listeners {
@@ -462,6 +478,7 @@ pub fn start() -> proto::AuthorizeRequest {
         gateway_id: "test-gw".into(),
         explain: false,
         idempotency_key: String::new(),
+        min_revision: 0,
     }
 }
 

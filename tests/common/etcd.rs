@@ -1,0 +1,153 @@
+//! A real etcd cluster on loopback (Debian's `etcd-server`, installed by `scripts/test`): its
+//! members are child processes that can be killed and restarted; all are killed when the
+//! cluster drops.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::programs::{free_port, require};
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    initial_cluster: String,
+    token: String,
+    dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until the cluster answers writes.
+    pub async fn start(size: usize) -> EtcdCluster {
+        let dir = tempfile::tempdir().expect("etcd dir");
+        let members: Vec<Member> = (0..size)
+            .map(|i| Member {
+                name: format!("e{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!("anchor-pdp-test-{}", uuid::Uuid::now_v7());
+        let mut cluster = EtcdCluster {
+            members,
+            initial_cluster,
+            token,
+            dir,
+        };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        cluster.wait_writable(Duration::from_secs(30)).await;
+        cluster
+    }
+
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{}.log", self.members[i].name))
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let log = self.log_path(i);
+        let member = &self.members[i];
+        let data = self.dir.path().join(&member.name);
+        let client = format!("http://127.0.0.1:{}", member.client_port);
+        let peer = format!("http://127.0.0.1:{}", member.peer_port);
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("etcd log");
+        let child = Command::new(require("etcd"))
+            .args(["--name", &member.name])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--initial-cluster-state", "new"])
+            // Loopback: elections in half a second, not the WAN-sized default of one.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn etcd");
+        self.members[i].child = Some(child);
+    }
+
+    /// Client URLs of every member, running or not.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
+    /// `kill -9` one member.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed member again on its data.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "member {i} is running");
+        self.spawn(i);
+    }
+
+    pub fn logs(&self) -> String {
+        (0..self.members.len())
+            .map(|i| std::fs::read_to_string(self.log_path(i)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits until a write through any member succeeds.
+    pub async fn wait_writable(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let attempt = async {
+                let mut client = etcd_client::Client::connect(self.endpoints(), None).await?;
+                client.put("/anchor-pdp-test/ready", "1", None).await
+            };
+            match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                Ok(Ok(_)) => return,
+                outcome => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "etcd cluster not writable: {outcome:?}\n{}",
+                        self.logs()
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}

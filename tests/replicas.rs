@@ -1,0 +1,326 @@
+//! Several replicas over one real etcd cluster (3 members on loopback, Debian's etcd-server):
+//! a write on one replica is decided on by another; racing replicas give one winner and one
+//! penalty; losing etcd members keeps or stops service as documented.
+
+mod common;
+
+use std::time::Duration;
+
+use anchor_pdp::proto::{self, register_request::Record};
+use common::etcd::EtcdCluster;
+use common::{Options, TestServer, assert_allowed, decision, live, rule_ids, start};
+
+/// Options for a replica named `replica` of the deployment under `prefix`.
+fn replica(cluster: &EtcdCluster, prefix: &str, name: &str) -> Options {
+    Options {
+        etcd: cluster.endpoints(),
+        etcd_prefix: Some(prefix.to_owned()),
+        replica_id: Some(name.to_owned()),
+        ..Options::default()
+    }
+}
+
+fn prefix() -> String {
+    format!("/test-{}/", uuid::Uuid::now_v7())
+}
+
+/// Replica A with the admitted fixtures (filed and approved through A), and B, C... empty.
+async fn deployment(cluster: &EtcdCluster, others: &[&str]) -> (TestServer, Vec<TestServer>) {
+    let prefix = prefix();
+    let a = TestServer::admitted_with(replica(cluster, &prefix, "A")).await;
+    let mut rest = Vec::new();
+    for name in others {
+        rest.push(TestServer::start_with_options(replica(cluster, &prefix, name)).await);
+    }
+    (a, rest)
+}
+
+async fn store_revision_of_register(server: &mut TestServer, record: Record) -> u64 {
+    server
+        .pdp
+        .register(proto::RegisterRequest {
+            record: Some(record),
+            expected_revision: None,
+        })
+        .await
+        .expect("register")
+        .into_inner()
+        .store_revision
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_filing_made_on_one_replica_is_admitted_on_another_and_a_report_on_one_cuts_a_session_on_another()
+ {
+    let cluster = EtcdCluster::start(3).await;
+    let (mut a, mut others) = deployment(&cluster, &["B"]).await;
+    let b = &mut others[0];
+
+    // A new room, filed and approved on A, then a START for it on B, which must see it: the
+    // revision A answered with makes B wait for it if its watch is behind.
+    let filed = store_revision_of_register(
+        &mut a,
+        Record::Room(proto::LivestreamRoom {
+            id: "r2".into(),
+            owner_merchant_id: "m1".into(),
+            display_name: "Room r2".into(),
+        }),
+    )
+    .await;
+    assert!(filed > 0, "a write answers with its revision");
+    let approved = a
+        .admin
+        .review_filing(proto::ReviewFilingRequest {
+            kind: proto::RegistrationKind::Room as i32,
+            id: "r2".into(),
+            verdict: proto::Verdict::Approve as i32,
+            reviewer: "reviewer-1".into(),
+            note: String::new(),
+            expected_revision: None,
+            approval_expires_at: None,
+        })
+        .await
+        .expect("review")
+        .into_inner()
+        .store_revision;
+    assert!(approved > filed);
+    let mut request = start();
+    request.room_id = "r2".into();
+    request.min_revision = approved;
+    let admitted = b.authorize(request).await;
+    assert_allowed(&admitted);
+    assert!(admitted.store_revision >= approved);
+
+    // A asked for a revision no replica has reached: B waits, then says so.
+    let mut ahead = start();
+    ahead.room_id = "r2".into();
+    ahead.min_revision = admitted.store_revision + 1_000_000;
+    let refused = b.pdp.authorize(ahead).await.expect_err("too far ahead");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+
+    // The session B opened is shut down by a violation reported on A: B's next LIVE re-check
+    // finds it shut down.
+    let reported = a.report(&admitted.session_id, "R2").await;
+    assert_eq!(
+        proto::Penalty::try_from(reported.penalty_applied),
+        Ok(proto::Penalty::E1ShutDownAndFreeze)
+    );
+    let mut recheck = live(&admitted.session_id);
+    recheck.min_revision = reported.store_revision;
+    let rechecked = b.authorize(recheck).await;
+    assert_eq!(decision(&rechecked), proto::Decision::Deny, "{rechecked:?}");
+    assert_eq!(
+        proto::Enforcement::try_from(rechecked.enforcement),
+        Ok(proto::Enforcement::ShutDown)
+    );
+    // And B's view has the freeze: a new START on B is refused under E3.
+    let mut again = start();
+    again.min_revision = reported.store_revision;
+    let frozen = b.authorize(again).await;
+    assert_eq!(rule_ids(&frozen), ["E3"], "{frozen:?}");
+
+    // Both replicas' enforcement streams carry the one shutdown, with the same sequence, and
+    // name the replica that wrote it.
+    for server in [&mut a, b] {
+        let mut events = server
+            .pdp
+            .watch_enforcements(proto::WatchEnforcementsRequest {
+                after_sequence: 0,
+                gateway_id: String::new(),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(5), events.message())
+            .await
+            .expect("an event in time")
+            .expect("stream")
+            .expect("event");
+        assert_eq!(first.sequence, 1);
+        assert_eq!(first.session_id, admitted.session_id);
+        assert_eq!(first.replica, "A");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_reports_on_three_replicas_penalize_once_and_a_revoke_seen_by_all_warns_once() {
+    let cluster = EtcdCluster::start(3).await;
+    let (mut a, mut others) = deployment(&cluster, &["B", "C"]).await;
+    let session = a.start_session().await;
+
+    // 3 replicas x 50 reports of R7 (E2: shutdown, a warning and a freeze) on one session, at
+    // once.
+    let mut calls = Vec::new();
+    for server in std::iter::once(&a).chain(others.iter()) {
+        for _ in 0..50 {
+            let mut admin = server.admin.clone();
+            let session = session.clone();
+            calls.push(tokio::spawn(async move {
+                admin
+                    .report_violation(proto::ReportViolationRequest {
+                        session_id: session,
+                        rule_id: "R7".into(),
+                        inspector: "inspector-7".into(),
+                        note: "seen on stream".into(),
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            }));
+        }
+    }
+    let mut penalized = 0;
+    let mut last_revision = 0;
+    for call in calls {
+        let response = call.await.expect("task").expect("report");
+        last_revision = last_revision.max(response.store_revision);
+        if response.penalty_applied != proto::Penalty::Unspecified as i32 {
+            penalized += 1;
+        }
+    }
+    assert_eq!(penalized, 1, "one discovery, one penalty");
+    for server in std::iter::once(&mut a).chain(others.iter_mut()) {
+        let mut check = live(&session);
+        check.min_revision = last_revision;
+        server.authorize(check).await;
+        let account = server.account("m1").await;
+        assert_eq!(
+            account.warnings, 1,
+            "one warning, whichever replica is asked"
+        );
+    }
+
+    // Lifted on appeal; a second session; its anchor revoked on A; every replica re-checks it
+    // at once.
+    a.admin
+        .lift_freeze(proto::LiftFreezeRequest {
+            merchant_id: "m1".into(),
+            operator: "admin-1".into(),
+            reason: "appeal".into(),
+        })
+        .await
+        .expect("lift");
+    let mut next = start();
+    next.room_id = "r1".into();
+    let second = a.authorize(next).await;
+    assert_allowed(&second);
+    let revoked = a
+        .admin
+        .review_filing(proto::ReviewFilingRequest {
+            kind: proto::RegistrationKind::Anchor as i32,
+            id: "a1".into(),
+            verdict: proto::Verdict::Revoke as i32,
+            reviewer: "reviewer-1".into(),
+            note: "image changed".into(),
+            expected_revision: None,
+            approval_expires_at: None,
+        })
+        .await
+        .expect("revoke")
+        .into_inner()
+        .store_revision;
+    let mut checks = Vec::new();
+    for server in std::iter::once(&a).chain(others.iter()) {
+        let mut pdp = server.pdp.clone();
+        let mut check = live(&second.session_id);
+        check.min_revision = revoked;
+        checks.push(tokio::spawn(async move {
+            pdp.authorize(check).await.map(|r| r.into_inner())
+        }));
+    }
+    for check in checks {
+        let response = check.await.expect("task").expect("authorize");
+        assert_eq!(decision(&response), proto::Decision::Deny, "{response:?}");
+    }
+    let account = others[1].account("m1").await;
+    assert_eq!(
+        account.warnings, 2,
+        "the revoke warned once more, not once per replica"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_one_member_changes_nothing_losing_two_fails_closed_and_quorum_back_recovers() {
+    let mut cluster = EtcdCluster::start(3).await;
+    let prefix = prefix();
+    let mut options = replica(&cluster, &prefix, "A");
+    options.configure = Some(|args| args.etcd_max_staleness_ms = 3000);
+    let mut a = TestServer::admitted_with(options).await;
+    let live_session = a.start_session_in("r1").await;
+
+    // One member down: a quorum of two remains; writes and decisions go on (a write that
+    // arrives during the election waits for it).
+    cluster.kill(0);
+    a.room("r2", "m1").await;
+    a.approve(proto::RegistrationKind::Room, "r2").await;
+    let second = a.start_session_in("r2").await;
+    assert_allowed(&a.authorize(live(&second)).await);
+
+    // Two down: no quorum. New broadcasts and writes fail closed at once; LIVE re-checks of
+    // unchanged facts are answered from the view until it is older than the 3 s allowed.
+    cluster.kill(1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut request = start();
+    request.room_id = "r2".into();
+    let refused = a.authorize(request).await;
+    assert_eq!(decision(&refused), proto::Decision::Deny, "{refused:?}");
+    assert_eq!(rule_ids(&refused), ["PDP"], "{refused:?}");
+    let write = a
+        .pdp
+        .register(proto::RegisterRequest {
+            record: Some(Record::Room(proto::LivestreamRoom {
+                id: "r4".into(),
+                owner_merchant_id: "m1".into(),
+                display_name: "r4".into(),
+            })),
+            expected_revision: None,
+        })
+        .await
+        .expect_err("no quorum, no write");
+    assert_eq!(write.code(), tonic::Code::Unavailable, "{write:?}");
+    assert!(write.message().contains("quorum"), "{write:?}");
+    assert_allowed(&a.authorize(live(&live_session)).await);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", a.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "anchorpdp.v1.PolicyDecisionPoint".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner()
+        .status;
+    assert_eq!(
+        serving,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let stale = a.authorize(live(&live_session)).await;
+    assert_eq!(decision(&stale), proto::Decision::Deny, "{stale:?}");
+    assert_eq!(rule_ids(&stale), ["PDP"], "{stale:?}");
+
+    // Quorum back: the replica catches up by itself and admits again.
+    cluster.restart(0);
+    cluster.restart(1);
+    cluster.wait_writable(Duration::from_secs(30)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut request = start();
+        request.room_id = "r2".into();
+        let response = a.authorize(request).await;
+        if decision(&response) == proto::Decision::Allow {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery: {response:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
