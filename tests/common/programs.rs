@@ -112,6 +112,55 @@ impl Nginx {
         update_secs: u32,
         control_port: u16,
     ) -> Nginx {
+        Self::start_conf(control_port, |rtmp_port| {
+            nginx_conf(
+                hooks,
+                gateway,
+                HOOK_SECRET,
+                update_secs,
+                rtmp_port,
+                control_port,
+            )
+        })
+    }
+
+    /// nginx whose hooks go to its own HTTP server, which passes them to `replicas` through an
+    /// `upstream`: a replica that refuses connections is skipped for the next.
+    pub fn start_upstream(replicas: &[SocketAddr], gateway: &str, update_secs: u32) -> Nginx {
+        let control_port = free_port();
+        let proxy_port = free_port();
+        let hooks: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().expect("addr");
+        Self::start_conf(control_port, |rtmp_port| {
+            let conf = nginx_conf(
+                hooks,
+                gateway,
+                HOOK_SECRET,
+                update_secs,
+                rtmp_port,
+                control_port,
+            );
+            let servers: String = replicas
+                .iter()
+                .map(|r| format!("        server {r} max_fails=1 fail_timeout=30s;\n"))
+                .collect();
+            let upstream = format!(
+                r#"    upstream pdp_replicas {{
+{servers}    }}
+    server {{
+        listen 127.0.0.1:{proxy_port};
+        location /rtmp/ {{
+            proxy_pass http://pdp_replicas;
+            proxy_connect_timeout 1s;
+            proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+        }}
+    }}
+"#
+            );
+            conf.replacen("http {\n", &format!("http {{\n{upstream}"), 1)
+        })
+    }
+
+    fn start_conf(control_port: u16, conf: impl FnOnce(u16) -> String) -> Nginx {
         assert!(
             Path::new(RTMP_MODULE).exists(),
             "{RTMP_MODULE} missing: run ./scripts/test (Debian libnginx-mod-rtmp)"
@@ -122,15 +171,7 @@ impl Nginx {
             std::fs::create_dir_all(prefix.path().join(dir)).expect("mkdir");
         }
         let rtmp_port = free_port();
-        let conf = nginx_conf(
-            hooks,
-            gateway,
-            HOOK_SECRET,
-            update_secs,
-            rtmp_port,
-            control_port,
-        );
-        std::fs::write(prefix.path().join("nginx.conf"), conf).expect("conf");
+        std::fs::write(prefix.path().join("nginx.conf"), conf(rtmp_port)).expect("conf");
         let log = prefix.path().join("logs/stderr.log");
         let child = Command::new(nginx)
             .arg("-p")
