@@ -324,3 +324,104 @@ async fn losing_one_member_changes_nothing_losing_two_fails_closed_and_quorum_ba
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+fn copy_policies(to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(common::repo_policies()).expect("policies") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+}
+
+async fn policy_status(server: &mut TestServer) -> proto::GetPolicyStatusResponse {
+    server
+        .admin
+        .get_policy_status(proto::GetPolicyStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_reload_on_one_replica_reaches_every_replica_and_a_bad_published_set_is_refused()
+ {
+    let cluster = EtcdCluster::start(3).await;
+    let prefix = prefix();
+    let dirs = tempfile::tempdir().expect("dirs");
+    let (dir_a, dir_b) = (dirs.path().join("a"), dirs.path().join("b"));
+    copy_policies(&dir_a);
+    copy_policies(&dir_b);
+    let mut options = replica(&cluster, &prefix, "A");
+    options.policies = Some(dir_a.clone());
+    let mut a = TestServer::admitted_with(options).await;
+    let mut options = replica(&cluster, &prefix, "B");
+    options.policies = Some(dir_b.clone());
+    let mut b = TestServer::start_with_options(options).await;
+    let shipped = policy_status(&mut a).await.active_version;
+    assert_eq!(policy_status(&mut b).await.active_version, shipped);
+
+    // R1 edited on A's disk and reloaded there: B decides under the new set too, although
+    // its own directory never changed.
+    let rules = dir_a.join("rules.cedar");
+    let text = std::fs::read_to_string(&rules).expect("rules");
+    std::fs::write(
+        &rules,
+        text.replace(
+            "Only Chinese Gold Suppliers may broadcast",
+            "Only Chinese Gold Suppliers (CGS) may broadcast",
+        ),
+    )
+    .expect("edit");
+    let reloaded = a
+        .admin
+        .reload_policies(proto::ReloadPoliciesRequest {
+            operator: "ops".into(),
+            allow_removed_rules: false,
+        })
+        .await
+        .expect("reload")
+        .into_inner();
+    assert_eq!(reloaded.result, proto::ReloadResult::Reloaded as i32);
+    let edited = policy_status(&mut a).await.active_version;
+    assert_ne!(edited, shipped);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = policy_status(&mut b).await;
+        if status.active_version == edited {
+            assert_eq!(status.last_trigger, "etcd");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "B still on {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A set that does not load, published by hand: both replicas keep the set they have and
+    // say why in their status.
+    let mut etcd = etcd_client::Client::connect(cluster.endpoints(), None)
+        .await
+        .expect("etcd");
+    etcd.put(
+        format!("{prefix}policy/active"),
+        r#"{"rules.cedar": "permit(principal, action, resource) when { nonsense };"}"#,
+        None,
+    )
+    .await
+    .expect("publish a broken set");
+    for server in [&mut a, &mut b] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = policy_status(server).await;
+            if !status.last_reload_problems.is_empty() {
+                assert_eq!(status.active_version, edited);
+                assert_eq!(status.last_trigger, "etcd");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "not refused: {status:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let decided = server.authorize(start()).await;
+        assert_eq!(decided.policy_version, edited);
+    }
+}
