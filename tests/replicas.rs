@@ -345,8 +345,7 @@ async fn policy_status(server: &mut TestServer) -> proto::GetPolicyStatusRespons
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_policy_reload_on_one_replica_reaches_every_replica_and_a_bad_published_set_is_refused()
- {
+async fn a_policy_reload_on_one_replica_reaches_every_replica_and_a_bad_published_set_is_refused() {
     let cluster = EtcdCluster::start(3).await;
     let prefix = prefix();
     let dirs = tempfile::tempdir().expect("dirs");
@@ -393,7 +392,10 @@ async fn a_policy_reload_on_one_replica_reaches_every_replica_and_a_bad_publishe
             assert_eq!(status.last_trigger, "etcd");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "B still on {status:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B still on {status:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -418,7 +420,10 @@ async fn a_policy_reload_on_one_replica_reaches_every_replica_and_a_bad_publishe
                 assert_eq!(status.last_trigger, "etcd");
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "not refused: {status:?}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not refused: {status:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let decided = server.authorize(start()).await;

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use anchor_pdp::proto::{self, register_request::Record};
 use common::etcd::EtcdCluster;
-use common::{
-    Options, TestServer, assert_allowed, code, decision, live, millis, rule_ids, start,
-};
+use common::{Options, TestServer, assert_allowed, code, decision, live, millis, rule_ids, start};
 
 #[derive(Clone, Copy, Debug)]
 enum Backend {
@@ -268,5 +266,8 @@ async fn enforcement_events_come_in_order_and_resume(backend: Backend) {
     let one = read(0).await;
     assert_eq!((one.sequence, one.session_id.as_str()), (1, first.as_str()));
     let two = read(1).await;
-    assert_eq!((two.sequence, two.session_id.as_str()), (2, second.as_str()));
+    assert_eq!(
+        (two.sequence, two.session_id.as_str()),
+        (2, second.as_str())
+    );
 }

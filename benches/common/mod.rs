@@ -1,4 +1,9 @@
-//! What the benches read about a process from /proc (Linux).
+//! What the benches read about a process from /proc (Linux), and the load they drive.
+
+// Each bench uses only part of what is here.
+#![allow(dead_code)]
+
+pub mod load;
 
 use std::time::Duration;
 
