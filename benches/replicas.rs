@@ -7,9 +7,9 @@
 //! Starts a 3-member etcd on loopback (Debian's etcd-server; `scripts/test` installs it), one
 //! server on the embedded sled store and two replicas (A, B) on the etcd, each the server
 //! binary in a process of its own. For each backend: the health check (the baseline), a LIVE
-//! re-check, a START (a durable session write, superseding the room's last one) and a Register
-//! (a durable write), with the ratio to that server's own health check, and server CPU and
-//! bytes written per call. Then, one at a time: a Register on A and, as soon as A answers, a
+//! re-check, a broadcast's life (a START allow, then EndSession: two durable writes) and a
+//! Register (a durable write), with the ratio to that server's own health check, and server
+//! CPU and bytes written per call. Then, one at a time: a Register on A and, as soon as A answers, a
 //! LIVE re-check on B asking for A's revision (`min_revision`): the time from A's answer to
 //! B's is the cross-replica delay.
 
@@ -26,8 +26,9 @@ use anchor_pdp::{PolicyAdminClient, PolicyDecisionPointClient};
 use common::load::{Figures, Result, ServerProcess, drive, fixtures, percentile};
 use tonic::transport::Channel;
 
-/// Rooms the START scenario turns over, so that concurrent STARTs rarely share one.
-const ROOMS: usize = 64;
+/// Rooms the START scenario turns over, so that concurrent STARTs rarely share one; each has
+/// an anchor and a driver of its own (one person drives one broadcast at a time).
+const ROOMS: usize = 129;
 
 async fn clients(
     addr: std::net::SocketAddr,
@@ -49,8 +50,8 @@ fn start_in(room: usize) -> proto::AuthorizeRequest {
         phase: proto::Phase::Start as i32,
         merchant_id: "m1".into(),
         room_id: format!("room{room}"),
-        anchor_id: "a1".into(),
-        driver_id: "d1".into(),
+        anchor_id: format!("anchor{room}"),
+        driver_id: format!("driver{room}"),
         livestream_type: proto::LivestreamType::DailyMarketing as i32,
         drive_mode: proto::DriveMode::RealPerson as i32,
         ..Default::default()
@@ -66,29 +67,61 @@ fn live(session_id: &str, min_revision: u64) -> proto::AuthorizeRequest {
     }
 }
 
-/// The fixtures, `ROOMS` further approved rooms, and a live session in the first.
+/// The fixtures, `ROOMS` further approved rooms with their anchors and drivers, and a live
+/// session in the first.
 async fn prepare(server: &ServerProcess) -> Result<String> {
     let (mut pdp, mut admin) = clients(server.addr).await?;
     fixtures(&mut pdp, &mut admin).await?;
     for room in 0..ROOMS {
-        pdp.register(proto::RegisterRequest {
-            record: Some(Record::Room(proto::LivestreamRoom {
-                id: format!("room{room}"),
-                owner_merchant_id: "m1".into(),
-                display_name: String::new(),
-            })),
-            expected_revision: None,
-        })
-        .await?;
-        admin
-            .review_filing(proto::ReviewFilingRequest {
-                kind: proto::RegistrationKind::Room as i32,
-                id: format!("room{room}"),
-                verdict: proto::Verdict::Approve as i32,
-                reviewer: "bench".into(),
-                ..Default::default()
+        let filings = [
+            (
+                proto::RegistrationKind::Room,
+                format!("room{room}"),
+                Record::Room(proto::LivestreamRoom {
+                    id: format!("room{room}"),
+                    owner_merchant_id: "m1".into(),
+                    display_name: String::new(),
+                }),
+            ),
+            (
+                proto::RegistrationKind::Anchor,
+                format!("anchor{room}"),
+                Record::Anchor(proto::VirtualAnchor {
+                    id: format!("anchor{room}"),
+                    owner_merchant_id: "m1".into(),
+                    provider_id: "p1".into(),
+                    image_style: proto::ImageStyle::RealisticHuman as i32,
+                    image_reference: format!("oss://anchor{room}"),
+                    display_name: String::new(),
+                }),
+            ),
+            (
+                proto::RegistrationKind::Driver,
+                format!("driver{room}"),
+                Record::Driver(proto::Driver {
+                    id: format!("driver{room}"),
+                    owner_merchant_id: "m1".into(),
+                    identity_reference: format!("kyc://driver{room}"),
+                    display_name: String::new(),
+                }),
+            ),
+        ];
+        for (kind, id, record) in filings {
+            pdp.register(proto::RegisterRequest {
+                record: Some(record),
+                expected_revision: None,
             })
             .await?;
+            admin
+                .review_filing(proto::ReviewFilingRequest {
+                    kind: kind as i32,
+                    id,
+                    verdict: proto::Verdict::Approve as i32,
+                    reviewer: "bench".into(),
+                    ..Default::default()
+                })
+                .await?;
+        }
     }
     let started = pdp.authorize(start_in(0)).await?.into_inner();
     if started.decision != proto::Decision::Allow as i32 {
@@ -97,10 +130,24 @@ async fn prepare(server: &ServerProcess) -> Result<String> {
     Ok(started.session_id)
 }
 
-/// The four scenarios against one server; returns its health figures.
+/// Prints how much etcd's database grew per call of a scenario (before compaction: every
+/// revision kept), when the server runs on etcd.
+async fn growth(etcd: Option<&[String]>, before: i64, calls: f64, scenario: &str) -> Result<()> {
+    if let Some(endpoints) = etcd {
+        let grown = etcd_db_bytes(endpoints).await? - before;
+        println!(
+            "    etcd database growth per member: {:.0} B per {scenario} call (before compaction)",
+            grown as f64 / 3.0 / calls.max(1.0)
+        );
+    }
+    Ok(())
+}
+
+/// The four scenarios against one server (on `etcd`, if given); returns its health figures.
 async fn scenarios(
     name: &str,
     server: &ServerProcess,
+    etcd: Option<&[String]>,
     in_flight: usize,
     duration: Duration,
 ) -> Result<Figures> {
@@ -149,9 +196,13 @@ async fn scenarios(
         },
     )
     .await?;
+    let before = match etcd {
+        Some(endpoints) => etcd_db_bytes(endpoints).await?,
+        None => 0,
+    };
     let client = pdp.clone();
-    drive(
-        &format!("{name}: Authorize START"),
+    let lives = drive(
+        &format!("{name}: START + EndSession"),
         &proc,
         in_flight,
         duration,
@@ -164,13 +215,24 @@ async fn scenarios(
                 if decided.decision != proto::Decision::Allow as i32 {
                     return Err(format!("START refused: {decided:?}").into());
                 }
+                pdp.end_session(proto::EndSessionRequest {
+                    session_id: decided.session_id,
+                    reason: "bench".into(),
+                })
+                .await?;
                 Ok(())
             }
         },
     )
     .await?;
+    let calls = lives.per_second * duration.as_secs_f64();
+    growth(etcd, before, calls, "START + EndSession").await?;
+    let before = match etcd {
+        Some(endpoints) => etcd_db_bytes(endpoints).await?,
+        None => 0,
+    };
     let client = pdp.clone();
-    drive(
+    let registers = drive(
         &format!("{name}: Register"),
         &proc,
         in_flight,
@@ -193,6 +255,8 @@ async fn scenarios(
         },
     )
     .await?;
+    let calls = registers.per_second * duration.as_secs_f64();
+    growth(etcd, before, calls, "Register").await?;
     Ok(base)
 }
 
@@ -286,14 +350,15 @@ async fn main() -> Result<()> {
         env!("CARGO_PKG_VERSION"),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
-    scenarios("sled", &sled, in_flight, duration).await?;
-    let before = etcd_db_bytes(&endpoints).await?;
-    scenarios("etcd (replica A of 2)", &a, in_flight, duration).await?;
-    let after = etcd_db_bytes(&endpoints).await?;
-    println!(
-        "etcd database growth over the etcd scenarios, per member: {:.1} MiB (before compaction)",
-        (after - before) as f64 / 3.0 / (1 << 20) as f64
-    );
+    scenarios("sled", &sled, None, in_flight, duration).await?;
+    scenarios(
+        "etcd (replica A of 2)",
+        &a,
+        Some(&endpoints),
+        in_flight,
+        duration,
+    )
+    .await?;
     let (mut on_a, _) = clients(a.addr).await?;
     let session = on_a.authorize(start_in(0)).await?.into_inner().session_id;
     cross_replica(&a, &b, &session, 1000).await?;

@@ -430,3 +430,57 @@ async fn a_policy_reload_on_one_replica_reaches_every_replica_and_a_bad_publishe
         assert_eq!(decided.policy_version, edited);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_whose_watch_fell_behind_a_compaction_reloads_its_view() {
+    let mut cluster = EtcdCluster::start(3).await;
+    let prefix = prefix();
+    let endpoints = cluster.endpoints();
+    // A talks to member 0 only; B to the other two.
+    let mut options = replica(&cluster, &prefix, "A");
+    options.etcd = vec![endpoints[0].clone()];
+    let mut a = TestServer::admitted_with(options).await;
+    let mut options = replica(&cluster, &prefix, "B");
+    options.etcd = endpoints[1..].to_vec();
+    let mut b = TestServer::start_with_options(options).await;
+
+    // Member 0 goes; B files and approves a room meanwhile, and the history is compacted past
+    // where A's watch stopped.
+    cluster.kill(0);
+    b.room("r2", "m1").await;
+    b.approve(proto::RegistrationKind::Room, "r2").await;
+    let mut etcd = etcd_client::Client::connect(&endpoints[1..], None)
+        .await
+        .expect("etcd");
+    let now = etcd
+        .get("/", Some(etcd_client::GetOptions::new().with_count_only()))
+        .await
+        .expect("revision")
+        .header()
+        .map_or(0, |h| h.revision());
+    etcd.compact(
+        now,
+        Some(etcd_client::CompactionOptions::new().with_physical()),
+    )
+    .await
+    .expect("compact");
+
+    // Member 0 back: A's watch cannot resume from its revision, reloads, and admits in r2.
+    cluster.restart(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut request = start();
+        request.room_id = "r2".into();
+        let response = a.pdp.authorize(request).await.map(|r| r.into_inner());
+        if let Ok(response) = &response
+            && decision(response) == proto::Decision::Allow
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never saw r2: {response:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -72,7 +72,10 @@ const HEARTBEAT: Duration = Duration::from_millis(200);
 const QUORUM_GRACE: Duration = Duration::from_millis(1000);
 /// How long a writer waits for its own commit to reach its view.
 const OWN_WRITE_WAIT: Duration = Duration::from_secs(5);
-const MAX_ATTEMPTS: usize = 64;
+/// Writers racing on one key win one per round trip; the losers back off (with jitter, so
+/// they do not collide again in lockstep) and run again, until `REQUEST_TIMEOUT`.
+const MAX_ATTEMPTS: usize = 10_000;
+const MAX_BACKOFF: Duration = Duration::from_millis(20);
 const SNAPSHOT_PAGE: i64 = 1000;
 const MAX_TXN_OPS: usize = 120;
 pub const POLICY_KEY: &str = "policy/active";
@@ -159,6 +162,17 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 fn first_id_at(at: Millis) -> String {
     let ms = at.max(0) as u64;
     format!("{:08x}-{:04x}", ms >> 16, ms & 0xffff)
+}
+
+/// How long a writer that lost its `attempt`-th race waits: doubling from 250 µs up to
+/// `MAX_BACKOFF`, times a random factor in [0.5, 1.5).
+fn backoff(attempt: usize) -> Duration {
+    let base = Duration::from_micros(250)
+        .saturating_mul(1 << attempt.min(8))
+        .min(MAX_BACKOFF);
+    // A UUIDv7's last 62 bits are random.
+    let random = (uuid::Uuid::now_v7().as_u128() & 0xffff) as f64 / 65536.0;
+    base.mul_f64(0.5 + random)
 }
 
 /// One attempt of an operation against the mirror.
@@ -694,7 +708,10 @@ impl EtcdBackend {
         let mut fresher = HashMap::new();
         let mut fresher_at = 0;
         let started = Instant::now();
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 && started.elapsed() > REQUEST_TIMEOUT {
+                break;
+            }
             let tx = EtcdTx {
                 backend: self,
                 fresher: &fresher,
@@ -794,10 +811,12 @@ impl EtcdBackend {
                     );
                 }
             }
+            tokio::time::sleep(backoff(attempt)).await;
         }
-        Err(PdpError::Aborted(
-            "too many writers raced on the same records; try again".into(),
-        ))
+        Err(PdpError::Aborted(format!(
+            "too many writers raced on the same records for {} s; try again",
+            REQUEST_TIMEOUT.as_secs()
+        )))
     }
 
     /// The published policy set, as the watch delivers it.
