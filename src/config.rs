@@ -213,13 +213,15 @@ pub struct ServeArgs {
     #[arg(long, env = "ANCHOR_PDP_ETCD_MAX_STALENESS_MS", default_value_t = 5000)]
     pub etcd_max_staleness_ms: u64,
 
-    /// How long state-change decision records stay in etcd for every replica to copy.
-    #[arg(
-        long,
-        env = "ANCHOR_PDP_ETCD_LOG_RETENTION_MINS",
-        default_value_t = 1440
-    )]
+    /// How long state-change decision records stay in etcd for every replica to copy (a
+    /// replica down for longer misses them in its own log; the others have them).
+    #[arg(long, env = "ANCHOR_PDP_ETCD_LOG_RETENTION_MINS", default_value_t = 60)]
     pub etcd_log_retention_mins: u64,
+
+    /// How long closed sessions and enforcement events stay in etcd (every replica's decision
+    /// log keeps their records for --decision-log-max-age-days).
+    #[arg(long, env = "ANCHOR_PDP_ETCD_HISTORY_MINS", default_value_t = 360)]
+    pub etcd_history_mins: u64,
 
     /// etcd revisions older than this are compacted (a replica whose watch falls further
     /// behind reloads its view from a snapshot).

@@ -35,6 +35,9 @@ pub enum Overflow {
 pub struct Retention {
     pub max_age_days: u32,
     pub max_records: usize,
+    /// Closed sessions and enforcement events go sooner than the log when set: on etcd, whose
+    /// space is small and shared, the log on each replica keeps their records.
+    pub history_max_age: Option<Duration>,
 }
 
 type Entry = (LogRecord, Option<oneshot::Sender<Result<(), PdpError>>>);
@@ -212,7 +215,11 @@ pub async fn run_retention(
             Err(e) => tracing::error!(error = %e, "decision log retention task failed"),
         }
         // Closed sessions and enforcement events are kept as long as the log.
-        match store.prune_history(cutoff).await {
+        let history_cutoff = match retention.history_max_age {
+            Some(age) => cutoff.max(clock.now_ms() - age.as_millis() as Millis),
+            None => cutoff,
+        };
+        match store.prune_history(history_cutoff).await {
             Ok((sessions, events)) if sessions + events > 0 => {
                 tracing::info!(sessions, events, "session and event retention applied");
             }

@@ -255,6 +255,8 @@ pub async fn serve(
         Retention {
             max_age_days: args.decision_log_max_age_days,
             max_records: args.decision_log_max_records,
+            history_max_age: (args.store == StoreKind::Etcd)
+                .then(|| Duration::from_secs(args.etcd_history_mins * 60)),
         },
         Duration::from_secs(60),
     ));
