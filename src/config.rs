@@ -13,8 +13,37 @@ use clap::{Args, Parser, Subcommand};
     about = "Policy decision point for virtual-anchor livestreams"
 )]
 pub struct Cli {
+    /// Log lines as `text` (for people) or `json` (one object per line, for log shippers).
+    #[arg(long, global = true, env = "ANCHOR_PDP_LOG_FORMAT", value_enum,
+          default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `HOST:PORT`, where HOST may be a name (`localhost`) as well as an address; a name that
+/// resolves to several addresses takes the first IPv4 one.
+pub fn parse_listen(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = value
+        .to_socket_addrs()
+        .map_err(|e| format!("{value}: {e} (give HOST:PORT, e.g. 127.0.0.1:50051)"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{value}: resolves to no address"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,20 +83,28 @@ pub enum PolicyCommand {
         #[arg(long)]
         junit: Option<PathBuf>,
     },
+    /// Write the built-in policy set (schema, rules and test suites) into DIR, for editing;
+    /// then serve it with `--policies DIR`. Never overwrites a file.
+    Export {
+        /// Where to write it (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on for gRPC.
-    #[arg(long, env = "ANCHOR_PDP_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "ANCHOR_PDP_LISTEN", default_value = "127.0.0.1:50051",
+          value_parser = parse_listen)]
     pub listen: SocketAddr,
 
     /// Directory of the sled store (created if missing).
     #[arg(long, env = "ANCHOR_PDP_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// Directory of the Cedar schema and policies.
-    #[arg(long, env = "ANCHOR_PDP_POLICIES", default_value = "./policies")]
+    /// Directory of the Cedar schema and policies. When it is the default and there is no
+    /// such directory, the set built into the binary serves (`policy export` writes it out).
+    #[arg(long, env = "ANCHOR_PDP_POLICIES", default_value = crate::policy::builtin::DEFAULT_DIR)]
     pub policies: PathBuf,
 
     /// Seconds a gateway should wait before re-checking a live session.
@@ -76,7 +113,7 @@ pub struct ServeArgs {
     pub recheck_secs: u64,
 
     /// Address of the HTTP listener for gateway hooks (nginx-rtmp, SRS). Off unless set.
-    #[arg(long, env = "ANCHOR_PDP_HTTP_LISTEN")]
+    #[arg(long, env = "ANCHOR_PDP_HTTP_LISTEN", value_parser = parse_listen)]
     pub http_listen: Option<SocketAddr>,
 
     /// nginx-rtmp control endpoints to cut streams at once when their session is shut down:
@@ -101,7 +138,7 @@ pub struct ServeArgs {
     pub hook_secrets: Vec<String>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless set).
-    #[arg(long, env = "ANCHOR_PDP_METRICS_LISTEN")]
+    #[arg(long, env = "ANCHOR_PDP_METRICS_LISTEN", value_parser = parse_listen)]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Let file-watch and SIGHUP reloads drop rules the active set enforces (otherwise such a

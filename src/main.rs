@@ -7,7 +7,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use anchor_pdp::clock::{Clock, SystemClock};
-use anchor_pdp::config::{Cli, Command, PolicyCommand, TokenCommand};
+use anchor_pdp::config::{Cli, Command, LogFormat, PolicyCommand, TokenCommand};
 use anchor_pdp::policy::{self, PolicyHandle};
 use anchor_pdp::policy_suite;
 
@@ -18,13 +18,15 @@ fn main() -> ExitCode {
         // The policy tools print their own results; keep the server's logs out of them.
         Command::Policy(_) | Command::Token(_) => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -40,13 +42,30 @@ fn main() -> ExitCode {
             match runtime.block_on(anchor_pdp::server::run(*args, Arc::new(SystemClock))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("anchor-pdp: {e}");
+                    // Once, as a log event: the log is stderr, and a shipper reads it as such.
+                    tracing::error!("anchor-pdp cannot start: {e}");
                     ExitCode::FAILURE
                 }
             }
         }
         Command::Policy(PolicyCommand::Validate { dir }) => validate(&dir),
+        Command::Policy(PolicyCommand::Export { dir }) => match policy::builtin::export(&dir) {
+            Ok(files) => {
+                for file in files {
+                    println!("{}", file.display());
+                }
+                println!(
+                    "built-in policy set written to {}; serve it with --policies {}",
+                    dir.display(),
+                    dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("anchor-pdp: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Token(TokenCommand::Hash) => {
             let mut token = String::new();
             if let Err(e) = std::io::stdin().read_line(&mut token) {

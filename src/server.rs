@@ -32,9 +32,11 @@ pub enum StartError {
     Policies(#[from] PolicyLoadError),
     #[error("store: {0}")]
     Store(#[from] PdpError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}{}", bind_hint(source, flag))]
     Bind {
         addr: std::net::SocketAddr,
+        /// The flag that set the address, for the hint.
+        flag: &'static str,
         source: std::io::Error,
     },
     #[error("reflection: {0}")]
@@ -49,6 +51,32 @@ pub enum StartError {
     Hooks(std::io::Error),
     #[error("{0}")]
     Auth(String),
+    #[error("cannot write the built-in policy set: {0}")]
+    BuiltInPolicies(String),
+}
+
+fn bind_hint(source: &std::io::Error, flag: &str) -> String {
+    match source.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            " (another process, perhaps another anchor-pdp, listens there: stop it, or give \
+             this one another address with {flag})"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!(" (no interface here has that address: fix {flag})")
+        }
+        _ => String::new(),
+    }
+}
+
+/// Says which callers are let in, for the start-up line.
+fn auth_mode(args: &ServeArgs) -> String {
+    let tokens = args.tokens.len();
+    match (tokens, args.client_ca.is_some()) {
+        (0, false) => "none (every caller is an admin; loopback only)".to_owned(),
+        (n, false) => format!("tokens ({n})"),
+        (0, true) => "mTLS client certificates".to_owned(),
+        (n, true) => format!("tokens ({n}) and mTLS client certificates"),
+    }
 }
 
 fn authenticator(args: &ServeArgs) -> Result<Authenticator, StartError> {
@@ -91,6 +119,21 @@ pub fn check_exposure(
     auth: &Authenticator,
     secrets: &HookSecrets,
 ) -> Result<(), StartError> {
+    check_exposure_quietly(args, auth, secrets)?;
+    if !auth.enabled() {
+        tracing::warn!(
+            "no caller authentication configured: every caller is an admin; listening on loopback only"
+        );
+    }
+    Ok(())
+}
+
+/// `check_exposure` without the warning: for the check before the store opens.
+fn check_exposure_quietly(
+    args: &ServeArgs,
+    auth: &Authenticator,
+    secrets: &HookSecrets,
+) -> Result<(), StartError> {
     if let Some(addr) = args.http_listen
         && !addr.ip().is_loopback()
         && !secrets.enabled()
@@ -111,9 +154,6 @@ pub fn check_exposure(
             args.listen
         )));
     }
-    tracing::warn!(
-        "no caller authentication configured: every caller is an admin; listening on loopback only"
-    );
     Ok(())
 }
 
@@ -130,7 +170,8 @@ const WATCH_DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Loads policies and opens the store. Refuses an invalid policy set before touching the store.
 pub async fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, StartError> {
-    let policies = PolicyHandle::load(&args.policies, clock.now_ms())?
+    let (policy_dir, policy_source) = policy_dir(args)?;
+    let policies = PolicyHandle::load(&policy_dir, clock.now_ms())?
         .allowing_rule_removal(args.allow_rule_removal);
     let segment_bytes = args.decision_log_segment_mib << 20;
     let store = match args.store {
@@ -141,12 +182,12 @@ pub async fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, S
     };
     let current = policies.current();
     tracing::info!(
-        policies = %args.policies.display(),
-        policy_version = current.version(),
+        policies = %policy_source,
+        policy_version = %current.version(),
         rules = current.rules().count(),
         data_dir = %args.data_dir.display(),
-        store = store.backend_name(),
-        replica = store.replica(),
+        store = %store.backend_name(),
+        replica = %store.replica(),
         "loaded"
     );
     let store = Arc::new(store);
@@ -162,6 +203,18 @@ pub async fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, S
         Duration::from_secs(args.recheck_secs),
         log,
     )))
+}
+
+/// The policy directory to serve, and how to name it in the log: `--policies` when given or
+/// present; the built-in set (written under the data directory) when the default is missing.
+fn policy_dir(args: &ServeArgs) -> Result<(std::path::PathBuf, String), StartError> {
+    let default = std::path::Path::new(crate::policy::builtin::DEFAULT_DIR);
+    if args.policies != default || args.policies.is_dir() {
+        return Ok((args.policies.clone(), args.policies.display().to_string()));
+    }
+    let dir = args.data_dir.join("built-in-policies");
+    crate::policy::builtin::materialize(&dir).map_err(StartError::BuiltInPolicies)?;
+    Ok((dir, "built-in".to_owned()))
 }
 
 async fn reload_in_background(pdp: &Arc<Pdp>, trigger: &'static str) {
@@ -404,25 +457,36 @@ pub async fn serve(
 /// Binds the configured address and serves until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs, clock: Arc<dyn Clock>) -> Result<(), StartError> {
     let auth = authenticator(&args)?;
-    check_exposure(&args, &auth, &hook_secrets(&args)?)?;
+    check_exposure_quietly(&args, &auth, &hook_secrets(&args)?)?;
     tls_config(&args)?;
     let pdp = open(&args, clock).await?;
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|source| StartError::Bind {
             addr: args.listen,
+            flag: "--listen",
             source,
         })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: args.listen,
+        flag: "--listen",
         source,
     })?;
-    tracing::info!(%addr, "anchor-pdp listening (gRPC)");
+    tracing::info!(
+        %addr,
+        auth = %auth_mode(&args),
+        tls = args.tls_cert.is_some(),
+        "anchor-pdp listening (gRPC)"
+    );
     let http = match args.http_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
                 .await
-                .map_err(|source| StartError::Bind { addr, source })?,
+                .map_err(|source| StartError::Bind {
+                    addr,
+                    flag: "--http-listen",
+                    source,
+                })?,
         ),
         None => None,
     };
@@ -430,7 +494,11 @@ pub async fn run(args: ServeArgs, clock: Arc<dyn Clock>) -> Result<(), StartErro
         Some(addr) => Some(
             TcpListener::bind(addr)
                 .await
-                .map_err(|source| StartError::Bind { addr, source })?,
+                .map_err(|source| StartError::Bind {
+                    addr,
+                    flag: "--metrics-listen",
+                    source,
+                })?,
         ),
         None => None,
     };

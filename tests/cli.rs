@@ -167,6 +167,23 @@ fn readme_walkthrough_runs_verbatim_against_the_default_server() {
     std::fs::create_dir_all(&bin_dir).expect("bin dir");
     std::os::unix::fs::symlink(&grpcurl, bin_dir.join("grpcurl")).expect("symlink grpcurl");
 
+    // A user's own server on the default port, as the README's two commands invite (when the
+    // port is free here; when it is not, someone's server runs there and is left alone).
+    let users = temp.path().join("users");
+    copy_policies(&users.join("policies"));
+    let mut user_server = TcpListener::bind("127.0.0.1:50051").ok().map(|probe| {
+        drop(probe);
+        let mut user_server = Running::spawn(
+            pdp()
+                .arg("serve")
+                .env_remove("ANCHOR_PDP_LISTEN")
+                .current_dir(&users),
+            temp.path().join("users-server.log"),
+        );
+        user_server.wait_listening("127.0.0.1:50051".parse().expect("addr"));
+        user_server
+    });
+
     // No flags, no config file: the defaults the README promises, but for the port. A server
     // the user runs on 50051 (as the README invites) or a second test run must not collide,
     // so this one takes a free port, and the README's commands are run against it.
@@ -234,6 +251,40 @@ fn readme_walkthrough_runs_verbatim_against_the_default_server() {
     server.signal("TERM");
     let status = server.wait();
     assert!(status.success(), "{status}:\n{}", server.log());
+
+    // The user's server saw none of it: no merchant, no decision record.
+    if let Some(user_server) = user_server.as_mut() {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let (merchants, records) = runtime.block_on(async {
+            let mut admin = anchor_pdp::PolicyAdminClient::connect("http://127.0.0.1:50051")
+                .await
+                .expect("connect to the user's server");
+            let merchants = admin
+                .list_registrations(proto::ListRegistrationsRequest {
+                    kind: proto::RegistrationKind::Merchant as i32,
+                    ..Default::default()
+                })
+                .await
+                .expect("list")
+                .into_inner()
+                .registrations
+                .len();
+            let records = admin
+                .get_decision_log_status(proto::GetDecisionLogStatusRequest {})
+                .await
+                .expect("log status")
+                .into_inner()
+                .records;
+            (merchants, records)
+        });
+        assert_eq!(
+            (merchants, records),
+            (0, 0),
+            "the user's server was written to"
+        );
+        user_server.signal("TERM");
+        assert!(user_server.wait().success(), "{}", user_server.log());
+    }
 }
 
 #[test]

@@ -818,7 +818,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
                 session_id = %session_id,
                 rule_id = %rule_id,
                 %inspector,
-                penalty = ?enforced.penalty_applied,
+                penalty = enforced.penalty_applied.map_or("none", |p| p.name()),
                 "violation reported"
             );
             let account = match self.pdp.get_account(&enforced.session.merchant_id) {

@@ -277,6 +277,26 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
                 Some(found)
             });
             let at = |message: String| file.problem_at(offset, message);
+            if let Ok(json) = policy.to_json() {
+                for stray in super::values::strays(&json) {
+                    let quoted = format!("\"{}\"", stray.value);
+                    let from = offset.unwrap_or(0);
+                    let literal_at = file
+                        .text
+                        .get(from..)
+                        .and_then(|rest| rest.find(&quoted))
+                        .map(|i| i + from)
+                        .or(offset);
+                    problems.push(file.problem_at(
+                        literal_at,
+                        format!(
+                            "{quoted} is not a value {} can take (one of {})",
+                            stray.attribute,
+                            stray.allowed.join(", ")
+                        ),
+                    ));
+                }
+            }
             let Some(rule_id) = policy.annotation("id") else {
                 problems.push(at(
                     "policy has no @id(\"...\") annotation: every policy needs a rule id".into(),
@@ -362,7 +382,9 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
             message: "no forbid policy: the set would let every broadcast through".into(),
         });
     }
-    if permits == 0 && !policy_files.is_empty() {
+    // With a problem found already, a missing permit is most likely its consequence (a policy
+    // that did not parse), not a problem of its own.
+    if permits == 0 && !policy_files.is_empty() && problems.is_empty() {
         problems.push(PolicyProblem {
             file: dir.to_owned(),
             line: 0,

@@ -136,7 +136,21 @@ impl Db {
             .path(dir)
             .cache_capacity(SLED_CACHE_BYTES)
             .open()
-            .map_err(|e| PdpError::Storage(format!("cannot open {}: {e}", dir.display())))?;
+            .map_err(|e| match &e {
+                // sled locks its directory: another process has it open. (sled wraps the
+                // lock's WouldBlock in an error of its own, so its text is what tells.)
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    PdpError::Storage(format!(
+                        "another anchor-pdp is using {} (it holds the data directory's lock): \
+                         stop it, or give this one its own --data-dir",
+                        dir.display()
+                    ))
+                }
+                _ => PdpError::Storage(format!("cannot open {}: {e}", dir.display())),
+            })?;
         let meta = db.open_tree(META_TREE).map_err(storage)?;
         match meta.get(FORMAT_KEY).map_err(storage)? {
             Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
