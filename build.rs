@@ -1,5 +1,5 @@
-//! Compiles the public API from `proto/` with protox (pure Rust), so a bare machine with no
-//! system `protoc` can build the crate. The descriptor set is kept for server reflection.
+//! Compiles the public API from `proto/` with protox (pure Rust); the descriptor set is kept
+//! for server reflection. The server stubs are generated only with the `server` feature.
 
 use std::path::PathBuf;
 
@@ -19,9 +19,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("anchorpdp_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
+    if std::env::var_os("CARGO_FEATURE_SERVER").is_some() {
+        // Envoy's ext_authz, served from envoy-types' code: only its descriptors, for
+        // reflection.
+        let envoy = protox::compile(
+            ["envoy/service/auth/v3/external_auth.proto"],
+            ["proto/third_party"],
+        )?;
+        std::fs::write(
+            out_dir.join("envoy_ext_authz_descriptor.bin"),
+            envoy.encode_to_vec(),
+        )?;
+    }
     tonic_prost_build::configure()
         .build_client(true)
-        .build_server(true)
+        .build_server(std::env::var_os("CARGO_FEATURE_SERVER").is_some())
         .compile_fds(descriptors)?;
     Ok(())
 }

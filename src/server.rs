@@ -165,6 +165,10 @@ pub struct Listeners {
     pub metrics: Option<TcpListener>,
 }
 
+/// Envoy's ext_authz service, described for reflection (its code comes from envoy-types).
+const ENVOY_EXT_AUTHZ_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/envoy_ext_authz_descriptor.bin"));
+
 /// Editors and config managers write a change in several steps; reload once they are quiet.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(100);
 
@@ -347,6 +351,7 @@ pub async fn serve(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(ENVOY_EXT_AUTHZ_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
