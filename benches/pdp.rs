@@ -275,6 +275,7 @@ async fn main() -> Result<()> {
             grpc: listener,
             http: None,
             metrics: None,
+            console: None,
         };
         server::serve(listeners, service, &serve_args, async {
             let _ = stopped.await;

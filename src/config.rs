@@ -208,6 +208,20 @@ pub struct ServeArgs {
     )]
     pub decision_log_segment_mib: u64,
 
+    /// Serve the browser console for reviewers, inspectors and admins on this address (off
+    /// when unset). Loopback only unless caller tokens are configured.
+    #[arg(long, env = "ANCHOR_PDP_CONSOLE_LISTEN", value_parser = parse_listen)]
+    pub console_listen: Option<SocketAddr>,
+
+    /// `FROM=TO`: an anchor image reference starting with FROM is shown from the http(s) URL
+    /// TO + the rest (e.g. `oss://anchors/=https://cdn.example.com/anchors/`). Repeatable.
+    #[arg(
+        long = "console-image-prefix",
+        env = "ANCHOR_PDP_CONSOLE_IMAGE_PREFIXES",
+        value_delimiter = ','
+    )]
+    pub console_image_prefixes: Vec<String>,
+
     /// Where the state lives: `sled` (embedded, in --data-dir) or `etcd` (shared by several
     /// replicas; --data-dir then holds this replica's own decision log).
     #[arg(long = "store", env = "ANCHOR_PDP_STORE", value_enum, default_value_t = StoreKind::Sled)]

@@ -56,6 +56,8 @@ pub mod clock;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
+pub mod console;
+#[cfg(feature = "server")]
 pub mod decision_log;
 #[cfg(feature = "server")]
 pub mod domain;

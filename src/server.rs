@@ -53,6 +53,8 @@ pub enum StartError {
     Auth(String),
     #[error("cannot write the built-in policy set: {0}")]
     BuiltInPolicies(String),
+    #[error("--console-image-prefix: {0}")]
+    Console(String),
 }
 
 fn bind_hint(source: &std::io::Error, flag: &str) -> String {
@@ -134,6 +136,15 @@ fn check_exposure_quietly(
     auth: &Authenticator,
     secrets: &HookSecrets,
 ) -> Result<(), StartError> {
+    if let Some(addr) = args.console_listen
+        && !addr.ip().is_loopback()
+        && !auth.enabled()
+    {
+        return Err(StartError::Auth(format!(
+            "refusing to open the console on {addr} without caller authentication: configure \
+             --token for its reviewers, inspectors and admins, or listen on a loopback address"
+        )));
+    }
     if let Some(addr) = args.http_listen
         && !addr.ip().is_loopback()
         && !secrets.enabled()
@@ -163,6 +174,8 @@ pub struct Listeners {
     pub http: Option<TcpListener>,
     /// Prometheus `/metrics`, if configured.
     pub metrics: Option<TcpListener>,
+    /// The browser console, if configured.
+    pub console: Option<TcpListener>,
 }
 
 /// Envoy's ext_authz service, described for reflection (its code comes from envoy-types).
@@ -397,6 +410,26 @@ pub async fn serve(
         }
         None => None,
     };
+    let console = match listeners.console {
+        Some(listener) => {
+            let addr = listener.local_addr().map_err(StartError::Hooks)?;
+            tracing::info!(%addr, "console listening (HTTP)");
+            let console = crate::console::Console::new(
+                pdp.clone(),
+                auth.clone(),
+                &args.console_image_prefixes,
+                args.tls_cert.is_some(),
+            )
+            .map_err(StartError::Console)?;
+            Some(tokio::spawn(crate::net::serve_http(
+                listener,
+                crate::console::router(console),
+                args.hook_limits(),
+                stop_when(stopped.clone()),
+            )))
+        }
+        None => None,
+    };
     let dropper = (!controls.is_empty())
         .then(|| tokio::spawn(crate::gateway::nginx_control::run(pdp.clone(), controls)));
     let signal = tokio::spawn(async move {
@@ -437,6 +470,11 @@ pub async fn serve(
         && let Err(e) = metrics.await
     {
         tracing::error!(error = %e, "metrics listener task failed");
+    }
+    if let Some(console) = console
+        && let Err(e) = console.await
+    {
+        tracing::error!(error = %e, "console listener task failed");
     }
     if let Some(dropper) = dropper {
         dropper.abort();
@@ -507,11 +545,24 @@ pub async fn run(args: ServeArgs, clock: Arc<dyn Clock>) -> Result<(), StartErro
         ),
         None => None,
     };
+    let console = match args.console_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr,
+                    flag: "--console-listen",
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     serve(
         Listeners {
             grpc: listener,
             http,
             metrics,
+            console,
         },
         pdp,
         &args,

@@ -95,6 +95,7 @@ async fn certificate_subjects_map_to_roles() {
                 grpc: listener,
                 http: None,
                 metrics: None,
+                console: None,
             },
             pdp,
             &args,

@@ -7,45 +7,13 @@ use std::process::Command;
 
 use anchor_pdp::api::auth::hash_token;
 use anchor_pdp::proto::{self, register_request::Record};
-use anchor_pdp::{PolicyAdminClient, PolicyDecisionPointClient};
+use common::bearer::{Admin, Pdp};
 use common::*;
 use tonic::Code;
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-#[derive(Clone)]
-struct Bearer(Option<String>);
-
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(token) = &self.0 {
-            let value = format!("Bearer {token}")
-                .parse()
-                .map_err(|_| tonic::Status::internal("bad token"))?;
-            request.metadata_mut().insert("authorization", value);
-        }
-        Ok(request)
-    }
-}
-
-type Pdp = PolicyDecisionPointClient<InterceptedService<Channel, Bearer>>;
-type Admin = PolicyAdminClient<InterceptedService<Channel, Bearer>>;
-
 async fn clients(s: &TestServer, token: Option<&str>) -> (Pdp, Admin) {
-    let channel = Channel::from_shared(format!("http://{}", s.addr))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let bearer = Bearer(token.map(str::to_owned));
-    (
-        PolicyDecisionPointClient::with_interceptor(channel.clone(), bearer.clone()),
-        PolicyAdminClient::with_interceptor(channel, bearer),
-    )
+    common::bearer::clients(s.addr, token).await
 }
 
 const ROLES: [&str; 5] = ["gateway", "registrar", "reviewer", "inspector", "admin"];

@@ -2,6 +2,7 @@
 //! clock, and the generated clients connected to it.
 #![allow(dead_code)]
 
+pub mod bearer;
 pub mod etcd;
 pub mod hooks;
 pub mod programs;
@@ -51,6 +52,8 @@ pub struct Options {
     pub hook_secrets: Vec<String>,
     /// Open the Prometheus metrics listener on an ephemeral port.
     pub metrics: bool,
+    /// Open the browser console on an ephemeral port.
+    pub console: bool,
     /// etcd endpoints: a replica over etcd instead of the embedded store.
     pub etcd: Vec<String>,
     /// The etcd key prefix replicas of one deployment share.
@@ -66,6 +69,8 @@ pub struct TestServer {
     pub http_addr: Option<SocketAddr>,
     /// The metrics listener, when `Options::metrics`.
     pub metrics_addr: Option<SocketAddr>,
+    /// The console listener, when `Options::console`.
+    pub console_addr: Option<SocketAddr>,
     pub clock: ManualClock,
     pub pdp: PolicyDecisionPointClient<Channel>,
     pub admin: PolicyAdminClient<Channel>,
@@ -119,6 +124,18 @@ impl TestServer {
         let metrics_addr = metrics
             .as_ref()
             .map(|l| l.local_addr().expect("metrics addr"));
+        let console = if options.console {
+            Some(
+                TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind console"),
+            )
+        } else {
+            None
+        };
+        let console_addr = console
+            .as_ref()
+            .map(|l| l.local_addr().expect("console addr"));
         // The embedded defaults, as `anchor-pdp serve` has them, then this test's settings.
         let mut args = serve_defaults();
         args.listen = addr;
@@ -149,6 +166,7 @@ impl TestServer {
                 grpc: listener,
                 http,
                 metrics,
+                console,
             };
             server::serve(listeners, pdp, &args, async {
                 let _ = rx.await;
@@ -166,6 +184,7 @@ impl TestServer {
             addr,
             http_addr,
             metrics_addr,
+            console_addr,
             clock,
             pdp,
             admin,

@@ -1,0 +1,291 @@
+//! The browser console for reviewers, inspectors and admins: server-rendered HTML (maud, which
+//! escapes every value it is given), served by the binary on `--console-listen`, with its
+//! stylesheet and script embedded. Every action goes through the same service calls and role
+//! table as the gRPC API and is recorded in the decision log under the signed-in caller.
+//!
+//! Pages so far: sign-in and sign-out, and the review queue (pending anchors, drivers and
+//! rooms, oldest first) with each filing's page and its verdict form.
+
+mod page;
+mod review;
+pub mod session;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+
+use crate::api::auth::{Authenticator, Role, may_call};
+use crate::service::Pdp;
+use page::Lang;
+use session::{Session, Sessions};
+
+/// What every console request can reach.
+pub struct Console {
+    pdp: Arc<Pdp>,
+    auth: Arc<Authenticator>,
+    sessions: Sessions,
+    /// `FROM=TO` prefixes that turn a stored image reference into an http(s) URL.
+    image_prefixes: Vec<(String, String)>,
+    /// The session cookie says `Secure` (the console is reached over TLS).
+    secure_cookies: bool,
+}
+
+impl Console {
+    pub fn new(
+        pdp: Arc<Pdp>,
+        auth: Arc<Authenticator>,
+        image_prefixes: &[String],
+        secure_cookies: bool,
+    ) -> Result<Arc<Console>, String> {
+        let mut prefixes = Vec::new();
+        for spec in image_prefixes {
+            let (from, to) = spec
+                .split_once('=')
+                .ok_or_else(|| format!("{spec}: expected FROM=https://..."))?;
+            if !(to.starts_with("https://") || to.starts_with("http://")) {
+                return Err(format!("{spec}: the target must be an http(s) URL prefix"));
+            }
+            prefixes.push((from.to_owned(), to.to_owned()));
+        }
+        Ok(Arc::new(Console {
+            pdp,
+            auth,
+            sessions: Sessions::default(),
+            image_prefixes: prefixes,
+            secure_cookies,
+        }))
+    }
+
+    /// The image URL a stored reference maps to, if it is (or maps to) http(s).
+    fn image_url(&self, reference: &str) -> Option<String> {
+        if reference.starts_with("https://") || reference.starts_with("http://") {
+            return Some(reference.to_owned());
+        }
+        self.image_prefixes.iter().find_map(|(from, to)| {
+            reference
+                .strip_prefix(from.as_str())
+                .map(|rest| format!("{to}{rest}"))
+        })
+    }
+}
+
+const CSS: &str = include_str!("console.css");
+const JS: &str = include_str!("console.js");
+
+/// The headers every console response carries: no inline script or style, no framing, no
+/// referrer, no sniffing.
+async fn security_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' https: http:; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+pub fn router(console: Arc<Console>) -> Router {
+    Router::new()
+        .route("/", get(home))
+        .route("/sign-in", get(sign_in_page).post(sign_in))
+        .route("/sign-out", post(sign_out))
+        .route("/lang/{lang}", get(set_lang))
+        .route("/review", get(review::queue))
+        .route(
+            "/review/{kind}/{id}",
+            get(review::filing).post(review::verdict),
+        )
+        .route(
+            "/static/console.css",
+            get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }),
+        )
+        .route(
+            "/static/console.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], JS) }),
+        )
+        .with_state(console)
+        .layer(axum::middleware::from_fn(security_headers))
+}
+
+/// The signed-in session a request's cookie names.
+fn session_of(console: &Console, headers: &HeaderMap) -> Option<(String, Session)> {
+    let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
+    let id = session::cookie_value(cookies, session::COOKIE)?;
+    console.sessions.get(id).map(|s| (id.to_owned(), s))
+}
+
+/// A page's caller: signed in, and allowed the gRPC method the page stands for; otherwise
+/// the sign-in page or 403.
+enum Access {
+    Granted(Session),
+    Refused(Response),
+}
+
+fn access(console: &Console, headers: &HeaderMap, method: &str) -> Access {
+    let lang = Lang::of(headers);
+    let Some((_, session)) = session_of(console, headers) else {
+        return Access::Refused(Redirect::to("/sign-in").into_response());
+    };
+    if !may_call(session.caller.role, method) {
+        return Access::Refused(
+            (
+                StatusCode::FORBIDDEN,
+                page::layout(
+                    lang,
+                    Some(&session),
+                    lang.t("forbidden_title"),
+                    page::message(lang.t("forbidden")),
+                ),
+            )
+                .into_response(),
+        );
+    }
+    Access::Granted(session)
+}
+
+/// Whether a form carries its session's CSRF token.
+fn csrf_ok(session: &Session, form: &HashMap<String, String>) -> bool {
+    form.get("csrf")
+        .is_some_and(|token| session::same_token(token, &session.csrf))
+}
+
+/// The answer to a form without its session's CSRF token: nothing changes.
+fn csrf_refused() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "the form's CSRF token is missing or wrong",
+    )
+        .into_response()
+}
+
+async fn home(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    match session_of(&console, &headers) {
+        None => Redirect::to("/sign-in").into_response(),
+        Some(_) => Redirect::to("/review").into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SignInQuery {
+    #[serde(default)]
+    failed: bool,
+}
+
+async fn sign_in_page(headers: HeaderMap, Query(query): Query<SignInQuery>) -> Response {
+    let lang = Lang::of(&headers);
+    page::layout(
+        lang,
+        None,
+        lang.t("sign_in"),
+        page::sign_in(lang, query.failed),
+    )
+    .into_response()
+}
+
+async fn sign_in(
+    State(console): State<Arc<Console>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let token = form.get("token").map(|t| t.trim()).unwrap_or_default();
+    let caller = console.auth.authenticate(Some(&format!("Bearer {token}")));
+    let caller = match caller {
+        Ok(caller) if session::may_sign_in(caller.role) => caller,
+        Ok(caller) => {
+            tracing::warn!(caller = %caller.name, role = caller.role.name(), "console sign-in refused: role");
+            return Redirect::to("/sign-in?failed=true").into_response();
+        }
+        Err(_) => return Redirect::to("/sign-in?failed=true").into_response(),
+    };
+    let name = caller.name.clone();
+    let role = caller.role;
+    match console.sessions.start(caller) {
+        Ok(id) => {
+            tracing::info!(caller = %name, role = role.name(), "console sign-in");
+            let landing = match role {
+                Role::Inspector | Role::Admin | Role::Reviewer => "/review",
+                _ => "/sign-in",
+            };
+            (
+                StatusCode::SEE_OTHER,
+                [
+                    (
+                        header::SET_COOKIE,
+                        session::cookie(&id, console.secure_cookies),
+                    ),
+                    (header::LOCATION, landing.to_owned()),
+                ],
+            )
+                .into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}
+
+async fn sign_out(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let Some((id, session)) = session_of(&console, &headers) else {
+        return Redirect::to("/sign-in").into_response();
+    };
+    if !csrf_ok(&session, &form) {
+        return csrf_refused();
+    }
+    console.sessions.end(&id);
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (
+                header::SET_COOKIE,
+                session::cookie_removal(console.secure_cookies),
+            ),
+            (header::LOCATION, "/sign-in".to_owned()),
+        ],
+    )
+        .into_response()
+}
+
+/// Remembers the language in a cookie and goes back where the viewer was (a console path
+/// only: never an outside URL).
+async fn set_lang(Path(lang): Path<String>, headers: HeaderMap) -> Response {
+    let lang = match lang.as_str() {
+        "zh" => "zh",
+        _ => "en",
+    };
+    let back = headers
+        .get(header::REFERER)
+        .and_then(|r| r.to_str().ok())
+        .and_then(|r| r.find("://").map(|i| &r[i + 3..]))
+        .and_then(|rest| rest.find('/').map(|i| rest[i..].to_owned()))
+        .filter(|path| path.starts_with('/') && !path.starts_with("//"))
+        .unwrap_or_else(|| "/".to_owned());
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (
+                header::SET_COOKIE,
+                format!("lang={lang}; Path=/; SameSite=Strict; Max-Age=31536000"),
+            ),
+            (header::LOCATION, back),
+        ],
+    )
+        .into_response()
+}

@@ -1,0 +1,238 @@
+//! The console's layout, its two languages, and the pieces pages share.
+
+use axum::http::{HeaderMap, header};
+use maud::{DOCTYPE, Markup, html};
+
+use super::session::Session;
+use crate::domain::Millis;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lang {
+    En,
+    Zh,
+}
+
+/// Every text the console shows, in English and Chinese.
+const TEXTS: &[(&str, &str, &str)] = &[
+    ("title", "anchor-pdp console", "anchor-pdp 控制台"),
+    ("sign_in", "Sign in", "登录"),
+    ("sign_out", "Sign out", "退出"),
+    ("token", "Caller token", "调用方令牌"),
+    (
+        "sign_in_help",
+        "Use the token your operator issued you as a reviewer, inspector or admin.",
+        "请使用运维为您签发的审核员、巡查员或管理员令牌。",
+    ),
+    (
+        "sign_in_failed",
+        "That token is unknown, or its role may not use the console.",
+        "该令牌无效,或其角色无权使用控制台。",
+    ),
+    ("forbidden_title", "Not allowed", "无权访问"),
+    (
+        "forbidden",
+        "Your role may not open this page.",
+        "您的角色无权打开此页面。",
+    ),
+    ("review_queue", "Review queue", "审核队列"),
+    (
+        "pending",
+        "pending filings, oldest first",
+        "条待审核报备,按提交时间排序",
+    ),
+    ("kind", "Kind", "类型"),
+    ("all", "All", "全部"),
+    ("anchor", "Anchor image", "虚拟主播形象"),
+    ("driver", "Driver", "驱动真人"),
+    ("room", "Room", "直播间"),
+    ("merchant", "Merchant", "商家"),
+    ("filter", "Filter", "筛选"),
+    ("id", "Id", "编号"),
+    ("filed", "Filed", "提交时间"),
+    ("owner", "Owner", "所属商家"),
+    ("provider", "Provider", "服务商"),
+    ("listed", "listed on the market", "已在市场上架"),
+    ("not_listed", "not listed on the market", "未在市场上架"),
+    ("image_style", "Image style", "形象风格"),
+    ("image", "Image", "形象"),
+    (
+        "no_image",
+        "No http(s) image for this reference",
+        "该引用无可显示的 http(s) 图片",
+    ),
+    ("identity", "Identity verification", "身份核验"),
+    ("name", "Display name", "显示名称"),
+    ("state", "Review state", "审核状态"),
+    ("revision", "Revision", "版本"),
+    ("last_verdict", "Last verdict", "最近审核结论"),
+    ("none_yet", "none yet", "暂无"),
+    ("verdict", "Verdict", "审核结论"),
+    ("approve", "Approve", "通过"),
+    ("reject", "Reject", "驳回"),
+    ("revoke", "Revoke", "撤销"),
+    ("note", "Note", "备注"),
+    (
+        "expires",
+        "Approval expires (UTC, optional)",
+        "审核有效期至(UTC,可选)",
+    ),
+    ("submit", "Record the verdict", "提交审核结论"),
+    ("recorded", "Verdict recorded.", "审核结论已记录。"),
+    (
+        "conflict",
+        "This filing changed since you opened it; here it is as it is now. Nothing was overwritten.",
+        "该报备在您打开后已被修改,以下为最新内容,未覆盖任何数据。",
+    ),
+    (
+        "empty_queue",
+        "Nothing waits for review.",
+        "暂无待审核报备。",
+    ),
+];
+
+impl Lang {
+    /// The `lang` cookie's choice, else the first language `Accept-Language` names.
+    pub fn of(headers: &HeaderMap) -> Lang {
+        let cookie = headers
+            .get(header::COOKIE)
+            .and_then(|c| c.to_str().ok())
+            .and_then(|c| super::session::cookie_value(c, "lang"));
+        match cookie {
+            Some("zh") => return Lang::Zh,
+            Some("en") => return Lang::En,
+            _ => {}
+        }
+        let accept = headers
+            .get(header::ACCEPT_LANGUAGE)
+            .and_then(|a| a.to_str().ok())
+            .unwrap_or_default();
+        for tag in accept.split(',') {
+            let tag = tag
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            if tag.starts_with("zh") {
+                return Lang::Zh;
+            }
+            if tag.starts_with("en") {
+                return Lang::En;
+            }
+        }
+        Lang::En
+    }
+
+    pub fn t(self, key: &str) -> &'static str {
+        TEXTS
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map_or("?", |(_, en, zh)| match self {
+                Lang::En => en,
+                Lang::Zh => zh,
+            })
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::Zh => "zh-CN",
+        }
+    }
+}
+
+/// A time as UTC text, which the console's script shows in the viewer's time zone (UTC stays
+/// in the tooltip).
+pub fn time(ms: Millis) -> Markup {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    let utc = format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+    html! { time datetime=(format!("{ms}")) title=(utc) { (utc) } }
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+pub fn message(text: &str) -> Markup {
+    html! { p.message { (text) } }
+}
+
+pub fn layout(lang: Lang, session: Option<&Session>, title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang=(lang.code()) {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · " (lang.t("title")) }
+                link rel="stylesheet" href="/static/console.css";
+                script src="/static/console.js" defer {}
+            }
+            body {
+                header {
+                    strong { (lang.t("title")) }
+                    @if session.is_some() {
+                        nav { a href="/review" { (lang.t("review_queue")) } }
+                    }
+                    span.lang {
+                        a href="/lang/en" { "English" } " · " a href="/lang/zh" { "中文" }
+                    }
+                    @if let Some(session) = session {
+                        form.sign-out method="post" action="/sign-out" {
+                            span { (session.caller.name) " (" (session.caller.role.name()) ")" }
+                            input type="hidden" name="csrf" value=(session.csrf);
+                            button type="submit" { (lang.t("sign_out")) }
+                        }
+                    }
+                }
+                main {
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+pub fn sign_in(lang: Lang, failed: bool) -> Markup {
+    html! {
+        @if failed { p.error { (lang.t("sign_in_failed")) } }
+        p { (lang.t("sign_in_help")) }
+        form method="post" action="/sign-in" {
+            label { (lang.t("token")) input type="password" name="token" autocomplete="off" autofocus; }
+            button type="submit" { (lang.t("sign_in")) }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_utc_text_and_every_text_has_both_languages() {
+        assert_eq!(
+            time(1_767_225_600_000).into_string(),
+            "<time datetime=\"1767225600000\" title=\"2026-01-01 00:00:00 UTC\">2026-01-01 00:00:00 UTC</time>"
+        );
+        for (key, en, zh) in TEXTS {
+            assert!(!en.is_empty() && !zh.is_empty(), "{key}");
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The reviewer's pages: the queue of pending anchors, drivers and rooms, each filing with its
+//! image, and the verdict form (PolicyAdmin/ReviewFiling behind the same roles).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+
+use super::page::{self, Lang};
+use super::{Access, Console, access, csrf_ok, csrf_refused};
+use crate::domain::{Kind, RecordBody, Registration, ReviewCommand, ReviewStatus, Verdict};
+use crate::error::PdpError;
+use crate::service::Origin;
+
+const LIST: &str = "/anchorpdp.v1.PolicyAdmin/ListRegistrations";
+const REVIEW: &str = "/anchorpdp.v1.PolicyAdmin/ReviewFiling";
+const REVIEWED_KINDS: [Kind; 3] = [Kind::Anchor, Kind::Driver, Kind::Room];
+/// Registrations read per store call while building the queue.
+const PAGE: usize = 1000;
+
+#[derive(serde::Deserialize)]
+pub struct QueueFilter {
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    merchant: String,
+}
+
+fn kind_named(name: &str) -> Option<Kind> {
+    REVIEWED_KINDS.into_iter().find(|k| k.name() == name)
+}
+
+/// Every pending filing of `kinds`, oldest first.
+fn pending(
+    console: &Console,
+    kinds: &[Kind],
+    merchant: &str,
+) -> Result<Vec<Registration>, PdpError> {
+    let mut found = Vec::new();
+    for kind in kinds {
+        let mut after: Option<String> = None;
+        loop {
+            let page = console
+                .pdp
+                .list_registrations(*kind, after.as_deref(), PAGE)?;
+            let full = page.len() == PAGE;
+            after = page.last().map(|r| r.id.clone());
+            found.extend(page.into_iter().filter(|r| {
+                r.review_status == ReviewStatus::PendingReview
+                    && (merchant.is_empty() || r.body.owner() == Some(merchant))
+            }));
+            if !full {
+                break;
+            }
+        }
+    }
+    found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    Ok(found)
+}
+
+pub async fn queue(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(filter): Query<QueueFilter>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let session = match access(&console, &headers, LIST) {
+        Access::Granted(session) => session,
+        Access::Refused(response) => return response,
+    };
+    let kinds: Vec<Kind> = match kind_named(&filter.kind) {
+        Some(kind) => vec![kind],
+        None => REVIEWED_KINDS.to_vec(),
+    };
+    let filings = match pending(&console, &kinds, filter.merchant.trim()) {
+        Ok(filings) => filings,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    };
+    let body = html! {
+        form.filter method="get" action="/review" {
+            label { (lang.t("kind")) " "
+                select name="kind" {
+                    option value="" { (lang.t("all")) }
+                    @for kind in REVIEWED_KINDS {
+                        option value=(kind.name()) selected[filter.kind == kind.name()] { (lang.t(kind.name())) }
+                    }
+                }
+            }
+            label { (lang.t("merchant")) " " input type="text" name="merchant" value=(filter.merchant); }
+            button type="submit" { (lang.t("filter")) }
+        }
+        p { (filings.len()) " " (lang.t("pending")) }
+        @if filings.is_empty() {
+            (page::message(lang.t("empty_queue")))
+        } @else {
+            table.queue {
+                thead { tr { th { (lang.t("kind")) } th { (lang.t("id")) } th { (lang.t("owner")) } th { (lang.t("name")) } th { (lang.t("filed")) } } }
+                tbody {
+                    @for filing in &filings {
+                        tr {
+                            td { (lang.t(filing.kind().name())) }
+                            td { a href=(format!("/review/{}/{}", filing.kind().name(), filing.id)) { (filing.id) } }
+                            td { (filing.body.owner().unwrap_or("")) }
+                            td { (display_name(&filing.body)) }
+                            td { (page::time(filing.created_at)) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page::layout(lang, Some(&session), lang.t("review_queue"), body).into_response()
+}
+
+fn display_name(body: &RecordBody) -> &str {
+    match body {
+        RecordBody::Anchor { display_name, .. }
+        | RecordBody::Driver { display_name, .. }
+        | RecordBody::Room { display_name, .. }
+        | RecordBody::Merchant { display_name, .. }
+        | RecordBody::Provider { display_name }
+        | RecordBody::AiFeature { display_name } => display_name,
+    }
+}
+
+/// A filing's fields, its image, its review history and the verdict form.
+fn filing_page(
+    console: &Console,
+    lang: Lang,
+    csrf: &str,
+    filing: &Registration,
+    notice: Option<&str>,
+) -> Markup {
+    let verdict_at = |v: Verdict| match v {
+        Verdict::Approve => lang.t("approve"),
+        Verdict::Reject => lang.t("reject"),
+        Verdict::Revoke => lang.t("revoke"),
+    };
+    html! {
+        @if let Some(notice) = notice { p.notice { (notice) } }
+        dl {
+            dt { (lang.t("kind")) } dd { (lang.t(filing.kind().name())) }
+            dt { (lang.t("id")) } dd { (filing.id) }
+            dt { (lang.t("name")) } dd { (display_name(&filing.body)) }
+            dt { (lang.t("owner")) } dd { (filing.body.owner().unwrap_or("")) }
+            @match &filing.body {
+                RecordBody::Anchor { provider_id, image_style, image_reference, .. } => {
+                    dt { (lang.t("provider")) }
+                    dd {
+                        (provider_id) " — "
+                        @match console.pdp.get_registration(Kind::Provider, provider_id).ok().and_then(|p| p.provider_listing) {
+                            Some(listing) if listing.listed => { (lang.t("listed")) }
+                            _ => { (lang.t("not_listed")) }
+                        }
+                    }
+                    dt { (lang.t("image_style")) } dd { (image_style.policy_name()) }
+                    dt { (lang.t("image")) }
+                    dd {
+                        @match console.image_url(image_reference) {
+                            Some(url) => { img.anchor src=(url) alt=(image_reference); br; code { (image_reference) } }
+                            None => { code { (image_reference) } " — " (lang.t("no_image")) }
+                        }
+                    }
+                }
+                RecordBody::Driver { identity_reference, .. } => {
+                    dt { (lang.t("identity")) } dd { code { (identity_reference) } }
+                }
+                _ => {}
+            }
+            dt { (lang.t("filed")) } dd { (page::time(filing.created_at)) }
+            dt { (lang.t("state")) } dd { (filing.review_status.policy_name()) }
+            dt { (lang.t("revision")) } dd { (filing.revision) }
+            dt { (lang.t("last_verdict")) }
+            dd {
+                @match &filing.last_review {
+                    Some(review) => {
+                        (verdict_at(review.verdict)) " — " (review.reviewer) ", " (page::time(review.reviewed_at))
+                        @if !review.note.is_empty() { " — " q { (review.note) } }
+                    }
+                    None => { (lang.t("none_yet")) }
+                }
+            }
+        }
+        form.verdict method="post" action=(format!("/review/{}/{}", filing.kind().name(), filing.id)) {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="expected_revision" value=(filing.revision);
+            fieldset {
+                legend { (lang.t("verdict")) }
+                @for (value, key) in [("approve", "approve"), ("reject", "reject"), ("revoke", "revoke")] {
+                    label { input type="radio" name="verdict" value=(value) required; " " (lang.t(key)) }
+                }
+            }
+            label { (lang.t("note")) textarea name="note" maxlength="512" {} }
+            label { (lang.t("expires")) input type="datetime-local" name="expires"; }
+            button type="submit" { (lang.t("submit")) }
+        }
+    }
+}
+
+pub async fn filing(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path((kind, id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let session = match access(&console, &headers, LIST) {
+        Access::Granted(session) => session,
+        Access::Refused(response) => return response,
+    };
+    let Some(kind) = kind_named(&kind) else {
+        return (StatusCode::NOT_FOUND, "no such kind of filing").into_response();
+    };
+    let filing = match console.pdp.get_registration(kind, &id) {
+        Ok(filing) => filing,
+        Err(PdpError::NotFound(e)) => return (StatusCode::NOT_FOUND, e).into_response(),
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    };
+    let notice = query.contains_key("recorded").then(|| lang.t("recorded"));
+    let body = filing_page(&console, lang, &session.csrf, &filing, notice);
+    page::layout(
+        lang,
+        Some(&session),
+        &format!("{} {}", lang.t(kind.name()), filing.id),
+        body,
+    )
+    .into_response()
+}
+
+/// `2026-12-01T09:30` (a datetime-local field, read as UTC) in Unix milliseconds.
+fn parse_expiry(value: &str) -> Result<Option<i64>, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    humantime::parse_rfc3339_weak(&format!("{}:00Z", value.replace('T', " ")))
+        .or_else(|_| humantime::parse_rfc3339_weak(&format!("{}Z", value.replace('T', " "))))
+        .map_err(|e| format!("expires: {e}"))
+        .and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| format!("expires: {e}"))
+        })
+        .map(|d| Some(d.as_millis() as i64))
+}
+
+pub async fn verdict(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path((kind, id)): Path<(String, String)>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let session = match access(&console, &headers, REVIEW) {
+        Access::Granted(session) => session,
+        Access::Refused(response) => return response,
+    };
+    if !csrf_ok(&session, &form) {
+        return csrf_refused();
+    }
+    let Some(kind) = kind_named(&kind) else {
+        return (StatusCode::NOT_FOUND, "no such kind of filing").into_response();
+    };
+    let verdict = match form.get("verdict").map(String::as_str) {
+        Some("approve") => Verdict::Approve,
+        Some("reject") => Verdict::Reject,
+        Some("revoke") => Verdict::Revoke,
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "verdict: approve, reject or revoke",
+            )
+                .into_response();
+        }
+    };
+    let note = form.get("note").cloned().unwrap_or_default();
+    if note.len() > 512 {
+        return (StatusCode::BAD_REQUEST, "note: at most 512 bytes").into_response();
+    }
+    let expected_revision = match form.get("expected_revision").map(|r| r.parse::<u64>()) {
+        Some(Ok(revision)) => Some(revision),
+        Some(Err(_)) => {
+            return (StatusCode::BAD_REQUEST, "expected_revision: a number").into_response();
+        }
+        None => None,
+    };
+    let approval_expires_at = match parse_expiry(form.get("expires").map_or("", String::as_str)) {
+        Ok(at) => at,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let command = ReviewCommand {
+        kind,
+        id: id.clone(),
+        verdict,
+        reviewer: session.caller.name.clone(),
+        note: note.clone(),
+        expected_revision,
+        approval_expires_at,
+    };
+    let origin = Origin {
+        entry_point: "console",
+        gateway_id: String::new(),
+        caller: session.caller_name(),
+        request: serde_json::json!({
+            "kind": kind.name(),
+            "id": id,
+            "verdict": form.get("verdict"),
+            "note": note,
+            "expected_revision": expected_revision,
+            "approval_expires_at": approval_expires_at,
+        }),
+    };
+    match console.pdp.review(&origin, &command).await {
+        Ok(_) => Redirect::to(&format!("/review/{}/{}?recorded", kind.name(), id)).into_response(),
+        Err(PdpError::Aborted(_)) => {
+            // Someone else's verdict or change landed first: show the filing as it is now.
+            let now = console.pdp.get_registration(kind, &id);
+            match now {
+                Ok(filing) => (
+                    StatusCode::CONFLICT,
+                    page::layout(
+                        lang,
+                        Some(&session),
+                        &format!("{} {}", lang.t(kind.name()), filing.id),
+                        filing_page(
+                            &console,
+                            lang,
+                            &session.csrf,
+                            &filing,
+                            Some(lang.t("conflict")),
+                        ),
+                    ),
+                )
+                    .into_response(),
+                Err(e) => (StatusCode::CONFLICT, e.to_string()).into_response(),
+            }
+        }
+        Err(PdpError::NotFound(e)) => (StatusCode::NOT_FOUND, e).into_response(),
+        Err(e @ (PdpError::InvalidArgument { .. } | PdpError::FailedPrecondition(_))) => {
+            (StatusCode::BAD_REQUEST, e.to_string()).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}

@@ -1,0 +1,417 @@
+//! The browser console's pages and forms over real HTTP against the real server: sign-in with
+//! caller tokens and roles, the session cookie, CSRF, security headers, escaping of hostile
+//! record fields, the review queue and a verdict that a gRPC START then relies on.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use anchor_pdp::api::auth::hash_token;
+use anchor_pdp::proto::{self, register_request::Record};
+use common::{Options, TestServer, start};
+
+fn token(role: &str) -> String {
+    format!("console-token-for-{role}-0123456789")
+}
+
+async fn console_server() -> (TestServer, common::bearer::Pdp, common::bearer::Admin) {
+    let server = TestServer::start_with_options(Options {
+        console: true,
+        tokens: ["reviewer", "inspector", "gateway", "admin"]
+            .iter()
+            .map(|role| format!("{role}-1:{role}:{}", hash_token(&token(role))))
+            .collect(),
+        configure: Some(|args| {
+            args.console_image_prefixes =
+                vec!["oss://anchors/=https://cdn.example.com/anchors/".into()];
+        }),
+        ..Options::default()
+    })
+    .await;
+    let (mut pdp, mut admin) = common::bearer::clients(server.addr, Some(&token("admin"))).await;
+    let register = |record| proto::RegisterRequest {
+        record: Some(record),
+        expected_revision: None,
+    };
+    let records = [
+        Record::Merchant(proto::Merchant {
+            id: "m1".into(),
+            tier: proto::MerchantTier::ChineseGoldSupplier as i32,
+            display_name: String::new(),
+        }),
+        Record::Provider(proto::ServiceProvider {
+            id: "p1".into(),
+            display_name: String::new(),
+        }),
+        Record::Anchor(proto::VirtualAnchor {
+            id: "a1".into(),
+            owner_merchant_id: "m1".into(),
+            provider_id: "p1".into(),
+            image_style: proto::ImageStyle::RealisticHuman as i32,
+            image_reference: "oss://anchors/a1.png".into(),
+            display_name: "<script>alert('a1')</script>".into(),
+        }),
+        Record::Driver(proto::Driver {
+            id: "d1".into(),
+            owner_merchant_id: "m1".into(),
+            identity_reference: "kyc://d1".into(),
+            display_name: String::new(),
+        }),
+        Record::Room(proto::LivestreamRoom {
+            id: "r1".into(),
+            owner_merchant_id: "m1".into(),
+            display_name: String::new(),
+        }),
+    ];
+    for record in records {
+        pdp.register(register(record)).await.expect("register");
+    }
+    admin
+        .set_provider_listing(proto::SetProviderListingRequest {
+            provider_id: "p1".into(),
+            listed: true,
+            operator: "ops".into(),
+            expected_revision: None,
+        })
+        .await
+        .expect("listing");
+    for (kind, id) in [
+        (proto::RegistrationKind::Driver, "d1"),
+        (proto::RegistrationKind::Room, "r1"),
+    ] {
+        admin
+            .review_filing(proto::ReviewFilingRequest {
+                kind: kind as i32,
+                id: id.into(),
+                verdict: proto::Verdict::Approve as i32,
+                reviewer: "rev".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("approve");
+    }
+    (server, pdp, admin)
+}
+
+/// One HTTP/1.1 exchange: (status, headers lower-cased, body).
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut stream = TcpStream::connect(addr).expect("connect console");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if method == "POST" {
+        request.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    // Small bodies come whole or chunked; a chunked one keeps its sizes, which the checks
+    // below never look for.
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+/// Signs in with `role`'s token; returns the cookie header value and the CSRF token.
+fn sign_in(addr: SocketAddr, role: &str) -> (String, String) {
+    let reply = http(
+        addr,
+        "POST",
+        "/sign-in",
+        &[],
+        &form(&[("token", &token(role))]),
+    );
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    let set = reply
+        .header("set-cookie")
+        .expect("a session cookie")
+        .to_owned();
+    for part in ["HttpOnly", "SameSite=Strict", "Max-Age=28800", "Path=/"] {
+        assert!(set.contains(part), "{set}");
+    }
+    let cookie = set.split(';').next().expect("cookie").to_owned();
+    let page = http(addr, "GET", "/review", &[("Cookie", &cookie)], "");
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = page
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF token on the page")
+        .to_owned();
+    (cookie, csrf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_takes_a_console_role_and_every_page_carries_the_security_headers() {
+    let (server, _pdp, _admin) = console_server().await;
+    let addr = server.console_addr.expect("console");
+    let home = http(addr, "GET", "/", &[], "");
+    assert_eq!(
+        (home.status, home.header("location")),
+        (303, Some("/sign-in"))
+    );
+    let page = http(addr, "GET", "/sign-in", &[], "");
+    assert_eq!(page.status, 200);
+    let csp = page.header("content-security-policy").expect("CSP");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
+    assert!(!page.body.contains("<script>") || page.body.contains("src=\"/static/console.js\""));
+
+    for refused in [token("gateway"), "not-a-token-at-all-000000".to_owned()] {
+        let reply = http(addr, "POST", "/sign-in", &[], &form(&[("token", &refused)]));
+        assert_eq!(reply.header("location"), Some("/sign-in?failed=true"));
+        assert!(reply.header("set-cookie").is_none());
+    }
+    let unsigned = http(addr, "GET", "/review", &[], "");
+    assert_eq!(
+        (unsigned.status, unsigned.header("location")),
+        (303, Some("/sign-in"))
+    );
+    let forged = http(
+        addr,
+        "GET",
+        "/review",
+        &[("Cookie", "pdp_console=forged")],
+        "",
+    );
+    assert_eq!(forged.status, 303);
+
+    // Sign-out needs the form's CSRF token, then ends the session.
+    let (cookie, csrf) = sign_in(addr, "reviewer");
+    let refused = http(
+        addr,
+        "POST",
+        "/sign-out",
+        &[("Cookie", &cookie)],
+        &form(&[("csrf", "wrong")]),
+    );
+    assert_eq!(refused.status, 403);
+    let out = http(
+        addr,
+        "POST",
+        "/sign-out",
+        &[("Cookie", &cookie)],
+        &form(&[("csrf", &csrf)]),
+    );
+    assert_eq!(out.status, 303);
+    assert!(
+        out.header("set-cookie")
+            .is_some_and(|c| c.contains("Max-Age=0"))
+    );
+    let after = http(addr, "GET", "/review", &[("Cookie", &cookie)], "");
+    assert_eq!(after.status, 303, "the session ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewer_sees_the_pending_anchor_with_its_image_and_approves_it_for_start() {
+    let (server, mut pdp, mut admin) = console_server().await;
+    let addr = server.console_addr.expect("console");
+    let (cookie, csrf) = sign_in(addr, "reviewer");
+
+    let queue = http(addr, "GET", "/review", &[("Cookie", &cookie)], "");
+    assert!(
+        queue.body.contains("href=\"/review/anchor/a1\""),
+        "{}",
+        queue.body
+    );
+    assert!(
+        !queue.body.contains("<script>alert"),
+        "hostile names are escaped"
+    );
+    assert!(queue.body.contains("&lt;script&gt;alert"), "{}", queue.body);
+    let rooms_only = http(addr, "GET", "/review?kind=room", &[("Cookie", &cookie)], "");
+    assert!(!rooms_only.body.contains("/review/anchor/a1"));
+
+    let filing = http(addr, "GET", "/review/anchor/a1", &[("Cookie", &cookie)], "");
+    assert!(
+        filing
+            .body
+            .contains("src=\"https://cdn.example.com/anchors/a1.png\""),
+        "{}",
+        filing.body
+    );
+    assert!(
+        filing.body.contains("listed on the market"),
+        "{}",
+        filing.body
+    );
+
+    // Before the verdict, START is refused (R7); a form without its CSRF token changes nothing.
+    let refused = pdp.authorize(start()).await.expect("start").into_inner();
+    assert_eq!(refused.decision, proto::Decision::Deny as i32);
+    let approve = [
+        ("verdict", "approve"),
+        ("expected_revision", "1"),
+        ("note", "looks right"),
+    ];
+    let no_csrf = http(
+        addr,
+        "POST",
+        "/review/anchor/a1",
+        &[("Cookie", &cookie)],
+        &form(&approve),
+    );
+    assert_eq!(no_csrf.status, 403);
+    let mut with_csrf = approve.to_vec();
+    with_csrf.push(("csrf", &csrf));
+    let done = http(
+        addr,
+        "POST",
+        "/review/anchor/a1",
+        &[("Cookie", &cookie)],
+        &form(&with_csrf),
+    );
+    assert_eq!(
+        (done.status, done.header("location")),
+        (303, Some("/review/anchor/a1?recorded"))
+    );
+    let allowed = pdp.authorize(start()).await.expect("start").into_inner();
+    assert_eq!(
+        allowed.decision,
+        proto::Decision::Allow as i32,
+        "{allowed:?}"
+    );
+
+    // The verdict is in the decision log under the signed-in reviewer.
+    let mut records = admin
+        .read_decision_log(proto::ReadDecisionLogRequest {
+            action: "ReviewFiling".into(),
+            entry_point: "console".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("log")
+        .into_inner();
+    let record = records
+        .message()
+        .await
+        .expect("record")
+        .expect("one record");
+    assert_eq!(record.caller, "reviewer-1 (reviewer, console)");
+
+    // The same form again carries a stale revision: the conflict is shown, nothing overwritten.
+    let stale = http(
+        addr,
+        "POST",
+        "/review/anchor/a1",
+        &[("Cookie", &cookie)],
+        &form(&with_csrf),
+    );
+    assert_eq!(stale.status, 409, "{}", stale.body);
+    assert!(
+        stale.body.contains("changed since you opened it"),
+        "{}",
+        stale.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inspector_may_read_the_queue_but_not_record_a_verdict_and_chinese_is_one_click_away() {
+    let (server, _pdp, _admin) = console_server().await;
+    let addr = server.console_addr.expect("console");
+    let (cookie, csrf) = sign_in(addr, "inspector");
+    let verdict = http(
+        addr,
+        "POST",
+        "/review/anchor/a1",
+        &[("Cookie", &cookie)],
+        &form(&[("verdict", "approve"), ("csrf", &csrf)]),
+    );
+    assert_eq!(verdict.status, 403);
+
+    let chinese = http(
+        addr,
+        "GET",
+        "/review",
+        &[
+            ("Cookie", &cookie),
+            ("Accept-Language", "zh-CN,zh;q=0.9,en;q=0.5"),
+        ],
+        "",
+    );
+    assert!(chinese.body.contains("审核队列"), "{}", chinese.body);
+    let switch = http(
+        addr,
+        "GET",
+        "/lang/en",
+        &[
+            ("Cookie", &cookie),
+            ("Referer", &format!("http://{addr}/review?kind=anchor")),
+        ],
+        "",
+    );
+    assert_eq!(switch.header("location"), Some("/review?kind=anchor"));
+    assert!(
+        switch
+            .header("set-cookie")
+            .is_some_and(|c| c.starts_with("lang=en"))
+    );
+    let english = http(
+        addr,
+        "GET",
+        "/review",
+        &[
+            ("Cookie", &format!("{cookie}; lang=en")),
+            ("Accept-Language", "zh-CN"),
+        ],
+        "",
+    );
+    assert!(english.body.contains("Review queue"), "the cookie wins");
+    // An outside Referer never becomes the redirect.
+    let outside = http(
+        addr,
+        "GET",
+        "/lang/zh",
+        &[("Referer", "http://evil.example//x")],
+        "",
+    );
+    assert_eq!(outside.header("location"), Some("/"));
+}
