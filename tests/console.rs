@@ -415,3 +415,165 @@ async fn an_inspector_may_read_the_queue_but_not_record_a_verdict_and_chinese_is
     );
     assert_eq!(outside.header("location"), Some("/"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inspector_reports_on_the_live_board_and_the_admin_sees_the_freeze_and_why() {
+    let (server, mut pdp, mut admin) = console_server().await;
+    let addr = server.console_addr.expect("console");
+    admin
+        .review_filing(proto::ReviewFilingRequest {
+            kind: proto::RegistrationKind::Anchor as i32,
+            id: "a1".into(),
+            verdict: proto::Verdict::Approve as i32,
+            reviewer: "rev".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("approve");
+    let started = pdp.authorize(start()).await.expect("start").into_inner();
+    assert_eq!(started.decision, proto::Decision::Allow as i32);
+    let session = started.session_id;
+
+    let (cookie, csrf) = sign_in(addr, "inspector");
+    let board = http(addr, "GET", "/live", &[("Cookie", &cookie)], "");
+    assert!(
+        board.body.contains(&format!("href=\"/live/{session}\"")),
+        "{}",
+        board.body
+    );
+    let page = http(
+        addr,
+        "GET",
+        &format!("/live/{session}"),
+        &[("Cookie", &cookie)],
+        "",
+    );
+    assert!(
+        page.body.contains("<option value=\"R2\">R2 — "),
+        "{}",
+        page.body
+    );
+    let chinese = http(
+        addr,
+        "GET",
+        &format!("/live/{session}"),
+        &[("Cookie", &cookie), ("Accept-Language", "zh-CN")],
+        "",
+    );
+    assert!(chinese.body.contains("上报违规"), "{}", chinese.body);
+
+    // Step one shows the penalty and changes nothing; step two reports.
+    let report = format!("/live/{session}/report");
+    let shown = http(
+        addr,
+        "POST",
+        &report,
+        &[("Cookie", &cookie)],
+        &form(&[
+            ("rule_id", "R2"),
+            ("note", "seen on stream"),
+            ("csrf", &csrf),
+        ]),
+    );
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    assert!(
+        shown
+            .body
+            .contains("E1: shutdown and a 7-day livestream freeze"),
+        "{}",
+        shown.body
+    );
+    let still = pdp
+        .authorize(common::live(&session))
+        .await
+        .expect("live")
+        .into_inner();
+    assert_eq!(
+        still.decision,
+        proto::Decision::Allow as i32,
+        "nothing happened yet"
+    );
+    let done = http(
+        addr,
+        "POST",
+        &report,
+        &[("Cookie", &cookie)],
+        &form(&[
+            ("rule_id", "R2"),
+            ("note", "seen on stream"),
+            ("confirm", "yes"),
+            ("csrf", &csrf),
+        ]),
+    );
+    assert_eq!(done.status, 303, "{}", done.body);
+    let cut = pdp
+        .authorize(common::live(&session))
+        .await
+        .expect("live")
+        .into_inner();
+    assert_eq!(cut.decision, proto::Decision::Deny as i32);
+    let refused = pdp.authorize(start()).await.expect("start").into_inner();
+    assert_eq!(
+        refused.violations.first().map(|v| v.rule_id.as_str()),
+        Some("E3")
+    );
+
+    // The admin's account page shows the freeze with a lift form; the log shows the deny and
+    // why.
+    let (admin_cookie, admin_csrf) = sign_in(addr, "admin");
+    let account = http(
+        addr,
+        "GET",
+        "/accounts?merchant=m1",
+        &[("Cookie", &admin_cookie)],
+        "",
+    );
+    assert!(
+        account.body.contains("action=\"/accounts/m1/lift\""),
+        "{}",
+        account.body
+    );
+    assert!(!account.body.contains("not frozen"), "{}", account.body);
+    let log = http(
+        addr,
+        "GET",
+        "/log?merchant=m1&decision=deny&rule=E3",
+        &[("Cookie", &admin_cookie)],
+        "",
+    );
+    assert!(
+        log.body.contains("DENY") && log.body.contains("E3"),
+        "{}",
+        log.body
+    );
+    assert!(
+        log.body.contains("frozen = true"),
+        "the deny is explained: {}",
+        log.body
+    );
+
+    // A reviewer may read the account but not lift the freeze.
+    let (reviewer_cookie, reviewer_csrf) = sign_in(addr, "reviewer");
+    let lift = http(
+        addr,
+        "POST",
+        "/accounts/m1/lift",
+        &[("Cookie", &reviewer_cookie)],
+        &form(&[("reason", "appeal"), ("csrf", &reviewer_csrf)]),
+    );
+    assert_eq!(lift.status, 403);
+    let lifted = http(
+        addr,
+        "POST",
+        "/accounts/m1/lift",
+        &[("Cookie", &admin_cookie)],
+        &form(&[("reason", "appeal upheld"), ("csrf", &admin_csrf)]),
+    );
+    assert_eq!(lifted.status, 303);
+    let allowed = pdp.authorize(start()).await.expect("start").into_inner();
+    assert_eq!(
+        allowed.decision,
+        proto::Decision::Allow as i32,
+        "{allowed:?}"
+    );
+}

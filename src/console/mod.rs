@@ -3,9 +3,12 @@
 //! stylesheet and script embedded. Every action goes through the same service calls and role
 //! table as the gRPC API and is recorded in the decision log under the signed-in caller.
 //!
-//! Pages so far: sign-in and sign-out, and the review queue (pending anchors, drivers and
-//! rooms, oldest first) with each filing's page and its verdict form.
+//! Pages: sign-in and sign-out; the review queue (pending anchors, drivers and rooms, oldest
+//! first) with each filing's page and verdict form; the live board, each session with its
+//! decisions and "report violation"; accounts with "lift freeze"; the decision log.
 
+mod accounts;
+mod live;
 mod page;
 mod review;
 pub mod session;
@@ -108,6 +111,12 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/sign-out", post(sign_out))
         .route("/lang/{lang}", get(set_lang))
         .route("/review", get(review::queue))
+        .route("/live", get(live::board))
+        .route("/live/{id}", get(live::session_page))
+        .route("/live/{id}/report", post(live::report))
+        .route("/accounts", get(accounts::account))
+        .route("/accounts/{merchant}/lift", post(accounts::lift))
+        .route("/log", get(accounts::log))
         .route(
             "/review/{kind}/{id}",
             get(review::filing).post(review::verdict),
@@ -160,6 +169,11 @@ fn access(console: &Console, headers: &HeaderMap, method: &str) -> Access {
     Access::Granted(session)
 }
 
+/// Whether the session's role may call the gRPC method a page or link stands for.
+fn may(session: &Session, method: &str) -> bool {
+    may_call(session.caller.role, method)
+}
+
 /// Whether a form carries its session's CSRF token.
 fn csrf_ok(session: &Session, form: &HashMap<String, String>) -> bool {
     form.get("csrf")
@@ -175,10 +189,19 @@ fn csrf_refused() -> Response {
         .into_response()
 }
 
+/// Where each role starts: its own work.
+fn landing(role: Role) -> &'static str {
+    match role {
+        Role::Inspector => "/live",
+        Role::Admin => "/accounts",
+        _ => "/review",
+    }
+}
+
 async fn home(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
     match session_of(&console, &headers) {
         None => Redirect::to("/sign-in").into_response(),
-        Some(_) => Redirect::to("/review").into_response(),
+        Some((_, session)) => Redirect::to(landing(session.caller.role)).into_response(),
     }
 }
 
@@ -218,10 +241,7 @@ async fn sign_in(
     match console.sessions.start(caller) {
         Ok(id) => {
             tracing::info!(caller = %name, role = role.name(), "console sign-in");
-            let landing = match role {
-                Role::Inspector | Role::Admin | Role::Reviewer => "/review",
-                _ => "/sign-in",
-            };
+            let landing = landing(role);
             (
                 StatusCode::SEE_OTHER,
                 [

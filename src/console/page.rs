@@ -88,6 +88,78 @@ const TEXTS: &[(&str, &str, &str)] = &[
         "Nothing waits for review.",
         "暂无待审核报备。",
     ),
+    ("live_board", "Live board", "直播监控"),
+    ("live_now", "live broadcasts", "场直播进行中"),
+    ("session", "Session", "直播会话"),
+    ("gateway", "Gateway", "网关"),
+    ("started", "Started", "开播时间"),
+    ("closed", "Closed", "结束时间"),
+    ("time_live", "Live for", "已直播"),
+    ("rule", "Rule", "规则"),
+    ("report", "Report a violation", "上报违规"),
+    (
+        "reported",
+        "Violation reported: the session is shut down.",
+        "违规已上报,直播已关停。",
+    ),
+    ("decisions", "Decisions", "决策记录"),
+    ("penalty", "Penalty it brings", "将触发的处罚"),
+    (
+        "penalty_none",
+        "Shutdown of this broadcast, no penalty",
+        "关停本场直播,不处罚",
+    ),
+    (
+        "penalty_e1",
+        "E1: shutdown and a 7-day livestream freeze",
+        "E1:关停直播并冻结直播权限 7 天",
+    ),
+    (
+        "penalty_e2",
+        "E2: a warning, shutdown and a 7-day livestream freeze",
+        "E2:警告、关停直播并冻结直播权限 7 天",
+    ),
+    (
+        "already_penalized",
+        "Shutdown only: this session was penalized already",
+        "仅关停:本场直播已处罚过",
+    ),
+    ("confirm_title", "Confirm the report", "确认上报"),
+    ("confirm_report", "Report and shut down", "确认上报并关停"),
+    ("accounts", "Accounts", "商家账户"),
+    ("open", "Open", "打开"),
+    ("tier", "Tier", "会员等级"),
+    ("warnings", "Warnings", "警告次数"),
+    ("penalties", "Penalties", "处罚次数"),
+    ("frozen_until", "Frozen until", "冻结至"),
+    ("left", "left", "剩余"),
+    ("not_frozen", "not frozen", "未冻结"),
+    ("last_penalty", "Last penalty", "最近处罚"),
+    ("lifted", "Freeze lifted", "冻结已解除"),
+    ("reason", "Reason", "原因"),
+    ("lift", "Lift the freeze", "解除冻结"),
+    ("filings", "Filings", "报备"),
+    (
+        "merchant_log",
+        "This merchant's decisions",
+        "该商家的决策记录",
+    ),
+    ("no_merchant", "No merchant with that id.", "无此商家。"),
+    ("decision_log", "Decision log", "决策日志"),
+    ("time", "Time", "时间"),
+    ("action", "Action", "操作"),
+    ("caller", "Caller", "调用方"),
+    ("decision", "Decision", "决策"),
+    ("rules", "Rules", "规则"),
+    ("outcome", "Outcome", "结果"),
+    ("since", "Since (UTC)", "起始时间(UTC)"),
+    ("records", "records", "条记录"),
+    (
+        "why",
+        "Why: the facts and policies it was decided on",
+        "原因:决策所依据的事实与策略",
+    ),
+    ("determining", "Determining policies:", "起决定作用的策略:"),
 ];
 
 impl Lang {
@@ -188,7 +260,12 @@ pub fn layout(lang: Lang, session: Option<&Session>, title: &str, body: Markup) 
                 header {
                     strong { (lang.t("title")) }
                     @if session.is_some() {
-                        nav { a href="/review" { (lang.t("review_queue")) } }
+                        nav {
+                            a href="/review" { (lang.t("review_queue")) } " · "
+                            a href="/live" { (lang.t("live_board")) } " · "
+                            a href="/accounts" { (lang.t("accounts")) } " · "
+                            a href="/log" { (lang.t("decision_log")) }
+                        }
                     }
                     span.lang {
                         a href="/lang/en" { "English" } " · " a href="/lang/zh" { "中文" }
@@ -233,6 +310,20 @@ mod tests {
         );
         for (key, en, zh) in TEXTS {
             assert!(!en.is_empty() && !zh.is_empty(), "{key}");
+        }
+        // Every key a page asks for is in the table (a missing one would show as "?").
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/console");
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{e}")) {
+            let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for used in text.split("lang.t(\"").skip(1) {
+                let key = used.split('"').next().unwrap_or_default();
+                assert!(
+                    TEXTS.iter().any(|(k, _, _)| *k == key),
+                    "{}: no text {key:?}",
+                    path.display()
+                );
+            }
         }
     }
 }

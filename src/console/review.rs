@@ -33,11 +33,11 @@ fn kind_named(name: &str) -> Option<Kind> {
     REVIEWED_KINDS.into_iter().find(|k| k.name() == name)
 }
 
-/// Every pending filing of `kinds`, oldest first.
-fn pending(
+/// Every filing of `kinds` that `keep` accepts, oldest first.
+pub(super) fn filings(
     console: &Console,
     kinds: &[Kind],
-    merchant: &str,
+    keep: impl Fn(&Registration) -> bool,
 ) -> Result<Vec<Registration>, PdpError> {
     let mut found = Vec::new();
     for kind in kinds {
@@ -48,10 +48,7 @@ fn pending(
                 .list_registrations(*kind, after.as_deref(), PAGE)?;
             let full = page.len() == PAGE;
             after = page.last().map(|r| r.id.clone());
-            found.extend(page.into_iter().filter(|r| {
-                r.review_status == ReviewStatus::PendingReview
-                    && (merchant.is_empty() || r.body.owner() == Some(merchant))
-            }));
+            found.extend(page.into_iter().filter(|r| keep(r)));
             if !full {
                 break;
             }
@@ -59,6 +56,18 @@ fn pending(
     }
     found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
     Ok(found)
+}
+
+/// Every pending filing of `kinds` (of `merchant`, unless empty), oldest first.
+fn pending(
+    console: &Console,
+    kinds: &[Kind],
+    merchant: &str,
+) -> Result<Vec<Registration>, PdpError> {
+    filings(console, kinds, |r| {
+        r.review_status == ReviewStatus::PendingReview
+            && (merchant.is_empty() || r.body.owner() == Some(merchant))
+    })
 }
 
 pub async fn queue(
@@ -231,7 +240,7 @@ pub async fn filing(
 }
 
 /// `2026-12-01T09:30` (a datetime-local field, read as UTC) in Unix milliseconds.
-fn parse_expiry(value: &str) -> Result<Option<i64>, String> {
+pub(super) fn parse_expiry(value: &str) -> Result<Option<i64>, String> {
     let value = value.trim();
     if value.is_empty() {
         return Ok(None);

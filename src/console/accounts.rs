@@ -1,0 +1,233 @@
+//! Accounts and the decision log: a merchant's tier, warnings, freeze (and time left), its
+//! filings and sessions, lifting a freeze (admins); and the log searched by merchant, session,
+//! decision, rule and time, each deny with its explanation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::html;
+
+use super::live::records_table;
+use super::page::{self, Lang};
+use super::{Access, Console, access, csrf_ok, csrf_refused, may};
+use crate::domain::{Kind, RecordBody};
+use crate::error::PdpError;
+use crate::service::Origin;
+
+const GET_ACCOUNT: &str = "/anchorpdp.v1.PolicyAdmin/GetAccount";
+const LIFT: &str = "/anchorpdp.v1.PolicyAdmin/LiftFreeze";
+const READ_LOG: &str = "/anchorpdp.v1.PolicyAdmin/ReadDecisionLog";
+/// Records a log search shows, and how many it looks through for them.
+const LOG_RECORDS: usize = 500;
+const LOG_SCAN: usize = 1_000_000;
+
+#[derive(serde::Deserialize)]
+pub struct AccountQuery {
+    #[serde(default)]
+    merchant: String,
+}
+
+pub async fn account(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(query): Query<AccountQuery>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let session = match access(&console, &headers, GET_ACCOUNT) {
+        Access::Granted(session) => session,
+        Access::Refused(response) => return response,
+    };
+    let merchant_id = query.merchant.trim().to_owned();
+    let now = console.pdp.now();
+    let found = if merchant_id.is_empty() {
+        None
+    } else {
+        match console.pdp.get_account(&merchant_id) {
+            Ok(found) => Some(found),
+            Err(PdpError::NotFound(_)) => None,
+            Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        }
+    };
+    let filings = if found.is_some() {
+        super::review::filings(&console, &[Kind::Anchor, Kind::Driver, Kind::Room], |r| {
+            r.body.owner() == Some(merchant_id.as_str())
+        })
+        .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let sessions: Vec<_> = console
+        .pdp
+        .live_sessions()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s.merchant_id == merchant_id)
+        .collect();
+    let body = html! {
+        form.filter method="get" action="/accounts" {
+            label { (lang.t("merchant")) " " input type="text" name="merchant" value=(merchant_id); }
+            button type="submit" { (lang.t("open")) }
+        }
+        @if let Some((merchant, account)) = &found {
+            dl {
+                dt { (lang.t("merchant")) } dd { (merchant.id) }
+                dt { (lang.t("tier")) } dd {
+                    @if let RecordBody::Merchant { tier, .. } = &merchant.body { (tier.policy_name()) }
+                }
+                dt { (lang.t("warnings")) } dd { (account.warnings) }
+                dt { (lang.t("penalties")) } dd { (account.penalties) }
+                dt { (lang.t("frozen_until")) }
+                dd.freeze {
+                    @match account.frozen_at(now) {
+                        Some(until) => {
+                            (page::time(until)) " — " ((until - now).max(0) / 3_600_000) " h " (lang.t("left"))
+                        }
+                        None => { (lang.t("not_frozen")) }
+                    }
+                }
+                @if let Some(last) = &account.last_penalty {
+                    dt { (lang.t("last_penalty")) }
+                    dd { (last.penalty.name()) " — " (last.rule_ids.join(", ")) ", " (page::time(last.applied_at))
+                        " — " a href=(format!("/live/{}", last.session_id)) { (last.session_id) } }
+                }
+                @if let Some(lift) = &account.freeze_lifted {
+                    dt { (lang.t("lifted")) } dd { (lift.operator) ", " (page::time(lift.lifted_at)) " — " q { (lift.reason) } }
+                }
+            }
+            @if account.frozen_at(now).is_some() && may(&session, LIFT) {
+                form.verdict method="post" action=(format!("/accounts/{}/lift", merchant.id)) {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    label { (lang.t("reason")) textarea name="reason" required maxlength="512" {} }
+                    button type="submit" { (lang.t("lift")) }
+                }
+            }
+            h2 { (lang.t("filings")) }
+            table { tbody {
+                @for f in &filings {
+                    tr {
+                        td { (lang.t(f.kind().name())) }
+                        td { a href=(format!("/review/{}/{}", f.kind().name(), f.id)) { (f.id) } }
+                        td { (f.review_status.policy_name()) }
+                    }
+                }
+            } }
+            h2 { (lang.t("live_board")) }
+            ul { @for s in &sessions { li { a href=(format!("/live/{}", s.id)) { (s.id) } " — " (s.room_id) } } }
+            @if may(&session, READ_LOG) {
+                p { a href=(format!("/log?merchant={}", merchant.id)) { (lang.t("merchant_log")) } }
+            }
+        } @else if !merchant_id.is_empty() {
+            (page::message(lang.t("no_merchant")))
+        }
+    };
+    page::layout(lang, Some(&session), lang.t("accounts"), body).into_response()
+}
+
+pub async fn lift(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(merchant): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let session = match access(&console, &headers, LIFT) {
+        Access::Granted(session) => session,
+        Access::Refused(response) => return response,
+    };
+    if !csrf_ok(&session, &form) {
+        return csrf_refused();
+    }
+    let reason = form
+        .get("reason")
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_default();
+    if reason.is_empty() || reason.len() > 512 {
+        return (StatusCode::BAD_REQUEST, "reason: 1-512 bytes").into_response();
+    }
+    let origin = Origin {
+        entry_point: "console",
+        gateway_id: String::new(),
+        caller: session.caller_name(),
+        request: serde_json::json!({ "merchant_id": merchant, "reason": reason }),
+    };
+    match console
+        .pdp
+        .lift_freeze(&origin, &merchant, &session.caller.name, &reason)
+        .await
+    {
+        Ok(_) => Redirect::to(&format!("/accounts?merchant={merchant}")).into_response(),
+        Err(PdpError::NotFound(e)) => (StatusCode::NOT_FOUND, e).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+pub struct LogQuery {
+    #[serde(default)]
+    merchant: String,
+    #[serde(default)]
+    session: String,
+    #[serde(default)]
+    decision: String,
+    #[serde(default)]
+    rule: String,
+    /// Only records at or after this time (`2026-11-28T20:00`, UTC).
+    #[serde(default)]
+    since: String,
+}
+
+pub async fn log(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(query): Query<LogQuery>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let session = match access(&console, &headers, READ_LOG) {
+        Access::Granted(session) => session,
+        Access::Refused(response) => return response,
+    };
+    let since = match super::review::parse_expiry(&query.since) {
+        Ok(since) => since,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.replace("expires", "since")).into_response(),
+    };
+    let keep = |r: &crate::domain::LogRecord| {
+        (query.merchant.is_empty() || r.merchant_id == query.merchant)
+            && (query.session.is_empty() || r.session_id == query.session)
+            && (query.rule.is_empty() || r.rule_ids.contains(&query.rule))
+            && match query.decision.as_str() {
+                "allow" => r.allowed == Some(true),
+                "deny" => r.allowed == Some(false),
+                _ => true,
+            }
+            && since.is_none_or(|since| r.at >= since)
+    };
+    let records = match console
+        .pdp
+        .store()
+        .read_log(None, keep, LOG_RECORDS, LOG_SCAN)
+    {
+        Ok((records, _)) => records,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    };
+    let body = html! {
+        form.filter method="get" action="/log" {
+            label { (lang.t("merchant")) input type="text" name="merchant" value=(query.merchant); }
+            label { (lang.t("session")) input type="text" name="session" value=(query.session); }
+            label { (lang.t("decision"))
+                select name="decision" {
+                    option value="" { (lang.t("all")) }
+                    option value="allow" selected[query.decision == "allow"] { "ALLOW" }
+                    option value="deny" selected[query.decision == "deny"] { "DENY" }
+                }
+            }
+            label { (lang.t("rule")) input type="text" name="rule" value=(query.rule) size="6"; }
+            label { (lang.t("since")) input type="datetime-local" name="since" value=(query.since); }
+            button type="submit" { (lang.t("filter")) }
+        }
+        p { (records.len()) " " (lang.t("records")) }
+        (records_table(lang, &records))
+    };
+    page::layout(lang, Some(&session), lang.t("decision_log"), body).into_response()
+}

@@ -1,0 +1,265 @@
+//! The inspector's pages: the live board, a session with its decisions, and "report
+//! violation" with a rule picker from the active policy set; the penalty the report will
+//! bring is shown before it is confirmed (PolicyAdmin/ReportViolation behind the same roles).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+
+use super::page::{self, Lang};
+use super::{Access, Console, access, csrf_ok, csrf_refused};
+use crate::domain::{LogRecord, Penalty, SessionState};
+use crate::error::PdpError;
+use crate::service::Origin;
+
+const LIST: &str = "/anchorpdp.v1.PolicyAdmin/ListLiveSessions";
+const GET: &str = "/anchorpdp.v1.PolicyAdmin/GetSession";
+const REPORT: &str = "/anchorpdp.v1.PolicyAdmin/ReportViolation";
+const READ_LOG: &str = "/anchorpdp.v1.PolicyAdmin/ReadDecisionLog";
+/// Decision-log records a session page shows, and how many it looks through for them.
+const SESSION_RECORDS: usize = 200;
+const SESSION_SCAN: usize = 200_000;
+
+/// What a penalty does, in the viewer's language.
+pub fn penalty_text(lang: Lang, penalty: Penalty) -> &'static str {
+    match penalty {
+        Penalty::None => lang.t("penalty_none"),
+        Penalty::E1 => lang.t("penalty_e1"),
+        Penalty::E2 => lang.t("penalty_e2"),
+    }
+}
+
+pub async fn board(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let lang = Lang::of(&headers);
+    let session = match access(&console, &headers, LIST) {
+        Access::Granted(session) => session,
+        Access::Refused(response) => return response,
+    };
+    let live = match console.pdp.live_sessions() {
+        Ok(live) => live,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    };
+    let now = console.pdp.now();
+    let body = html! {
+        p { (live.len()) " " (lang.t("live_now")) }
+        table.board {
+            thead { tr {
+                th { (lang.t("session")) } th { (lang.t("merchant")) } th { (lang.t("room")) }
+                th { (lang.t("anchor")) } th { (lang.t("driver")) } th { (lang.t("gateway")) }
+                th { (lang.t("started")) } th { (lang.t("time_live")) }
+            } }
+            tbody {
+                @for s in &live {
+                    tr {
+                        td { a href=(format!("/live/{}", s.id)) { (s.id) } }
+                        td { a href=(format!("/accounts?merchant={}", s.merchant_id)) { (s.merchant_id) } }
+                        td { (s.room_id) } td { (s.anchor_id) } td { (s.driver_id) } td { (s.gateway_id) }
+                        td { (page::time(s.started_at)) }
+                        td { ((now - s.started_at).max(0) / 60_000) " min" }
+                    }
+                }
+            }
+        }
+    };
+    page::layout(lang, Some(&session), lang.t("live_board"), body).into_response()
+}
+
+/// A decision-log table, each deny with its explanation.
+pub fn records_table(lang: Lang, records: &[LogRecord]) -> Markup {
+    html! {
+        table.log {
+            thead { tr {
+                th { (lang.t("time")) } th { (lang.t("action")) } th { (lang.t("caller")) }
+                th { (lang.t("merchant")) } th { (lang.t("session")) } th { (lang.t("decision")) }
+                th { (lang.t("rules")) } th { (lang.t("outcome")) }
+            } }
+            tbody {
+                @for r in records {
+                    tr {
+                        td { (page::time(r.at)) }
+                        td { (r.action) " · " (r.entry_point) }
+                        td { (r.caller) }
+                        td { (r.merchant_id) }
+                        td { @if !r.session_id.is_empty() { a href=(format!("/live/{}", r.session_id)) { (r.session_id) } } }
+                        td { @match r.allowed { Some(true) => { "ALLOW" } Some(false) => { "DENY" } None => {} } }
+                        td { (r.rule_ids.join(", ")) }
+                        td { (r.enforcement) " " (r.outcome)
+                            @if let Some(p) = r.penalty_applied { " · " (p.name()) } }
+                    }
+                    @if let (Some(false), Some(explanation)) = (r.allowed, &r.explanation) {
+                        tr.explanation { td colspan="8" {
+                            details {
+                                summary { (lang.t("why")) }
+                                ul {
+                                    @for fact in explanation.facts.iter().chain(&explanation.context) {
+                                        li { code { (fact.entity) "." (fact.attribute) " = " (fact.value) } }
+                                    }
+                                }
+                                p { (lang.t("determining")) " " (explanation.determining_policies.join(", ")) }
+                            }
+                        } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct ReportQuery {
+    #[serde(default)]
+    reported: Option<String>,
+}
+
+pub async fn session_page(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<ReportQuery>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let session = match access(&console, &headers, GET) {
+        Access::Granted(session) => session,
+        Access::Refused(response) => return response,
+    };
+    let live = match console.pdp.get_session(&id) {
+        Ok(live) => live,
+        Err(PdpError::NotFound(e)) => return (StatusCode::NOT_FOUND, e).into_response(),
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    };
+    let records = if super::may(&session, READ_LOG) {
+        console
+            .pdp
+            .store()
+            .read_log(None, |r| r.session_id == id, SESSION_RECORDS, SESSION_SCAN)
+            .map(|(records, _)| records)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let policies = console.pdp.policies();
+    let mut rules: Vec<_> = policies.rules().collect();
+    rules.sort_by_key(|r| r.order);
+    let body = html! {
+        @if query.reported.is_some() { p.notice { (lang.t("reported")) } }
+        dl {
+            dt { (lang.t("state")) } dd { (format!("{:?}", live.state).to_uppercase()) }
+            dt { (lang.t("merchant")) } dd { a href=(format!("/accounts?merchant={}", live.merchant_id)) { (live.merchant_id) } }
+            dt { (lang.t("room")) } dd { (live.room_id) }
+            dt { (lang.t("anchor")) } dd { (live.anchor_id) }
+            dt { (lang.t("driver")) } dd { (live.driver_id) }
+            dt { (lang.t("gateway")) } dd { (live.gateway_id) }
+            dt { (lang.t("started")) } dd { (page::time(live.started_at)) }
+            @if let Some(closed) = live.closed_at {
+                dt { (lang.t("closed")) } dd { (page::time(closed)) " — " (live.close_reason) }
+            }
+        }
+        @if live.state == SessionState::Active && super::may(&session, REPORT) {
+            form.verdict method="post" action=(format!("/live/{}/report", live.id)) {
+                input type="hidden" name="csrf" value=(session.csrf);
+                label { (lang.t("rule"))
+                    select name="rule_id" required {
+                        @for rule in &rules {
+                            @if rule.penalty != Penalty::None || rule.id.starts_with('R') {
+                                option value=(rule.id) {
+                                    (rule.id) " — " (match lang { Lang::En => &rule.message_en, Lang::Zh => &rule.message_zh })
+                                }
+                            }
+                        }
+                    }
+                }
+                label { (lang.t("note")) textarea name="note" maxlength="512" {} }
+                button type="submit" { (lang.t("report")) }
+            }
+        }
+        h2 { (lang.t("decisions")) }
+        (records_table(lang, &records))
+    };
+    page::layout(
+        lang,
+        Some(&session),
+        &format!("{} {}", lang.t("session"), live.id),
+        body,
+    )
+    .into_response()
+}
+
+/// Step one shows what the report will do; step two (`confirm=yes`) does it.
+pub async fn report(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let session = match access(&console, &headers, REPORT) {
+        Access::Granted(session) => session,
+        Access::Refused(response) => return response,
+    };
+    if !csrf_ok(&session, &form) {
+        return csrf_refused();
+    }
+    let rule_id = form.get("rule_id").cloned().unwrap_or_default();
+    let note = form.get("note").cloned().unwrap_or_default();
+    if note.len() > 512 {
+        return (StatusCode::BAD_REQUEST, "note: at most 512 bytes").into_response();
+    }
+    let policies = console.pdp.policies();
+    let Some(rule) = policies.rule(&rule_id) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("rule_id: {rule_id} is not a rule of the active set"),
+        )
+            .into_response();
+    };
+    let live = match console.pdp.get_session(&id) {
+        Ok(live) => live,
+        Err(PdpError::NotFound(e)) => return (StatusCode::NOT_FOUND, e).into_response(),
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    };
+    if form.get("confirm").map(String::as_str) != Some("yes") {
+        let penalty = if live.penalty_applied.is_some() {
+            lang.t("already_penalized")
+        } else {
+            penalty_text(lang, rule.penalty)
+        };
+        let body = html! {
+            dl {
+                dt { (lang.t("session")) } dd { (live.id) }
+                dt { (lang.t("merchant")) } dd { (live.merchant_id) }
+                dt { (lang.t("rule")) } dd { (rule.id) " — " (match lang { Lang::En => &rule.message_en, Lang::Zh => &rule.message_zh }) }
+                dt { (lang.t("penalty")) } dd.penalty { (penalty) }
+            }
+            form.verdict method="post" action=(format!("/live/{}/report", live.id)) {
+                input type="hidden" name="csrf" value=(session.csrf);
+                input type="hidden" name="rule_id" value=(rule.id);
+                input type="hidden" name="note" value=(note);
+                input type="hidden" name="confirm" value="yes";
+                button type="submit" { (lang.t("confirm_report")) }
+            }
+        };
+        return page::layout(lang, Some(&session), lang.t("confirm_title"), body).into_response();
+    }
+    let origin = Origin {
+        entry_point: "console",
+        gateway_id: String::new(),
+        caller: session.caller_name(),
+        request: serde_json::json!({ "session_id": id, "rule_id": rule_id, "note": note }),
+    };
+    match console
+        .pdp
+        .report_violation(&origin, &id, &rule_id, &session.caller.name, &note)
+        .await
+    {
+        Ok(_) => Redirect::to(&format!("/live/{id}?reported=1")).into_response(),
+        Err(PdpError::NotFound(e)) => (StatusCode::NOT_FOUND, e).into_response(),
+        Err(e @ (PdpError::InvalidArgument { .. } | PdpError::FailedPrecondition(_))) => {
+            (StatusCode::BAD_REQUEST, e.to_string()).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
