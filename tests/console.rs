@@ -577,3 +577,85 @@ async fn an_inspector_reports_on_the_live_board_and_the_admin_sees_the_freeze_an
         "{allowed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_lists_providers_and_files_ai_features_and_an_inspector_only_reads_them() {
+    let (server, mut pdp, mut admin) = console_server().await;
+    let addr = server.console_addr.expect("console");
+    pdp.register(proto::RegisterRequest {
+        record: Some(Record::AiFeature(proto::AiFeature {
+            id: "voice-clone".into(),
+            display_name: String::new(),
+        })),
+        expected_revision: None,
+    })
+    .await
+    .expect("ai feature");
+    let (cookie, csrf) = sign_in(addr, "admin");
+    let catalog = http(addr, "GET", "/catalog", &[("Cookie", &cookie)], "");
+    assert!(
+        catalog.body.contains("action=\"/catalog/provider/p1\""),
+        "{}",
+        catalog.body
+    );
+    let unlisted = http(
+        addr,
+        "POST",
+        "/catalog/provider/p1",
+        &[("Cookie", &cookie)],
+        &form(&[("listed", "false"), ("csrf", &csrf)]),
+    );
+    assert_eq!(unlisted.status, 303, "{}", unlisted.body);
+    let filed = http(
+        addr,
+        "POST",
+        "/catalog/ai-feature/voice-clone",
+        &[("Cookie", &cookie)],
+        &form(&[
+            ("assessed", "true"),
+            ("filing_number", "AI-FILING-9"),
+            ("csrf", &csrf),
+        ]),
+    );
+    assert_eq!(filed.status, 303, "{}", filed.body);
+    let provider = admin
+        .get_registration(proto::GetRegistrationRequest {
+            kind: proto::RegistrationKind::Provider as i32,
+            id: "p1".into(),
+        })
+        .await
+        .expect("provider")
+        .into_inner()
+        .registration
+        .expect("registration");
+    assert_eq!(provider.provider_listing.map(|l| l.listed), Some(false));
+    let feature = admin
+        .get_registration(proto::GetRegistrationRequest {
+            kind: proto::RegistrationKind::AiFeature as i32,
+            id: "voice-clone".into(),
+        })
+        .await
+        .expect("feature")
+        .into_inner()
+        .registration
+        .expect("registration");
+    let clearance = feature.ai_feature_clearance.expect("clearance");
+    assert!(clearance.security_assessment_passed);
+    assert_eq!(clearance.filing_number, "AI-FILING-9");
+
+    let (inspector, inspector_csrf) = sign_in(addr, "inspector");
+    let read = http(addr, "GET", "/catalog", &[("Cookie", &inspector)], "");
+    assert_eq!(read.status, 200);
+    assert!(
+        !read.body.contains("action=\"/catalog/provider/p1\""),
+        "no forms for a reader"
+    );
+    let refused = http(
+        addr,
+        "POST",
+        "/catalog/provider/p1",
+        &[("Cookie", &inspector)],
+        &form(&[("listed", "true"), ("csrf", &inspector_csrf)]),
+    );
+    assert_eq!(refused.status, 403);
+}

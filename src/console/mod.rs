@@ -5,9 +5,11 @@
 //!
 //! Pages: sign-in and sign-out; the review queue (pending anchors, drivers and rooms, oldest
 //! first) with each filing's page and verdict form; the live board, each session with its
-//! decisions and "report violation"; accounts with "lift freeze"; the decision log.
+//! decisions and "report violation"; accounts with "lift freeze"; the decision log; and the
+//! catalog of providers and AI features.
 
 mod accounts;
+mod catalog;
 mod live;
 mod page;
 mod review;
@@ -117,6 +119,9 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/accounts", get(accounts::account))
         .route("/accounts/{merchant}/lift", post(accounts::lift))
         .route("/log", get(accounts::log))
+        .route("/catalog", get(catalog::catalog))
+        .route("/catalog/provider/{id}", post(catalog::set_listing))
+        .route("/catalog/ai-feature/{id}", post(catalog::set_ai_filing))
         .route(
             "/review/{kind}/{id}",
             get(review::filing).post(review::verdict),

@@ -160,6 +160,22 @@ const TEXTS: &[(&str, &str, &str)] = &[
         "原因:决策所依据的事实与策略",
     ),
     ("determining", "Determining policies:", "起决定作用的策略:"),
+    ("providers", "Service providers", "服务商"),
+    (
+        "ai_features",
+        "Generative-AI features",
+        "生成式人工智能功能",
+    ),
+    ("list", "List on the market", "上架"),
+    ("unlist", "Unlist", "下架"),
+    ("assessed", "security assessment passed", "已通过安全评估"),
+    ("filing_number", "Filing number", "备案号"),
+    ("save", "Save", "保存"),
+    (
+        "catalog",
+        "Providers and AI features",
+        "服务商与人工智能功能",
+    ),
 ];
 
 impl Lang {
@@ -264,7 +280,8 @@ pub fn layout(lang: Lang, session: Option<&Session>, title: &str, body: Markup) 
                             a href="/review" { (lang.t("review_queue")) } " · "
                             a href="/live" { (lang.t("live_board")) } " · "
                             a href="/accounts" { (lang.t("accounts")) } " · "
-                            a href="/log" { (lang.t("decision_log")) }
+                            a href="/log" { (lang.t("decision_log")) } " · "
+                            a href="/catalog" { (lang.t("catalog")) }
                         }
                     }
                     span.lang {
