@@ -7,92 +7,9 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
-use anchor_pdp::api::auth::hash_token;
 use anchor_pdp::proto::{self, register_request::Record};
-use common::{Options, TestServer, start};
-
-fn token(role: &str) -> String {
-    format!("console-token-for-{role}-0123456789")
-}
-
-async fn console_server() -> (TestServer, common::bearer::Pdp, common::bearer::Admin) {
-    let server = TestServer::start_with_options(Options {
-        console: true,
-        tokens: ["reviewer", "inspector", "gateway", "admin"]
-            .iter()
-            .map(|role| format!("{role}-1:{role}:{}", hash_token(&token(role))))
-            .collect(),
-        configure: Some(|args| {
-            args.console_image_prefixes =
-                vec!["oss://anchors/=https://cdn.example.com/anchors/".into()];
-        }),
-        ..Options::default()
-    })
-    .await;
-    let (mut pdp, mut admin) = common::bearer::clients(server.addr, Some(&token("admin"))).await;
-    let register = |record| proto::RegisterRequest {
-        record: Some(record),
-        expected_revision: None,
-    };
-    let records = [
-        Record::Merchant(proto::Merchant {
-            id: "m1".into(),
-            tier: proto::MerchantTier::ChineseGoldSupplier as i32,
-            display_name: String::new(),
-        }),
-        Record::Provider(proto::ServiceProvider {
-            id: "p1".into(),
-            display_name: String::new(),
-        }),
-        Record::Anchor(proto::VirtualAnchor {
-            id: "a1".into(),
-            owner_merchant_id: "m1".into(),
-            provider_id: "p1".into(),
-            image_style: proto::ImageStyle::RealisticHuman as i32,
-            image_reference: "oss://anchors/a1.png".into(),
-            display_name: "<script>alert('a1')</script>".into(),
-        }),
-        Record::Driver(proto::Driver {
-            id: "d1".into(),
-            owner_merchant_id: "m1".into(),
-            identity_reference: "kyc://d1".into(),
-            display_name: String::new(),
-        }),
-        Record::Room(proto::LivestreamRoom {
-            id: "r1".into(),
-            owner_merchant_id: "m1".into(),
-            display_name: String::new(),
-        }),
-    ];
-    for record in records {
-        pdp.register(register(record)).await.expect("register");
-    }
-    admin
-        .set_provider_listing(proto::SetProviderListingRequest {
-            provider_id: "p1".into(),
-            listed: true,
-            operator: "ops".into(),
-            expected_revision: None,
-        })
-        .await
-        .expect("listing");
-    for (kind, id) in [
-        (proto::RegistrationKind::Driver, "d1"),
-        (proto::RegistrationKind::Room, "r1"),
-    ] {
-        admin
-            .review_filing(proto::ReviewFilingRequest {
-                kind: kind as i32,
-                id: id.into(),
-                verdict: proto::Verdict::Approve as i32,
-                reviewer: "rev".into(),
-                ..Default::default()
-            })
-            .await
-            .expect("approve");
-    }
-    (server, pdp, admin)
-}
+use common::console::{console_server, token};
+use common::start;
 
 /// One HTTP/1.1 exchange: (status, headers lower-cased, body).
 struct Reply {
@@ -202,7 +119,7 @@ async fn sign_in_takes_a_console_role_and_every_page_carries_the_security_header
     );
     assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(page.header("x-frame-options"), Some("DENY"));
-    assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(page.header("referrer-policy"), Some("same-origin"));
     assert!(!page.body.contains("<script>") || page.body.contains("src=\"/static/console.js\""));
 
     for refused in [token("gateway"), "not-a-token-at-all-000000".to_owned()] {
@@ -658,4 +575,46 @@ async fn an_admin_lists_providers_and_files_ai_features_and_an_inspector_only_re
         &form(&[("listed", "true"), ("csrf", &inspector_csrf)]),
     );
     assert_eq!(refused.status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_queue_comes_in_pages_of_200_oldest_first() {
+    let (server, pdp, _admin) = console_server().await;
+    let addr = server.console_addr.expect("console");
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let mut pdp = pdp.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (worker..249).step_by(8) {
+                pdp.register(proto::RegisterRequest {
+                    record: Some(Record::Room(proto::LivestreamRoom {
+                        id: format!("room{i:03}"),
+                        owner_merchant_id: "m1".into(),
+                        display_name: String::new(),
+                    })),
+                    expected_revision: None,
+                })
+                .await
+                .expect("room");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let (cookie, _) = sign_in(addr, "reviewer");
+    // 249 rooms and the pending anchor a1: 250 filings, two pages.
+    let first = http(addr, "GET", "/review", &[("Cookie", &cookie)], "");
+    assert!(first.body.contains("250 pending"), "{}", first.body);
+    assert_eq!(first.body.matches("<a href=\"/review/").count(), 200);
+    assert!(first.body.contains("1 / 2"), "{}", first.body);
+    let second = http(
+        addr,
+        "GET",
+        "/review?kind=&merchant=&page=1",
+        &[("Cookie", &cookie)],
+        "",
+    );
+    assert_eq!(second.body.matches("<a href=\"/review/").count(), 50);
+    assert!(second.body.contains("2 / 2"));
 }

@@ -83,7 +83,7 @@ const CSS: &str = include_str!("console.css");
 const JS: &str = include_str!("console.js");
 
 /// The headers every console response carries: no inline script or style, no framing, no
-/// referrer, no sniffing.
+/// sniffing, and a referrer only within the console (the language switch returns to it).
 async fn security_headers(
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -98,7 +98,7 @@ async fn security_headers(
         ),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-store"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));

@@ -27,7 +27,13 @@ pub struct QueueFilter {
     kind: String,
     #[serde(default)]
     merchant: String,
+    /// Which page of `QUEUE_PAGE` rows, from 0.
+    #[serde(default)]
+    page: usize,
 }
+
+/// Rows per queue page: the oldest come first, and a reviewer works from the top.
+const QUEUE_PAGE: usize = 200;
 
 fn kind_named(name: &str) -> Option<Kind> {
     REVIEWED_KINDS.into_iter().find(|k| k.name() == name)
@@ -88,6 +94,17 @@ pub async fn queue(
         Ok(filings) => filings,
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     };
+    let pages = filings.len().div_ceil(QUEUE_PAGE).max(1);
+    let page_no = filter.page.min(pages - 1);
+    let shown = &filings[(page_no * QUEUE_PAGE).min(filings.len())
+        ..((page_no + 1) * QUEUE_PAGE).min(filings.len())];
+    let link = |page: usize| {
+        form_urlencoded::Serializer::new(String::from("/review?"))
+            .append_pair("kind", &filter.kind)
+            .append_pair("merchant", &filter.merchant)
+            .append_pair("page", &page.to_string())
+            .finish()
+    };
     let body = html! {
         form.filter method="get" action="/review" {
             label { (lang.t("kind")) " "
@@ -108,7 +125,7 @@ pub async fn queue(
             table.queue {
                 thead { tr { th { (lang.t("kind")) } th { (lang.t("id")) } th { (lang.t("owner")) } th { (lang.t("name")) } th { (lang.t("filed")) } } }
                 tbody {
-                    @for filing in &filings {
+                    @for filing in shown {
                         tr {
                             td { (lang.t(filing.kind().name())) }
                             td { a href=(format!("/review/{}/{}", filing.kind().name(), filing.id)) { (filing.id) } }
@@ -117,6 +134,13 @@ pub async fn queue(
                             td { (page::time(filing.created_at)) }
                         }
                     }
+                }
+            }
+            @if pages > 1 {
+                p.pages {
+                    @if page_no > 0 { a href=(link(page_no - 1)) { "←" } " " }
+                    (page_no + 1) " / " (pages)
+                    @if page_no + 1 < pages { " " a href=(link(page_no + 1)) { "→" } }
                 }
             }
         }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bearer;
+pub mod console;
 pub mod etcd;
 pub mod hooks;
 pub mod programs;

@@ -1,0 +1,124 @@
+//! How heavy and how fast the console's review queue is with many pending filings.
+//!
+//!     cargo bench --bench console              # 10,000 pending anchors
+//!     cargo bench --bench console -- 50000
+//!
+//! Starts the release server binary with the console on, files N pending anchors over gRPC,
+//! signs in, then fetches the review queue (its first page of 200 rows, with the count of all)
+//! 20 times: time to first byte, whole response time and page weight (the HTML; the stylesheet
+//! and script add 1.5 KB once, then are cached).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anchor_pdp::proto::{self, register_request::Record};
+use anchor_pdp::{PolicyAdminClient, PolicyDecisionPointClient};
+use common::load::{Result, ServerProcess, percentile};
+
+/// One GET: (time to the first byte, whole time, bytes).
+fn get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    cookie: &str,
+) -> Result<(Duration, Duration, usize)> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut first = [0u8; 1];
+    stream.read_exact(&mut first)?;
+    let ttfb = started.elapsed();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest)?;
+    Ok((ttfb, started.elapsed(), rest.len() + 1))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let pending: usize = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let console_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let console: std::net::SocketAddr = format!("127.0.0.1:{console_port}").parse()?;
+    let server =
+        ServerProcess::start_with(&["--console-listen".to_owned(), console.to_string()]).await?;
+    let endpoint = format!("http://{}", server.addr);
+    let mut pdp = PolicyDecisionPointClient::connect(endpoint.clone()).await?;
+    let mut admin = PolicyAdminClient::connect(endpoint).await?;
+    common::load::fixtures(&mut pdp, &mut admin).await?;
+
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..32 {
+        let mut pdp = pdp.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (worker..pending).step_by(32) {
+                pdp.register(proto::RegisterRequest {
+                    record: Some(Record::Anchor(proto::VirtualAnchor {
+                        id: format!("pending{i:06}"),
+                        owner_merchant_id: "m1".into(),
+                        provider_id: "p1".into(),
+                        image_style: proto::ImageStyle::RealisticHuman as i32,
+                        image_reference: format!("oss://anchors/pending{i:06}.png"),
+                        display_name: format!("Pending anchor {i}"),
+                    })),
+                    expected_revision: None,
+                })
+                .await?;
+            }
+            Ok::<_, tonic::Status>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    println!(
+        "filed {pending} pending anchors in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Without caller tokens (loopback), an empty token signs in as the anonymous admin.
+    let mut stream = TcpStream::connect(console)?;
+    write!(
+        stream,
+        "POST /sign-in HTTP/1.1\r\nHost: {console}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 6\r\nConnection: close\r\n\r\ntoken="
+    )?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    let cookie = reply
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .ok_or("no session cookie")?
+        .to_owned();
+
+    let (mut ttfb, mut whole) = (Vec::new(), Vec::new());
+    let mut bytes = 0;
+    for _ in 0..20 {
+        let (first, all, size) = get(console, "/review", &cookie)?;
+        ttfb.push(first);
+        whole.push(all);
+        bytes = size;
+    }
+    ttfb.sort();
+    whole.sort();
+    let ms = |v: &[Duration], p| percentile(v, p).as_secs_f64() * 1e3;
+    println!(
+        "review queue with {pending} pending (its first page of 200): time to first byte p50 {:.1} ms, p90 {:.1} ms; whole page p50 {:.1} ms; {:.0} KiB of HTML",
+        ms(&ttfb, 0.5),
+        ms(&ttfb, 0.9),
+        ms(&whole, 0.5),
+        bytes as f64 / 1024.0,
+    );
+    drop(server);
+    Ok(())
+}

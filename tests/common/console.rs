@@ -1,0 +1,99 @@
+//! A server with the console on and callers of every console role, filed with m1, p1 (listed),
+//! a pending anchor a1 with a hostile display name, and approved d1 and r1.
+#![allow(dead_code)]
+
+use anchor_pdp::api::auth::hash_token;
+use anchor_pdp::proto::{self, register_request::Record};
+
+use super::{Options, TestServer};
+
+pub fn token(role: &str) -> String {
+    format!("console-token-for-{role}-0123456789")
+}
+
+pub async fn console_server() -> (TestServer, super::bearer::Pdp, super::bearer::Admin) {
+    console_server_with(|args| {
+        args.console_image_prefixes =
+            vec!["oss://anchors/=https://cdn.example.com/anchors/".into()];
+    })
+    .await
+}
+
+/// `console_server`, with `configure` applied to its settings.
+pub async fn console_server_with(
+    configure: fn(&mut anchor_pdp::config::ServeArgs),
+) -> (TestServer, super::bearer::Pdp, super::bearer::Admin) {
+    let server = TestServer::start_with_options(Options {
+        console: true,
+        tokens: ["reviewer", "inspector", "gateway", "admin"]
+            .iter()
+            .map(|role| format!("{role}-1:{role}:{}", hash_token(&token(role))))
+            .collect(),
+        configure: Some(configure),
+        ..Options::default()
+    })
+    .await;
+    let (mut pdp, mut admin) = super::bearer::clients(server.addr, Some(&token("admin"))).await;
+    let register = |record| proto::RegisterRequest {
+        record: Some(record),
+        expected_revision: None,
+    };
+    let records = [
+        Record::Merchant(proto::Merchant {
+            id: "m1".into(),
+            tier: proto::MerchantTier::ChineseGoldSupplier as i32,
+            display_name: String::new(),
+        }),
+        Record::Provider(proto::ServiceProvider {
+            id: "p1".into(),
+            display_name: String::new(),
+        }),
+        Record::Anchor(proto::VirtualAnchor {
+            id: "a1".into(),
+            owner_merchant_id: "m1".into(),
+            provider_id: "p1".into(),
+            image_style: proto::ImageStyle::RealisticHuman as i32,
+            image_reference: "oss://anchors/a1.png".into(),
+            display_name: "<script>alert('a1')</script>".into(),
+        }),
+        Record::Driver(proto::Driver {
+            id: "d1".into(),
+            owner_merchant_id: "m1".into(),
+            identity_reference: "kyc://d1".into(),
+            display_name: String::new(),
+        }),
+        Record::Room(proto::LivestreamRoom {
+            id: "r1".into(),
+            owner_merchant_id: "m1".into(),
+            display_name: String::new(),
+        }),
+    ];
+    for record in records {
+        pdp.register(register(record)).await.expect("register");
+    }
+    admin
+        .set_provider_listing(proto::SetProviderListingRequest {
+            provider_id: "p1".into(),
+            listed: true,
+            operator: "ops".into(),
+            expected_revision: None,
+        })
+        .await
+        .expect("listing");
+    for (kind, id) in [
+        (proto::RegistrationKind::Driver, "d1"),
+        (proto::RegistrationKind::Room, "r1"),
+    ] {
+        admin
+            .review_filing(proto::ReviewFilingRequest {
+                kind: kind as i32,
+                id: id.into(),
+                verdict: proto::Verdict::Approve as i32,
+                reviewer: "rev".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("approve");
+    }
+    (server, pdp, admin)
+}
