@@ -185,8 +185,17 @@ const ENVOY_EXT_AUTHZ_DESCRIPTOR_SET: &[u8] =
 /// Editors and config managers write a change in several steps; reload once they are quiet.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(100);
 
+/// Names rustls' crypto provider for the process: ring, as tonic's `tls-ring`. rustls picks one
+/// by itself only when exactly one is compiled in, and a dependency (a test's WebDriver client,
+/// say) can bring in a second; then every TLS handshake would panic. Installing it twice is
+/// harmless.
+fn crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Loads policies and opens the store. Refuses an invalid policy set before touching the store.
 pub async fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, StartError> {
+    crypto();
     let (policy_dir, policy_source) = policy_dir(args)?;
     let policies = PolicyHandle::load(&policy_dir, clock.now_ms())?
         .allowing_rule_removal(args.allow_rule_removal);
@@ -309,6 +318,7 @@ pub async fn serve(
     args: &ServeArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    crypto();
     crate::net::raise_open_file_limit();
     let controls = crate::gateway::nginx_control::parse_controls(&args.nginx_control)
         .map_err(StartError::NginxControl)?;
