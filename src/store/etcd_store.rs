@@ -185,7 +185,6 @@ struct EtcdTx<'a> {
     /// absent).
     reads: RefCell<BTreeMap<String, i64>>,
     writes: RefCell<BTreeMap<String, Option<Vec<u8>>>>,
-    order: RefCell<Writes>,
     logged: RefCell<Vec<LogRecord>>,
 }
 
@@ -213,16 +212,12 @@ impl Tx for EtcdTx<'_> {
     }
 
     fn put(&self, key: &str, value: Vec<u8>) -> TxResult<()> {
-        self.writes
-            .borrow_mut()
-            .insert(key.to_owned(), Some(value.clone()));
-        self.order.borrow_mut().push((key.to_owned(), Some(value)));
+        self.writes.borrow_mut().insert(key.to_owned(), Some(value));
         Ok(())
     }
 
     fn remove(&self, key: &str) -> TxResult<()> {
         self.writes.borrow_mut().insert(key.to_owned(), None);
-        self.order.borrow_mut().push((key.to_owned(), None));
         Ok(())
     }
 
@@ -718,7 +713,6 @@ impl EtcdBackend {
                 fresher_at,
                 reads: RefCell::default(),
                 writes: RefCell::default(),
-                order: RefCell::default(),
                 logged: RefCell::default(),
             };
             let value = match f(&tx) {
