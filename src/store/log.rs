@@ -29,6 +29,18 @@ impl Store {
         self.shared.segments.read(after, keep, limit, scan_limit)
     }
 
+    /// The latest `limit` kept records in `during` that `keep` accepts, newest first, and
+    /// whether the search stopped after `scan_limit` records (see `SegmentLog::newest`).
+    pub fn newest_log(
+        &self,
+        during: std::ops::RangeInclusive<Millis>,
+        keep: impl Fn(&LogRecord) -> bool,
+        limit: usize,
+        scan_limit: usize,
+    ) -> Result<(Vec<LogRecord>, bool), PdpError> {
+        self.shared.segments.newest(during, keep, limit, scan_limit)
+    }
+
     pub fn log_record(&self, id: &str) -> Result<Option<LogRecord>, PdpError> {
         self.shared.segments.get(id)
     }
