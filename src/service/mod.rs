@@ -544,6 +544,7 @@ impl Pdp {
                 ));
             }
         }
+        self.store.note_check(&session_id, now);
         let discovered_by = if cmd.gateway_id.is_empty() {
             "pdp:live-check".to_owned()
         } else {
@@ -950,6 +951,12 @@ impl Pdp {
     /// Sessions live now.
     pub fn live_sessions(&self) -> Result<Vec<Session>, PdpError> {
         self.store.active_sessions()
+    }
+
+    /// When a gateway last checked live session `session_id` with this process (LIVE, or its
+    /// START); `None` once it is not live.
+    pub fn last_check(&self, session_id: &str) -> Option<Millis> {
+        self.store.last_check(session_id)
     }
 
     /// Durable enforcement events after `after`, oldest first.

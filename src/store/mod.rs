@@ -752,6 +752,16 @@ impl Store {
         Ok(sessions)
     }
 
+    /// Notes a gateway's check of live session `session_id` at `at` (in memory, this process).
+    pub fn note_check(&self, session_id: &str, at: Millis) {
+        self.shared.view.note_check(session_id, at);
+    }
+
+    /// The latest check of a live session this process answered (its START to begin with).
+    pub fn last_check(&self, session_id: &str) -> Option<Millis> {
+        self.shared.view.last_check(session_id)
+    }
+
     /// The session a gateway hook refers to by its stream lookup key.
     pub fn session_by_stream(&self, lookup: &str) -> Result<Option<Session>, PdpError> {
         match self.read_raw(&stream_key(lookup))? {

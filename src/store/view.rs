@@ -4,9 +4,11 @@
 //! decodes no JSON; this is also the read path a replicated backend will feed from its watch.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
-use crate::domain::{Account, Facts, Kind, RecordBody, Registration, Session, SessionState};
+use crate::domain::{
+    Account, Facts, Kind, Millis, RecordBody, Registration, Session, SessionState,
+};
 
 #[derive(Default)]
 struct State {
@@ -20,6 +22,11 @@ struct State {
 #[derive(Default)]
 pub struct FactsView {
     state: RwLock<State>,
+    /// Each live session's latest check by a gateway that this process answered (its START
+    /// to begin with). Kept apart from `state` so that a check, which writes here, never
+    /// waits for or blocks the decisions reading `state`; and in memory only, because a LIVE
+    /// check writes nothing durable (that is what makes it cheap).
+    last_checks: Mutex<HashMap<String, Millis>>,
 }
 
 impl FactsView {
@@ -58,7 +65,35 @@ impl FactsView {
         for account in accounts {
             state.accounts.insert(account.merchant_id.clone(), account);
         }
+        {
+            let mut checks = self.checks();
+            checks.retain(|id, _| state.live.contains_key(id));
+            for session in state.live.values() {
+                checks
+                    .entry(session.id.clone())
+                    .or_insert(session.started_at);
+            }
+        }
         *self.write() = state;
+    }
+
+    fn checks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Millis>> {
+        self.last_checks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Notes a gateway's check of a live session at `at`. A session that is not live (ended
+    /// meanwhile) is not added back.
+    pub fn note_check(&self, session_id: &str, at: Millis) {
+        if let Some(last) = self.checks().get_mut(session_id) {
+            *last = (*last).max(at);
+        }
+    }
+
+    /// The latest check of a live session this process answered, if it is live.
+    pub fn last_check(&self, session_id: &str) -> Option<Millis> {
+        self.checks().get(session_id).copied()
     }
 
     pub fn put_registration(&self, registration: &Registration) {
@@ -80,8 +115,12 @@ impl FactsView {
         let mut state = self.write();
         if session.state == SessionState::Active {
             state.live.insert(session.id.clone(), session.clone());
+            self.checks()
+                .entry(session.id.clone())
+                .or_insert(session.started_at);
         } else {
             state.live.remove(&session.id);
+            self.checks().remove(&session.id);
         }
     }
 
