@@ -618,3 +618,161 @@ async fn a_long_queue_comes_in_pages_of_200_oldest_first() {
     assert_eq!(second.body.matches("<a href=\"/review/").count(), 50);
     assert!(second.body.contains("2 / 2"));
 }
+
+/// Where `needle` first appears in `page`, for order checks (newest first).
+fn position(page: &str, needle: &str) -> usize {
+    page.find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} is not on the page: {page}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filing_shows_its_history_the_board_its_last_check_and_the_log_a_time_window() {
+    let (server, mut pdp, _admin) = console_server().await;
+    let addr = server.console_addr.expect("console");
+    // Filed at T0 (2026-01-01 00:00 UTC); revised at 00:01; approved at 00:02 with a note.
+    server.clock.advance(60_000);
+    pdp.register(proto::RegisterRequest {
+        record: Some(Record::Anchor(proto::VirtualAnchor {
+            id: "a1".into(),
+            owner_merchant_id: "m1".into(),
+            provider_id: "p1".into(),
+            image_style: proto::ImageStyle::RealisticHuman as i32,
+            image_reference: "oss://anchors/a1-v2.png".into(),
+            display_name: "Anchor One".into(),
+        })),
+        expected_revision: None,
+    })
+    .await
+    .expect("revise a1");
+    server.clock.advance(60_000);
+    let (reviewer, reviewer_csrf) = sign_in(addr, "reviewer");
+    let approved = http(
+        addr,
+        "POST",
+        "/review/anchor/a1",
+        &[("Cookie", &reviewer)],
+        &form(&[
+            ("verdict", "approve"),
+            ("note", "face matches the licence"),
+            ("expected_revision", "2"),
+            ("csrf", &reviewer_csrf),
+        ]),
+    );
+    assert_eq!(approved.status, 303, "{}", approved.body);
+
+    // The filing's page lists every change, newest first, with who made it and the note.
+    let filing = http(
+        addr,
+        "GET",
+        "/review/anchor/a1",
+        &[("Cookie", &reviewer)],
+        "",
+    )
+    .body;
+    let history = &filing[position(&filing, "<h2>History</h2>")..];
+    let approval = position(history, "<td>revision 3, APPROVED</td>");
+    let revision = position(history, "<td>revision 2, PENDING_REVIEW</td>");
+    let filed = position(history, "<td>revision 1, PENDING_REVIEW</td>");
+    assert!(approval < revision && revision < filed, "{history}");
+    assert!(
+        history.contains("<td>ReviewFiling · console</td><td>reviewer-1 (reviewer, console)</td>"),
+        "{history}"
+    );
+    assert!(
+        history.contains("<td>face matches the licence</td>"),
+        "{history}"
+    );
+    assert!(
+        !history.contains("Earlier changes"),
+        "the history is whole: {history}"
+    );
+    let chinese = http(
+        addr,
+        "GET",
+        "/review/anchor/a1",
+        &[("Cookie", &reviewer), ("Accept-Language", "zh")],
+        "",
+    );
+    assert!(
+        chinese.body.contains("<h2>历史记录</h2>"),
+        "{}",
+        chinese.body
+    );
+
+    // The live board shows each session's last check: its START, then its latest LIVE.
+    let started = pdp.authorize(start()).await.expect("start").into_inner();
+    assert_eq!(
+        started.decision,
+        proto::Decision::Allow as i32,
+        "{started:?}"
+    );
+    let session = started.session_id;
+    let (inspector, _) = sign_in(addr, "inspector");
+    let last_check = |board: &str| {
+        let row = &board[position(board, &format!("href=\"/live/{session}\""))..];
+        let cell = &row[position(row, "<td class=\"last-check\">")..];
+        cell[..position(cell, "</td>")].to_owned()
+    };
+    let board = http(addr, "GET", "/live", &[("Cookie", &inspector)], "").body;
+    let at_start = last_check(&board);
+    assert!(
+        at_start.contains(&format!("datetime=\"{}\"", common::T0 + 120_000))
+            && at_start.ends_with(" · 0 s"),
+        "{at_start}"
+    );
+    server.clock.advance(90_000);
+    let live = pdp
+        .authorize(common::live(&session))
+        .await
+        .expect("live")
+        .into_inner();
+    assert_eq!(live.decision, proto::Decision::Allow as i32);
+    server.clock.advance(30_000);
+    let board = http(addr, "GET", "/live", &[("Cookie", &inspector)], "").body;
+    let after_live = last_check(&board);
+    assert!(
+        after_live.contains(&format!("datetime=\"{}\"", common::T0 + 210_000))
+            && after_live.ends_with(" · 30 s"),
+        "{after_live}"
+    );
+
+    // The log, newest first, between `since` and `until` (UTC, `until` takes its whole minute).
+    let (admin, _) = sign_in(addr, "admin");
+    let search = |query: &str| {
+        http(
+            addr,
+            "GET",
+            &format!("/log?{query}"),
+            &[("Cookie", &admin)],
+            "",
+        )
+    };
+    let all = search("").body;
+    assert!(
+        position(&all, "authorize · grpc") < position(&all, "ReviewFiling · console")
+            && position(&all, "ReviewFiling · console") < position(&all, "Register · grpc"),
+        "newest first: {all}"
+    );
+    let first_minutes = search("until=2026-01-01T00%3A01").body;
+    assert!(first_minutes.contains("Register · grpc"), "{first_minutes}");
+    assert!(
+        !first_minutes.contains("ReviewFiling · console")
+            && !first_minutes.contains("authorize · "),
+        "{first_minutes}"
+    );
+    let revised = search("since=2026-01-01T00%3A01&until=2026-01-01T00%3A01").body;
+    assert!(
+        revised.contains("<p>1 records · newest first</p>"),
+        "{revised}"
+    );
+    assert!(revised.contains("Register · grpc"), "{revised}");
+    let later = search("since=2026-01-01T00%3A02").body;
+    assert!(
+        later.contains("ReviewFiling · console") && later.contains("authorize · grpc"),
+        "{later}"
+    );
+    assert!(!later.contains("Register · "), "{later}");
+    let backwards = search("since=2026-01-01T00%3A02&until=2026-01-01T00%3A01");
+    assert_eq!(backwards.status, 400, "{}", backwards.body);
+    assert_eq!(backwards.body, "until: before since");
+}

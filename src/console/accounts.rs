@@ -13,7 +13,7 @@ use maud::html;
 use super::live::records_table;
 use super::page::{self, Lang};
 use super::{Access, Console, access, csrf_ok, csrf_refused, may};
-use crate::domain::{Kind, RecordBody};
+use crate::domain::{Kind, Millis, RecordBody};
 use crate::error::PdpError;
 use crate::service::Origin;
 
@@ -176,6 +176,27 @@ pub struct LogQuery {
     /// Only records at or after this time (`2026-11-28T20:00`, UTC).
     #[serde(default)]
     since: String,
+    /// Only records up to this time, its whole minute included (`2026-11-28T21:00`, UTC).
+    #[serde(default)]
+    until: String,
+}
+
+/// The time range a search's `since` and `until` fields give; an `until` without seconds
+/// takes in its whole minute, as the viewer means "up to 21:00" to include 21:00:30.
+fn search_range(since: &str, until: &str) -> Result<std::ops::RangeInclusive<Millis>, String> {
+    let since = super::review::parse_expiry(since)
+        .map_err(|e| e.replace("expires", "since"))?
+        .unwrap_or(Millis::MIN);
+    let until =
+        match super::review::parse_expiry(until).map_err(|e| e.replace("expires", "until"))? {
+            Some(at) if until.trim().len() == "2026-11-28T21:00".len() => at + 59_999,
+            Some(at) => at,
+            None => Millis::MAX,
+        };
+    if since > until {
+        return Err("until: before since".to_owned());
+    }
+    Ok(since..=until)
 }
 
 pub async fn log(
@@ -188,9 +209,9 @@ pub async fn log(
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
-    let since = match super::review::parse_expiry(&query.since) {
-        Ok(since) => since,
-        Err(e) => return (StatusCode::BAD_REQUEST, e.replace("expires", "since")).into_response(),
+    let during = match search_range(&query.since, &query.until) {
+        Ok(during) => during,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
     let keep = |r: &crate::domain::LogRecord| {
         (query.merchant.is_empty() || r.merchant_id == query.merchant)
@@ -201,16 +222,16 @@ pub async fn log(
                 "deny" => r.allowed == Some(false),
                 _ => true,
             }
-            && since.is_none_or(|since| r.at >= since)
     };
-    let records = match console
-        .pdp
-        .store()
-        .read_log(None, keep, LOG_RECORDS, LOG_SCAN)
-    {
-        Ok((records, _)) => records,
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-    };
+    let (records, cut_short) =
+        match console
+            .pdp
+            .store()
+            .newest_log(during, keep, LOG_RECORDS, LOG_SCAN)
+        {
+            Ok(found) => found,
+            Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        };
     let body = html! {
         form.filter method="get" action="/log" {
             label { (lang.t("merchant")) input type="text" name="merchant" value=(query.merchant); }
@@ -224,9 +245,12 @@ pub async fn log(
             }
             label { (lang.t("rule")) input type="text" name="rule" value=(query.rule) size="6"; }
             label { (lang.t("since")) input type="datetime-local" name="since" value=(query.since); }
+            label { (lang.t("until")) input type="datetime-local" name="until" value=(query.until); }
             button type="submit" { (lang.t("filter")) }
         }
-        p { (records.len()) " " (lang.t("records")) }
+        p { (records.len()) " " (lang.t("records")) " · " (lang.t("newest_first"))
+            @if records.len() >= LOG_RECORDS { " · " (lang.t("log_more")) } }
+        @if cut_short { p.notice { (lang.t("log_cut_short")) } }
         (records_table(lang, &records))
     };
     page::layout(lang, Some(&session), lang.t("decision_log"), body).into_response()

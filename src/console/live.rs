@@ -51,6 +51,7 @@ pub async fn board(State(console): State<Arc<Console>>, headers: HeaderMap) -> R
                 th { (lang.t("session")) } th { (lang.t("merchant")) } th { (lang.t("room")) }
                 th { (lang.t("anchor")) } th { (lang.t("driver")) } th { (lang.t("gateway")) }
                 th { (lang.t("started")) } th { (lang.t("time_live")) }
+                th title=(lang.t("last_check_hint")) { (lang.t("last_check")) }
             } }
             tbody {
                 @for s in &live {
@@ -60,6 +61,12 @@ pub async fn board(State(console): State<Arc<Console>>, headers: HeaderMap) -> R
                         td { (s.room_id) } td { (s.anchor_id) } td { (s.driver_id) } td { (s.gateway_id) }
                         td { (page::time(s.started_at)) }
                         td { ((now - s.started_at).max(0) / 60_000) " min" }
+                        td.last-check {
+                            @match console.pdp.last_check(&s.id) {
+                                Some(at) => { (page::time(at)) " · " ((now - at).max(0) / 1000) " s" }
+                                None => { "—" }
+                            }
+                        }
                     }
                 }
             }
@@ -135,7 +142,12 @@ pub async fn session_page(
         console
             .pdp
             .store()
-            .read_log(None, |r| r.session_id == id, SESSION_RECORDS, SESSION_SCAN)
+            .newest_log(
+                crate::domain::Millis::MIN..=crate::domain::Millis::MAX,
+                |r| r.session_id == id,
+                SESSION_RECORDS,
+                SESSION_SCAN,
+            )
             .map(|(records, _)| records)
             .unwrap_or_default()
     } else {

@@ -71,6 +71,29 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("reject", "Reject", "驳回"),
     ("revoke", "Revoke", "撤销"),
     ("note", "Note", "备注"),
+    ("last_check", "Last check", "最近校验"),
+    (
+        "last_check_hint",
+        "The latest START or LIVE check of this session that this anchor-pdp answered, and how long ago.",
+        "本 anchor-pdp 实例最近一次应答该会话的开播(START)或直播中(LIVE)校验,以及距今多久。",
+    ),
+    ("history", "History", "历史记录"),
+    ("change", "Change", "变更"),
+    (
+        "history_none",
+        "The decision log holds no changes of this filing.",
+        "决策日志中没有该备案的变更记录。",
+    ),
+    (
+        "history_partial",
+        "Earlier changes are no longer in the decision log (its retention removed them).",
+        "更早的变更已不在决策日志中(已按保留期限删除)。",
+    ),
+    (
+        "history_unreadable",
+        "The history could not be read:",
+        "无法读取历史记录:",
+    ),
     (
         "expires",
         "Approval expires (UTC, optional)",
@@ -153,6 +176,18 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("rules", "Rules", "规则"),
     ("outcome", "Outcome", "结果"),
     ("since", "Since (UTC)", "起始时间(UTC)"),
+    ("until", "Until (UTC)", "截止时间(UTC)"),
+    ("newest_first", "newest first", "最新的在前"),
+    (
+        "log_more",
+        "only the latest 500 are shown: narrow the search to see earlier ones",
+        "仅显示最新 500 条:缩小检索范围可查看更早的记录",
+    ),
+    (
+        "log_cut_short",
+        "The search stopped after 1,000,000 records; narrow it by time to look further back.",
+        "检索在 1,000,000 条记录后停止;请按时间缩小范围以查看更早的记录。",
+    ),
     ("records", "records", "条记录"),
     (
         "why",

@@ -11,7 +11,9 @@ use maud::{Markup, html};
 
 use super::page::{self, Lang};
 use super::{Access, Console, access, csrf_ok, csrf_refused};
-use crate::domain::{Kind, RecordBody, Registration, ReviewCommand, ReviewStatus, Verdict};
+use crate::domain::{
+    Kind, LogRecord, Millis, RecordBody, Registration, ReviewCommand, ReviewStatus, Verdict,
+};
 use crate::error::PdpError;
 use crate::service::Origin;
 
@@ -34,6 +36,12 @@ pub struct QueueFilter {
 
 /// Rows per queue page: the oldest come first, and a reviewer works from the top.
 const QUEUE_PAGE: usize = 200;
+/// Changes a filing's history shows, and how many log records it looks through for them.
+const HISTORY_RECORDS: usize = 100;
+const HISTORY_SCAN: usize = 1_000_000;
+/// How far before a filing's creation its history is looked for: replicas' clocks differ
+/// by a little.
+const CLOCK_SLACK_MS: i64 = 60_000;
 
 fn kind_named(name: &str) -> Option<Kind> {
     REVIEWED_KINDS.into_iter().find(|k| k.name() == name)
@@ -159,6 +167,58 @@ fn display_name(body: &RecordBody) -> &str {
     }
 }
 
+/// A filing's history, newest first: each change the decision log holds for it (the filing,
+/// each revision, each verdict), found by the change its record carries. Only the log's
+/// records from the filing's creation on are read.
+fn history(console: &Console, filing: &Registration) -> Result<Vec<LogRecord>, PdpError> {
+    let change = format!("{} {} revision ", filing.kind().name(), filing.id);
+    let since = filing.created_at.saturating_sub(CLOCK_SLACK_MS);
+    console
+        .pdp
+        .store()
+        .newest_log(
+            since..=Millis::MAX,
+            |r| r.change.starts_with(&change),
+            HISTORY_RECORDS,
+            HISTORY_SCAN,
+        )
+        .map(|(records, _)| records)
+}
+
+/// The history table: when, what, who, the revision and state it led to, and the note.
+fn history_table(lang: Lang, filing: &Registration, records: &[LogRecord]) -> Markup {
+    let prefix = format!("{} {} ", filing.kind().name(), filing.id);
+    // Revision 1 is the filing itself: without it, retention took the earliest changes.
+    let whole = records
+        .last()
+        .is_some_and(|r| r.change.starts_with(&format!("{prefix}revision 1,")));
+    html! {
+        h2 { (lang.t("history")) }
+        @if records.is_empty() {
+            p { (lang.t("history_none")) }
+        } @else {
+            table.log {
+                thead { tr {
+                    th { (lang.t("time")) } th { (lang.t("action")) } th { (lang.t("caller")) }
+                    th { (lang.t("change")) } th { (lang.t("note")) }
+                } }
+                tbody {
+                    @for r in records {
+                        tr {
+                            td { (page::time(r.at)) }
+                            td { (r.action) " · " (r.entry_point) }
+                            td { (r.caller) }
+                            td { (r.change.strip_prefix(prefix.as_str()).unwrap_or(&r.change)) }
+                            td { @if let Some(note) = r.request.get("note").and_then(|n| n.as_str()) { (note) } }
+                        }
+                    }
+                }
+            }
+            @if !whole { p { (lang.t("history_partial")) } }
+        }
+    }
+}
+
 /// A filing's fields, its image, its review history and the verdict form.
 fn filing_page(
     console: &Console,
@@ -167,6 +227,7 @@ fn filing_page(
     filing: &Registration,
     notice: Option<&str>,
 ) -> Markup {
+    let history = history(console, filing);
     let verdict_at = |v: Verdict| match v {
         Verdict::Approve => lang.t("approve"),
         Verdict::Reject => lang.t("reject"),
@@ -229,6 +290,10 @@ fn filing_page(
             label { (lang.t("note")) textarea name="note" maxlength="512" {} }
             label { (lang.t("expires")) input type="datetime-local" name="expires"; }
             button type="submit" { (lang.t("submit")) }
+        }
+        @match &history {
+            Ok(records) => { (history_table(lang, filing, records)) }
+            Err(e) => { h2 { (lang.t("history")) } p.notice { (lang.t("history_unreadable")) " " (e) } }
         }
     }
 }
