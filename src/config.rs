@@ -146,7 +146,8 @@ pub struct ServeArgs {
     #[arg(long, env = "ANCHOR_PDP_ALLOW_RULE_REMOVAL", default_value_t = false)]
     pub allow_rule_removal: bool,
 
-    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
+    /// Serve gRPC (and the console, if on) over TLS with this certificate chain (PEM); needs
+    /// --tls-key.
     #[arg(long, env = "ANCHOR_PDP_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
 
@@ -154,7 +155,9 @@ pub struct ServeArgs {
     #[arg(long, env = "ANCHOR_PDP_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// Require client certificates issued by this CA (PEM): mutual TLS. Needs --tls-cert.
+    /// Require gRPC client certificates issued by this CA (PEM): mutual TLS. The console
+    /// verifies them but does not require them (a browser may sign in with a token instead).
+    /// Needs --tls-cert.
     #[arg(long, env = "ANCHOR_PDP_CLIENT_CA", requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
 
@@ -209,7 +212,8 @@ pub struct ServeArgs {
     pub decision_log_segment_mib: u64,
 
     /// Serve the browser console for reviewers, inspectors and admins on this address (off
-    /// when unset). Loopback only unless caller tokens are configured.
+    /// when unset): HTTPS with --tls-cert, else plain HTTP. Loopback only unless caller
+    /// authentication (tokens or --mtls-role) is configured.
     #[arg(long, env = "ANCHOR_PDP_CONSOLE_LISTEN", value_parser = parse_listen)]
     pub console_listen: Option<SocketAddr>,
 

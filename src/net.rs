@@ -216,11 +216,43 @@ pub async fn serve_http(
     limits: HookLimits,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    serve(listener, app, limits, None, stop).await;
+}
+
+/// The verified client certificate's subject common name, on each request of a TLS
+/// connection that presented one.
+#[derive(Clone, Debug)]
+pub struct ClientCertificate(pub String);
+
+/// `serve_http` over TLS: the handshake must finish within `header_timeout`, and a client
+/// certificate the configuration verified reaches every request as a `ClientCertificate`.
+pub async fn serve_https(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: HookLimits,
+    tls: Arc<rustls::ServerConfig>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    serve(
+        listener,
+        app,
+        limits,
+        Some(tokio_rustls::TlsAcceptor::from(tls)),
+        stop,
+    )
+    .await;
+}
+
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: HookLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let full = HitCounter::default();
     let slow = Arc::new(HitCounter::default());
-    let service = hyper_util::service::TowerToHyperService::new(app);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(stop);
     loop {
@@ -231,16 +263,43 @@ pub async fn serve_http(
         let Some((stream, _peer, slot)) = accepted else {
             continue;
         };
-        let service = service.clone();
+        let app = app.clone();
         let slow = slow.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
             let _slot = slot;
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(limits.request_timeout, connection).await {
+            let served = tokio::time::timeout(limits.request_timeout, async {
+                match tls {
+                    None => serve_connection(stream, app, None, limits).await,
+                    Some(acceptor) => {
+                        let handshake =
+                            tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+                        let stream = match handshake.await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return Ok(());
+                            }
+                            Err(_) => {
+                                slow.hit(
+                                    "connection closed: no TLS handshake within the time limit",
+                                    limits.header_timeout.as_secs(),
+                                );
+                                return Ok(());
+                            }
+                        };
+                        let subject = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(|leaf| crate::api::auth::common_name(leaf))
+                            .map(ClientCertificate);
+                        serve_connection(stream, app, subject, limits).await
+                    }
+                }
+            });
+            match served.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) if e.is_timeout() => slow.hit(
                     "hook connection closed: no request headers within the time limit",
@@ -258,4 +317,77 @@ pub async fn serve_http(
     }
     // Requests in flight finish (each is bounded by the request timeout).
     while connections.join_next().await.is_some() {}
+}
+
+/// One HTTP/1.1 request on `io`, answered by `app`, with `subject` on it if there is one.
+async fn serve_connection<I>(
+    io: I,
+    app: axum::Router,
+    subject: Option<ClientCertificate>,
+    limits: HookLimits,
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let service =
+        hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            if let Some(subject) = &subject {
+                request.extensions_mut().insert(subject.clone());
+            }
+            // A Router is always ready: it is called without polling readiness first.
+            tower::Service::call(&mut app.clone(), request)
+        });
+    hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(io), service)
+        .await
+}
+
+/// TLS for an HTTPS listener (the console): this certificate chain and key, and, when a client
+/// CA is given, client certificates verified against it but not required, so that a browser
+/// without one can still sign in with a token.
+pub fn https_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_ca_pem: Option<&[u8]>,
+) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the TLS certificate: {e}"))?;
+    if chain.is_empty() {
+        return Err("the TLS certificate file holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("the TLS key: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(ca_pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_slice_iter(ca_pem) {
+                let ca = ca.map_err(|e| format!("the client CA: {e}"))?;
+                roots.add(ca).map_err(|e| format!("the client CA: {e}"))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("the client CA: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("the TLS certificate and key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }

@@ -110,6 +110,47 @@ fn tls_config(args: &ServeArgs) -> Result<Option<tonic::transport::ServerTlsConf
     Ok(Some(config))
 }
 
+/// The console's TLS: the gRPC listener's certificate and client CA, when it has them.
+fn console_tls(args: &ServeArgs) -> Result<Option<Arc<rustls::ServerConfig>>, StartError> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let client_ca = match &args.client_ca {
+        Some(ca) => Some(read_pem(ca, "client CA")?),
+        None => None,
+    };
+    crate::net::https_config(
+        &read_pem(cert, "TLS certificate")?,
+        &read_pem(key, "TLS key")?,
+        client_ca.as_deref(),
+    )
+    .map(|config| Some(Arc::new(config)))
+    .map_err(|e| StartError::Auth(format!("console TLS: {e}")))
+}
+
+/// Serves the console: over TLS (its sign-in then also takes client certificates) when the
+/// server has a certificate, else plain HTTP on loopback or behind a TLS proxy.
+async fn serve_console(
+    addr: std::net::SocketAddr,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    console: Arc<crate::console::Console>,
+    limits: crate::net::HookLimits,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let app = crate::console::router(console);
+    match tls {
+        Some(tls) => {
+            tracing::info!(%addr, "console listening (HTTPS)");
+            crate::net::serve_https(listener, app, limits, tls, stop).await;
+        }
+        None => {
+            tracing::info!(%addr, "console listening (HTTP)");
+            crate::net::serve_http(listener, app, limits, stop).await;
+        }
+    }
+}
+
 fn hook_secrets(args: &ServeArgs) -> Result<HookSecrets, StartError> {
     HookSecrets::from_specs(&args.hook_secrets).map_err(StartError::Auth)
 }
@@ -421,23 +462,20 @@ pub async fn serve(
         None => None,
     };
     let console = match listeners.console {
-        Some(listener) => {
-            let addr = listener.local_addr().map_err(StartError::Hooks)?;
-            tracing::info!(%addr, "console listening (HTTP)");
-            let console = crate::console::Console::new(
+        Some(listener) => Some(tokio::spawn(serve_console(
+            listener.local_addr().map_err(StartError::Hooks)?,
+            listener,
+            console_tls(args)?,
+            crate::console::Console::new(
                 pdp.clone(),
                 auth.clone(),
                 &args.console_image_prefixes,
                 args.tls_cert.is_some(),
             )
-            .map_err(StartError::Console)?;
-            Some(tokio::spawn(crate::net::serve_http(
-                listener,
-                crate::console::router(console),
-                args.hook_limits(),
-                stop_when(stopped.clone()),
-            )))
-        }
+            .map_err(StartError::Console)?,
+            args.hook_limits(),
+            stop_when(stopped.clone()),
+        ))),
         None => None,
     };
     let dropper = (!controls.is_empty())

@@ -178,3 +178,355 @@ async fn certificate_subjects_map_to_roles() {
     let _ = stop.send(());
     serving.await.expect("server task").expect("server");
 }
+
+/// One HTTP/1.1 exchange with the console over TLS, as `client` (a certificate for that
+/// subject from `issuer`) or with no certificate: (status, head, body), or the error that
+/// ended the connection.
+fn https(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    client: Option<(&Pki, &str)>,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    body: &str,
+) -> Result<(u16, String, String), std::io::Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).expect("ca pem"))
+        .expect("root");
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((issuer, subject)) => {
+            let (cert, key) = issuer.issue(subject);
+            builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert pem")],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key pem"),
+                )
+                .expect("client auth")
+        }
+    };
+    let name = ServerName::try_from("localhost").expect("name");
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+    let mut stream = rustls::StreamOwned::new(connection, std::net::TcpStream::connect(addr)?);
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(cookie) = cookie {
+        request.push_str(&format!("Cookie: {cookie}\r\n"));
+    }
+    if method == "POST" {
+        request.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    match stream.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // The server closed without close_notify after a whole response.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line: {text}")))?;
+    Ok((status, head.to_owned(), body.to_owned()))
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (n, v) = line.split_once(": ")?;
+        n.eq_ignore_ascii_case(name).then_some(v)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_serves_tls_and_signs_in_a_certificate_whose_subject_has_a_console_role() {
+    let pki = Pki::new();
+    let temp = tempfile::tempdir().expect("temp");
+    let (server_cert, server_key) = pki.issue("anchor-pdp");
+    let write = |name: &str, pem: &str| {
+        let path = temp.path().join(name);
+        std::fs::write(&path, pem).expect("write pem");
+        path
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let console = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind console");
+    let console_addr = console.local_addr().expect("console addr");
+    let mut args = serve_defaults();
+    args.listen = addr;
+    args.data_dir = temp.path().join("data");
+    args.policies = repo_policies();
+    args.tls_cert = Some(write("server.pem", &server_cert));
+    args.tls_key = Some(write("server.key", &server_key));
+    args.client_ca = Some(write("ca.pem", &pki.ca_pem));
+    args.mtls_roles = vec![
+        "edge-1:gateway".into(),
+        "ops-1:admin".into(),
+        "rev-1:reviewer".into(),
+    ];
+    args.console_listen = Some(console_addr);
+    let pdp = server::open(&args, Arc::new(ManualClock::new(T0)))
+        .await
+        .expect("open");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(async move {
+        server::serve(
+            server::Listeners {
+                grpc: listener,
+                http: None,
+                metrics: None,
+                console: Some(console),
+            },
+            pdp,
+            &args,
+            async {
+                let _ = stopped.await;
+            },
+        )
+        .await
+    });
+    let mut ops = PolicyDecisionPointClient::new(
+        channel(addr, &pki, Some("ops-1"))
+            .await
+            .expect("ops connects"),
+    );
+    for record in [
+        Record::Merchant(proto::Merchant {
+            id: "m1".into(),
+            tier: 1,
+            display_name: String::new(),
+        }),
+        Record::Provider(proto::ServiceProvider {
+            id: "p1".into(),
+            display_name: String::new(),
+        }),
+        Record::Anchor(proto::VirtualAnchor {
+            id: "a1".into(),
+            owner_merchant_id: "m1".into(),
+            provider_id: "p1".into(),
+            image_style: proto::ImageStyle::RealisticHuman as i32,
+            image_reference: "oss://anchors/a1.png".into(),
+            display_name: String::new(),
+        }),
+    ] {
+        ops.register(proto::RegisterRequest {
+            record: Some(record),
+            expected_revision: None,
+        })
+        .await
+        .expect("register");
+    }
+
+    // A reviewer's certificate: the sign-in page offers it, and one click signs in, with a
+    // cookie that says Secure now that the console speaks TLS.
+    let page = tokio::task::block_in_place(|| {
+        https(
+            console_addr,
+            &pki,
+            Some((&pki, "rev-1")),
+            "GET",
+            "/sign-in",
+            None,
+            "",
+        )
+    })
+    .expect("sign-in page over TLS");
+    assert_eq!(page.0, 200);
+    assert!(
+        page.2
+            .contains("Your client certificate names you as <code>rev-1</code> (reviewer)"),
+        "{}",
+        page.2
+    );
+    let signed_in = tokio::task::block_in_place(|| {
+        https(
+            console_addr,
+            &pki,
+            Some((&pki, "rev-1")),
+            "POST",
+            "/sign-in",
+            None,
+            "with=certificate",
+        )
+    })
+    .expect("sign in");
+    assert_eq!(signed_in.0, 303, "{}", signed_in.2);
+    assert_eq!(header(&signed_in.1, "location"), Some("/review"));
+    let set_cookie = header(&signed_in.1, "set-cookie").expect("a session cookie");
+    for part in ["HttpOnly", "Secure", "SameSite=Strict"] {
+        assert!(set_cookie.contains(part), "{set_cookie}");
+    }
+    let cookie = set_cookie.split(';').next().expect("cookie").to_owned();
+    let filing = tokio::task::block_in_place(|| {
+        https(
+            console_addr,
+            &pki,
+            Some((&pki, "rev-1")),
+            "GET",
+            "/review/anchor/a1",
+            Some(&cookie),
+            "",
+        )
+    })
+    .expect("filing page");
+    assert_eq!(filing.0, 200, "{}", filing.2);
+    let csrf = filing
+        .2
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF token")
+        .to_owned();
+    // The verdict goes through the same service and lands in the log under the subject.
+    let verdict = tokio::task::block_in_place(|| {
+        https(
+            console_addr,
+            &pki,
+            Some((&pki, "rev-1")),
+            "POST",
+            "/review/anchor/a1",
+            Some(&cookie),
+            &format!("verdict=approve&expected_revision=1&note=ok&csrf={csrf}"),
+        )
+    })
+    .expect("verdict");
+    assert_eq!(verdict.0, 303, "{}", verdict.2);
+    let filing = tokio::task::block_in_place(|| {
+        https(
+            console_addr,
+            &pki,
+            None,
+            "GET",
+            "/review/anchor/a1",
+            Some(&cookie),
+            "",
+        )
+    })
+    .expect("filing page");
+    assert!(
+        filing
+            .2
+            .contains("<td>ReviewFiling · console</td><td>rev-1 (reviewer, console)</td><td>revision 2, APPROVED</td>"),
+        "{}",
+        filing.2
+    );
+
+    // A gateway's certificate is named but refused; a certificate without a role, and a
+    // browser without one, get no offer and cannot sign in by certificate.
+    let gateway = tokio::task::block_in_place(|| {
+        https(
+            console_addr,
+            &pki,
+            Some((&pki, "edge-1")),
+            "GET",
+            "/sign-in",
+            None,
+            "",
+        )
+    })
+    .expect("sign-in page");
+    assert!(
+        gateway
+            .2
+            .contains("may not use the console: <code>edge-1</code> (gateway)"),
+        "{}",
+        gateway.2
+    );
+    for subject in [Some("edge-1"), Some("stranger"), None] {
+        let client = subject.map(|subject| (&pki, subject));
+        let refused = tokio::task::block_in_place(|| {
+            https(
+                console_addr,
+                &pki,
+                client,
+                "POST",
+                "/sign-in",
+                None,
+                "with=certificate",
+            )
+        })
+        .expect("sign in");
+        assert_eq!(refused.0, 303, "{subject:?}");
+        assert_eq!(
+            header(&refused.1, "location"),
+            Some("/sign-in?failed=true"),
+            "{subject:?}"
+        );
+        assert!(header(&refused.1, "set-cookie").is_none(), "{subject:?}");
+    }
+    let stranger = tokio::task::block_in_place(|| {
+        https(
+            console_addr,
+            &pki,
+            Some((&pki, "stranger")),
+            "GET",
+            "/sign-in",
+            None,
+            "",
+        )
+    })
+    .expect("sign-in page");
+    assert!(
+        stranger
+            .2
+            .contains("has no role here: <code>stranger</code>"),
+        "{}",
+        stranger.2
+    );
+
+    // A certificate from another CA fails the handshake; plain HTTP gets no page.
+    let other = Pki::new();
+    assert!(
+        tokio::task::block_in_place(|| {
+            https(
+                console_addr,
+                &pki,
+                Some((&other, "rev-1")),
+                "GET",
+                "/sign-in",
+                None,
+                "",
+            )
+        })
+        .is_err()
+    );
+    let plain = tokio::task::block_in_place(|| {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(console_addr).expect("connect");
+        stream
+            .write_all(b"GET /sign-in HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .expect("send");
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw);
+        raw
+    });
+    assert!(
+        !plain.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&plain)
+    );
+
+    let _ = stop.send(());
+    serving.await.expect("server task").expect("server");
+}

@@ -243,6 +243,11 @@ impl Authenticator {
         Ok(self)
     }
 
+    /// The caller a verified client certificate's subject CN maps to (`--mtls-role`).
+    pub fn certificate_caller(&self, common_name: &str) -> Option<Caller> {
+        self.subjects.get(common_name).cloned()
+    }
+
     pub fn enabled(&self) -> bool {
         !self.tokens.is_empty() || !self.subjects.is_empty()
     }
@@ -322,7 +327,12 @@ fn peer_common_name<B>(request: &http::Request<B>) -> Option<String> {
         .extensions()
         .get::<TlsConnectInfo<TcpConnectInfo>>()?
         .peer_certs()?;
-    let (_, certificate) = x509_parser::parse_x509_certificate(certificates.first()?).ok()?;
+    common_name(certificates.first()?)
+}
+
+/// A DER certificate's subject common name.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
     let common_name = certificate
         .subject()
         .iter_common_name()

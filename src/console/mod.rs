@@ -18,6 +18,7 @@ pub mod session;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -25,6 +26,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
 use crate::api::auth::{Authenticator, Role, may_call};
+use crate::net::ClientCertificate;
 use crate::service::Pdp;
 use page::Lang;
 use session::{Session, Sessions};
@@ -216,27 +218,60 @@ struct SignInQuery {
     failed: bool,
 }
 
-async fn sign_in_page(headers: HeaderMap, Query(query): Query<SignInQuery>) -> Response {
+async fn sign_in_page(
+    State(console): State<Arc<Console>>,
+    certificate: Option<Extension<ClientCertificate>>,
+    headers: HeaderMap,
+    Query(query): Query<SignInQuery>,
+) -> Response {
     let lang = Lang::of(&headers);
+    let caller = certificate
+        .as_ref()
+        .and_then(|Extension(ClientCertificate(subject))| console.auth.certificate_caller(subject));
+    let offer =
+        certificate.as_ref().map(
+            |Extension(ClientCertificate(subject))| page::CertificateOffer {
+                subject,
+                caller: caller.as_ref(),
+            },
+        );
     page::layout(
         lang,
         None,
         lang.t("sign_in"),
-        page::sign_in(lang, query.failed),
+        page::sign_in(lang, query.failed, offer),
     )
     .into_response()
 }
 
+/// Signs in with a caller token, or (`with=certificate`) with the client certificate TLS
+/// verified for this connection, mapped to a caller by `--mtls-role` as on gRPC.
 async fn sign_in(
     State(console): State<Arc<Console>>,
+    certificate: Option<Extension<ClientCertificate>>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let token = form.get("token").map(|t| t.trim()).unwrap_or_default();
-    let caller = console.auth.authenticate(Some(&format!("Bearer {token}")));
+    let with = match form.get("with").map(String::as_str) {
+        Some("certificate") => "certificate",
+        _ => "token",
+    };
+    let caller = if with == "certificate" {
+        certificate
+            .and_then(|Extension(ClientCertificate(subject))| {
+                console.auth.certificate_caller(&subject)
+            })
+            .ok_or(())
+    } else {
+        let token = form.get("token").map(|t| t.trim()).unwrap_or_default();
+        console
+            .auth
+            .authenticate(Some(&format!("Bearer {token}")))
+            .map_err(|_| ())
+    };
     let caller = match caller {
         Ok(caller) if session::may_sign_in(caller.role) => caller,
         Ok(caller) => {
-            tracing::warn!(caller = %caller.name, role = caller.role.name(), "console sign-in refused: role");
+            tracing::warn!(caller = %caller.name, role = caller.role.name(), with, "console sign-in refused: role");
             return Redirect::to("/sign-in?failed=true").into_response();
         }
         Err(_) => return Redirect::to("/sign-in?failed=true").into_response(),
@@ -245,7 +280,7 @@ async fn sign_in(
     let role = caller.role;
     match console.sessions.start(caller) {
         Ok(id) => {
-            tracing::info!(caller = %name, role = role.name(), "console sign-in");
+            tracing::info!(caller = %name, role = role.name(), with, "console sign-in");
             let landing = landing(role);
             (
                 StatusCode::SEE_OTHER,

@@ -19,6 +19,26 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("sign_out", "Sign out", "退出"),
     ("token", "Caller token", "调用方令牌"),
     (
+        "certificate_offer",
+        "Your client certificate names you as",
+        "您的客户端证书表明您是",
+    ),
+    (
+        "sign_in_certificate",
+        "Sign in with this certificate",
+        "使用此证书登录",
+    ),
+    (
+        "certificate_role",
+        "Your client certificate's role may not use the console:",
+        "您的客户端证书对应的角色无权使用控制台:",
+    ),
+    (
+        "certificate_unmapped",
+        "Your client certificate has no role here:",
+        "您的客户端证书在此没有对应角色:",
+    ),
+    (
         "sign_in_help",
         "Use the token your operator issued you as a reviewer, inspector or admin.",
         "请使用运维为您签发的审核员、巡查员或管理员令牌。",
@@ -339,9 +359,29 @@ pub fn layout(lang: Lang, session: Option<&Session>, title: &str, body: Markup) 
     }
 }
 
-pub fn sign_in(lang: Lang, failed: bool) -> Markup {
+/// What the connection's verified client certificate offers the sign-in page: its subject
+/// and the caller `--mtls-role` maps it to, if any.
+pub struct CertificateOffer<'a> {
+    pub subject: &'a str,
+    pub caller: Option<&'a crate::api::auth::Caller>,
+}
+
+pub fn sign_in(lang: Lang, failed: bool, certificate: Option<CertificateOffer<'_>>) -> Markup {
     html! {
         @if failed { p.error { (lang.t("sign_in_failed")) } }
+        @if let Some(offer) = certificate {
+            @match offer.caller {
+                Some(caller) if super::session::may_sign_in(caller.role) => {
+                    form.certificate method="post" action="/sign-in" {
+                        p { (lang.t("certificate_offer")) " " code { (offer.subject) } " (" (caller.role.name()) ")" }
+                        input type="hidden" name="with" value="certificate";
+                        button type="submit" { (lang.t("sign_in_certificate")) }
+                    }
+                }
+                Some(caller) => { p.notice { (lang.t("certificate_role")) " " code { (offer.subject) } " (" (caller.role.name()) ")" } }
+                None => { p.notice { (lang.t("certificate_unmapped")) " " code { (offer.subject) } } }
+            }
+        }
         p { (lang.t("sign_in_help")) }
         form method="post" action="/sign-in" {
             label { (lang.t("token")) input type="password" name="token" autocomplete="off" autofocus; }
