@@ -6,7 +6,8 @@
 //! Starts the release server binary with the console on, files N pending anchors over gRPC,
 //! signs in, then fetches the review queue (its first page of 200 rows, with the count of all)
 //! 20 times: time to first byte, whole response time and page weight (the HTML; the stylesheet
-//! and script add 1.5 KB once, then are cached).
+//! and script add 1.5 KB once, then are cached). Then the same for the pages that read the
+//! decision log: the newest and the oldest filing (each with its history) and two log searches.
 
 mod common;
 
@@ -101,24 +102,48 @@ async fn main() -> Result<()> {
         .ok_or("no session cookie")?
         .to_owned();
 
-    let (mut ttfb, mut whole) = (Vec::new(), Vec::new());
-    let mut bytes = 0;
-    for _ in 0..20 {
-        let (first, all, size) = get(console, "/review", &cookie)?;
-        ttfb.push(first);
-        whole.push(all);
-        bytes = size;
+    let pages = [
+        (
+            format!("review queue with {pending} pending (its first page of 200)"),
+            "/review".to_owned(),
+        ),
+        (
+            "the newest filing's page (its history: the log since it was filed)".to_owned(),
+            format!("/review/anchor/pending{:06}", pending - 1),
+        ),
+        (
+            format!("the oldest filing's page (its history: the log of all {pending} filings)"),
+            "/review/anchor/pending000000".to_owned(),
+        ),
+        (
+            "log search, everything (the newest 500)".to_owned(),
+            "/log".to_owned(),
+        ),
+        (
+            "log search that matches nothing (reads the whole log)".to_owned(),
+            "/log?merchant=nobody".to_owned(),
+        ),
+    ];
+    for (what, path) in pages {
+        let (mut ttfb, mut whole) = (Vec::new(), Vec::new());
+        let mut bytes = 0;
+        for _ in 0..20 {
+            let (first, all, size) = get(console, &path, &cookie)?;
+            ttfb.push(first);
+            whole.push(all);
+            bytes = size;
+        }
+        ttfb.sort();
+        whole.sort();
+        let ms = |v: &[Duration], p| percentile(v, p).as_secs_f64() * 1e3;
+        println!(
+            "{what}: time to first byte p50 {:.1} ms, p90 {:.1} ms; whole page p50 {:.1} ms; {:.0} KiB of HTML",
+            ms(&ttfb, 0.5),
+            ms(&ttfb, 0.9),
+            ms(&whole, 0.5),
+            bytes as f64 / 1024.0,
+        );
     }
-    ttfb.sort();
-    whole.sort();
-    let ms = |v: &[Duration], p| percentile(v, p).as_secs_f64() * 1e3;
-    println!(
-        "review queue with {pending} pending (its first page of 200): time to first byte p50 {:.1} ms, p90 {:.1} ms; whole page p50 {:.1} ms; {:.0} KiB of HTML",
-        ms(&ttfb, 0.5),
-        ms(&ttfb, 0.9),
-        ms(&whole, 0.5),
-        bytes as f64 / 1024.0,
-    );
     drop(server);
     Ok(())
 }

@@ -223,11 +223,17 @@ pub async fn log(
                 _ => true,
             }
     };
+    // Every match holds these ids: records without them are passed over undecoded.
+    let contains: Vec<&str> = [&query.merchant, &query.session, &query.rule]
+        .into_iter()
+        .filter(|text| !text.is_empty())
+        .map(String::as_str)
+        .collect();
     let (records, cut_short) =
         match console
             .pdp
             .store()
-            .newest_log(during, keep, LOG_RECORDS, LOG_SCAN)
+            .newest_log(during, &contains, keep, LOG_RECORDS, LOG_SCAN)
         {
             Ok(found) => found,
             Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),

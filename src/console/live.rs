@@ -144,6 +144,7 @@ pub async fn session_page(
             .store()
             .newest_log(
                 crate::domain::Millis::MIN..=crate::domain::Millis::MAX,
+                &[&id],
                 |r| r.session_id == id,
                 SESSION_RECORDS,
                 SESSION_SCAN,

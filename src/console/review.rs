@@ -178,6 +178,7 @@ fn history(console: &Console, filing: &Registration) -> Result<Vec<LogRecord>, P
         .store()
         .newest_log(
             since..=Millis::MAX,
+            &[&change],
             |r| r.change.starts_with(&change),
             HISTORY_RECORDS,
             HISTORY_SCAN,

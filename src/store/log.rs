@@ -30,15 +30,20 @@ impl Store {
     }
 
     /// The latest `limit` kept records in `during` that `keep` accepts, newest first, and
-    /// whether the search stopped after `scan_limit` records (see `SegmentLog::newest`).
+    /// whether the search stopped after `scan_limit` records. `contains` are texts every
+    /// record `keep` accepts holds in a string field; they let most records be passed over
+    /// undecoded (see `SegmentLog::newest`).
     pub fn newest_log(
         &self,
         during: std::ops::RangeInclusive<Millis>,
+        contains: &[&str],
         keep: impl Fn(&LogRecord) -> bool,
         limit: usize,
         scan_limit: usize,
     ) -> Result<(Vec<LogRecord>, bool), PdpError> {
-        self.shared.segments.newest(during, keep, limit, scan_limit)
+        self.shared
+            .segments
+            .newest(during, contains, keep, limit, scan_limit)
     }
 
     pub fn log_record(&self, id: &str) -> Result<Option<LogRecord>, PdpError> {
