@@ -205,6 +205,8 @@ async fn reviewer_inspector_and_admin_do_their_work_in_a_real_browser() {
         .await
         .expect("record verdict");
     wait_for_text(&client, "Verdict recorded.").await;
+    // The filing's history now starts with this verdict.
+    wait_for_text(&client, "<td>revision 2, APPROVED</td>").await;
     let admitted = pdp.authorize(start()).await.expect("start").into_inner();
     assert_eq!(
         admitted.decision,
