@@ -737,6 +737,21 @@ async fn a_filing_shows_its_history_the_board_its_last_check_and_the_log_a_time_
     );
 
     // The log, newest first, between `since` and `until` (UTC, `until` takes its whole minute).
+    // (Checked below on a restarted server: the log is durable, the last checks are not.)
+    let clock = server.clock.clone();
+    let data_dir = server.data_dir.clone();
+    let _kept = server.stop().await;
+    let server = common::TestServer::start_with(&data_dir, clock, common::console::options()).await;
+    let addr = server.console_addr.expect("console");
+    // After a restart the session is still live, but no check of it has reached this process.
+    let (inspector, _) = sign_in(addr, "inspector");
+    let board = http(addr, "GET", "/live", &[("Cookie", &inspector)], "").body;
+    assert!(
+        last_check(&board)
+            .starts_with("<td class=\"last-check\"><span title=\"No check of this session"),
+        "{}",
+        last_check(&board)
+    );
     let (admin, _) = sign_in(addr, "admin");
     let search = |query: &str| {
         http(

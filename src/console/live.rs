@@ -64,7 +64,7 @@ pub async fn board(State(console): State<Arc<Console>>, headers: HeaderMap) -> R
                         td.last-check {
                             @match console.pdp.last_check(&s.id) {
                                 Some(at) => { (page::time(at)) " · " ((now - at).max(0) / 1000) " s" }
-                                None => { "—" }
+                                None => { span title=(lang.t("not_checked_here")) { "—" } }
                             }
                         }
                     }

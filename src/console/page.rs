@@ -93,6 +93,11 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("note", "Note", "备注"),
     ("last_check", "Last check", "最近校验"),
     (
+        "not_checked_here",
+        "No check of this session has reached this anchor-pdp since it started (another replica admitted it, or this one restarted).",
+        "自本 anchor-pdp 实例启动以来,尚未收到该会话的校验(会话由其他副本准入,或本实例已重启)。",
+    ),
+    (
         "last_check_hint",
         "The latest START or LIVE check of this session that this anchor-pdp answered, and how long ago.",
         "本 anchor-pdp 实例最近一次应答该会话的开播(START)或直播中(LIVE)校验,以及距今多久。",

@@ -411,6 +411,7 @@ impl Pdp {
             .await;
         match opened {
             Ok(Opened::New { superseded }) => {
+                self.store.note_check(&session.id, now);
                 outcome.superseded_session_id = superseded.map(|s| s.id);
                 Ok(outcome)
             }
@@ -954,7 +955,7 @@ impl Pdp {
     }
 
     /// When a gateway last checked live session `session_id` with this process (LIVE, or its
-    /// START); `None` once it is not live.
+    /// START); `None` if this process has answered none (or it is not live).
     pub fn last_check(&self, session_id: &str) -> Option<Millis> {
         self.store.last_check(session_id)
     }

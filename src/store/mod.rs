@@ -757,7 +757,7 @@ impl Store {
         self.shared.view.note_check(session_id, at);
     }
 
-    /// The latest check of a live session this process answered (its START to begin with).
+    /// The latest check (START or LIVE) of a live session this process answered, if any.
     pub fn last_check(&self, session_id: &str) -> Option<Millis> {
         self.shared.view.last_check(session_id)
     }

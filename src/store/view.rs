@@ -22,11 +22,12 @@ struct State {
 #[derive(Default)]
 pub struct FactsView {
     state: RwLock<State>,
-    /// Each live session's latest check by a gateway that this process answered (its START
-    /// to begin with). Kept apart from `state` so that a check, which writes here, never
-    /// waits for or blocks the decisions reading `state`; and in memory only, because a LIVE
-    /// check writes nothing durable (that is what makes it cheap).
-    last_checks: Mutex<HashMap<String, Millis>>,
+    /// Each live session's latest check by a gateway that this process answered (START or
+    /// LIVE), `None` while it has answered none (a session another replica admitted, or one
+    /// from before a restart). Kept apart from `state` so that a check, which writes here,
+    /// never waits for or blocks the decisions reading `state`; and in memory only, because a
+    /// LIVE check writes nothing durable (that is what makes it cheap).
+    last_checks: Mutex<HashMap<String, Option<Millis>>>,
 }
 
 impl FactsView {
@@ -68,16 +69,14 @@ impl FactsView {
         {
             let mut checks = self.checks();
             checks.retain(|id, _| state.live.contains_key(id));
-            for session in state.live.values() {
-                checks
-                    .entry(session.id.clone())
-                    .or_insert(session.started_at);
+            for id in state.live.keys() {
+                checks.entry(id.clone()).or_insert(None);
             }
         }
         *self.write() = state;
     }
 
-    fn checks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Millis>> {
+    fn checks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Millis>>> {
         self.last_checks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -87,13 +86,13 @@ impl FactsView {
     /// meanwhile) is not added back.
     pub fn note_check(&self, session_id: &str, at: Millis) {
         if let Some(last) = self.checks().get_mut(session_id) {
-            *last = (*last).max(at);
+            *last = Some(last.map_or(at, |last| last.max(at)));
         }
     }
 
-    /// The latest check of a live session this process answered, if it is live.
+    /// The latest check of a live session this process answered, if it answered one.
     pub fn last_check(&self, session_id: &str) -> Option<Millis> {
-        self.checks().get(session_id).copied()
+        self.checks().get(session_id).copied().flatten()
     }
 
     pub fn put_registration(&self, registration: &Registration) {
@@ -115,9 +114,7 @@ impl FactsView {
         let mut state = self.write();
         if session.state == SessionState::Active {
             state.live.insert(session.id.clone(), session.clone());
-            self.checks()
-                .entry(session.id.clone())
-                .or_insert(session.started_at);
+            self.checks().entry(session.id.clone()).or_insert(None);
         } else {
             state.live.remove(&session.id);
             self.checks().remove(&session.id);

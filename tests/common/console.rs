@@ -19,18 +19,26 @@ pub async fn console_server() -> (TestServer, super::bearer::Pdp, super::bearer:
     .await
 }
 
-/// `console_server`, with `configure` applied to its settings.
-pub async fn console_server_with(
-    configure: fn(&mut anchor_pdp::config::ServeArgs),
-) -> (TestServer, super::bearer::Pdp, super::bearer::Admin) {
-    let server = TestServer::start_with_options(Options {
+/// The console on, with a caller token for each of `reviewer`, `inspector`, `gateway` and
+/// `admin` (see `token`).
+pub fn options() -> Options {
+    Options {
         console: true,
         tokens: ["reviewer", "inspector", "gateway", "admin"]
             .iter()
             .map(|role| format!("{role}-1:{role}:{}", hash_token(&token(role))))
             .collect(),
-        configure: Some(configure),
         ..Options::default()
+    }
+}
+
+/// `console_server`, with `configure` applied to its settings.
+pub async fn console_server_with(
+    configure: fn(&mut anchor_pdp::config::ServeArgs),
+) -> (TestServer, super::bearer::Pdp, super::bearer::Admin) {
+    let server = TestServer::start_with_options(Options {
+        configure: Some(configure),
+        ..options()
     })
     .await;
     let (mut pdp, mut admin) = super::bearer::clients(server.addr, Some(&token("admin"))).await;
