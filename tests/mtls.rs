@@ -179,24 +179,22 @@ async fn certificate_subjects_map_to_roles() {
     serving.await.expect("server task").expect("server");
 }
 
-/// One HTTP/1.1 exchange with the console over TLS, as `client` (a certificate for that
-/// subject from `issuer`) or with no certificate: (status, head, body), or the error that
-/// ended the connection.
+/// One HTTP/1.1 exchange with the console over TLS, with a certificate `issuer` gave
+/// `subject`, or with none; an error is the connection's (a refused handshake).
 fn https(
     addr: std::net::SocketAddr,
-    pki: &Pki,
+    server_ca: &Pki,
     client: Option<(&Pki, &str)>,
     method: &str,
     path: &str,
     cookie: Option<&str>,
     body: &str,
-) -> Result<(u16, String, String), std::io::Error> {
+) -> std::io::Result<common::console::Reply> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    use std::io::{Read, Write};
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).expect("ca pem"))
+        .add(CertificateDer::from_pem_slice(server_ca.ca_pem.as_bytes()).expect("ca pem"))
         .expect("root");
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -218,43 +216,9 @@ fn https(
     };
     let name = ServerName::try_from("localhost").expect("name");
     let connection = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
-    let mut stream = rustls::StreamOwned::new(connection, std::net::TcpStream::connect(addr)?);
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-    if let Some(cookie) = cookie {
-        request.push_str(&format!("Cookie: {cookie}\r\n"));
-    }
-    if method == "POST" {
-        request.push_str(&format!(
-            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes())?;
-    let mut raw = Vec::new();
-    match stream.read_to_end(&mut raw) {
-        Ok(_) => {}
-        // The server closed without close_notify after a whole response.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
-        Err(e) => return Err(e),
-    }
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status line: {text}")))?;
-    Ok((status, head.to_owned(), body.to_owned()))
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|line| {
-        let (n, v) = line.split_once(": ")?;
-        n.eq_ignore_ascii_case(name).then_some(v)
-    })
+    let stream = rustls::StreamOwned::new(connection, std::net::TcpStream::connect(addr)?);
+    let headers: Vec<(&str, &str)> = cookie.map(|c| ("Cookie", c)).into_iter().collect();
+    tokio::task::block_in_place(|| common::console::exchange(stream, method, path, &headers, body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,194 +302,111 @@ async fn the_console_serves_tls_and_signs_in_a_certificate_whose_subject_has_a_c
         .expect("register");
     }
 
+    // As `subject`, with a certificate of the deployment's CA, or with none.
+    let console =
+        |subject: Option<&str>, method: &str, path: &str, cookie: Option<&str>, body: &str| {
+            https(
+                console_addr,
+                &pki,
+                subject.map(|s| (&pki, s)),
+                method,
+                path,
+                cookie,
+                body,
+            )
+            .expect("an HTTPS reply")
+        };
+
     // A reviewer's certificate: the sign-in page offers it, and one click signs in, with a
     // cookie that says Secure now that the console speaks TLS.
-    let page = tokio::task::block_in_place(|| {
-        https(
-            console_addr,
-            &pki,
-            Some((&pki, "rev-1")),
-            "GET",
-            "/sign-in",
-            None,
-            "",
-        )
-    })
-    .expect("sign-in page over TLS");
-    assert_eq!(page.0, 200);
+    let page = console(Some("rev-1"), "GET", "/sign-in", None, "");
+    assert_eq!(page.status, 200);
     assert!(
-        page.2
+        page.body
             .contains("Your client certificate names you as <code>rev-1</code> (reviewer)"),
         "{}",
-        page.2
+        page.body
     );
-    let signed_in = tokio::task::block_in_place(|| {
-        https(
-            console_addr,
-            &pki,
-            Some((&pki, "rev-1")),
-            "POST",
-            "/sign-in",
-            None,
-            "with=certificate",
-        )
-    })
-    .expect("sign in");
-    assert_eq!(signed_in.0, 303, "{}", signed_in.2);
-    assert_eq!(header(&signed_in.1, "location"), Some("/review"));
-    let set_cookie = header(&signed_in.1, "set-cookie").expect("a session cookie");
+    let signed_in = console(Some("rev-1"), "POST", "/sign-in", None, "with=certificate");
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    assert_eq!(signed_in.header("location"), Some("/review"));
+    let set_cookie = signed_in.header("set-cookie").expect("a session cookie");
     for part in ["HttpOnly", "Secure", "SameSite=Strict"] {
         assert!(set_cookie.contains(part), "{set_cookie}");
     }
     let cookie = set_cookie.split(';').next().expect("cookie").to_owned();
-    let filing = tokio::task::block_in_place(|| {
-        https(
-            console_addr,
-            &pki,
-            Some((&pki, "rev-1")),
-            "GET",
-            "/review/anchor/a1",
-            Some(&cookie),
-            "",
-        )
-    })
-    .expect("filing page");
-    assert_eq!(filing.0, 200, "{}", filing.2);
+    let filing = console(Some("rev-1"), "GET", "/review/anchor/a1", Some(&cookie), "");
+    assert_eq!(filing.status, 200, "{}", filing.body);
     let csrf = filing
-        .2
+        .body
         .split("name=\"csrf\" value=\"")
         .nth(1)
         .and_then(|rest| rest.split('"').next())
         .expect("a CSRF token")
         .to_owned();
     // The verdict goes through the same service and lands in the log under the subject.
-    let verdict = tokio::task::block_in_place(|| {
-        https(
-            console_addr,
-            &pki,
-            Some((&pki, "rev-1")),
-            "POST",
-            "/review/anchor/a1",
-            Some(&cookie),
-            &format!("verdict=approve&expected_revision=1&note=ok&csrf={csrf}"),
-        )
-    })
-    .expect("verdict");
-    assert_eq!(verdict.0, 303, "{}", verdict.2);
-    let filing = tokio::task::block_in_place(|| {
-        https(
-            console_addr,
-            &pki,
-            None,
-            "GET",
-            "/review/anchor/a1",
-            Some(&cookie),
-            "",
-        )
-    })
-    .expect("filing page");
+    let verdict = console(
+        Some("rev-1"),
+        "POST",
+        "/review/anchor/a1",
+        Some(&cookie),
+        &format!("verdict=approve&expected_revision=1&note=ok&csrf={csrf}"),
+    );
+    assert_eq!(verdict.status, 303, "{}", verdict.body);
+    let filing = console(None, "GET", "/review/anchor/a1", Some(&cookie), "");
     assert!(
-        filing
-            .2
+        filing.body
             .contains("<td>ReviewFiling · console</td><td>rev-1 (reviewer, console)</td><td>revision 2, APPROVED</td>"),
         "{}",
-        filing.2
+        filing.body
     );
 
     // A gateway's certificate is named but refused; a certificate without a role, and a
     // browser without one, get no offer and cannot sign in by certificate.
-    let gateway = tokio::task::block_in_place(|| {
-        https(
-            console_addr,
-            &pki,
-            Some((&pki, "edge-1")),
-            "GET",
-            "/sign-in",
-            None,
-            "",
-        )
-    })
-    .expect("sign-in page");
+    let gateway = console(Some("edge-1"), "GET", "/sign-in", None, "");
     assert!(
         gateway
-            .2
+            .body
             .contains("may not use the console: <code>edge-1</code> (gateway)"),
         "{}",
-        gateway.2
+        gateway.body
     );
     for subject in [Some("edge-1"), Some("stranger"), None] {
-        let client = subject.map(|subject| (&pki, subject));
-        let refused = tokio::task::block_in_place(|| {
-            https(
-                console_addr,
-                &pki,
-                client,
-                "POST",
-                "/sign-in",
-                None,
-                "with=certificate",
-            )
-        })
-        .expect("sign in");
-        assert_eq!(refused.0, 303, "{subject:?}");
+        let refused = console(subject, "POST", "/sign-in", None, "with=certificate");
+        assert_eq!(refused.status, 303, "{subject:?}");
         assert_eq!(
-            header(&refused.1, "location"),
+            refused.header("location"),
             Some("/sign-in?failed=true"),
             "{subject:?}"
         );
-        assert!(header(&refused.1, "set-cookie").is_none(), "{subject:?}");
+        assert!(refused.header("set-cookie").is_none(), "{subject:?}");
     }
-    let stranger = tokio::task::block_in_place(|| {
-        https(
-            console_addr,
-            &pki,
-            Some((&pki, "stranger")),
-            "GET",
-            "/sign-in",
-            None,
-            "",
-        )
-    })
-    .expect("sign-in page");
+    let stranger = console(Some("stranger"), "GET", "/sign-in", None, "");
     assert!(
         stranger
-            .2
+            .body
             .contains("has no role here: <code>stranger</code>"),
         "{}",
-        stranger.2
+        stranger.body
     );
 
     // A certificate from another CA fails the handshake; plain HTTP gets no page.
     let other = Pki::new();
-    assert!(
-        tokio::task::block_in_place(|| {
-            https(
-                console_addr,
-                &pki,
-                Some((&other, "rev-1")),
-                "GET",
-                "/sign-in",
-                None,
-                "",
-            )
-        })
-        .is_err()
+    let foreign = https(
+        console_addr,
+        &pki,
+        Some((&other, "rev-1")),
+        "GET",
+        "/sign-in",
+        None,
+        "",
     );
+    assert!(foreign.is_err(), "{:?}", foreign.map(|r| r.status));
     let plain = tokio::task::block_in_place(|| {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(console_addr).expect("connect");
-        stream
-            .write_all(b"GET /sign-in HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .expect("send");
-        let mut raw = Vec::new();
-        let _ = stream.read_to_end(&mut raw);
-        raw
+        let stream = std::net::TcpStream::connect(console_addr).expect("connect");
+        common::console::exchange(stream, "GET", "/sign-in", &[], "")
     });
-    assert!(
-        !plain.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&plain)
-    );
+    assert!(plain.is_err(), "{:?}", plain.map(|r| r.status));
 
     let _ = stop.send(());
     serving.await.expect("server task").expect("server");
