@@ -65,46 +65,87 @@ async fn channel(
         .await
 }
 
+/// A server with TLS from `pki`, client certificates required on gRPC, these `CN:ROLE`
+/// subjects, and the console on when asked.
+struct TlsServer {
+    addr: std::net::SocketAddr,
+    console_addr: Option<std::net::SocketAddr>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<Result<(), server::StartError>>,
+    _temp: tempfile::TempDir,
+}
+
+impl TlsServer {
+    async fn start(pki: &Pki, subjects: &[&str], console: bool) -> TlsServer {
+        let temp = tempfile::tempdir().expect("temp");
+        let (server_cert, server_key) = pki.issue("anchor-pdp");
+        let write = |name: &str, pem: &str| {
+            let path = temp.path().join(name);
+            std::fs::write(&path, pem).expect("write pem");
+            path
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let console = match console {
+            true => Some(
+                TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind console"),
+            ),
+            false => None,
+        };
+        let console_addr = console
+            .as_ref()
+            .map(|l| l.local_addr().expect("console addr"));
+        let mut args = serve_defaults();
+        args.listen = addr;
+        args.data_dir = temp.path().join("data");
+        args.policies = repo_policies();
+        args.tls_cert = Some(write("server.pem", &server_cert));
+        args.tls_key = Some(write("server.key", &server_key));
+        args.client_ca = Some(write("ca.pem", &pki.ca_pem));
+        args.mtls_roles = subjects.iter().map(|s| s.to_string()).collect();
+        args.console_listen = console_addr;
+        let pdp = server::open(&args, Arc::new(ManualClock::new(T0)))
+            .await
+            .expect("open");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(async move {
+            server::serve(
+                server::Listeners {
+                    grpc: listener,
+                    http: None,
+                    metrics: None,
+                    console,
+                },
+                pdp,
+                &args,
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        });
+        TlsServer {
+            addr,
+            console_addr,
+            stop,
+            serving,
+            _temp: temp,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.serving.await.expect("server task").expect("server");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_subjects_map_to_roles() {
     let pki = Pki::new();
-    let temp = tempfile::tempdir().expect("temp");
-    let (server_cert, server_key) = pki.issue("anchor-pdp");
-    let write = |name: &str, pem: &str| {
-        let path = temp.path().join(name);
-        std::fs::write(&path, pem).expect("write pem");
-        path
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let mut args = serve_defaults();
-    args.listen = addr;
-    args.data_dir = temp.path().join("data");
-    args.policies = repo_policies();
-    args.tls_cert = Some(write("server.pem", &server_cert));
-    args.tls_key = Some(write("server.key", &server_key));
-    args.client_ca = Some(write("ca.pem", &pki.ca_pem));
-    args.mtls_roles = vec!["edge-1:gateway".into(), "ops-1:admin".into()];
-    let pdp = server::open(&args, Arc::new(ManualClock::new(T0)))
-        .await
-        .expect("open");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(async move {
-        server::serve(
-            server::Listeners {
-                grpc: listener,
-                http: None,
-                metrics: None,
-                console: None,
-            },
-            pdp,
-            &args,
-            async {
-                let _ = stopped.await;
-            },
-        )
-        .await
-    });
+    let server = TlsServer::start(&pki, &["edge-1:gateway", "ops-1:admin"], false).await;
+    let addr = server.addr;
 
     let mut ops = PolicyDecisionPointClient::new(
         channel(addr, &pki, Some("ops-1"))
@@ -175,8 +216,7 @@ async fn certificate_subjects_map_to_roles() {
         }
     }
 
-    let _ = stop.send(());
-    serving.await.expect("server task").expect("server");
+    server.stop().await;
 }
 
 /// One HTTP/1.1 exchange with the console over TLS, with a certificate `issuer` gave
@@ -224,52 +264,13 @@ fn https(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_serves_tls_and_signs_in_a_certificate_whose_subject_has_a_console_role() {
     let pki = Pki::new();
-    let temp = tempfile::tempdir().expect("temp");
-    let (server_cert, server_key) = pki.issue("anchor-pdp");
-    let write = |name: &str, pem: &str| {
-        let path = temp.path().join(name);
-        std::fs::write(&path, pem).expect("write pem");
-        path
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let console = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind console");
-    let console_addr = console.local_addr().expect("console addr");
-    let mut args = serve_defaults();
-    args.listen = addr;
-    args.data_dir = temp.path().join("data");
-    args.policies = repo_policies();
-    args.tls_cert = Some(write("server.pem", &server_cert));
-    args.tls_key = Some(write("server.key", &server_key));
-    args.client_ca = Some(write("ca.pem", &pki.ca_pem));
-    args.mtls_roles = vec![
-        "edge-1:gateway".into(),
-        "ops-1:admin".into(),
-        "rev-1:reviewer".into(),
-    ];
-    args.console_listen = Some(console_addr);
-    let pdp = server::open(&args, Arc::new(ManualClock::new(T0)))
-        .await
-        .expect("open");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(async move {
-        server::serve(
-            server::Listeners {
-                grpc: listener,
-                http: None,
-                metrics: None,
-                console: Some(console),
-            },
-            pdp,
-            &args,
-            async {
-                let _ = stopped.await;
-            },
-        )
-        .await
-    });
+    let server = TlsServer::start(
+        &pki,
+        &["edge-1:gateway", "ops-1:admin", "rev-1:reviewer"],
+        true,
+    )
+    .await;
+    let (addr, console_addr) = (server.addr, server.console_addr.expect("console"));
     let mut ops = PolicyDecisionPointClient::new(
         channel(addr, &pki, Some("ops-1"))
             .await
@@ -408,6 +409,5 @@ async fn the_console_serves_tls_and_signs_in_a_certificate_whose_subject_has_a_c
     });
     assert!(plain.is_err(), "{:?}", plain.map(|r| r.status));
 
-    let _ = stop.send(());
-    serving.await.expect("server task").expect("server");
+    server.stop().await;
 }
