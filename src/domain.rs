@@ -750,6 +750,21 @@ pub struct Account {
     pub freeze_lifted: Option<FreezeLift>,
 }
 
+/// A console sign-in. Kept in the store, so that every replica honours it and a restart keeps
+/// it; found by a hash of its cookie, so that the store never holds a usable cookie.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleSignIn {
+    /// The credential signed in with, as the configuration names it (`sha256:HEX` of a token,
+    /// or `cn:SUBJECT` of a client certificate): the sign-in holds only while it still names a
+    /// console caller.
+    pub credential: String,
+    /// The caller it named then (for the log of who signed in).
+    pub caller: String,
+    /// The token every form of this sign-in carries.
+    pub csrf: String,
+    pub expires_at: Millis,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FreezeLift {
     pub operator: String,

@@ -693,8 +693,8 @@ async fn a_filing_shows_its_history_the_board_its_last_check_and_the_log_a_time_
     let _kept = server.stop().await;
     let server = common::TestServer::start_with(&data_dir, clock, common::console::options()).await;
     let addr = server.console_addr.expect("console");
-    // After a restart the session is still live, but no check of it has reached this process.
-    let (inspector, _) = sign_in(addr, "inspector");
+    // The inspector is still signed in after the restart (sign-ins are in the store), and
+    // the broadcast still live, but no check of it has reached this process.
     let board = http(addr, "GET", "/live", &[("Cookie", &inspector)], "").body;
     assert!(
         last_check(&board)
@@ -740,4 +740,27 @@ async fn a_filing_shows_its_history_the_board_its_last_check_and_the_log_a_time_
     let backwards = search("since=2026-01-01T00%3A02&until=2026-01-01T00%3A01");
     assert_eq!(backwards.status, 400, "{}", backwards.body);
     assert_eq!(backwards.body, "until: before since");
+
+    // A sign-in holds only while its token is configured, and for 8 hours.
+    let clock = server.clock.clone();
+    let _kept = server.stop().await;
+    let mut options = common::console::options();
+    options
+        .tokens
+        .retain(|spec| !spec.starts_with("inspector-1:"));
+    let server = common::TestServer::start_with(&data_dir, clock.clone(), options).await;
+    let addr = server.console_addr.expect("console");
+    let revoked = http(addr, "GET", "/live", &[("Cookie", &inspector)], "");
+    assert_eq!(
+        (revoked.status, revoked.header("location")),
+        (303, Some("/sign-in"))
+    );
+    let kept = http(addr, "GET", "/log", &[("Cookie", &admin)], "");
+    assert_eq!(kept.status, 200, "{}", kept.body);
+    clock.advance(8 * 3600 * 1000);
+    let expired = http(addr, "GET", "/log", &[("Cookie", &admin)], "");
+    assert_eq!(
+        (expired.status, expired.header("location")),
+        (303, Some("/sign-in"))
+    );
 }

@@ -484,3 +484,70 @@ async fn a_replica_whose_watch_fell_behind_a_compaction_reloads_its_view() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_console_sign_in_on_one_replica_holds_on_every_replica_until_signed_out_on_any() {
+    use common::console::{Reply, exchange, token};
+    let cluster = EtcdCluster::start(3).await;
+    let prefix = prefix();
+    let with_console = |name: &str| Options {
+        console: true,
+        tokens: common::console::options().tokens,
+        ..replica(&cluster, &prefix, name)
+    };
+    let a = TestServer::start_with_options(with_console("A")).await;
+    let b = TestServer::start_with_options(with_console("B")).await;
+    let console =
+        |server: &TestServer, method: &str, path: &str, cookie: &str, body: &str| -> Reply {
+            let stream = std::net::TcpStream::connect(server.console_addr.expect("console"))
+                .expect("connect console");
+            let headers = [("Cookie", cookie)];
+            let headers = if cookie.is_empty() {
+                &headers[..0]
+            } else {
+                &headers[..]
+            };
+            exchange(stream, method, path, headers, body).expect("an HTTP reply")
+        };
+
+    let signed_in = console(
+        &a,
+        "POST",
+        "/sign-in",
+        "",
+        &format!("token={}", token("reviewer")),
+    );
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    let cookie = signed_in
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    // B honours it at once: the cookie names the store revision B waits for if it must.
+    let page = console(&b, "GET", "/review", &cookie, "");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("reviewer-1 (reviewer)"), "{}", page.body);
+    let csrf = page
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF token")
+        .to_owned();
+    let signed_out = console(&b, "POST", "/sign-out", &cookie, &format!("csrf={csrf}"));
+    assert_eq!(signed_out.status, 303, "{}", signed_out.body);
+    // Signed out on B is signed out on A, once A's view has the removal.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let page = console(&a, "GET", "/review", &cookie, "");
+        if page.status == 303 {
+            assert_eq!(page.header("location"), Some("/sign-in"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A still honours the cookie"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -149,6 +149,15 @@ struct TokenEntry {
     digest: [u8; 32],
 }
 
+/// A credential a console sign-in was made with.
+#[derive(Clone, Copy, Debug)]
+pub enum Credential<'a> {
+    Token(&'a str),
+    Certificate(&'a str),
+}
+
+const ANONYMOUS_CREDENTIAL: &str = "anonymous";
+
 /// The configured tokens and certificate subjects.
 #[derive(Default)]
 pub struct Authenticator {
@@ -246,6 +255,32 @@ impl Authenticator {
     /// The caller a verified client certificate's subject CN maps to (`--mtls-role`).
     pub fn certificate_caller(&self, common_name: &str) -> Option<Caller> {
         self.subjects.get(common_name).cloned()
+    }
+
+    /// How a console sign-in names the credential it was made with, to check later that the
+    /// configuration still accepts it: `sha256:HEX` for a token, `cn:SUBJECT` for a client
+    /// certificate, `anonymous` when no authentication is configured.
+    pub fn credential(&self, via: Credential<'_>) -> String {
+        match via {
+            _ if !self.enabled() => ANONYMOUS_CREDENTIAL.to_owned(),
+            Credential::Token(token) => hash_token(token),
+            Credential::Certificate(common_name) => format!("cn:{common_name}"),
+        }
+    }
+
+    /// The caller a credential named by `credential` is configured as now, if it still is.
+    pub fn caller_of_credential(&self, credential: &str) -> Option<Caller> {
+        if !self.enabled() {
+            return (credential == ANONYMOUS_CREDENTIAL).then(Caller::anonymous);
+        }
+        if let Some(common_name) = credential.strip_prefix("cn:") {
+            return self.certificate_caller(common_name);
+        }
+        let digest = credential.strip_prefix("sha256:").and_then(parse_digest)?;
+        self.tokens
+            .iter()
+            .find(|entry| same(&entry.digest, &digest))
+            .map(|entry| entry.caller.clone())
     }
 
     pub fn enabled(&self) -> bool {

@@ -36,7 +36,7 @@ pub async fn account(
     Query(query): Query<AccountQuery>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let session = match access(&console, &headers, GET_ACCOUNT) {
+    let session = match access(&console, &headers, GET_ACCOUNT).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
@@ -132,7 +132,7 @@ pub async fn lift(
     Path(merchant): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let session = match access(&console, &headers, LIFT) {
+    let session = match access(&console, &headers, LIFT).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
@@ -205,7 +205,7 @@ pub async fn log(
     Query(query): Query<LogQuery>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let session = match access(&console, &headers, READ_LOG) {
+    let session = match access(&console, &headers, READ_LOG).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };

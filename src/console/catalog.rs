@@ -23,7 +23,7 @@ const AI_FILING: &str = "/anchorpdp.v1.PolicyAdmin/SetAiFeatureFiling";
 
 pub async fn catalog(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
     let lang = Lang::of(&headers);
-    let session = match access(&console, &headers, LIST) {
+    let session = match access(&console, &headers, LIST).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
@@ -108,7 +108,7 @@ pub async fn set_listing(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let session = match access(&console, &headers, LISTING) {
+    let session = match access(&console, &headers, LISTING).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
@@ -134,7 +134,7 @@ pub async fn set_ai_filing(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let session = match access(&console, &headers, AI_FILING) {
+    let session = match access(&console, &headers, AI_FILING).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };

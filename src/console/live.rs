@@ -35,7 +35,7 @@ pub fn penalty_text(lang: Lang, penalty: Penalty) -> &'static str {
 
 pub async fn board(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
     let lang = Lang::of(&headers);
-    let session = match access(&console, &headers, LIST) {
+    let session = match access(&console, &headers, LIST).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
@@ -129,7 +129,7 @@ pub async fn session_page(
     Query(query): Query<ReportQuery>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let session = match access(&console, &headers, GET) {
+    let session = match access(&console, &headers, GET).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
@@ -209,7 +209,7 @@ pub async fn report(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let session = match access(&console, &headers, REPORT) {
+    let session = match access(&console, &headers, REPORT).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };

@@ -25,17 +25,16 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
-use crate::api::auth::{Authenticator, Role, may_call};
+use crate::api::auth::{Authenticator, Credential, Role, may_call};
 use crate::net::ClientCertificate;
 use crate::service::Pdp;
 use page::Lang;
-use session::{Session, Sessions};
+use session::Session;
 
 /// What every console request can reach.
 pub struct Console {
     pdp: Arc<Pdp>,
     auth: Arc<Authenticator>,
-    sessions: Sessions,
     /// `FROM=TO` prefixes that turn a stored image reference into an http(s) URL.
     image_prefixes: Vec<(String, String)>,
     /// The session cookie says `Secure` (the console is reached over TLS).
@@ -62,7 +61,6 @@ impl Console {
         Ok(Arc::new(Console {
             pdp,
             auth,
-            sessions: Sessions::default(),
             image_prefixes: prefixes,
             secure_cookies,
         }))
@@ -140,11 +138,22 @@ pub fn router(console: Arc<Console>) -> Router {
         .layer(axum::middleware::from_fn(security_headers))
 }
 
-/// The signed-in session a request's cookie names.
-fn session_of(console: &Console, headers: &HeaderMap) -> Option<(String, Session)> {
+/// The session cookie's value in a request, if it has one.
+fn cookie_of(headers: &HeaderMap) -> Option<&str> {
     let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
-    let id = session::cookie_value(cookies, session::COOKIE)?;
-    console.sessions.get(id).map(|s| (id.to_owned(), s))
+    session::cookie_value(cookies, session::COOKIE)
+}
+
+/// The signed-in session a request's cookie names.
+async fn session_of(console: &Console, headers: &HeaderMap) -> Option<Session> {
+    let cookie = cookie_of(headers)?;
+    session::find(
+        console.pdp.store(),
+        &console.auth,
+        cookie,
+        console.pdp.now(),
+    )
+    .await
 }
 
 /// A page's caller: signed in, and allowed the gRPC method the page stands for; otherwise
@@ -154,9 +163,9 @@ enum Access {
     Refused(Response),
 }
 
-fn access(console: &Console, headers: &HeaderMap, method: &str) -> Access {
+async fn access(console: &Console, headers: &HeaderMap, method: &str) -> Access {
     let lang = Lang::of(headers);
-    let Some((_, session)) = session_of(console, headers) else {
+    let Some(session) = session_of(console, headers).await else {
         return Access::Refused(Redirect::to("/sign-in").into_response());
     };
     if !may_call(session.caller.role, method) {
@@ -206,9 +215,9 @@ fn landing(role: Role) -> &'static str {
 }
 
 async fn home(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    match session_of(&console, &headers) {
+    match session_of(&console, &headers).await {
         None => Redirect::to("/sign-in").into_response(),
-        Some((_, session)) => Redirect::to(landing(session.caller.role)).into_response(),
+        Some(session) => Redirect::to(landing(session.caller.role)).into_response(),
     }
 }
 
@@ -255,10 +264,14 @@ async fn sign_in(
         Some("certificate") => "certificate",
         _ => "token",
     };
-    let caller = if with == "certificate" {
+    let signed_in = if with == "certificate" {
         certificate
             .and_then(|Extension(ClientCertificate(subject))| {
-                console.auth.certificate_caller(&subject)
+                let caller = console.auth.certificate_caller(&subject)?;
+                Some((
+                    caller,
+                    console.auth.credential(Credential::Certificate(&subject)),
+                ))
             })
             .ok_or(())
     } else {
@@ -266,35 +279,37 @@ async fn sign_in(
         console
             .auth
             .authenticate(Some(&format!("Bearer {token}")))
+            .map(|caller| (caller, console.auth.credential(Credential::Token(token))))
             .map_err(|_| ())
     };
-    let caller = match caller {
-        Ok(caller) if session::may_sign_in(caller.role) => caller,
-        Ok(caller) => {
+    let (caller, credential) = match signed_in {
+        Ok((caller, credential)) if session::may_sign_in(caller.role) => (caller, credential),
+        Ok((caller, _)) => {
             tracing::warn!(caller = %caller.name, role = caller.role.name(), with, "console sign-in refused: role");
             return Redirect::to("/sign-in?failed=true").into_response();
         }
-        Err(_) => return Redirect::to("/sign-in?failed=true").into_response(),
+        Err(()) => return Redirect::to("/sign-in?failed=true").into_response(),
     };
-    let name = caller.name.clone();
-    let role = caller.role;
-    match console.sessions.start(caller) {
-        Ok(id) => {
-            tracing::info!(caller = %name, role = role.name(), with, "console sign-in");
-            let landing = landing(role);
+    match session::start(console.pdp.store(), &caller, credential, console.pdp.now()).await {
+        Ok(cookie) => {
+            tracing::info!(caller = %caller.name, role = caller.role.name(), with, "console sign-in");
             (
                 StatusCode::SEE_OTHER,
                 [
                     (
                         header::SET_COOKIE,
-                        session::cookie(&id, console.secure_cookies),
+                        session::cookie(&cookie, console.secure_cookies),
                     ),
-                    (header::LOCATION, landing.to_owned()),
+                    (header::LOCATION, landing(caller.role).to_owned()),
                 ],
             )
                 .into_response()
         }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot sign in now: {e}"),
+        )
+            .into_response(),
     }
 }
 
@@ -303,13 +318,21 @@ async fn sign_out(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let Some((id, session)) = session_of(&console, &headers) else {
+    let Some(session) = session_of(&console, &headers).await else {
         return Redirect::to("/sign-in").into_response();
     };
     if !csrf_ok(&session, &form) {
         return csrf_refused();
     }
-    console.sessions.end(&id);
+    if let Some(cookie) = cookie_of(&headers)
+        && let Err(e) = session::end(console.pdp.store(), cookie).await
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot sign out now: {e}"),
+        )
+            .into_response();
+    }
     (
         StatusCode::SEE_OTHER,
         [

@@ -90,7 +90,7 @@ pub async fn queue(
     Query(filter): Query<QueueFilter>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let session = match access(&console, &headers, LIST) {
+    let session = match access(&console, &headers, LIST).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
@@ -306,7 +306,7 @@ pub async fn filing(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let session = match access(&console, &headers, LIST) {
+    let session = match access(&console, &headers, LIST).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
@@ -352,7 +352,7 @@ pub async fn verdict(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    let session = match access(&console, &headers, REVIEW) {
+    let session = match access(&console, &headers, REVIEW).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };

@@ -1,12 +1,18 @@
-//! Console sign-in: a caller token (the gRPC tokens and roles) is exchanged for a session held
-//! in memory, named by a random id in an HttpOnly, SameSite=Strict cookie that expires. Every
-//! form carries the session's CSRF token, checked before anything changes.
+//! Console sign-in: a caller token or client certificate (the gRPC credentials and roles) is
+//! exchanged for a session, named by a random id in an HttpOnly, SameSite=Strict cookie that
+//! expires. The session is kept in the store under a hash of the id, so every replica honours
+//! it, a restart keeps it, and the store never holds a usable cookie; it holds only while the
+//! configuration still accepts the credential it was made with. Every form carries the
+//! session's CSRF token, checked before anything changes.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::api::auth::{Caller, Role};
+use sha2::{Digest, Sha256};
+
+use crate::api::auth::{Authenticator, Caller, Role};
+use crate::domain::ConsoleSignIn;
+use crate::error::PdpError;
+use crate::store::Store;
 
 pub const COOKIE: &str = "pdp_console";
 /// How long a session lasts after sign-in.
@@ -16,7 +22,6 @@ pub const LIFETIME: Duration = Duration::from_secs(8 * 3600);
 pub struct Session {
     pub caller: Caller,
     pub csrf: String,
-    expires: Instant,
 }
 
 impl Session {
@@ -28,11 +33,6 @@ impl Session {
             self.caller.role.name()
         )
     }
-}
-
-#[derive(Default)]
-pub struct Sessions {
-    by_id: Mutex<HashMap<String, Session>>,
 }
 
 /// 32 random bytes, hex: unguessable.
@@ -47,40 +47,78 @@ pub fn may_sign_in(role: Role) -> bool {
     matches!(role, Role::Reviewer | Role::Inspector | Role::Admin)
 }
 
-impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        self.by_id.lock().unwrap_or_else(|p| p.into_inner())
-    }
+/// What the store knows a session by: its id, hashed.
+fn id_hash(id: &str) -> String {
+    Sha256::digest(id.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
-    /// Starts a session for `caller`; returns its id.
-    pub fn start(&self, caller: Caller) -> Result<String, String> {
-        let id = random_id()?;
-        let session = Session {
-            caller,
-            csrf: random_id()?,
-            expires: Instant::now() + LIFETIME,
-        };
-        let mut sessions = self.lock();
-        sessions.retain(|_, s| s.expires > Instant::now());
-        sessions.insert(id.clone(), session);
-        Ok(id)
-    }
+/// A cookie's parts: the session id, and the store revision its sign-in was written at
+/// (`ID.REVISION`), so that a replica that has not seen the sign-in yet waits for it.
+fn parse_cookie(value: &str) -> Option<(&str, u64)> {
+    let (id, revision) = value.split_once('.')?;
+    let well_formed = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    well_formed.then_some((id, revision.parse().ok()?))
+}
 
-    /// The live session `id` names, if any.
-    pub fn get(&self, id: &str) -> Option<Session> {
-        let mut sessions = self.lock();
-        match sessions.get(id) {
-            Some(session) if session.expires > Instant::now() => Some(session.clone()),
-            Some(_) => {
-                sessions.remove(id);
-                None
-            }
-            None => None,
-        }
+/// Starts a session for `caller`, signed in with `credential` (see
+/// `Authenticator::credential`) at `now`; returns the cookie's value.
+pub async fn start(
+    store: &Store,
+    caller: &Caller,
+    credential: String,
+    now: crate::domain::Millis,
+) -> Result<String, PdpError> {
+    let id = random_id().map_err(PdpError::Storage)?;
+    let sign_in = ConsoleSignIn {
+        credential,
+        caller: caller.name.clone(),
+        csrf: random_id().map_err(PdpError::Storage)?,
+        expires_at: now.saturating_add(LIFETIME.as_millis() as i64),
+    };
+    if let Err(e) = store.prune_console_sign_ins(now).await {
+        tracing::warn!(error = %e, "expired console sessions not removed");
     }
+    let revision = store.put_console_sign_in(&id_hash(&id), &sign_in).await?;
+    Ok(format!("{id}.{revision}"))
+}
 
-    pub fn end(&self, id: &str) {
-        self.lock().remove(id);
+/// The live session a cookie's value names, if any: known to the store, not expired, and
+/// made with a credential that still names a console caller.
+pub async fn find(
+    store: &Store,
+    auth: &Authenticator,
+    cookie: &str,
+    now: crate::domain::Millis,
+) -> Option<Session> {
+    let (id, revision) = parse_cookie(cookie)?;
+    let hash = id_hash(id);
+    let mut found = store.console_sign_in(&hash).ok()?;
+    if found.is_none() && revision > store.revision() {
+        // Signed in on another replica a moment ago.
+        store.at_least(revision).await.ok()?;
+        found = store.console_sign_in(&hash).ok()?;
+    }
+    let sign_in = found?;
+    if sign_in.expires_at <= now {
+        return None;
+    }
+    let caller = auth
+        .caller_of_credential(&sign_in.credential)
+        .filter(|caller| may_sign_in(caller.role))?;
+    Some(Session {
+        caller,
+        csrf: sign_in.csrf,
+    })
+}
+
+/// Ends the session a cookie's value names.
+pub async fn end(store: &Store, cookie: &str) -> Result<(), PdpError> {
+    match parse_cookie(cookie) {
+        Some((id, _)) => store.remove_console_sign_in(&id_hash(id)).await,
+        None => Ok(()),
     }
 }
 
@@ -122,27 +160,24 @@ pub fn same_token(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::MerchantScope;
 
     #[test]
-    fn sessions_are_random_end_on_sign_out_and_cookies_say_how_to_keep_them() {
-        let sessions = Sessions::default();
-        let caller = Caller {
-            name: "rev".into(),
-            role: Role::Reviewer,
-            merchants: MerchantScope::All,
-        };
-        let a = sessions
-            .start(caller.clone())
-            .unwrap_or_else(|e| panic!("{e}"));
-        let b = sessions.start(caller).unwrap_or_else(|e| panic!("{e}"));
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 64);
-        assert!(sessions.get(&a).is_some());
-        sessions.end(&a);
-        assert!(sessions.get(&a).is_none());
-        assert!(sessions.get("forged").is_none());
-        let set = cookie(&b, true);
+    fn cookies_name_a_well_formed_id_and_a_revision_and_say_how_to_keep_them() {
+        let id = "ab".repeat(32);
+        assert_eq!(parse_cookie(&format!("{id}.17")), Some((id.as_str(), 17)));
+        for forged in [
+            "forged",
+            "ab.1",
+            id.as_str(),
+            &format!("{id}.x"),
+            &format!("{}.1", "zz".repeat(32)),
+        ] {
+            assert_eq!(parse_cookie(forged), None, "{forged}");
+        }
+        assert_ne!(id_hash(&id), id);
+        assert_eq!(id_hash(&id).len(), 64);
+        let value = format!("{id}.17");
+        let set = cookie(&value, true);
         for part in [
             "HttpOnly",
             "SameSite=Strict",
@@ -152,7 +187,7 @@ mod tests {
         ] {
             assert!(set.contains(part), "{set}");
         }
-        assert!(!cookie(&b, false).contains("Secure"));
+        assert!(!cookie(&value, false).contains("Secure"));
         assert_eq!(cookie_value("x=1; pdp_console=abc", COOKIE), Some("abc"));
         assert!(same_token("abc", "abc") && !same_token("abc", "abd") && !same_token("a", "ab"));
     }

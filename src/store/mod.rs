@@ -13,6 +13,7 @@
 //! The decision log lives in this process's own append-only segment files (`segments`), under
 //! the data directory, whichever backend holds the state.
 
+mod console;
 mod etcd_store;
 mod group_commit;
 mod log;

@@ -68,6 +68,11 @@ pub fn closed_key(closed_at: Millis, session_id: &str) -> String {
     format!("closed/{:020}/{session_id}", closed_at.max(0))
 }
 
+/// A console sign-in by the hash of its cookie.
+pub fn console_key(cookie_hash: &str) -> String {
+    format!("console/{cookie_hash}")
+}
+
 pub fn room_key(room_id: &str) -> String {
     format!("room/{room_id}")
 }
