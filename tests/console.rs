@@ -567,6 +567,34 @@ async fn a_long_queue_comes_in_pages_of_200_oldest_first() {
     );
     assert_eq!(second.body.matches("<a href=\"/review/").count(), 50);
     assert!(second.body.contains("2 / 2"));
+    // Oldest first (all filed at T0 here, so by id): a1, then the rooms in order.
+    let rows: Vec<&str> = first
+        .body
+        .split("<a href=\"/review/")
+        .skip(1)
+        .map(|row| row.split('"').next().unwrap_or_default())
+        .collect();
+    assert_eq!(&rows[..3], ["anchor/a1", "room/room000", "room/room001"]);
+    assert_eq!(
+        second
+            .body
+            .split("<a href=\"/review/")
+            .last()
+            .map(|r| r.split('"').next()),
+        Some(Some("room/room248"))
+    );
+    // A page past the end shows the last page; a merchant with nothing pending, none.
+    let past = http(addr, "GET", "/review?page=9", &[("Cookie", &cookie)], "");
+    assert!(past.body.contains("2 / 2"), "{}", past.body);
+    assert_eq!(past.body.matches("<a href=\"/review/").count(), 50);
+    let other = http(
+        addr,
+        "GET",
+        "/review?merchant=m2",
+        &[("Cookie", &cookie)],
+        "",
+    );
+    assert!(other.body.contains("0 pending"), "{}", other.body);
 }
 
 /// Where `needle` first appears in `page`, for order checks (newest first).

@@ -55,7 +55,6 @@ pub async fn account(
         super::review::filings(&console, &[Kind::Anchor, Kind::Driver, Kind::Room], |r| {
             r.body.owner() == Some(merchant_id.as_str())
         })
-        .unwrap_or_default()
     } else {
         Vec::new()
     };

@@ -27,15 +27,8 @@ pub async fn catalog(State(console): State<Arc<Console>>, headers: HeaderMap) ->
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
-    let (providers, features) = match (
-        filings(&console, &[Kind::Provider], |_| true),
-        filings(&console, &[Kind::AiFeature], |_| true),
-    ) {
-        (Ok(p), Ok(f)) => (p, f),
-        (Err(e), _) | (_, Err(e)) => {
-            return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
-        }
-    };
+    let providers = filings(&console, &[Kind::Provider], |_| true);
+    let features = filings(&console, &[Kind::AiFeature], |_| true);
     let body = html! {
         h2 { (lang.t("providers")) }
         table { tbody {

@@ -20,8 +20,6 @@ use crate::service::Origin;
 const LIST: &str = "/anchorpdp.v1.PolicyAdmin/ListRegistrations";
 const REVIEW: &str = "/anchorpdp.v1.PolicyAdmin/ReviewFiling";
 const REVIEWED_KINDS: [Kind; 3] = [Kind::Anchor, Kind::Driver, Kind::Room];
-/// Registrations read per store call while building the queue.
-const PAGE: usize = 1000;
 
 #[derive(serde::Deserialize)]
 pub struct QueueFilter {
@@ -47,41 +45,18 @@ fn kind_named(name: &str) -> Option<Kind> {
     REVIEWED_KINDS.into_iter().find(|k| k.name() == name)
 }
 
-/// Every filing of `kinds` that `keep` accepts, oldest first.
+/// Every filing of `kinds` that `keep` accepts, oldest first: read from the in-memory view
+/// that decisions read, so it costs no disk reads and no decoding.
 pub(super) fn filings(
     console: &Console,
     kinds: &[Kind],
     keep: impl Fn(&Registration) -> bool,
-) -> Result<Vec<Registration>, PdpError> {
-    let mut found = Vec::new();
-    for kind in kinds {
-        let mut after: Option<String> = None;
-        loop {
-            let page = console
-                .pdp
-                .list_registrations(*kind, after.as_deref(), PAGE)?;
-            let full = page.len() == PAGE;
-            after = page.last().map(|r| r.id.clone());
-            found.extend(page.into_iter().filter(|r| keep(r)));
-            if !full {
-                break;
-            }
-        }
-    }
-    found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    Ok(found)
-}
-
-/// Every pending filing of `kinds` (of `merchant`, unless empty), oldest first.
-fn pending(
-    console: &Console,
-    kinds: &[Kind],
-    merchant: &str,
-) -> Result<Vec<Registration>, PdpError> {
-    filings(console, kinds, |r| {
-        r.review_status == ReviewStatus::PendingReview
-            && (merchant.is_empty() || r.body.owner() == Some(merchant))
-    })
+) -> Vec<Registration> {
+    console
+        .pdp
+        .store()
+        .registrations_page(kinds, keep, 0, usize::MAX)
+        .1
 }
 
 pub async fn queue(
@@ -98,14 +73,27 @@ pub async fn queue(
         Some(kind) => vec![kind],
         None => REVIEWED_KINDS.to_vec(),
     };
-    let filings = match pending(&console, &kinds, filter.merchant.trim()) {
-        Ok(filings) => filings,
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    let merchant = filter.merchant.trim();
+    let pending = |r: &Registration| {
+        r.review_status == ReviewStatus::PendingReview
+            && (merchant.is_empty() || r.body.owner() == Some(merchant))
     };
-    let pages = filings.len().div_ceil(QUEUE_PAGE).max(1);
-    let page_no = filter.page.min(pages - 1);
-    let shown = &filings[(page_no * QUEUE_PAGE).min(filings.len())
-        ..((page_no + 1) * QUEUE_PAGE).min(filings.len())];
+    // Only the page shown is copied out of the view; the count is of all pending. A page past
+    // the end shows the last one.
+    let store = console.pdp.store();
+    let mut page_no = filter.page;
+    let (mut count, mut shown) = store.registrations_page(
+        &kinds,
+        pending,
+        page_no.saturating_mul(QUEUE_PAGE),
+        QUEUE_PAGE,
+    );
+    let pages = count.div_ceil(QUEUE_PAGE).max(1);
+    if page_no >= pages {
+        page_no = pages - 1;
+        (count, shown) =
+            store.registrations_page(&kinds, pending, page_no * QUEUE_PAGE, QUEUE_PAGE);
+    }
     let link = |page: usize| {
         form_urlencoded::Serializer::new(String::from("/review?"))
             .append_pair("kind", &filter.kind)
@@ -126,8 +114,8 @@ pub async fn queue(
             label { (lang.t("merchant")) " " input type="text" name="merchant" value=(filter.merchant); }
             button type="submit" { (lang.t("filter")) }
         }
-        p { (filings.len()) " " (lang.t("pending")) }
-        @if filings.is_empty() {
+        p { (count) " " (lang.t("pending")) }
+        @if count == 0 {
             (page::message(lang.t("empty_queue")))
         } @else {
             table.queue {

@@ -485,6 +485,21 @@ impl Store {
     }
 
     /// Up to `limit` records of `kind` with ids after `after`, in id order.
+    /// How many registrations of `kinds` `keep` accepts, and `limit` of them from `offset`,
+    /// oldest first, from the in-memory view (no disk, no decoding): what the console's lists
+    /// read.
+    pub fn registrations_page(
+        &self,
+        kinds: &[Kind],
+        keep: impl Fn(&Registration) -> bool,
+        offset: usize,
+        limit: usize,
+    ) -> (usize, Vec<Registration>) {
+        self.shared
+            .view
+            .registrations_page(kinds, keep, offset, limit)
+    }
+
     pub fn list_registrations(
         &self,
         kind: Kind,

@@ -137,6 +137,27 @@ impl FactsView {
             .cloned()
     }
 
+    /// How many registrations of `kinds` `keep` accepts, and `limit` of them from `offset`,
+    /// oldest first. Only the page is copied, so a long list costs a sort of references.
+    pub fn registrations_page(
+        &self,
+        kinds: &[Kind],
+        keep: impl Fn(&Registration) -> bool,
+        offset: usize,
+        limit: usize,
+    ) -> (usize, Vec<Registration>) {
+        let state = self.read();
+        let mut found: Vec<&Registration> = kinds
+            .iter()
+            .filter_map(|kind| state.registrations.get(kind))
+            .flat_map(|by_id| by_id.values())
+            .filter(|r| keep(r))
+            .collect();
+        found.sort_unstable_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let page = found.iter().skip(offset).take(limit).map(|r| (*r).clone());
+        (found.len(), page.collect())
+    }
+
     pub fn account(&self, merchant_id: &str) -> Option<Account> {
         self.read().accounts.get(merchant_id).cloned()
     }
