@@ -380,6 +380,60 @@ async fn unknown_ids_are_not_found() {
 // ---- Sessions ----
 
 #[tokio::test]
+async fn a_live_session_says_when_this_replica_last_checked_it_and_an_ended_one_does_not() {
+    let mut s = TestServer::admitted().await;
+    let session = s.start_session().await;
+    let last_checked = |session: proto::Session| session.last_checked_at.map(|t| t.seconds);
+    let get = |s: &mut TestServer| {
+        let mut admin = s.admin.clone();
+        let session_id = session.clone();
+        async move {
+            admin
+                .get_session(proto::GetSessionRequest { session_id })
+                .await
+                .expect("get")
+                .into_inner()
+                .session
+                .expect("session")
+        }
+    };
+    assert_eq!(
+        last_checked(get(&mut s).await),
+        Some(T0 / 1000),
+        "its START"
+    );
+    s.clock.advance(45_000);
+    let live = s
+        .pdp
+        .authorize(live(&session))
+        .await
+        .expect("live")
+        .into_inner();
+    assert_eq!(decision(&live), proto::Decision::Allow);
+    s.clock.advance(5_000);
+    assert_eq!(last_checked(get(&mut s).await), Some(T0 / 1000 + 45));
+    let listed = s
+        .admin
+        .list_live_sessions(proto::ListLiveSessionsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .sessions;
+    assert_eq!(
+        listed.into_iter().map(last_checked).collect::<Vec<_>>(),
+        [Some(T0 / 1000 + 45)]
+    );
+    s.pdp
+        .end_session(proto::EndSessionRequest {
+            session_id: session.clone(),
+            reason: "done".into(),
+        })
+        .await
+        .expect("end");
+    assert_eq!(last_checked(get(&mut s).await), None, "no longer live");
+}
+
+#[tokio::test]
 async fn ending_a_session_is_idempotent_and_stops_its_rechecks() {
     let mut s = TestServer::admitted().await;
     let session = s.start_session().await;

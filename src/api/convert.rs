@@ -460,6 +460,7 @@ pub fn session_to_proto(s: &domain::Session) -> proto::Session {
         close_reason: s.close_reason.clone(),
         penalty_applied: applied_penalty(s.penalty_applied),
         stream: s.stream.as_ref().map(stream_to_proto),
+        last_checked_at: None,
     }
 }
 

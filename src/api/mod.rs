@@ -420,6 +420,14 @@ pub struct AdminService {
 }
 
 impl AdminService {
+    /// A session as the admin API shows it: with the last check this replica handled.
+    fn session_with_last_check(&self, session: &crate::domain::Session) -> proto::Session {
+        proto::Session {
+            last_checked_at: self.pdp.last_check(&session.id).map(convert::timestamp),
+            ..convert::session_to_proto(session)
+        }
+    }
+
     pub fn new(
         pdp: Arc<Pdp>,
         closing: tokio::sync::watch::Receiver<bool>,
@@ -955,7 +963,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
         let session_id = id("session_id", &request.get_ref().session_id).map_err(status)?;
         let session = self.pdp.get_session(&session_id).map_err(status)?;
         Ok(Response::new(proto::GetSessionResponse {
-            session: Some(convert::session_to_proto(&session)),
+            session: Some(self.session_with_last_check(&session)),
         }))
     }
 
@@ -969,7 +977,10 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
         sessions.retain(|s| merchant.as_ref().is_none_or(|m| *m == s.merchant_id));
         sessions.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
         Ok(Response::new(proto::ListLiveSessionsResponse {
-            sessions: sessions.iter().map(convert::session_to_proto).collect(),
+            sessions: sessions
+                .iter()
+                .map(|s| self.session_with_last_check(s))
+                .collect(),
         }))
     }
 
