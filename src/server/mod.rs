@@ -8,18 +8,26 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
-use crate::api::auth::{AuthLayer, Authenticator};
+use crate::api::auth::AuthLayer;
 use crate::api::{AdminService, DecisionService};
 use crate::clock::Clock;
 use crate::config::{ServeArgs, StoreKind};
 use crate::decision_log::{DecisionLog, Retention};
 use crate::error::PdpError;
-use crate::gateway::secrets::HookSecrets;
-use crate::policy::{PolicyHandle, PolicyLoadError, ReloadOutcome};
+use crate::policy::{PolicyHandle, PolicyLoadError};
 use crate::proto::policy_admin_server::PolicyAdminServer;
 use crate::proto::policy_decision_point_server::PolicyDecisionPointServer;
 use crate::service::Pdp;
 use crate::store::Store;
+
+mod reload;
+mod trust;
+
+use reload::{reload_on_sighup, watch_policies};
+pub use trust::check_exposure;
+use trust::{
+    auth_mode, authenticator, check_exposure_quietly, console_tls, crypto, hook_secrets, tls_config,
+};
 
 /// Calls in flight on one connection; past this latency only grows (see DESIGN.md).
 const CONCURRENCY_PER_CONNECTION: usize = 64;
@@ -70,64 +78,6 @@ fn bind_hint(source: &std::io::Error, flag: &str) -> String {
     }
 }
 
-/// Says which callers are let in, for the start-up line.
-fn auth_mode(args: &ServeArgs) -> String {
-    let tokens = args.tokens.len();
-    match (tokens, args.client_ca.is_some()) {
-        (0, false) => "none (every caller is an admin; loopback only)".to_owned(),
-        (n, false) => format!("tokens ({n})"),
-        (0, true) => "mTLS client certificates".to_owned(),
-        (n, true) => format!("tokens ({n}) and mTLS client certificates"),
-    }
-}
-
-fn authenticator(args: &ServeArgs) -> Result<Authenticator, StartError> {
-    Authenticator::from_specs(&args.tokens)
-        .and_then(|auth| auth.with_subjects(&args.mtls_roles))
-        .map_err(StartError::Auth)
-}
-
-fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>, StartError> {
-    std::fs::read(path)
-        .map_err(|e| StartError::Auth(format!("cannot read the {what} {}: {e}", path.display())))
-}
-
-/// TLS for the gRPC listener, with client-certificate verification when a client CA is set.
-fn tls_config(args: &ServeArgs) -> Result<Option<tonic::transport::ServerTlsConfig>, StartError> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
-        return Ok(None);
-    };
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
-        read_pem(cert, "TLS certificate")?,
-        read_pem(key, "TLS key")?,
-    ));
-    if let Some(ca) = &args.client_ca {
-        config = config
-            .client_ca_root(Certificate::from_pem(read_pem(ca, "client CA")?))
-            .client_auth_optional(false);
-    }
-    Ok(Some(config))
-}
-
-/// The console's TLS: the gRPC listener's certificate and client CA, when it has them.
-fn console_tls(args: &ServeArgs) -> Result<Option<Arc<rustls::ServerConfig>>, StartError> {
-    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
-        return Ok(None);
-    };
-    let client_ca = match &args.client_ca {
-        Some(ca) => Some(read_pem(ca, "client CA")?),
-        None => None,
-    };
-    crate::net::https_config(
-        &read_pem(cert, "TLS certificate")?,
-        &read_pem(key, "TLS key")?,
-        client_ca.as_deref(),
-    )
-    .map(|config| Some(Arc::new(config)))
-    .map_err(|e| StartError::Auth(format!("console TLS: {e}")))
-}
-
 /// Serves the console: over TLS (its sign-in then also takes client certificates) when the
 /// server has a certificate, else plain HTTP on loopback or behind a TLS proxy.
 async fn serve_console(
@@ -151,64 +101,6 @@ async fn serve_console(
     }
 }
 
-fn hook_secrets(args: &ServeArgs) -> Result<HookSecrets, StartError> {
-    HookSecrets::from_specs(&args.hook_secrets).map_err(StartError::Auth)
-}
-
-/// With no caller authentication, every caller is an admin, and without hook secrets anyone
-/// who reaches the hooks is a gateway: refuse to listen beyond loopback in either case.
-pub fn check_exposure(
-    args: &ServeArgs,
-    auth: &Authenticator,
-    secrets: &HookSecrets,
-) -> Result<(), StartError> {
-    check_exposure_quietly(args, auth, secrets)?;
-    if !auth.enabled() {
-        tracing::warn!(
-            "no caller authentication configured: every caller is an admin; listening on loopback only"
-        );
-    }
-    Ok(())
-}
-
-/// `check_exposure` without the warning: for the check before the store opens.
-fn check_exposure_quietly(
-    args: &ServeArgs,
-    auth: &Authenticator,
-    secrets: &HookSecrets,
-) -> Result<(), StartError> {
-    if let Some(addr) = args.console_listen
-        && !addr.ip().is_loopback()
-        && !auth.enabled()
-    {
-        return Err(StartError::Auth(format!(
-            "refusing to open the console on {addr} without caller authentication: configure \
-             --token for its reviewers, inspectors and admins, or listen on a loopback address"
-        )));
-    }
-    if let Some(addr) = args.http_listen
-        && !addr.ip().is_loopback()
-        && !secrets.enabled()
-    {
-        return Err(StartError::Auth(format!(
-            "refusing to open the gateway hooks on {addr} without hook secrets: configure \
-             --hook-secret GATEWAY:sha256:HEX (hash a secret with `anchor-pdp token hash`) and \
-             add ?pdp_secret=SECRET to that gateway's hook URLs, or listen on a loopback address"
-        )));
-    }
-    if auth.enabled() {
-        return Ok(());
-    }
-    if !args.listen.ip().is_loopback() {
-        return Err(StartError::Auth(format!(
-            "refusing to listen on {} without caller authentication: configure --token \
-             (see `anchor-pdp token hash`), or listen on a loopback address",
-            args.listen
-        )));
-    }
-    Ok(())
-}
-
 /// The sockets a server answers on: gRPC always, gateway hooks if configured.
 pub struct Listeners {
     pub grpc: TcpListener,
@@ -222,17 +114,6 @@ pub struct Listeners {
 /// Envoy's ext_authz service, described for reflection (its code comes from envoy-types).
 const ENVOY_EXT_AUTHZ_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/envoy_ext_authz_descriptor.bin"));
-
-/// Editors and config managers write a change in several steps; reload once they are quiet.
-const WATCH_DEBOUNCE: Duration = Duration::from_millis(100);
-
-/// Names rustls' crypto provider for the process: ring, as tonic's `tls-ring`. rustls picks one
-/// by itself only when exactly one is compiled in, and a dependency (a test's WebDriver client,
-/// say) can bring in a second; then every TLS handshake would panic. Installing it twice is
-/// harmless.
-fn crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
 
 /// Loads policies and opens the store. Refuses an invalid policy set before touching the store.
 pub async fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, StartError> {
@@ -282,73 +163,6 @@ fn policy_dir(args: &ServeArgs) -> Result<(std::path::PathBuf, String), StartErr
     let dir = args.data_dir.join("built-in-policies");
     crate::policy::builtin::materialize(&dir).map_err(StartError::BuiltInPolicies)?;
     Ok((dir, "built-in".to_owned()))
-}
-
-async fn reload_in_background(pdp: &Arc<Pdp>, trigger: &'static str) {
-    let pdp = pdp.clone();
-    let may_remove_rules = pdp.policy_handle().automatic_reloads_may_remove_rules();
-    let reloader = pdp.clone();
-    let reload = move || reloader.reload_policies(trigger, may_remove_rules);
-    match tokio::task::spawn_blocking(reload).await {
-        Ok(ReloadOutcome::Reloaded { .. }) => pdp.publish_policies().await,
-        Ok(_) => {}
-        Err(e) => tracing::error!(error = %e, trigger, "policy reload task failed"),
-    }
-}
-
-/// Reloads the policies after changes under their directory. The returned watcher must be
-/// kept alive for as long as watching should go on.
-fn watch_policies(
-    pdp: Arc<Pdp>,
-) -> Result<(notify::RecommendedWatcher, tokio::task::JoinHandle<()>), notify::Error> {
-    use notify::{EventKind, RecursiveMode, Watcher};
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        match event {
-            // Reading the files (our own reload does) is not a change.
-            Ok(event) if matches!(event.kind, EventKind::Access(_)) => {}
-            Ok(_) => {
-                let _ = tx.send(());
-            }
-            Err(e) => tracing::warn!(error = %e, "policy directory watch error"),
-        }
-    })?;
-    watcher.watch(pdp.policy_handle().dir(), RecursiveMode::Recursive)?;
-    let task = tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            loop {
-                match tokio::time::timeout(WATCH_DEBOUNCE, rx.recv()).await {
-                    Ok(Some(())) => continue,
-                    Ok(None) => return,
-                    Err(_quiet) => break,
-                }
-            }
-            reload_in_background(&pdp, "file-watch").await;
-        }
-    });
-    Ok((watcher, task))
-}
-
-#[cfg(unix)]
-fn reload_on_sighup(pdp: Arc<Pdp>) -> Option<tokio::task::JoinHandle<()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::hangup()) {
-        Ok(mut hangups) => Some(tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading policies");
-                reload_in_background(&pdp, "SIGHUP").await;
-            }
-        })),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGHUP; reload with the RPC instead");
-            None
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn reload_on_sighup(_pdp: Arc<Pdp>) -> Option<tokio::task::JoinHandle<()>> {
-    None
 }
 
 /// Serves on `listener` until `shutdown` resolves, then waits for calls in flight and flushes
