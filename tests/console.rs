@@ -41,13 +41,7 @@ fn sign_in(addr: SocketAddr, role: &str) -> (String, String) {
     let cookie = set.split(';').next().expect("cookie").to_owned();
     let page = http(addr, "GET", "/review", &[("Cookie", &cookie)], "");
     assert_eq!(page.status, 200, "{}", page.body);
-    let csrf = page
-        .body
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a CSRF token on the page")
-        .to_owned();
+    let csrf = common::console::csrf_of(&page.body);
     (cookie, csrf)
 }
 

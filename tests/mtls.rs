@@ -338,13 +338,7 @@ async fn the_console_serves_tls_and_signs_in_a_certificate_whose_subject_has_a_c
     let cookie = set_cookie.split(';').next().expect("cookie").to_owned();
     let filing = console(Some("rev-1"), "GET", "/review/anchor/a1", Some(&cookie), "");
     assert_eq!(filing.status, 200, "{}", filing.body);
-    let csrf = filing
-        .body
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a CSRF token")
-        .to_owned();
+    let csrf = common::console::csrf_of(&filing.body);
     // The verdict goes through the same service and lands in the log under the subject.
     let verdict = console(
         Some("rev-1"),

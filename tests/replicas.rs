@@ -527,13 +527,7 @@ async fn a_console_sign_in_on_one_replica_holds_on_every_replica_until_signed_ou
     let page = console(&b, "GET", "/review", &cookie, "");
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(page.body.contains("reviewer-1 (reviewer)"), "{}", page.body);
-    let csrf = page
-        .body
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a CSRF token")
-        .to_owned();
+    let csrf = common::console::csrf_of(&page.body);
     let signed_out = console(&b, "POST", "/sign-out", &cookie, &format!("csrf={csrf}"));
     assert_eq!(signed_out.status, 303, "{}", signed_out.body);
     // Signed out on B is signed out on A, once A's view has the removal.

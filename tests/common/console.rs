@@ -172,3 +172,12 @@ pub fn exchange(
         body: body.to_owned(),
     })
 }
+
+/// The CSRF token a console page's forms carry.
+pub fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no CSRF token on the page: {page}"))
+        .to_owned()
+}
