@@ -262,7 +262,8 @@ impl Authenticator {
     /// certificate, `anonymous` when no authentication is configured.
     pub fn credential(&self, via: Credential<'_>) -> String {
         match via {
-            _ if !self.enabled() => ANONYMOUS_CREDENTIAL.to_owned(),
+            // As `authenticate`: without authentication any token is the anonymous admin.
+            Credential::Token(_) if !self.enabled() => ANONYMOUS_CREDENTIAL.to_owned(),
             Credential::Token(token) => hash_token(token),
             Credential::Certificate(common_name) => format!("cn:{common_name}"),
         }
@@ -277,9 +278,14 @@ impl Authenticator {
             return self.certificate_caller(common_name);
         }
         let digest = credential.strip_prefix("sha256:").and_then(parse_digest)?;
+        self.token_caller(&digest)
+    }
+
+    /// The caller of the token whose SHA-256 is `digest`, compared in constant time.
+    fn token_caller(&self, digest: &[u8; 32]) -> Option<Caller> {
         self.tokens
             .iter()
-            .find(|entry| same(&entry.digest, &digest))
+            .find(|entry| same(&entry.digest, digest))
             .map(|entry| entry.caller.clone())
     }
 
@@ -318,10 +324,7 @@ impl Authenticator {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.tokens
-            .iter()
-            .find(|entry| same(&entry.digest, &digest))
-            .map(|entry| entry.caller.clone())
+        self.token_caller(&digest)
             .ok_or_else(|| Status::unauthenticated("unknown token"))
     }
 }

@@ -264,31 +264,31 @@ async fn sign_in(
         Some("certificate") => "certificate",
         _ => "token",
     };
-    let signed_in = if with == "certificate" {
-        certificate
-            .and_then(|Extension(ClientCertificate(subject))| {
-                let caller = console.auth.certificate_caller(&subject)?;
-                Some((
-                    caller,
-                    console.auth.credential(Credential::Certificate(&subject)),
-                ))
-            })
-            .ok_or(())
-    } else {
-        let token = form.get("token").map(|t| t.trim()).unwrap_or_default();
-        console
-            .auth
-            .authenticate(Some(&format!("Bearer {token}")))
-            .map(|caller| (caller, console.auth.credential(Credential::Token(token))))
-            .map_err(|_| ())
+    // A sign-in names its credential as the session will keep it, and is resolved the way
+    // every later request re-checks it.
+    let token = form.get("token").map(|t| t.trim()).unwrap_or_default();
+    let via = match (with, &certificate) {
+        ("certificate", Some(Extension(ClientCertificate(subject)))) => {
+            Some(Credential::Certificate(subject))
+        }
+        ("certificate", None) => None,
+        // An empty token proves nothing once tokens are configured (as on gRPC).
+        _ if token.is_empty() && console.auth.enabled() => None,
+        _ => Some(Credential::Token(token)),
     };
+    let signed_in = via
+        .map(|via| console.auth.credential(via))
+        .and_then(|credential| {
+            let caller = console.auth.caller_of_credential(&credential)?;
+            Some((caller, credential))
+        });
     let (caller, credential) = match signed_in {
-        Ok((caller, credential)) if session::may_sign_in(caller.role) => (caller, credential),
-        Ok((caller, _)) => {
+        Some((caller, credential)) if session::may_sign_in(caller.role) => (caller, credential),
+        Some((caller, _)) => {
             tracing::warn!(caller = %caller.name, role = caller.role.name(), with, "console sign-in refused: role");
             return Redirect::to("/sign-in?failed=true").into_response();
         }
-        Err(()) => return Redirect::to("/sign-in?failed=true").into_response(),
+        None => return Redirect::to("/sign-in?failed=true").into_response(),
     };
     match session::start(console.pdp.store(), &caller, credential, console.pdp.now()).await {
         Ok(cookie) => {
