@@ -78,10 +78,9 @@ pub async fn start(
         csrf: random_id().map_err(PdpError::Storage)?,
         expires_at: now.saturating_add(LIFETIME.as_millis() as i64),
     };
-    if let Err(e) = store.prune_console_sign_ins(now).await {
-        tracing::warn!(error = %e, "expired console sessions not removed");
-    }
-    let revision = store.put_console_sign_in(&id_hash(&id), &sign_in).await?;
+    let revision = store
+        .put_console_sign_in(&id_hash(&id), &sign_in, now)
+        .await?;
     Ok(format!("{id}.{revision}"))
 }
 
