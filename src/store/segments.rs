@@ -576,16 +576,14 @@ impl SegmentLog {
     ) -> Result<(Vec<LogRecord>, bool), PdpError> {
         // As the encoder writes them inside a JSON string (escaping is per character, so the
         // escaped text of a part is part of the escaped whole).
-        let needles: Vec<Vec<u8>> = contains
+        let finders: Vec<memchr::memmem::Finder<'static>> = contains
             .iter()
             .filter_map(|text| {
                 let quoted = serde_json::to_string(text).ok()?;
                 let escaped = quoted.strip_prefix('"')?.strip_suffix('"')?;
-                (!escaped.is_empty()).then(|| escaped.as_bytes().to_vec())
+                (!escaped.is_empty()).then(|| memchr::memmem::Finder::new(escaped).into_owned())
             })
             .collect();
-        let finders: Vec<memchr::memmem::Finder<'_>> =
-            needles.iter().map(memchr::memmem::Finder::new).collect();
         let segments: Vec<Summary> = {
             let state = self.state();
             state
