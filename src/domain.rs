@@ -1047,8 +1047,9 @@ pub fn apply_discovery(
 }
 
 /// What the store knows about everything a request names: one consistent snapshot, the only
-/// source of facts for a decision. `None` means the id is not registered.
-#[derive(Clone, Debug)]
+/// source of facts for a decision. `None` means the id is not registered. Comparable, so that a
+/// commit can tell whether the facts it finds are still the ones the decision was made on.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Facts {
     pub merchant_id: String,
     pub room_id: String,

@@ -548,8 +548,18 @@ async fn run_case(
             stream: None,
             idempotency_key: None,
         };
-        pdp.store()
-            .open_session(&session, "policy-test", "", &|_| Vec::new())
+        let store = pdp.store();
+        let facts = store
+            .facts(
+                &session.merchant_id,
+                &session.room_id,
+                &session.anchor_id,
+                &session.driver_id,
+                &[],
+            )
+            .map_err(|e| e.to_string())?;
+        store
+            .open_session(&session, &facts, "policy-test", "", &|_| Vec::new())
             .await
             .map_err(|e| e.to_string())?;
         cmd.session_id = Some(session.id);

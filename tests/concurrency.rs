@@ -96,3 +96,76 @@ async fn concurrent_violation_reports_on_one_session_freeze_once() {
             .expect("lift");
     }
 }
+
+/// A freeze (an E2 report) racing STARTs of the same merchant in other rooms: each START
+/// either commits before the freeze, and the freeze's sweep ends its session, or sees the
+/// freeze and is refused. Once the report is answered, the merchant has no live session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_start_racing_a_freeze_is_refused_or_ended_by_the_sweep() {
+    let mut s = TestServer::admitted().await;
+    const ROOMS: usize = 24;
+    for room in 0..ROOMS {
+        s.room(&format!("race-{room}"), "m1").await;
+        s.approve(K::Room, &format!("race-{room}")).await;
+    }
+    let (mut refused_by_freeze, mut ended_by_sweep) = (0, 0);
+    for round in 0..30 {
+        let reported = s.start_session().await;
+        let starts: Vec<_> = (0..ROOMS)
+            .map(|room| {
+                let mut pdp = s.pdp.clone();
+                let mut request = start();
+                request.room_id = format!("race-{room}");
+                tokio::spawn(async move {
+                    // Spread over the report's commit: some before, some after.
+                    tokio::time::sleep(std::time::Duration::from_micros(100 * room as u64)).await;
+                    pdp.authorize(request).await.map(|r| r.into_inner())
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        let report = s.report(&reported, "R6").await;
+        assert_eq!(
+            report.penalty_applied,
+            Penalty::E2WarnShutDownAndFreeze as i32,
+            "{report:?}"
+        );
+        for start in starts {
+            let response = start.await.expect("task").expect("authorize");
+            if decision(&response) == proto::Decision::Deny {
+                assert_eq!(rule_ids(&response), ["E3"], "round {round}: {response:?}");
+                refused_by_freeze += 1;
+            } else {
+                ended_by_sweep += 1;
+            }
+        }
+        let live: Vec<_> = s
+            .admin
+            .list_live_sessions(proto::ListLiveSessionsRequest {
+                merchant_id: "m1".into(),
+            })
+            .await
+            .expect("live sessions")
+            .into_inner()
+            .sessions
+            .into_iter()
+            .filter(|session| session.merchant_id == "m1")
+            .map(|session| session.id)
+            .collect();
+        assert!(
+            live.is_empty(),
+            "round {round}: m1 is frozen but sessions {live:?} are live"
+        );
+        s.admin
+            .lift_freeze(proto::LiftFreezeRequest {
+                merchant_id: "m1".into(),
+                operator: "ops-1".into(),
+                reason: "next round".into(),
+            })
+            .await
+            .expect("lift");
+    }
+    // Both sides of the race were taken, or the test raced nothing.
+    println!("refused by the freeze: {refused_by_freeze}, ended by its sweep: {ended_by_sweep}");
+    assert!(refused_by_freeze > 0 && ended_by_sweep > 0);
+}

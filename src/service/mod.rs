@@ -29,6 +29,9 @@ use crate::store::{Opened, Store};
 pub use admin::ReportOutcome;
 pub use record::{Origin, enforcement_name, entry, to_completion};
 
+/// How many times a START decides again when its commit finds the facts changed.
+const START_COMMIT_ROUNDS: usize = 8;
+
 /// The pseudo rule id of a LIVE re-check on a session that is not live.
 pub const SESSION_RULE_ID: &str = "SESSION";
 
@@ -336,7 +339,7 @@ impl Pdp {
             );
             return self.unchanged(origin, "", outcome).await;
         };
-        let facts = match self.store.facts(
+        let mut facts = match self.store.facts(
             &merchant_id,
             &room_id,
             &anchor_id,
@@ -355,14 +358,6 @@ impl Pdp {
             drive_mode,
             ai_features: &cmd.ai_features,
         };
-        let decision = policies.decide_for_the_record(&facts, &observation, now, cmd.explain);
-        let frozen_until = facts.account.as_ref().and_then(|a| a.frozen_at(now));
-        if !decision.allowed {
-            let mut outcome = self.outcome(decision, Enforcement::RefuseStart, now);
-            outcome.merchant_id = Some(merchant_id);
-            outcome.frozen_until = frozen_until;
-            return self.unchanged(origin, "", outcome).await;
-        }
         let session = Session {
             id: new_id(),
             state: SessionState::Active,
@@ -381,49 +376,84 @@ impl Pdp {
             stream: cmd.stream,
             idempotency_key: cmd.idempotency_key,
         };
-        let mut outcome = self.outcome(decision, Enforcement::None, now);
-        outcome.merchant_id = Some(merchant_id.clone());
-        outcome.session_id = Some(session.id.clone());
-        outcome.recheck_after = Some(self.recheck_after);
-        let records = |superseded: Option<&Session>| {
-            let mut start = outcome.clone();
-            start.superseded_session_id = superseded.map(|s| s.id.clone());
-            let change = match superseded {
-                Some(old) => format!("session opened; superseded session {}", old.id),
-                None => "session opened".to_owned(),
+        // Decided on the view, committed only on the same facts: when the commit finds them
+        // changed (a freeze, revoke or delisting landed between), it decides again on what it
+        // found. Each round means another writer committed meanwhile, so rounds are few.
+        for _ in 0..START_COMMIT_ROUNDS {
+            let decision = policies.decide_for_the_record(&facts, &observation, now, cmd.explain);
+            let frozen_until = facts.account.as_ref().and_then(|a| a.frozen_at(now));
+            if !decision.allowed {
+                let mut outcome = self.outcome(decision, Enforcement::RefuseStart, now);
+                outcome.merchant_id = Some(merchant_id);
+                outcome.frozen_until = frozen_until;
+                return self.unchanged(origin, "", outcome).await;
+            }
+            let mut outcome = self.outcome(decision, Enforcement::None, now);
+            outcome.merchant_id = Some(merchant_id.clone());
+            outcome.session_id = Some(session.id.clone());
+            outcome.recheck_after = Some(self.recheck_after);
+            let records = |superseded: Option<&Session>| {
+                let mut start = outcome.clone();
+                start.superseded_session_id = superseded.map(|s| s.id.clone());
+                let change = match superseded {
+                    Some(old) => format!("session opened; superseded session {}", old.id),
+                    None => "session opened".to_owned(),
+                };
+                let mut records = vec![self.decision_record(origin, "", &start, change)];
+                if let Some(old) = superseded {
+                    let mut record = self.record(origin, "Supersede", now);
+                    record.merchant_id = old.merchant_id.clone();
+                    record.session_id = old.id.clone();
+                    record.gateway_id = old.gateway_id.clone();
+                    record.enforcement = enforcement_name(Enforcement::ShutDown).to_owned();
+                    record.cause_id = outcome.decision_id.clone();
+                    record.change = old.close_reason.clone();
+                    records.push(record);
+                }
+                records
             };
-            let mut records = vec![self.decision_record(origin, "", &start, change)];
-            if let Some(old) = superseded {
-                let mut record = self.record(origin, "Supersede", now);
-                record.merchant_id = old.merchant_id.clone();
-                record.session_id = old.id.clone();
-                record.gateway_id = old.gateway_id.clone();
-                record.enforcement = enforcement_name(Enforcement::ShutDown).to_owned();
-                record.cause_id = outcome.decision_id.clone();
-                record.change = old.close_reason.clone();
-                records.push(record);
-            }
-            records
-        };
-        let opened = self
-            .store
-            .open_session(&session, &outcome.decision_id, policies.version(), &records)
-            .await;
-        match opened {
-            Ok(Opened::New { superseded }) => {
-                self.store.note_check(&session.id, now);
-                outcome.superseded_session_id = superseded.map(|s| s.id);
-                Ok(outcome)
-            }
-            Ok(Opened::Replay(first)) => self.replay(policies, origin, first, merchant_id).await,
-            Err(e) => {
-                let outcome = refuse(
-                    Violation::pdp_failure(&format!("the session could not be recorded: {e}")),
-                    Some(merchant_id),
-                );
-                self.unchanged(origin, "", outcome).await
-            }
+            let opened = self
+                .store
+                .open_session(
+                    &session,
+                    &facts,
+                    &outcome.decision_id,
+                    policies.version(),
+                    &records,
+                )
+                .await;
+            return match opened {
+                Ok(Opened::New { superseded }) => {
+                    self.store.note_check(&session.id, now);
+                    outcome.superseded_session_id = superseded.map(|s| s.id);
+                    Ok(outcome)
+                }
+                Ok(Opened::Replay(first, admitted)) => {
+                    self.replay(policies, origin, first, admitted.map(|s| *s), merchant_id)
+                        .await
+                }
+                Ok(Opened::FactsChanged(found)) => {
+                    metrics::counter!("anchor_pdp_start_redecided_total").increment(1);
+                    facts = *found;
+                    continue;
+                }
+                Err(e) => {
+                    let outcome = refuse(
+                        Violation::pdp_failure(&format!("the session could not be recorded: {e}")),
+                        Some(merchant_id),
+                    );
+                    self.unchanged(origin, "", outcome).await
+                }
+            };
         }
+        let outcome = refuse(
+            Violation::pdp_failure(&format!(
+                "the facts of this START changed {START_COMMIT_ROUNDS} times while it was being \
+                 committed; retry"
+            )),
+            Some(merchant_id),
+        );
+        self.unchanged(origin, "", outcome).await
     }
 
     /// The answer to a START retried with a used idempotency key: the first START's, while its
@@ -433,10 +463,11 @@ impl Pdp {
         policies: &PolicyBundle,
         origin: &Origin,
         first: crate::domain::IdempotentStart,
+        admitted: Option<Session>,
         merchant_id: String,
     ) -> Result<AuthorizeOutcome, PdpError> {
         let now = self.now();
-        let session = self.store.get_session(&first.session_id);
+        let session: Result<Option<Session>, PdpError> = Ok(admitted);
         if let Ok(Some(session)) = &session
             && session.state == SessionState::Active
             && session.merchant_id == merchant_id

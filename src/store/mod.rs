@@ -138,8 +138,13 @@ pub struct Store {
 pub enum Opened {
     /// The session is open; `superseded` is the room's earlier live session, now closed.
     New { superseded: Option<Box<Session>> },
-    /// The idempotency key was used before: nothing was written; this is what it admitted.
-    Replay(IdempotentStart),
+    /// The idempotency key was used before: nothing was written; this is what it admitted,
+    /// and its session as the transaction read it (`None` once it is no longer kept).
+    Replay(IdempotentStart, Option<Box<Session>>),
+    /// Nothing was written: the facts changed between the decision and its commit (a freeze,
+    /// a revoke, a delisting committed meanwhile). These are the facts the commit found; the
+    /// caller decides again on them.
+    FactsChanged(Box<Facts>),
 }
 
 impl Store {
@@ -596,9 +601,15 @@ impl Store {
     /// one still live is closed as superseded in the same transaction, with an enforcement
     /// event so its gateway stops it. `records` gets the superseded session (as closed) and
     /// returns the records to write.
+    ///
+    /// The commit is guarded on every fact `decided` holds: if any changed since the decision
+    /// read it, nothing is written and the caller gets the facts as they are now
+    /// (`FactsChanged`). So a START racing a freeze, a revoke or a delisting either commits
+    /// before it (and the change's re-check finds the session) or sees it.
     pub async fn open_session(
         &self,
         session: &Session,
+        decided: &Facts,
         decision_id: &str,
         policy_version: &str,
         records: &(dyn Fn(Option<&Session>) -> Vec<LogRecord> + Sync),
@@ -612,7 +623,14 @@ impl Store {
             if let Some(idem) = &idem
                 && let Some(first) = tx_get::<IdempotentStart>(tx, idem)?
             {
-                return Ok(Opened::Replay(first));
+                // Read here, not from the view: on a replica whose view has not caught up with
+                // the first START yet, the view would call its live session unknown.
+                let admitted = tx_get::<Session>(tx, &session_key(&first.session_id))?;
+                return Ok(Opened::Replay(first, admitted.map(Box::new)));
+            }
+            let facts = tx::tx_facts(tx, decided)?;
+            if facts != *decided {
+                return Ok(Opened::FactsChanged(Box::new(facts)));
             }
             if let Some(stored) = tx_get::<Session>(tx, &key)? {
                 // An earlier attempt of this very call committed before its answer was lost.
@@ -1031,8 +1049,11 @@ mod tests {
                 session("old-live", SessionState::Active, None),
                 session("recent", SessionState::Ended, Some(50)),
             ] {
+                let facts = store
+                    .facts(&s.merchant_id, &s.room_id, &s.anchor_id, &s.driver_id, &[])
+                    .unwrap_or_else(|e| panic!("{e}"));
                 store
-                    .open_session(&s, "d", "v", &|_| Vec::new())
+                    .open_session(&s, &facts, "d", "v", &|_| Vec::new())
                     .await
                     .unwrap_or_else(|e| panic!("{e}"));
             }

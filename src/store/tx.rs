@@ -10,8 +10,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::domain::{
-    Account, EnforcementEvent, Kind, LogRecord, Millis, Penalty, Registration, Session,
-    SessionState, Trigger, Violation, WriteOutcome,
+    Account, EnforcementEvent, Facts, Kind, LogRecord, Millis, Penalty, RecordBody, Registration,
+    Session, SessionState, Trigger, Violation, WriteOutcome,
 };
 use crate::error::PdpError;
 
@@ -146,6 +146,37 @@ fn tx_get_str(tx: &dyn Tx, key: &str) -> TxResult<Option<String>> {
     Ok(tx
         .get(key)?
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Every fact a decision about these ids reads, read through the transaction: the keys it
+/// reads are the ones the commit is guarded on (etcd compares each one's revision; sled's one
+/// writer sees the latest). The same shape as the view's `facts`, so the two compare equal
+/// when nothing changed between the decision and its commit.
+pub fn tx_facts(tx: &dyn Tx, decided: &Facts) -> TxResult<Facts> {
+    let registration =
+        |kind: Kind, id: &str| tx_get::<Registration>(tx, &registration_key(kind, id));
+    let anchor = registration(Kind::Anchor, &decided.anchor_id)?;
+    let provider = match anchor.as_ref().map(|a| &a.body) {
+        Some(RecordBody::Anchor { provider_id, .. }) => registration(Kind::Provider, provider_id)?,
+        _ => None,
+    };
+    let mut ai_features = Vec::with_capacity(decided.ai_features.len());
+    for (id, _) in &decided.ai_features {
+        ai_features.push((id.clone(), registration(Kind::AiFeature, id)?));
+    }
+    Ok(Facts {
+        merchant_id: decided.merchant_id.clone(),
+        room_id: decided.room_id.clone(),
+        anchor_id: decided.anchor_id.clone(),
+        driver_id: decided.driver_id.clone(),
+        merchant: registration(Kind::Merchant, &decided.merchant_id)?,
+        account: tx_get(tx, &account_key(&decided.merchant_id))?,
+        room: registration(Kind::Room, &decided.room_id)?,
+        anchor,
+        provider,
+        driver: registration(Kind::Driver, &decided.driver_id)?,
+        ai_features,
+    })
 }
 
 /// Adds or removes `session_id` in the live sessions using a filing.
