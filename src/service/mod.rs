@@ -32,6 +32,9 @@ pub use record::{Origin, enforcement_name, entry, to_completion};
 /// How many times a START decides again when its commit finds the facts changed.
 const START_COMMIT_ROUNDS: usize = 8;
 
+/// How many times a sweep tries to bring the view up to date before it lists live sessions.
+const SWEEP_SYNC_ATTEMPTS: usize = 6;
+
 /// The pseudo rule id of a LIVE re-check on a session that is not live.
 pub const SESSION_RULE_ID: &str = "SESSION";
 
@@ -339,13 +342,17 @@ impl Pdp {
             );
             return self.unchanged(origin, "", outcome).await;
         };
-        let mut facts = match self.store.facts(
-            &merchant_id,
-            &room_id,
-            &anchor_id,
-            &driver_id,
-            &cmd.ai_features,
-        ) {
+        let view = match self.store.current().await {
+            Ok(()) => self.store.facts(
+                &merchant_id,
+                &room_id,
+                &anchor_id,
+                &driver_id,
+                &cmd.ai_features,
+            ),
+            Err(e) => Err(e),
+        };
+        let mut facts = match view {
             Ok(facts) => facts,
             Err(e) => {
                 let outcome = refuse(Violation::pdp_failure(&e.to_string()), Some(merchant_id));
@@ -657,13 +664,17 @@ impl Pdp {
         let mut features: BTreeSet<String> = session.ai_features.clone();
         features.extend(check.ai_features.iter().cloned());
         let feature_list: Vec<String> = features.iter().cloned().collect();
-        let facts = match self.store.facts(
-            &session.merchant_id,
-            &session.room_id,
-            &session.anchor_id,
-            &session.driver_id,
-            &feature_list,
-        ) {
+        let view = match self.store.current().await {
+            Ok(()) => self.store.facts(
+                &session.merchant_id,
+                &session.room_id,
+                &session.anchor_id,
+                &session.driver_id,
+                &feature_list,
+            ),
+            Err(e) => Err(e),
+        };
+        let facts = match view {
             Ok(facts) => facts,
             Err(e) => {
                 let outcome =
@@ -836,6 +847,18 @@ impl Pdp {
         cause: &str,
         cause_id: &str,
     ) -> (usize, Vec<String>) {
+        // The change that calls for this sweep is committed; a session some replica opened
+        // before it must be in the view before the view is listed, or it would run on.
+        let mut attempt = 0;
+        while let Err(e) = self.store.sync().await {
+            attempt += 1;
+            if attempt >= SWEEP_SYNC_ATTEMPTS {
+                tracing::error!(error = %e, discovered_by, "sweeping a view that may lack sessions opened elsewhere");
+                metrics::counter!("anchor_pdp_sweep_unsynced_total").increment(1);
+                break;
+            }
+            tracing::warn!(error = %e, discovered_by, "the view is behind; catching up before the sweep");
+        }
         let sessions = match self.store.active_sessions() {
             Ok(sessions) => sessions,
             Err(e) => {

@@ -51,6 +51,8 @@ const SEGMENTS_DIR: &str = "decision-log";
 pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 64 << 20;
 /// How long a read asking for a `min_revision` waits for the view to reach it.
 pub const MIN_REVISION_WAIT: Duration = Duration::from_secs(2);
+/// How long `sync` waits for the view to catch up with the cluster.
+const SYNC_WAIT: Duration = Duration::from_secs(5);
 
 /// What both backends share: the view they feed, the decision log, and what they tell
 /// subscribers.
@@ -129,6 +131,9 @@ enum Backend {
 pub struct Store {
     backend: Backend,
     shared: Arc<Shared>,
+    /// The highest revision this process has committed or confirmed: answers never carry a
+    /// lower one, even while the view has not caught up with the process's own write.
+    answered: std::sync::atomic::AtomicU64,
     /// Names this process in the enforcement events it writes.
     replica: String,
 }
@@ -165,6 +170,7 @@ impl Store {
         Ok(Store {
             backend: Backend::Sled(backend),
             shared,
+            answered: Default::default(),
             replica: String::new(),
         })
     }
@@ -186,6 +192,7 @@ impl Store {
         Ok(Store {
             backend: Backend::Etcd(backend),
             shared,
+            answered: Default::default(),
             replica,
         })
     }
@@ -203,19 +210,45 @@ impl Store {
         &self.replica
     }
 
-    /// The store revision the view is at: every response carries it, and a request may ask
-    /// for at least one it saw.
+    /// The store revision every response carries, and a request may ask for at least: the
+    /// view's, or this process's last commit if the view has not reached it yet (a write is
+    /// never answered with a revision below its own).
     pub fn revision(&self) -> u64 {
+        self.view_revision()
+            .max(self.answered.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// The revision the view is at.
+    fn view_revision(&self) -> u64 {
         match &self.backend {
             Backend::Sled(sled) => sled.revision(),
             Backend::Etcd(etcd) => etcd.revision(),
         }
     }
 
+    /// Before a decision: on etcd, a view not known current for a moment (a paused process, a
+    /// stalled watch) first catches up with the cluster; an error (so a deny) once it is older
+    /// than the maximum staleness.
+    pub async fn current(&self) -> Result<(), PdpError> {
+        match &self.backend {
+            Backend::Sled(_) => Ok(()),
+            Backend::Etcd(etcd) => etcd.ensure_current().await,
+        }
+    }
+
+    /// Brings the view up to everything committed before this call, on any replica: what a
+    /// sweep that must see every live session reads after. Immediate on sled.
+    pub async fn sync(&self) -> Result<(), PdpError> {
+        match &self.backend {
+            Backend::Sled(_) => Ok(()),
+            Backend::Etcd(etcd) => etcd.catch_up(SYNC_WAIT).await.map(|_| ()),
+        }
+    }
+
     /// Waits (briefly) until the view is at `min_revision`; FAILED_PRECONDITION if it is not
     /// by then. Read-your-writes across replicas.
     pub async fn at_least(&self, min_revision: u64) -> Result<(), PdpError> {
-        if min_revision == 0 || self.revision() >= min_revision {
+        if min_revision == 0 || self.view_revision() >= min_revision {
             return Ok(());
         }
         let reached = match &self.backend {
@@ -228,7 +261,7 @@ impl Store {
             Err(PdpError::FailedPrecondition(format!(
                 "min_revision {min_revision}: this replica's view is at revision {} after \
                  waiting {} ms; retry, or ask another replica",
-                self.revision(),
+                self.view_revision(),
                 MIN_REVISION_WAIT.as_millis()
             )))
         }
@@ -240,10 +273,13 @@ impl Store {
         &self,
         f: &(dyn Fn(&dyn Tx) -> TxResult<T> + Sync),
     ) -> Result<T, PdpError> {
-        match &self.backend {
-            Backend::Sled(sled) => sled.transact(&self.shared, f).await.map(|(v, _)| v),
-            Backend::Etcd(etcd) => etcd.transact(f).await.map(|(v, _)| v),
-        }
+        let (value, revision) = match &self.backend {
+            Backend::Sled(sled) => sled.transact(&self.shared, f).await?,
+            Backend::Etcd(etcd) => etcd.transact(f).await?,
+        };
+        self.answered
+            .fetch_max(revision, std::sync::atomic::Ordering::AcqRel);
+        Ok(value)
     }
 
     fn read_raw(&self, key: &str) -> Result<Option<Vec<u8>>, PdpError> {
@@ -290,7 +326,7 @@ impl Store {
         match &self.backend {
             Backend::Sled(sled) => sled.recover(&self.shared, now)?,
             Backend::Etcd(etcd) => {
-                if let Some(why) = etcd.write_refusal() {
+                if let Some(why) = etcd.problem() {
                     return Err(PdpError::Storage(why));
                 }
             }

@@ -1,0 +1,314 @@
+//! The read side of a replica: the snapshot that fills the mirror, and the watch that keeps it
+//! current, in revision order, feeding the view as it goes.
+//!
+//! The watch is asked for a progress notification at every heartbeat, so the mirror's
+//! revision reaches the cluster's even when nothing under the prefix changes; that is what
+//! lets the heartbeat tell a view that has caught up from one that has not. A watch that falls
+//! behind the quorum reads (its member paused, say) is moved to another member.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use etcd_client::{EventType, GetOptions, WatchOptions};
+
+use super::{
+    EtcdBackend, Mirror, POLICY_KEY, SNAPSHOT_PAGE, Shared, decode, decode_counter, prefix_end,
+    view_change,
+};
+use crate::domain::LogRecord;
+use crate::error::PdpError;
+use crate::store::tx::{EVENT_COUNTER_KEY, Writes};
+
+/// Keys under the prefix that are not state: decision records travelling to every replica's
+/// log, and the markers that tell a retried commit whether its first attempt landed.
+pub(super) fn is_state_key(key: &str) -> bool {
+    !(key.starts_with("log/") || key.starts_with(super::MARKER_PREFIX) || key == POLICY_KEY)
+}
+
+impl EtcdBackend {
+    /// Every key under the prefix, read at one revision, replaces the mirror and the view.
+    pub(super) async fn load_snapshot(&self, shared: &Shared) -> Result<(), PdpError> {
+        let end = prefix_end(&self.options.prefix);
+        let mut start = self.options.prefix.as_bytes().to_vec();
+        let mut at = 0;
+        let mut mirror = Mirror::default();
+        let mut log_records = Vec::new();
+        let mut policy = None;
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(SNAPSHOT_PAGE);
+            if at > 0 {
+                options = options.with_revision(at);
+            }
+            let page = self
+                .request("reading the snapshot", |mut kv| {
+                    let (start, options) = (start.clone(), options.clone());
+                    async move { kv.get(start, Some(options)).await }
+                })
+                .await?;
+            if at == 0 {
+                at = page.header().map_or(0, |h| h.revision());
+            }
+            for item in page.kvs() {
+                let Some(key) = self.unprefixed(item.key()) else {
+                    continue;
+                };
+                if let Some(id) = key.strip_prefix("log/") {
+                    log_records.push(decode::<LogRecord>(id, item.value())?);
+                } else if key == POLICY_KEY {
+                    policy = Some((item.value().to_vec(), item.mod_revision()));
+                } else if is_state_key(key) {
+                    mirror
+                        .kv
+                        .insert(key.to_owned(), (item.value().to_vec(), item.mod_revision()));
+                }
+            }
+            match page.kvs().last() {
+                Some(last) if page.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        mirror.revision = at;
+        let mut registrations = Vec::new();
+        let mut accounts = Vec::new();
+        let mut live = Vec::new();
+        for (key, (value, _)) in &mirror.kv {
+            match view_change(key, value)? {
+                Some(crate::store::tx::ViewChange::Registration(r)) => registrations.push(r),
+                Some(crate::store::tx::ViewChange::Account(a)) => accounts.push(a),
+                Some(crate::store::tx::ViewChange::Session(s))
+                    if s.state == crate::domain::SessionState::Active =>
+                {
+                    live.push(s)
+                }
+                _ => {}
+            }
+        }
+        let last_event = match mirror.kv.get(EVENT_COUNTER_KEY) {
+            Some((bytes, _)) => decode_counter(EVENT_COUNTER_KEY, bytes)?,
+            None => 0,
+        };
+        {
+            let mut current = self.mirror.write().unwrap_or_else(|p| p.into_inner());
+            shared.view.reset(registrations, accounts, live);
+            *current = mirror;
+        }
+        self.revision.send_replace(at);
+        self.settle(at);
+        shared.events_durable.send_replace(last_event);
+        if policy.is_some() {
+            self.policy.send_replace(policy);
+        }
+        self.append_missing(shared, log_records).await;
+        tracing::info!(
+            revision = at,
+            endpoints = %self.options.endpoints.join(","),
+            "etcd: view loaded from snapshot"
+        );
+        Ok(())
+    }
+
+    /// Appends to the local decision log the records it does not have yet.
+    async fn append_missing(&self, shared: &Shared, records: Vec<LogRecord>) {
+        let mut missing = Vec::new();
+        for record in records {
+            match shared.segments.get(&record.id) {
+                Ok(Some(_)) => {}
+                _ => missing.push(record),
+            }
+        }
+        if missing.is_empty() {
+            return;
+        }
+        if let Err(e) = shared.segments.append(missing).await {
+            let _ = shared.write_failed(e);
+        }
+    }
+
+    /// Follows every change under the prefix, from the mirror's revision on, for as long as
+    /// the process runs; reconnects (to another member when the last one stalled), and
+    /// reloads the snapshot when the revision it needs was compacted away.
+    pub(super) async fn watch(self: Arc<Self>, shared: Arc<Shared>) {
+        let mut backoff = Duration::from_millis(100);
+        let mut member = self.members.pick();
+        loop {
+            self.watch_member.store(member, Ordering::Release);
+            let from = self.mirror().revision + 1;
+            let options = WatchOptions::new()
+                .with_range(prefix_end(&self.options.prefix))
+                .with_start_revision(from)
+                .with_progress_notify();
+            let stream = match self.members.client(member).await {
+                Ok(client) => {
+                    let mut watch = client.watch_client();
+                    tokio::time::timeout(
+                        super::ATTEMPT_TIMEOUT,
+                        watch.watch(self.options.prefix.clone(), Some(options)),
+                    )
+                    .await
+                    .map_err(|_| "no answer".to_owned())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let (mut sender, mut responses) = match stream {
+                Ok(stream) => stream.split(),
+                Err(e) => {
+                    self.watch_lost(&format!(
+                        "cannot watch through {}: {e}",
+                        self.members.url(member)
+                    ));
+                    self.members.failed(member);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    member = self.members.pick();
+                    continue;
+                }
+            };
+            *self.watch_started.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            let stalled = loop {
+                let response = tokio::select! {
+                    response = responses.message() => response,
+                    () = self.progress_wanted.notified() => {
+                        if let Err(e) = sender.request_progress().await {
+                            tracing::debug!(error = %e, "etcd: progress request failed");
+                        }
+                        continue;
+                    }
+                    () = self.watch_stalled.notified() => break true,
+                };
+                match response {
+                    Ok(Some(response)) => {
+                        if response.compact_revision() > 0 {
+                            tracing::warn!(
+                                compacted = response.compact_revision(),
+                                "etcd: the watch's revision was compacted; reloading the snapshot"
+                            );
+                            if let Err(e) = self.load_snapshot(&shared).await {
+                                self.watch_lost(&format!("reloading the snapshot: {e}"));
+                            }
+                            break false;
+                        }
+                        if response.canceled() {
+                            self.watch_lost(&format!(
+                                "watch canceled: {}",
+                                response.cancel_reason()
+                            ));
+                            break false;
+                        }
+                        if response.created() {
+                            self.health().watch_connected = true;
+                            backoff = Duration::from_millis(100);
+                        }
+                        // A creation's header is etcd's revision now, not how far the watch
+                        // has come; a progress notification's is both.
+                        let progress = if response.created() {
+                            0
+                        } else {
+                            response.header().map_or(0, |h| h.revision())
+                        };
+                        self.apply(&shared, response.events(), progress).await;
+                    }
+                    Ok(None) => {
+                        self.watch_lost("the watch stream ended");
+                        break false;
+                    }
+                    Err(e) => {
+                        self.watch_lost(&format!("the watch failed: {e}"));
+                        break false;
+                    }
+                }
+            };
+            if stalled {
+                let next = self.members.pick_other(member);
+                tracing::warn!(
+                    from = self.members.url(member),
+                    to = self.members.url(next),
+                    revision = self.mirror().revision,
+                    "etcd: the watch fell behind the quorum; moving it to another member"
+                );
+                metrics::counter!("anchor_pdp_etcd_watch_moves_total").increment(1);
+                self.members.failed(member);
+                self.watch_lost("the watch fell behind the quorum");
+                member = next;
+                continue;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            member = self.members.pick();
+        }
+    }
+
+    fn watch_lost(&self, why: &str) {
+        let mut health = self.health();
+        if health.watch_connected {
+            tracing::warn!(reason = why, "etcd: watch lost; reconnecting");
+        }
+        health.watch_connected = false;
+    }
+
+    /// Applies one watch response: mirror and view in revision order, then the revision, the
+    /// events it made durable, the policy it published and the records it logged.
+    async fn apply(&self, shared: &Shared, events: &[etcd_client::Event], header: i64) {
+        let mut changes: Writes = Vec::new();
+        let mut logged = Vec::new();
+        let mut policy = None;
+        let revision = {
+            let mut mirror = self.mirror.write().unwrap_or_else(|p| p.into_inner());
+            for event in events {
+                let Some(kv) = event.kv() else { continue };
+                let Some(key) = self.unprefixed(kv.key()) else {
+                    continue;
+                };
+                mirror.revision = mirror.revision.max(kv.mod_revision());
+                let put = event.event_type() == EventType::Put;
+                if let Some(id) = key.strip_prefix("log/") {
+                    if put {
+                        match decode::<LogRecord>(id, kv.value()) {
+                            Ok(record) => logged.push(record),
+                            Err(e) => tracing::error!(%e, "etcd: undecodable log record"),
+                        }
+                    }
+                } else if key == POLICY_KEY {
+                    if put {
+                        policy = Some((kv.value().to_vec(), kv.mod_revision()));
+                    }
+                } else if !is_state_key(key) {
+                } else if put {
+                    mirror
+                        .kv
+                        .insert(key.to_owned(), (kv.value().to_vec(), kv.mod_revision()));
+                    changes.push((key.to_owned(), Some(kv.value().to_vec())));
+                } else {
+                    mirror.kv.remove(key);
+                    changes.push((key.to_owned(), None));
+                }
+            }
+            if events.is_empty() {
+                // A progress notification: nothing under the prefix changed up to `header`.
+                mirror.revision = mirror.revision.max(header);
+            }
+            // Under the mirror's lock, so the view takes changes in the mirror's order.
+            shared.apply_to_view(&changes);
+            mirror.revision
+        };
+        self.revision.send_if_modified(|current| {
+            let newer = revision > *current;
+            if newer {
+                *current = revision;
+            }
+            newer
+        });
+        self.settle(revision);
+        shared.publish_events(&changes);
+        if policy.is_some() {
+            self.policy.send_replace(policy);
+        }
+        self.append_missing(shared, logged).await;
+    }
+}
