@@ -108,6 +108,29 @@ impl EtcdCluster {
         }
     }
 
+    /// Pauses member `i` (SIGSTOP): it keeps its connections open and answers nothing, as a
+    /// hung process does.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// Resumes a paused member (SIGCONT).
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let Some(child) = &self.members[i].child else {
+            return;
+        };
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} member {i}");
+    }
+
     /// Starts a killed member again on its data.
     pub fn restart(&mut self, i: usize) {
         assert!(self.members[i].child.is_none(), "member {i} is running");
@@ -147,6 +170,8 @@ impl EtcdCluster {
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
         for i in 0..self.members.len() {
+            // A paused process ignores nothing but SIGKILL; resume it anyway, for its log.
+            self.resume(i);
             self.kill(i);
         }
     }

@@ -7,6 +7,7 @@ pub mod console;
 pub mod etcd;
 pub mod hooks;
 pub mod programs;
+pub mod replica;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,265 @@
+//! Replicas over a real 3-member etcd under the faults a process can suffer without dying:
+//! a member that hangs (SIGSTOP, not a crash), and a replica that hangs and resumes. Each
+//! asserts the outcome a caller sees: writes go on, health stays SERVING, and no answer comes
+//! from a view older than a write the replica already acknowledged.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anchor_pdp::proto::{self, register_request::Record};
+use common::etcd::EtcdCluster;
+use common::replica::{clients, fixtures, register, spawn};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+fn in_room(room: &str) -> proto::AuthorizeRequest {
+    let mut request = common::start();
+    request.room_id = room.into();
+    request
+}
+
+fn report(session_id: &str, rule: &str) -> proto::ReportViolationRequest {
+    proto::ReportViolationRequest {
+        session_id: session_id.into(),
+        rule_id: rule.into(),
+        inspector: "inspector-7".into(),
+        note: "seen on stream".into(),
+    }
+}
+
+fn lift() -> proto::LiftFreezeRequest {
+    proto::LiftFreezeRequest {
+        merchant_id: "m1".into(),
+        operator: "ops-1".into(),
+        reason: "next phase".into(),
+    }
+}
+
+/// Samples the health (service "", what load balancers probe) of every replica until `stop`,
+/// and counts the samples that were not SERVING.
+fn sample_health(
+    replicas: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+    tokio::spawn(async move {
+        let mut samples = 0;
+        let mut bad = Vec::new();
+        let started = Instant::now();
+        while !stop.load(Ordering::Acquire) {
+            for addr in &replicas {
+                let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                    .expect("uri")
+                    .timeout(Duration::from_secs(2))
+                    .connect()
+                    .await;
+                let status = match channel {
+                    Ok(channel) => HealthClient::new(channel)
+                        .check(HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await
+                        .map(|r| r.into_inner().status),
+                    Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+                };
+                samples += 1;
+                if !matches!(status, Ok(s) if s == ServingStatus::Serving as i32) {
+                    bad.push(format!(
+                        "{addr} at {:.1} s: {status:?}",
+                        started.elapsed().as_secs_f64()
+                    ));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (samples, bad)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_member_changes_nothing_and_a_freeze_is_seen_at_once_by_the_replica_that_took_it() {
+    let cluster = EtcdCluster::start(3).await;
+    let prefix = format!("/hung-{}/", uuid::Uuid::now_v7());
+    let dirs = tempfile::tempdir().expect("dirs");
+    let a = spawn(&cluster, &prefix, "A", &dirs.path().join("a"));
+    let b = spawn(&cluster, &prefix, "B", &dirs.path().join("b"));
+    fixtures(a.grpc, 4).await;
+
+    // Writes through both replicas all along: none may fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let mut writers = Vec::new();
+    for (name, addr) in [("A", a.grpc), ("B", b.grpc)] {
+        let (stop, failures) = (stop.clone(), failures.clone());
+        writers.push(tokio::spawn(async move {
+            let (mut pdp, _) = clients(addr).await;
+            let (mut written, mut slowest) = (0, Duration::ZERO);
+            while !stop.load(Ordering::Acquire) {
+                let id = format!("{name}-m{written}");
+                let asked = Instant::now();
+                let outcome = pdp
+                    .register(register(Record::Merchant(proto::Merchant {
+                        id: id.clone(),
+                        tier: proto::MerchantTier::Other as i32,
+                        display_name: id.clone(),
+                    })))
+                    .await;
+                slowest = slowest.max(asked.elapsed());
+                if let Err(e) = outcome {
+                    failures
+                        .lock()
+                        .expect("failures")
+                        .push(format!("{id}: {e}"));
+                }
+                written += 1;
+            }
+            (written, slowest)
+        }));
+    }
+    let health = sample_health(vec![a.grpc, b.grpc], stop.clone());
+
+    let (mut pdp_a, mut admin_a) = clients(a.grpc).await;
+    let (mut pdp_b, _) = clients(b.grpc).await;
+    for member in 0..3 {
+        let room = format!("r{}", member + 1);
+        let started = pdp_a.authorize(in_room(&room)).await.expect("start");
+        let started = started.into_inner();
+        assert_eq!(
+            common::decision(&started),
+            proto::Decision::Allow,
+            "{started:?}"
+        );
+
+        cluster.pause(member);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let reported = admin_a
+            .report_violation(report(&started.session_id, "R6"))
+            .await
+            .unwrap_or_else(|e| panic!("member {member} paused: report: {e}"))
+            .into_inner();
+        assert_eq!(
+            reported.penalty_applied,
+            proto::Penalty::E2WarnShutDownAndFreeze as i32,
+            "{reported:?}"
+        );
+        // The replica that took the freeze decides on it at once, whichever member hangs.
+        let refused = pdp_a
+            .authorize(in_room("r4"))
+            .await
+            .expect("start")
+            .into_inner();
+        assert_eq!(
+            common::rule_ids(&refused),
+            ["E3"],
+            "member {member} paused: START on A after its own freeze: {refused:?}"
+        );
+        assert!(
+            refused.store_revision >= reported.store_revision,
+            "{} < {}",
+            refused.store_revision,
+            reported.store_revision
+        );
+        let live = pdp_a
+            .authorize(common::live(&started.session_id))
+            .await
+            .expect("live")
+            .into_inner();
+        assert_eq!(common::decision(&live), proto::Decision::Deny, "{live:?}");
+        // And the other replica, asked for at least the freeze's revision, too.
+        let mut on_b = in_room("r4");
+        on_b.min_revision = reported.store_revision;
+        let refused = pdp_b
+            .authorize(on_b)
+            .await
+            .expect("start on B")
+            .into_inner();
+        assert_eq!(common::rule_ids(&refused), ["E3"], "{refused:?}");
+
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        cluster.resume(member);
+        admin_a.lift_freeze(lift()).await.expect("lift");
+    }
+    stop.store(true, Ordering::Release);
+    let mut written = 0;
+    for writer in writers {
+        let (count, slowest) = writer.await.expect("writer");
+        println!(
+            "writer: {count} registrations, slowest {} ms",
+            slowest.as_millis()
+        );
+        written += count;
+    }
+    let (samples, not_serving) = health.await.expect("health");
+    let failures = failures.lock().expect("failures").clone();
+    println!(
+        "{written} writes, {} failed; {samples} health samples, {} not SERVING",
+        failures.len(),
+        not_serving.len()
+    );
+    assert!(written > 30, "too little load: {written} writes");
+    assert!(failures.is_empty(), "writes failed: {failures:#?}");
+    assert!(not_serving.is_empty(), "health: {not_serving:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_resumed_from_a_pause_answers_nothing_queued_from_its_old_view() {
+    let cluster = EtcdCluster::start(3).await;
+    let prefix = format!("/paused-{}/", uuid::Uuid::now_v7());
+    let dirs = tempfile::tempdir().expect("dirs");
+    let a = spawn(&cluster, &prefix, "A", &dirs.path().join("a"));
+    let b = spawn(&cluster, &prefix, "B", &dirs.path().join("b"));
+    fixtures(a.grpc, 3).await;
+    let (mut pdp_a, _) = clients(a.grpc).await;
+    let (_, mut admin_b) = clients(b.grpc).await;
+    let started = pdp_a.authorize(in_room("r1")).await.expect("start");
+    let session = started.into_inner().session_id;
+    let pid = a.guard.child.id().to_string();
+    let signal = |signal: &str| {
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+
+    signal("-STOP");
+    let reported = admin_b
+        .report_violation(report(&session, "R6"))
+        .await
+        .expect("report on B")
+        .into_inner();
+    assert_eq!(
+        reported.penalty_applied,
+        proto::Penalty::E2WarnShutDownAndFreeze as i32
+    );
+    // Requests to A queue up while it is stopped.
+    let queued: Vec<_> = (0..16)
+        .map(|i| match i % 2 {
+            0 => in_room(if i % 4 == 0 { "r2" } else { "r3" }),
+            _ => common::live(&session),
+        })
+        .map(|request| {
+            let mut pdp = pdp_a.clone();
+            tokio::spawn(async move { pdp.authorize(request).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    signal("-CONT");
+    for (i, answer) in queued.into_iter().enumerate() {
+        let answer = answer.await.expect("task").expect("authorize").into_inner();
+        assert_eq!(
+            common::decision(&answer),
+            proto::Decision::Deny,
+            "request {i} queued during the pause was answered from the old view: {answer:?}"
+        );
+        assert!(
+            answer.store_revision >= reported.store_revision,
+            "request {i}: {} < {}",
+            answer.store_revision,
+            reported.store_revision
+        );
+    }
+}
