@@ -14,6 +14,12 @@ pub const FREEZE_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 /// Unix time in milliseconds.
 pub type Millis = i64;
 
+/// How far the clocks of replicas may disagree (run NTP). A freeze's end is fixed once, when
+/// it is written; a replica whose clock is ahead by up to this much may call it over that
+/// much early. `LiftFreeze` lifts a stored freeze whose end is within this bound of the past
+/// too, so a lift through any replica lifts what every replica may still enforce.
+pub const MAX_CLOCK_SKEW_MS: Millis = 1_000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Kind {
     Merchant,

@@ -3,6 +3,7 @@
 
 mod common;
 
+use anchor_pdp::domain::MAX_CLOCK_SKEW_MS;
 use anchor_pdp::proto::{self, Decision, Enforcement, Penalty, RegistrationKind as K};
 use common::*;
 
@@ -612,6 +613,36 @@ async fn e3_ends_when_the_freeze_is_lifted() {
     assert!(lifted.was_frozen);
     assert_eq!(lifted.account.expect("account").frozen_until, None);
     assert_allowed(&s.authorize(start()).await);
+}
+
+/// A lift acts on the stored freeze, not on this replica's clock alone: a freeze that ended
+/// less than the clock-skew bound ago may still be enforced by a replica whose clock is
+/// behind, so it is lifted (and recorded); one that ended longer ago is not.
+#[tokio::test]
+async fn a_lift_clears_a_freeze_other_replicas_may_still_enforce() {
+    let lift = || proto::LiftFreezeRequest {
+        merchant_id: "m1".into(),
+        operator: "appeals-1".into(),
+        reason: "appeal upheld".into(),
+    };
+    for (after_end, lifted_expected) in [(MAX_CLOCK_SKEW_MS - 1, true), (MAX_CLOCK_SKEW_MS, false)]
+    {
+        let mut s = TestServer::admitted().await;
+        let session = s.start_session().await;
+        s.report(&session, "R2").await;
+        s.clock.advance(FREEZE_MS + after_end);
+        assert_allowed(&s.authorize(start()).await);
+        let lifted = s
+            .admin
+            .lift_freeze(lift())
+            .await
+            .expect("lift")
+            .into_inner();
+        assert_eq!(
+            lifted.was_frozen, lifted_expected,
+            "{after_end} ms after the end"
+        );
+    }
 }
 
 // ---- LIVE re-checks ----

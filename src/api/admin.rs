@@ -441,14 +441,13 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             let reason = text("reason", &req.reason, MAX_NOTE_LEN).map_err(status)?;
             let pdp = self.pdp.clone();
             let (merchant, by) = (merchant_id.clone(), operator.clone());
-            let (account, was_frozen) =
+            let (merchant, account, was_frozen) =
                 to_completion(
                     async move { pdp.lift_freeze(&origin, &merchant, &by, &reason).await },
                 )
                 .await
                 .map_err(status)?;
             tracing::warn!(merchant_id = %merchant_id, %operator, was_frozen, "freeze lifted");
-            let (merchant, _) = self.pdp.get_account(&merchant_id).map_err(status)?;
             Ok(Response::new(proto::LiftFreezeResponse {
                 account: Some(convert::account_to_proto(
                     &merchant,

@@ -279,7 +279,7 @@ impl Pdp {
         merchant_id: &str,
         operator: &str,
         reason: &str,
-    ) -> Result<(Account, bool), PdpError> {
+    ) -> Result<(Registration, Account, bool), PdpError> {
         let now = self.now();
         let record = |_: &Account| {
             let mut record = self.record(origin, "LiftFreeze", now);
@@ -287,7 +287,7 @@ impl Pdp {
             record.change = "freeze lifted".to_owned();
             record
         };
-        let (account, was_frozen) = self
+        let (merchant, account, was_frozen) = self
             .store
             .lift_freeze(merchant_id, operator, reason, now, &record)
             .await?;
@@ -297,7 +297,7 @@ impl Pdp {
             record.outcome = "ok (was not frozen)".to_owned();
             self.log(record).await?;
         }
-        Ok((account, was_frozen))
+        Ok((merchant, account, was_frozen))
     }
 
     /// Ends a session (the publisher stopped). Ending an ended session changes nothing.

@@ -577,8 +577,10 @@ impl Store {
         Ok(Some((merchant, account)))
     }
 
-    /// Clears the freeze, with `record` if it was frozen. Returns the account and whether it
-    /// was frozen at `now`.
+    /// Clears the stored freeze, with `record`, if there is one whose end is not more than
+    /// the clock-skew bound in the past (another replica may still be enforcing it). Returns
+    /// the merchant and its account as the transaction read and wrote them, and whether it
+    /// lifted a freeze.
     pub async fn lift_freeze(
         &self,
         merchant_id: &str,
@@ -586,19 +588,21 @@ impl Store {
         reason: &str,
         now: Millis,
         record: &(dyn Fn(&Account) -> LogRecord + Sync),
-    ) -> Result<(Account, bool), PdpError> {
+    ) -> Result<(Registration, Account, bool), PdpError> {
         let merchant_key = registration_key(Kind::Merchant, merchant_id);
         let key = account_key(merchant_id);
         self.transact(&|tx| {
-            if tx_get::<Registration>(tx, &merchant_key)?.is_none() {
+            let Some(merchant) = tx_get::<Registration>(tx, &merchant_key)? else {
                 return Err(PdpError::NotFound(format!(
                     "merchant {merchant_id} is not registered"
                 ))
                 .into());
-            }
+            };
             let mut account: Account =
                 tx_get(tx, &key)?.unwrap_or_else(|| Account::new(merchant_id));
-            let was_frozen = account.frozen_at(now).is_some();
+            let was_frozen = account
+                .frozen_until
+                .is_some_and(|until| until > now - domain::MAX_CLOCK_SKEW_MS);
             if was_frozen {
                 account.frozen_until = None;
                 account.freeze_lifted = Some(domain::FreezeLift {
@@ -609,7 +613,7 @@ impl Store {
                 tx_put(tx, &key, &account)?;
                 tx.log(&record(&account))?;
             }
-            Ok((account, was_frozen))
+            Ok((merchant, account, was_frozen))
         })
         .await
     }
