@@ -64,6 +64,7 @@ async fn main() -> Result<()> {
         tasks.push(tokio::spawn(async move {
             for i in (worker..pending).step_by(32) {
                 pdp.register(proto::RegisterRequest {
+                    request_id: String::new(),
                     record: Some(Record::Anchor(proto::VirtualAnchor {
                         id: format!("pending{i:06}"),
                         owner_merchant_id: "m1".into(),

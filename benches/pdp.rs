@@ -41,6 +41,7 @@ async fn population(
         let broken = (i % 4 == 3).then_some((i / 4) % 3);
         let m = format!("pm{i}");
         let register = |record| proto::RegisterRequest {
+            request_id: String::new(),
             record: Some(record),
             expected_revision: None,
         };
@@ -451,6 +452,7 @@ async fn main() -> Result<()> {
         async move {
             client
                 .register(proto::RegisterRequest {
+                    request_id: String::new(),
                     record: Some(Record::Merchant(proto::Merchant {
                         id: format!("bench-{n}"),
                         tier: proto::MerchantTier::ChineseGoldSupplier as i32,

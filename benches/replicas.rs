@@ -108,6 +108,7 @@ async fn prepare(server: &ServerProcess) -> Result<String> {
         ];
         for (kind, id, record) in filings {
             pdp.register(proto::RegisterRequest {
+                request_id: String::new(),
                 record: Some(record),
                 expected_revision: None,
             })
@@ -216,6 +217,7 @@ async fn scenarios(
                     return Err(format!("START refused: {decided:?}").into());
                 }
                 pdp.end_session(proto::EndSessionRequest {
+                    request_id: String::new(),
                     session_id: decided.session_id,
                     reason: "bench".into(),
                 })
@@ -242,6 +244,7 @@ async fn scenarios(
             let mut pdp = client.clone();
             async move {
                 pdp.register(proto::RegisterRequest {
+                    request_id: String::new(),
                     record: Some(Record::Merchant(proto::Merchant {
                         id: format!("bench{}", n % 1024),
                         tier: proto::MerchantTier::Other as i32,
@@ -273,6 +276,7 @@ async fn cross_replica(
     for round in 0..rounds {
         let written = on_a
             .register(proto::RegisterRequest {
+                request_id: String::new(),
                 record: Some(Record::Merchant(proto::Merchant {
                     id: format!("cross{round}"),
                     tier: proto::MerchantTier::Other as i32,

@@ -111,6 +111,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     pdp.end_session(EndSessionRequest {
+        request_id: String::new(),
         session_id: start.session_id.clone(),
         reason: "publisher disconnected".into(),
     })

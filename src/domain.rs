@@ -464,7 +464,7 @@ fn check_revision(
 }
 
 /// The outcome of a write: the record as stored, and whether anything changed.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WriteOutcome {
     pub registration: Registration,
     pub changed: bool,
@@ -978,7 +978,7 @@ pub struct Discovery {
 }
 
 /// What enforcing a discovery did.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Enforced {
     pub session: Session,
     pub account: Account,

@@ -565,6 +565,7 @@ async fn run_case(
         cmd.session_id = Some(session.id);
     }
     let origin = crate::service::Origin {
+        request_id: None,
         entry_point: "policy-test",
         gateway_id: String::new(),
         caller: "anchor-pdp policy test".into(),

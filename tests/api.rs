@@ -22,6 +22,7 @@ async fn register_with(
 ) -> Result<proto::RegisterResponse, tonic::Status> {
     s.pdp
         .register(proto::RegisterRequest {
+            request_id: String::new(),
             record: Some(record),
             expected_revision,
         })
@@ -42,6 +43,7 @@ async fn get(s: &mut TestServer, kind: K, id: &str) -> Result<proto::Registratio
 async fn end(s: &mut TestServer, session_id: &str) {
     s.pdp
         .end_session(proto::EndSessionRequest {
+            request_id: String::new(),
             session_id: session_id.into(),
             reason: "test done".into(),
         })
@@ -233,6 +235,7 @@ async fn review_verdicts_follow_the_review_states() {
     let mut s = TestServer::admitted().await;
     let review =
         |verdict: proto::Verdict, expected_revision: Option<u64>| proto::ReviewFilingRequest {
+            request_id: String::new(),
             kind: K::Anchor as i32,
             id: "a1".into(),
             verdict: verdict as i32,
@@ -288,6 +291,7 @@ async fn an_approval_expiry_must_be_in_the_future() {
     let (c, message) = code(
         s.admin
             .review_filing(proto::ReviewFilingRequest {
+                request_id: String::new(),
                 kind: K::Room as i32,
                 id: "r2".into(),
                 verdict: proto::Verdict::Approve as i32,
@@ -425,6 +429,7 @@ async fn a_live_session_says_when_this_replica_last_checked_it_and_an_ended_one_
     );
     s.pdp
         .end_session(proto::EndSessionRequest {
+            request_id: String::new(),
             session_id: session.clone(),
             reason: "done".into(),
         })
@@ -441,6 +446,7 @@ async fn ending_a_session_is_idempotent_and_stops_its_rechecks() {
         let ended = s
             .pdp
             .end_session(proto::EndSessionRequest {
+                request_id: String::new(),
                 session_id: session.clone(),
                 reason: "publisher disconnected".into(),
             })
@@ -460,6 +466,7 @@ async fn ending_a_session_is_idempotent_and_stops_its_rechecks() {
     let (c, _) = code(
         s.admin
             .report_violation(proto::ReportViolationRequest {
+                request_id: String::new(),
                 session_id: session.clone(),
                 rule_id: "R2".into(),
                 inspector: "inspector-7".into(),
@@ -487,6 +494,7 @@ async fn a_violation_report_names_a_loaded_rule_and_a_known_session() {
     let (c, message) = code(
         s.admin
             .report_violation(proto::ReportViolationRequest {
+                request_id: String::new(),
                 session_id: session.clone(),
                 rule_id: "R42".into(),
                 inspector: "inspector-7".into(),
@@ -499,6 +507,7 @@ async fn a_violation_report_names_a_loaded_rule_and_a_known_session() {
     let (c, _) = code(
         s.admin
             .report_violation(proto::ReportViolationRequest {
+                request_id: String::new(),
                 session_id: "ghost".into(),
                 rule_id: "R2".into(),
                 inspector: "inspector-7".into(),
@@ -750,6 +759,7 @@ async fn register_rejects_bad_records_and_writes_nothing() {
         let (c, message) = code(
             s.pdp
                 .register(proto::RegisterRequest {
+                    request_id: String::new(),
                     record,
                     expected_revision: None,
                 })
@@ -811,6 +821,7 @@ async fn admin_requests_name_their_bad_fields() {
     let (c, message) = code(
         s.admin
             .set_provider_listing(proto::SetProviderListingRequest {
+                request_id: String::new(),
                 provider_id: "p1".into(),
                 listed: false,
                 operator: String::new(),
@@ -823,6 +834,7 @@ async fn admin_requests_name_their_bad_fields() {
     let (c, message) = code(
         s.admin
             .lift_freeze(proto::LiftFreezeRequest {
+                request_id: String::new(),
                 merchant_id: "m1".into(),
                 operator: "ops".into(),
                 reason: "r".repeat(513),
@@ -845,6 +857,7 @@ async fn oversized_messages_are_rejected() {
     let (c, _) = code(
         s.pdp
             .register(proto::RegisterRequest {
+                request_id: String::new(),
                 record: Some(Record::Merchant(proto::Merchant {
                     id: "m-big".into(),
                     tier: 1,

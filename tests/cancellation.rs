@@ -130,6 +130,7 @@ async fn a_cancelled_call_changes_nothing_or_changes_it_with_its_record() {
                 let mut pdp = client(addr).await;
                 let id = format!("a-cancel-{i}");
                 let request = proto::RegisterRequest {
+                    request_id: String::new(),
                     record: Some(Record::Anchor(anchor_record(
                         &id,
                         "m1",

@@ -313,6 +313,7 @@ fn flags_and_env_configure_it_and_signals_stop_it_gracefully_keeping_data() {
             .expect("connect");
         client
             .register(proto::RegisterRequest {
+                request_id: String::new(),
                 record: Some(Record::Merchant(proto::Merchant {
                     id: "m1".into(),
                     tier: proto::MerchantTier::ChineseGoldSupplier as i32,

@@ -65,6 +65,7 @@ async fn concurrent_violation_reports_on_one_session_freeze_once() {
                 tokio::spawn(async move {
                     admin
                         .report_violation(proto::ReportViolationRequest {
+                            request_id: String::new(),
                             session_id: session,
                             rule_id: rule.into(),
                             inspector: format!("inspector-{rule}"),
@@ -88,6 +89,7 @@ async fn concurrent_violation_reports_on_one_session_freeze_once() {
         // Lift it so the next round can broadcast.
         s.admin
             .lift_freeze(proto::LiftFreezeRequest {
+                request_id: String::new(),
                 merchant_id: "m1".into(),
                 operator: "ops".into(),
                 reason: String::new(),
@@ -158,6 +160,7 @@ async fn a_start_racing_a_freeze_is_refused_or_ended_by_the_sweep() {
         );
         s.admin
             .lift_freeze(proto::LiftFreezeRequest {
+                request_id: String::new(),
                 merchant_id: "m1".into(),
                 operator: "ops-1".into(),
                 reason: "next round".into(),

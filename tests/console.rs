@@ -444,6 +444,7 @@ async fn an_admin_lists_providers_and_files_ai_features_and_an_inspector_only_re
     let (server, mut pdp, mut admin) = console_server().await;
     let addr = server.console_addr.expect("console");
     pdp.register(proto::RegisterRequest {
+        request_id: String::new(),
         record: Some(Record::AiFeature(proto::AiFeature {
             id: "voice-clone".into(),
             display_name: String::new(),
@@ -531,6 +532,7 @@ async fn a_long_queue_comes_in_pages_of_200_oldest_first() {
         tasks.push(tokio::spawn(async move {
             for i in (worker..249).step_by(8) {
                 pdp.register(proto::RegisterRequest {
+                    request_id: String::new(),
                     record: Some(Record::Room(proto::LivestreamRoom {
                         id: format!("room{i:03}"),
                         owner_merchant_id: "m1".into(),
@@ -604,6 +606,7 @@ async fn a_filing_shows_its_history_the_board_its_last_check_and_the_log_a_time_
     // Filed at T0 (2026-01-01 00:00 UTC); revised at 00:01; approved at 00:02 with a note.
     server.clock.advance(60_000);
     pdp.register(proto::RegisterRequest {
+        request_id: String::new(),
         record: Some(Record::Anchor(proto::VirtualAnchor {
             id: "a1".into(),
             owner_merchant_id: "m1".into(),

@@ -76,6 +76,7 @@ struct Acked {
 
 fn register(record: Record) -> proto::RegisterRequest {
     proto::RegisterRequest {
+        request_id: String::new(),
         record: Some(record),
         expected_revision: None,
     }
@@ -178,6 +179,7 @@ async fn worker(port: u16, round: usize, worker: usize, acked: Arc<Mutex<Acked>>
             a.decisions.push(recheck.into_inner().decision_id);
         }
         let report = proto::ReportViolationRequest {
+            request_id: String::new(),
             session_id: session.clone(),
             rule_id: "R6".into(),
             inspector: "crash".into(),
@@ -209,6 +211,7 @@ async fn acknowledged_writes_survive_kill_9_and_no_penalty_is_half_applied() {
         .expect("provider");
         admin
             .set_provider_listing(proto::SetProviderListingRequest {
+                request_id: String::new(),
                 provider_id: "p1".into(),
                 listed: true,
                 operator: "crash".into(),

@@ -94,6 +94,7 @@ async fn wait_for_health(addr: std::net::SocketAddr, want: ServingStatus) {
 async fn register_anchor(s: &mut TestServer, id: &str) -> Result<(), tonic::Status> {
     s.pdp
         .register(proto::RegisterRequest {
+            request_id: String::new(),
             record: Some(Record::Anchor(anchor_record(
                 id,
                 "m1",

@@ -98,6 +98,7 @@ async fn every_acknowledgement_follows_a_sync_that_began_after_its_request() {
         .await
         .expect("connect");
     pdp.register(proto::RegisterRequest {
+        request_id: String::new(),
         record: Some(Record::Merchant(proto::Merchant {
             id: "m1".into(),
             tier: proto::MerchantTier::ChineseGoldSupplier as i32,
@@ -117,6 +118,7 @@ async fn every_acknowledgement_follows_a_sync_that_began_after_its_request() {
             let _slot = slots.acquire_owned().await.expect("slot");
             let sent = now();
             pdp.register(proto::RegisterRequest {
+                request_id: String::new(),
                 record: Some(Record::Room(proto::LivestreamRoom {
                     id: format!("r{i}"),
                     owner_merchant_id: "m1".into(),

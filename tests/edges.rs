@@ -258,6 +258,7 @@ async fn raw_grpc_status(
 async fn a_deadline_that_passes_on_the_server_is_deadline_exceeded() {
     let s = TestServer::admitted().await;
     let room = |i: usize| proto::RegisterRequest {
+        request_id: String::new(),
         record: Some(proto::register_request::Record::Room(
             proto::LivestreamRoom {
                 id: format!("r-deadline-{i}"),
@@ -339,6 +340,7 @@ async fn a_filing_a_live_session_relies_on_cannot_be_materially_changed() {
     let mut s = TestServer::admitted().await;
     let session = s.start_session().await;
     let refile = |record: proto::register_request::Record| proto::RegisterRequest {
+        request_id: String::new(),
         record: Some(record),
         expected_revision: None,
     };
@@ -377,6 +379,7 @@ async fn a_filing_a_live_session_relies_on_cannot_be_materially_changed() {
     // Once the broadcast has ended, the material change goes through (back to review).
     s.pdp
         .end_session(proto::EndSessionRequest {
+            request_id: String::new(),
             session_id: session.clone(),
             reason: "done".into(),
         })

@@ -213,6 +213,7 @@ fn garbage_is_never_allowed() {
     proptest!(ProptestConfig { cases: 400, ..ProptestConfig::default() }, |(request in any_request())| {
         let Ok(command) = authorize_command(&request) else { return Ok(()) };
         let origin = Origin {
+            request_id: None,
             entry_point: "test",
             gateway_id: String::new(),
             caller: "proptest".into(),

@@ -153,6 +153,7 @@ async fn certificate_subjects_map_to_roles() {
             .expect("ops connects"),
     );
     ops.register(proto::RegisterRequest {
+        request_id: String::new(),
         record: Some(Record::Merchant(proto::Merchant {
             id: "m1".into(),
             tier: 1,
@@ -180,6 +181,7 @@ async fn certificate_subjects_map_to_roles() {
     );
     let refused = gateway
         .register(proto::RegisterRequest {
+            request_id: String::new(),
             record: Some(Record::Merchant(proto::Merchant {
                 id: "m2".into(),
                 tier: 1,
@@ -296,6 +298,7 @@ async fn the_console_serves_tls_and_signs_in_a_certificate_whose_subject_has_a_c
         }),
     ] {
         ops.register(proto::RegisterRequest {
+            request_id: String::new(),
             record: Some(record),
             expected_revision: None,
         })

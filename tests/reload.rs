@@ -318,6 +318,7 @@ async fn explain_returns_the_facts_and_the_determining_policies() {
     // broadcast: a live one would be shut down by the delisting and freeze the account.)
     s.pdp
         .end_session(proto::EndSessionRequest {
+            request_id: String::new(),
             session_id: allowed.session_id.clone(),
             reason: String::new(),
         })

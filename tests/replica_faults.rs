@@ -24,6 +24,7 @@ fn in_room(room: &str) -> proto::AuthorizeRequest {
 
 fn report(session_id: &str, rule: &str) -> proto::ReportViolationRequest {
     proto::ReportViolationRequest {
+        request_id: String::new(),
         session_id: session_id.into(),
         rule_id: rule.into(),
         inspector: "inspector-7".into(),
@@ -33,6 +34,7 @@ fn report(session_id: &str, rule: &str) -> proto::ReportViolationRequest {
 
 fn lift() -> proto::LiftFreezeRequest {
     proto::LiftFreezeRequest {
+        request_id: String::new(),
         merchant_id: "m1".into(),
         operator: "ops-1".into(),
         reason: "next phase".into(),

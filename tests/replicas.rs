@@ -39,6 +39,7 @@ async fn store_revision_of_register(server: &mut TestServer, record: Record) -> 
     server
         .pdp
         .register(proto::RegisterRequest {
+            request_id: String::new(),
             record: Some(record),
             expected_revision: None,
         })
@@ -70,6 +71,7 @@ async fn a_filing_made_on_one_replica_is_admitted_on_another_and_a_report_on_one
     let approved = a
         .admin
         .review_filing(proto::ReviewFilingRequest {
+            request_id: String::new(),
             kind: proto::RegistrationKind::Room as i32,
             id: "r2".into(),
             verdict: proto::Verdict::Approve as i32,
@@ -161,6 +163,7 @@ async fn racing_reports_on_three_replicas_penalize_once_and_a_revoke_seen_by_all
             calls.push(tokio::spawn(async move {
                 admin
                     .report_violation(proto::ReportViolationRequest {
+                        request_id: String::new(),
                         session_id: session,
                         rule_id: "R7".into(),
                         inspector: "inspector-7".into(),
@@ -196,6 +199,7 @@ async fn racing_reports_on_three_replicas_penalize_once_and_a_revoke_seen_by_all
     // at once.
     a.admin
         .lift_freeze(proto::LiftFreezeRequest {
+            request_id: String::new(),
             merchant_id: "m1".into(),
             operator: "admin-1".into(),
             reason: "appeal".into(),
@@ -209,6 +213,7 @@ async fn racing_reports_on_three_replicas_penalize_once_and_a_revoke_seen_by_all
     let revoked = a
         .admin
         .review_filing(proto::ReviewFilingRequest {
+            request_id: String::new(),
             kind: proto::RegistrationKind::Anchor as i32,
             id: "a1".into(),
             verdict: proto::Verdict::Revoke as i32,
@@ -272,6 +277,7 @@ async fn losing_one_member_changes_nothing_losing_two_fails_closed_and_quorum_ba
     let write = a
         .pdp
         .register(proto::RegisterRequest {
+            request_id: String::new(),
             record: Some(Record::Room(proto::LivestreamRoom {
                 id: "r4".into(),
                 owner_merchant_id: "m1".into(),

@@ -225,6 +225,7 @@ async fn no_stream_is_cut_by_a_replica_dying_and_a_violation_reported_on_the_sur
     // A violation reported on B cuts the stream at its next update.
     admin
         .report_violation(proto::ReportViolationRequest {
+            request_id: String::new(),
             session_id: session.id.clone(),
             rule_id: "R2".into(),
             inspector: "inspector-7".into(),

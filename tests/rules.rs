@@ -259,6 +259,7 @@ async fn r8_holds_before_an_approval_expires() {
     s.driver("d-expiring", "m1").await;
     s.admin
         .review_filing(proto::ReviewFilingRequest {
+            request_id: String::new(),
             kind: K::Driver as i32,
             id: "d-expiring".into(),
             verdict: proto::Verdict::Approve as i32,
@@ -284,6 +285,7 @@ async fn r8_broken_once_the_approval_has_expired() {
     s.driver("d-expiring", "m1").await;
     s.admin
         .review_filing(proto::ReviewFilingRequest {
+            request_id: String::new(),
             kind: K::Driver as i32,
             id: "d-expiring".into(),
             verdict: proto::Verdict::Approve as i32,
@@ -440,6 +442,7 @@ async fn e2_applied_by_a_live_recheck_after_an_approval_expires() {
     s.driver("d-expiring", "m1").await;
     s.admin
         .review_filing(proto::ReviewFilingRequest {
+            request_id: String::new(),
             kind: K::Driver as i32,
             id: "d-expiring".into(),
             verdict: proto::Verdict::Approve as i32,
@@ -603,6 +606,7 @@ async fn e3_ends_when_the_freeze_is_lifted() {
     let lifted = s
         .admin
         .lift_freeze(proto::LiftFreezeRequest {
+            request_id: String::new(),
             merchant_id: "m1".into(),
             operator: "appeals-1".into(),
             reason: "appeal upheld".into(),
@@ -621,6 +625,7 @@ async fn e3_ends_when_the_freeze_is_lifted() {
 #[tokio::test]
 async fn a_lift_clears_a_freeze_other_replicas_may_still_enforce() {
     let lift = || proto::LiftFreezeRequest {
+        request_id: String::new(),
         merchant_id: "m1".into(),
         operator: "appeals-1".into(),
         reason: "appeal upheld".into(),

@@ -61,6 +61,7 @@ suite!(
     racing_reports_on_one_session_penalize_it_once,
     a_freeze_refuses_starts_until_lifted,
     enforcement_events_come_in_order_and_resume,
+    a_retried_write_gets_the_first_answer_and_changes_nothing_more,
 );
 
 fn room(id: &str) -> Record {
@@ -78,6 +79,7 @@ async fn registrations_keep_revisions_and_refuse_conflicts(backend: Backend) {
     let again = s
         .pdp
         .register(proto::RegisterRequest {
+            request_id: String::new(),
             record: Some(room("r9")),
             expected_revision: None,
         })
@@ -89,6 +91,7 @@ async fn registrations_keep_revisions_and_refuse_conflicts(backend: Backend) {
     let (conflict, _) = code(
         s.pdp
             .register(proto::RegisterRequest {
+                request_id: String::new(),
                 record: Some(Record::Room(proto::LivestreamRoom {
                     id: "r9".into(),
                     owner_merchant_id: "m1".into(),
@@ -102,6 +105,7 @@ async fn registrations_keep_revisions_and_refuse_conflicts(backend: Backend) {
     let (unknown, message) = code(
         s.pdp
             .register(proto::RegisterRequest {
+                request_id: String::new(),
                 record: Some(Record::Room(proto::LivestreamRoom {
                     id: "r10".into(),
                     owner_merchant_id: "nobody".into(),
@@ -152,6 +156,7 @@ async fn sessions_open_replay_supersede_and_end(backend: Backend) {
 
     s.pdp
         .end_session(proto::EndSessionRequest {
+            request_id: String::new(),
             session_id: second.session_id.clone(),
             reason: "publisher disconnected".into(),
         })
@@ -181,6 +186,7 @@ async fn racing_reports_on_one_session_penalize_it_once(backend: Backend) {
         calls.push(tokio::spawn(async move {
             admin
                 .report_violation(proto::ReportViolationRequest {
+                    request_id: String::new(),
                     session_id: session,
                     rule_id: "R7".into(),
                     inspector: "inspector-7".into(),
@@ -219,6 +225,7 @@ async fn a_freeze_refuses_starts_until_lifted(backend: Backend) {
     let lifted = s
         .admin
         .lift_freeze(proto::LiftFreezeRequest {
+            request_id: String::new(),
             merchant_id: "m1".into(),
             operator: "admin-1".into(),
             reason: "appeal upheld".into(),
@@ -237,6 +244,7 @@ async fn enforcement_events_come_in_order_and_resume(backend: Backend) {
     // Lifted so that a second broadcast may start (R3's E1 froze the account).
     s.admin
         .lift_freeze(proto::LiftFreezeRequest {
+            request_id: String::new(),
             merchant_id: "m1".into(),
             operator: "admin-1".into(),
             reason: "test".into(),
@@ -270,4 +278,120 @@ async fn enforcement_events_come_in_order_and_resume(backend: Backend) {
         (two.sequence, two.session_id.as_str()),
         (2, second.as_str())
     );
+}
+
+/// A write retried with its request id (its answer lost, say) is answered as the first
+/// attempt was, and neither changes anything nor penalizes anyone again; another id is
+/// another write.
+async fn a_retried_write_gets_the_first_answer_and_changes_nothing_more(backend: Backend) {
+    let (mut s, _etcd) = admitted(backend).await;
+    let register = |name: &str, request_id: &str| proto::RegisterRequest {
+        record: Some(Record::Merchant(proto::Merchant {
+            id: "m-retry".into(),
+            tier: proto::MerchantTier::ChineseGoldSupplier as i32,
+            display_name: name.into(),
+        })),
+        expected_revision: None,
+        request_id: request_id.into(),
+    };
+    let first = s
+        .pdp
+        .register(register("first", "reg-1"))
+        .await
+        .expect("register");
+    let first = first.into_inner().registration.expect("registration");
+    assert_eq!(first.revision, 1);
+    // The same id with another body: the first answer, and the stored record is untouched.
+    let retried = s
+        .pdp
+        .register(register("second", "reg-1"))
+        .await
+        .expect("retry");
+    assert_eq!(
+        retried.into_inner().registration.expect("registration"),
+        first
+    );
+    let stored = s
+        .admin
+        .get_registration(proto::GetRegistrationRequest {
+            kind: proto::RegistrationKind::Merchant as i32,
+            id: "m-retry".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .registration
+        .expect("registration");
+    assert_eq!(stored, first, "the retry changed the stored record");
+    let other = s
+        .pdp
+        .register(register("second", "reg-2"))
+        .await
+        .expect("new id");
+    assert_eq!(
+        other
+            .into_inner()
+            .registration
+            .expect("registration")
+            .revision,
+        2
+    );
+
+    let session = s.start_session().await;
+    let report = || proto::ReportViolationRequest {
+        session_id: session.clone(),
+        rule_id: "R6".into(),
+        inspector: "inspector-7".into(),
+        note: String::new(),
+        request_id: "report-1".into(),
+    };
+    let first = s.admin.report_violation(report()).await.expect("report");
+    let first = first.into_inner();
+    let retried = s.admin.report_violation(report()).await.expect("retry");
+    let retried = retried.into_inner();
+    assert_eq!(
+        (
+            retried.penalty_applied,
+            retried.warning_issued,
+            &retried.session
+        ),
+        (first.penalty_applied, first.warning_issued, &first.session)
+    );
+    assert_eq!(
+        first.penalty_applied,
+        proto::Penalty::E2WarnShutDownAndFreeze as i32
+    );
+    let account = s.account("m1").await;
+    assert_eq!((account.penalties, account.warnings), (1, 1));
+
+    let lift = || proto::LiftFreezeRequest {
+        merchant_id: "m1".into(),
+        operator: "appeals-1".into(),
+        reason: "upheld".into(),
+        request_id: "lift-1".into(),
+    };
+    let first = s
+        .admin
+        .lift_freeze(lift())
+        .await
+        .expect("lift")
+        .into_inner();
+    let retried = s
+        .admin
+        .lift_freeze(lift())
+        .await
+        .expect("retry")
+        .into_inner();
+    assert!(
+        first.was_frozen && retried.was_frozen,
+        "{first:?} {retried:?}"
+    );
+    let bad = s
+        .admin
+        .lift_freeze(proto::LiftFreezeRequest {
+            request_id: "no spaces".into(),
+            ..lift()
+        })
+        .await;
+    assert_eq!(code(bad).0, tonic::Code::InvalidArgument);
 }

@@ -43,6 +43,7 @@ async fn secured() -> TestServer {
 
 fn register(record: Record) -> proto::RegisterRequest {
     proto::RegisterRequest {
+        request_id: String::new(),
         record: Some(record),
         expected_revision: None,
     }
@@ -147,6 +148,7 @@ async fn each_role_may_call_only_its_methods() {
         Code::PermissionDenied
     );
     let listing = proto::SetProviderListingRequest {
+        request_id: String::new(),
         provider_id: "p1".into(),
         listed: true,
         operator: "ops".into(),
@@ -230,6 +232,7 @@ async fn each_role_may_call_only_its_methods() {
 
     // Inspectors report; reviewers and gateways cannot; only admins lift freezes and reload.
     let report = proto::ReportViolationRequest {
+        request_id: String::new(),
         session_id: session.session_id.clone(),
         rule_id: "R2".into(),
         inspector: "inspector-1".into(),
@@ -248,6 +251,7 @@ async fn each_role_may_call_only_its_methods() {
         .await
         .expect("inspector reports");
     let lift = proto::LiftFreezeRequest {
+        request_id: String::new(),
         merchant_id: "m1".into(),
         operator: "appeals".into(),
         reason: String::new(),

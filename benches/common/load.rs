@@ -218,6 +218,7 @@ pub async fn fixtures(
     admin: &mut PolicyAdminClient<Channel>,
 ) -> Result<()> {
     let register = |record| proto::RegisterRequest {
+        request_id: String::new(),
         record: Some(record),
         expected_revision: None,
     };
@@ -234,6 +235,7 @@ pub async fn fixtures(
     .await?;
     admin
         .set_provider_listing(proto::SetProviderListingRequest {
+            request_id: String::new(),
             provider_id: "p1".into(),
             listed: true,
             operator: "bench".into(),

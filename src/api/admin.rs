@@ -229,9 +229,10 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
         request: Request<proto::ReviewFilingRequest>,
     ) -> Result<Response<proto::ReviewFilingResponse>, Status> {
         let audit = Audit::begin(&request, "ReviewFiling", (String::new(), String::new()));
-        let origin = audit.origin.clone();
+        let mut origin = audit.origin.clone();
         let result = async move {
             let req = request.get_ref();
+            origin.request_id = convert::request_id(&req.request_id).map_err(status)?;
             let command = (|| {
                 let kind = convert::kind_from_proto("kind", req.kind)?;
                 if !kind.needs_review() {
@@ -296,9 +297,10 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             "SetProviderListing",
             (String::new(), String::new()),
         );
-        let origin = audit.origin.clone();
+        let mut origin = audit.origin.clone();
         let result = async move {
             let req = request.get_ref();
+            origin.request_id = convert::request_id(&req.request_id).map_err(status)?;
             let provider_id = id("provider_id", &req.provider_id).map_err(status)?;
             let operator = required_text("operator", &req.operator, MAX_ID_LEN).map_err(status)?;
             let pdp = self.pdp.clone();
@@ -333,9 +335,10 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
             "SetAiFeatureFiling",
             (String::new(), String::new()),
         );
-        let origin = audit.origin.clone();
+        let mut origin = audit.origin.clone();
         let result = async move {
             let req = request.get_ref();
+            origin.request_id = convert::request_id(&req.request_id).map_err(status)?;
             let feature_id = id("feature_id", &req.feature_id).map_err(status)?;
             let filing_number =
                 text("filing_number", &req.filing_number, MAX_ID_LEN).map_err(status)?;
@@ -376,9 +379,10 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
                 (String::new(), req.session_id.clone()),
             )
         };
-        let origin = audit.origin.clone();
+        let mut origin = audit.origin.clone();
         let result = async move {
             let req = request.get_ref();
+            origin.request_id = convert::request_id(&req.request_id).map_err(status)?;
             let session_id = id("session_id", &req.session_id).map_err(status)?;
             let rule_id = id("rule_id", &req.rule_id).map_err(status)?;
             let inspector =
@@ -433,9 +437,10 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
                 (req.merchant_id.clone(), String::new()),
             )
         };
-        let origin = audit.origin.clone();
+        let mut origin = audit.origin.clone();
         let result = async move {
             let req = request.get_ref();
+            origin.request_id = convert::request_id(&req.request_id).map_err(status)?;
             let merchant_id = id("merchant_id", &req.merchant_id).map_err(status)?;
             let operator = required_text("operator", &req.operator, MAX_ID_LEN).map_err(status)?;
             let reason = text("reason", &req.reason, MAX_NOTE_LEN).map_err(status)?;

@@ -13,6 +13,15 @@ pub const MAX_NOTE_LEN: usize = 512;
 pub const MAX_REFERENCE_LEN: usize = 1024;
 pub const MAX_AI_FEATURES: usize = 32;
 
+/// An optional write id (`request_id`): none when empty, else an id as `id` takes it.
+pub fn request_id(value: &str) -> Result<Option<String>, PdpError> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        id("request_id", value).map(Some)
+    }
+}
+
 /// A required id: 1-128 characters of `[A-Za-z0-9._:-]`, not starting with `.`, `:` or `-` (so
 /// `.`, `..` and `-x` are not ids: they read as paths and flags wherever ids end up; SRS's
 /// `__defaultVhost__` is one).

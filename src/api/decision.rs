@@ -195,9 +195,10 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
                 (String::new(), req.session_id.clone()),
             )
         };
-        let origin = audit.origin.clone();
+        let mut origin = audit.origin.clone();
         let result = async move {
             let req = request.get_ref();
+            origin.request_id = convert::request_id(&req.request_id).map_err(status)?;
             let session_id = id("session_id", &req.session_id).map_err(status)?;
             let reason = text("reason", &req.reason, MAX_NOTE_LEN).map_err(status)?;
             let pdp = self.pdp.clone();
@@ -225,10 +226,11 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
                 (register_merchant(req), String::new()),
             )
         };
-        let origin = audit.origin.clone();
+        let mut origin = audit.origin.clone();
         let result = async move {
             let caller = auth::caller(&request);
             let req = request.into_inner();
+            origin.request_id = convert::request_id(&req.request_id).map_err(status)?;
             let (record_id, body) = convert::record_from_proto(req.record).map_err(status)?;
             if caller.role == auth::Role::Registrar && !body.kind().needs_review() {
                 tracing::warn!(%caller, kind = body.kind().name(), "register refused");

@@ -131,6 +131,7 @@ pub fn authorize_command(req: &proto::AuthorizeRequest) -> Result<AuthorizeComma
 /// Where a gRPC request came from, for its decision-log record.
 fn grpc_origin<T: prost::Message>(request: &Request<T>, message: &str, gateway_id: &str) -> Origin {
     Origin {
+        request_id: None,
         entry_point: entry::GRPC,
         gateway_id: gateway_id.to_owned(),
         caller: auth::caller(request).to_string(),

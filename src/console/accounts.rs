@@ -146,6 +146,7 @@ pub async fn lift(
         return (StatusCode::BAD_REQUEST, "reason: 1-512 bytes").into_response();
     }
     let origin = Origin {
+        request_id: None,
         entry_point: "console",
         gateway_id: String::new(),
         caller: session.caller_name(),

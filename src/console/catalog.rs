@@ -76,6 +76,7 @@ pub async fn catalog(State(console): State<Arc<Console>>, headers: HeaderMap) ->
 
 fn origin(session: &super::session::Session, request: serde_json::Value) -> Origin {
     Origin {
+        request_id: None,
         entry_point: "console",
         gateway_id: String::new(),
         caller: session.caller_name(),

@@ -258,6 +258,7 @@ pub async fn report(
         return page::layout(lang, Some(&session), lang.t("confirm_title"), body).into_response();
     }
     let origin = Origin {
+        request_id: None,
         entry_point: "console",
         gateway_id: String::new(),
         caller: session.caller_name(),

@@ -387,6 +387,7 @@ pub async fn verdict(
         approval_expires_at,
     };
     let origin = Origin {
+        request_id: None,
         entry_point: "console",
         gateway_id: String::new(),
         caller: session.caller_name(),

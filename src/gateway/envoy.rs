@@ -144,6 +144,7 @@ fn origin(request: &Request<CheckRequest>) -> Origin {
         .and_then(|a| a.request.as_ref())
         .and_then(|r| r.http.as_ref());
     Origin {
+        request_id: None,
         entry_point: entry::ENVOY,
         gateway_id: extension(check, "gateway").unwrap_or_default().to_owned(),
         caller: crate::api::auth::caller(request).to_string(),

@@ -175,6 +175,7 @@ pub fn hook_origin(entry_point: &'static str, gateway: &str, form: &[u8]) -> Ori
         }
     }
     Origin {
+        request_id: None,
         entry_point,
         gateway_id: gateway.to_owned(),
         caller: format!("gateway {gateway} (hook)"),

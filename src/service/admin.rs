@@ -9,6 +9,7 @@ use crate::domain::{
 };
 use crate::error::PdpError;
 use crate::policy::Violation;
+use crate::store::{Answer, Request};
 
 /// The result of an inspector's violation report.
 #[derive(Clone, Debug)]
@@ -55,6 +56,36 @@ impl Pdp {
         record
     }
 
+    /// The named write `origin` carries, if its caller named it.
+    fn request(origin: &Origin, record_id: &str, now: Millis) -> Option<Request> {
+        origin
+            .request_id
+            .as_deref()
+            .map(|id| Request::new(&origin.caller, id, record_id, now))
+    }
+
+    /// Logs a retry answered with the first attempt's answer. Returns the record id the first
+    /// attempt logged its change under (what its re-checks are caused by), or `None` for a
+    /// first attempt.
+    async fn replayed<T>(
+        &self,
+        origin: &Origin,
+        action: &str,
+        now: Millis,
+        answer: &Answer<T>,
+        merchant_id: String,
+    ) -> Result<Option<String>, PdpError> {
+        let Some(first) = &answer.replay_of else {
+            return Ok(None);
+        };
+        let mut record = self.record(origin, action, now);
+        record.merchant_id = merchant_id;
+        record.cause_id = first.clone();
+        record.outcome = format!("ok (a retry: the first attempt's answer, record {first})");
+        self.log(record).await?;
+        Ok(Some(first.clone()))
+    }
+
     /// Logs an action that changed nothing (an identical re-send, say).
     async fn unchanged_action(
         &self,
@@ -81,10 +112,39 @@ impl Pdp {
         let record_id = super::new_id();
         let record =
             |r: &Registration| self.registration_record(origin, "Register", now, &record_id, r);
-        let outcome = self
+        let request = Self::request(origin, &record_id, now);
+        let answer = self
             .store
-            .register(id, body, expected_revision, scope, now, &record)
+            .register(
+                id,
+                body,
+                expected_revision,
+                scope,
+                now,
+                request.as_ref(),
+                &record,
+            )
             .await?;
+        let merchant = registration_merchant(&answer.value.registration);
+        if let Some(first) = self
+            .replayed(origin, "Register", now, &answer, merchant)
+            .await?
+        {
+            // Re-checks are idempotent: running them again covers a first attempt that died
+            // before its own.
+            let outcome = answer.value;
+            if outcome.changed && outcome.registration.revision > 1 {
+                self.recheck_sessions_using(
+                    outcome.registration.kind(),
+                    id,
+                    "a changed registration",
+                    &first,
+                )
+                .await;
+            }
+            return Ok(outcome);
+        }
+        let outcome = answer.value;
         if outcome.changed {
             metrics::counter!(
                 "anchor_pdp_registrations_total",
@@ -116,12 +176,21 @@ impl Pdp {
         let record_id = super::new_id();
         let record =
             |r: &Registration| self.registration_record(origin, "ReviewFiling", now, &record_id, r);
-        let registration = self.store.review(cmd, now, &record).await?;
+        let request = Self::request(origin, &record_id, now);
+        let answer = self
+            .store
+            .review(cmd, now, request.as_ref(), &record)
+            .await?;
+        let merchant = registration_merchant(&answer.value);
+        let cause = self
+            .replayed(origin, "ReviewFiling", now, &answer, merchant)
+            .await?
+            .unwrap_or(record_id);
         if cmd.verdict == Verdict::Revoke {
-            self.recheck_sessions_using(cmd.kind, &cmd.id, "a revoked filing", &record_id)
+            self.recheck_sessions_using(cmd.kind, &cmd.id, "a revoked filing", &cause)
                 .await;
         }
-        Ok(registration)
+        Ok(answer.value)
     }
 
     pub async fn set_provider_listing(
@@ -137,10 +206,31 @@ impl Pdp {
         let record = |r: &Registration| {
             self.registration_record(origin, "SetProviderListing", now, &record_id, r)
         };
-        let outcome = self
+        let request = Self::request(origin, &record_id, now);
+        let answer = self
             .store
-            .set_provider_listing(id, listed, operator, expected_revision, now, &record)
+            .set_provider_listing(
+                id,
+                listed,
+                operator,
+                expected_revision,
+                now,
+                request.as_ref(),
+                &record,
+            )
             .await?;
+        let merchant = registration_merchant(&answer.value.registration);
+        if let Some(first) = self
+            .replayed(origin, "SetProviderListing", now, &answer, merchant)
+            .await?
+        {
+            if answer.value.changed && !listed {
+                self.recheck_sessions_using(Kind::Provider, id, "a delisted provider", &first)
+                    .await;
+            }
+            return Ok(answer.value);
+        }
+        let outcome = answer.value;
         if !outcome.changed {
             self.unchanged_action(origin, "SetProviderListing", now, &outcome.registration)
                 .await?;
@@ -165,7 +255,8 @@ impl Pdp {
         let record = |r: &Registration| {
             self.registration_record(origin, "SetAiFeatureFiling", now, &record_id, r)
         };
-        let outcome = self
+        let request = Self::request(origin, &record_id, now);
+        let answer = self
             .store
             .set_ai_feature_filing(
                 id,
@@ -174,9 +265,27 @@ impl Pdp {
                 operator,
                 expected_revision,
                 now,
+                request.as_ref(),
                 &record,
             )
             .await?;
+        let merchant = registration_merchant(&answer.value.registration);
+        if let Some(first) = self
+            .replayed(origin, "SetAiFeatureFiling", now, &answer, merchant)
+            .await?
+        {
+            if answer.value.changed {
+                self.recheck_sessions_using(
+                    Kind::AiFeature,
+                    id,
+                    "a changed AI-feature filing",
+                    &first,
+                )
+                .await;
+            }
+            return Ok(answer.value);
+        }
+        let outcome = answer.value;
         if !outcome.changed {
             self.unchanged_action(origin, "SetAiFeatureFiling", now, &outcome.registration)
                 .await?;
@@ -241,7 +350,8 @@ impl Pdp {
             };
             record
         };
-        let (enforced, _event) = self
+        let request = Self::request(origin, &record_id, now);
+        let answer = self
             .store
             .enforce(
                 &Discovery {
@@ -257,10 +367,19 @@ impl Pdp {
                     drive_mode: None,
                     ai_features: Default::default(),
                 },
+                request.as_ref(),
                 &record,
             )
             .await?;
-        super::count_penalty(enforced.penalty_applied);
+        let merchant = answer.value.0.session.merchant_id.clone();
+        let first = self
+            .replayed(origin, "ReportViolation", now, &answer, merchant)
+            .await?;
+        let enforced = answer.value.0;
+        if first.is_none() {
+            super::count_penalty(enforced.penalty_applied);
+        }
+        let record_id = first.unwrap_or(record_id);
         if enforced.penalty_applied.is_some_and(Penalty::freezes) {
             self.propagate_freeze(enforced.session.merchant_id.clone(), &record_id)
                 .await;
@@ -287,11 +406,24 @@ impl Pdp {
             record.change = "freeze lifted".to_owned();
             record
         };
-        let (merchant, account, was_frozen) = self
+        let request = Self::request(origin, &super::new_id(), now);
+        let answer = self
             .store
-            .lift_freeze(merchant_id, operator, reason, now, &record)
+            .lift_freeze(
+                merchant_id,
+                operator,
+                reason,
+                now,
+                request.as_ref(),
+                &record,
+            )
             .await?;
-        if !was_frozen {
+        let replayed = self
+            .replayed(origin, "LiftFreeze", now, &answer, merchant_id.to_owned())
+            .await?
+            .is_some();
+        let (merchant, account, was_frozen) = answer.value;
+        if !was_frozen && !replayed {
             let mut record = self.record(origin, "LiftFreeze", now);
             record.merchant_id = merchant_id.to_owned();
             record.outcome = "ok (was not frozen)".to_owned();
@@ -315,7 +447,8 @@ impl Pdp {
             record.change = format!("session ended: {reason}");
             record
         };
-        let (session, changed) = self
+        let request = Self::request(origin, &super::new_id(), now);
+        let answer = self
             .store
             .update_session(
                 session_id,
@@ -330,10 +463,17 @@ impl Pdp {
                     }
                     Ok(next)
                 },
+                request.as_ref(),
                 &record,
             )
             .await?;
-        if !changed {
+        let merchant = answer.value.0.merchant_id.clone();
+        let replayed = self
+            .replayed(origin, "EndSession", now, &answer, merchant)
+            .await?
+            .is_some();
+        let (session, changed) = answer.value;
+        if !changed && !replayed {
             let mut record = self.record(origin, "EndSession", now);
             record.merchant_id = session.merchant_id.clone();
             record.session_id = session.id.clone();

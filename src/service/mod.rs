@@ -24,7 +24,7 @@ use crate::error::PdpError;
 use crate::policy::{
     Decision, Observation, Phase, PolicyBundle, PolicyHandle, ReloadOutcome, Violation,
 };
-use crate::store::{Opened, Store};
+use crate::store::{Answer, Opened, Store};
 
 pub use admin::ReportOutcome;
 pub use record::{Origin, enforcement_name, entry, to_completion};
@@ -716,9 +716,11 @@ impl Pdp {
                         next.drive_mode = drive_mode;
                         Ok(next)
                     },
+                    None,
                     &record,
                 )
-                .await;
+                .await
+                .map(|answer| answer.value);
             return match recorded {
                 Ok((_, true)) => Ok(outcome),
                 Ok((_, false)) => self.unchanged(check.origin, check.cause_id, outcome).await,
@@ -775,8 +777,11 @@ impl Pdp {
                 change,
             )
         };
-        match self.store.enforce(&discovery, &record).await {
-            Ok((enforced, _event)) => {
+        match self.store.enforce(&discovery, None, &record).await {
+            Ok(Answer {
+                value: (enforced, _event),
+                ..
+            }) => {
                 count_penalty(enforced.penalty_applied);
                 Ok(enforced_outcome(&enforced))
             }

@@ -29,6 +29,8 @@ pub struct Origin {
     pub caller: String,
     /// The request as structured data: proto3 JSON, or the hook's fields.
     pub request: serde_json::Value,
+    /// The caller's id for this write: a retry with it gets the first attempt's answer.
+    pub request_id: Option<String>,
 }
 
 impl Origin {
@@ -41,6 +43,7 @@ impl Origin {
         cause_id: &str,
     ) -> Origin {
         Origin {
+            request_id: None,
             entry_point,
             gateway_id: gateway_id.to_owned(),
             caller: "anchor-pdp".to_owned(),

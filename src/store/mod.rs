@@ -138,6 +138,42 @@ pub struct Store {
     replica: String,
 }
 
+/// A write the caller named: a retry with the same name gets the first answer.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// `req/<caller>/<request id>`.
+    key: String,
+    /// The record this attempt logs its change under.
+    record_id: String,
+    at: Millis,
+}
+
+impl Request {
+    pub fn new(caller: &str, request_id: &str, record_id: &str, at: Millis) -> Request {
+        Request {
+            key: tx::request_key(caller, request_id),
+            record_id: record_id.to_owned(),
+            at,
+        }
+    }
+}
+
+/// A write's answer as kept for its retries.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FirstAnswer<T> {
+    record_id: String,
+    at: Millis,
+    value: T,
+}
+
+/// A write's answer, and whether it is the first attempt's, given again.
+#[derive(Clone, Debug)]
+pub struct Answer<T> {
+    pub value: T,
+    /// The record id the first attempt logged its change under, when this is a retry.
+    pub replay_of: Option<String>,
+}
+
 /// What `open_session` did.
 #[derive(Clone, Debug)]
 pub enum Opened {
@@ -282,6 +318,44 @@ impl Store {
         Ok(value)
     }
 
+    /// `transact`, for a write the caller may have named: the first attempt keeps its answer
+    /// in the same transaction as its change, and a retry gets that answer and changes
+    /// nothing.
+    async fn transact_once<T>(
+        &self,
+        request: Option<&Request>,
+        f: &(dyn Fn(&dyn Tx) -> TxResult<T> + Sync),
+    ) -> Result<Answer<T>, PdpError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        self.transact(&|tx| {
+            if let Some(request) = request
+                && let Some(first) = tx_get::<FirstAnswer<T>>(tx, &request.key)?
+            {
+                return Ok(Answer {
+                    value: first.value,
+                    replay_of: Some(first.record_id),
+                });
+            }
+            let value = f(tx)?;
+            if let Some(request) = request {
+                let first = FirstAnswer {
+                    record_id: request.record_id.clone(),
+                    at: request.at,
+                    value: &value,
+                };
+                tx_put(tx, &request.key, &first)?;
+                tx.put(&tx::request_at_key(request.at, &request.key), Vec::new())?;
+            }
+            Ok(Answer {
+                value,
+                replay_of: None,
+            })
+        })
+        .await
+    }
+
     fn read_raw(&self, key: &str) -> Result<Option<Vec<u8>>, PdpError> {
         match &self.backend {
             Backend::Sled(sled) => sled.get(key),
@@ -391,10 +465,11 @@ impl Store {
         expected_revision: Option<u64>,
         scope: &MerchantScope,
         now: Millis,
+        request: Option<&Request>,
         record: &(dyn Fn(&Registration) -> LogRecord + Sync),
-    ) -> Result<WriteOutcome, PdpError> {
+    ) -> Result<Answer<WriteOutcome>, PdpError> {
         let key = registration_key(body.kind(), id);
-        self.transact(&|tx| {
+        self.transact_once(request, &|tx| {
             for (kind, ref_id, field) in body.references() {
                 if tx_get::<Registration>(tx, &registration_key(kind, ref_id))?.is_none() {
                     return Err(PdpError::FailedPrecondition(format!(
@@ -432,10 +507,11 @@ impl Store {
         &self,
         cmd: &ReviewCommand,
         now: Millis,
+        request: Option<&Request>,
         record: &(dyn Fn(&Registration) -> LogRecord + Sync),
-    ) -> Result<Registration, PdpError> {
+    ) -> Result<Answer<Registration>, PdpError> {
         let key = registration_key(cmd.kind, &cmd.id);
-        self.transact(&|tx| {
+        self.transact_once(request, &|tx| {
             let current: Option<Registration> = tx_get(tx, &key)?;
             let next = domain::apply_review(current.as_ref(), cmd, now)?;
             tx_put(tx, &key, &next)?;
@@ -452,10 +528,11 @@ impl Store {
         kind: Kind,
         id: &str,
         apply: impl Fn(Option<&Registration>) -> Result<WriteOutcome, PdpError> + Sync,
+        request: Option<&Request>,
         record: &(dyn Fn(&Registration) -> LogRecord + Sync),
-    ) -> Result<WriteOutcome, PdpError> {
+    ) -> Result<Answer<WriteOutcome>, PdpError> {
         let key = registration_key(kind, id);
-        self.transact(&|tx| {
+        self.transact_once(request, &|tx| {
             let current: Option<Registration> = tx_get(tx, &key)?;
             let outcome = apply(current.as_ref())?;
             tx_put_if_changed(tx, &key, &outcome, record)?;
@@ -464,6 +541,7 @@ impl Store {
         .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn set_provider_listing(
         &self,
         id: &str,
@@ -471,8 +549,9 @@ impl Store {
         operator: &str,
         expected_revision: Option<u64>,
         now: Millis,
+        request: Option<&Request>,
         record: &(dyn Fn(&Registration) -> LogRecord + Sync),
-    ) -> Result<WriteOutcome, PdpError> {
+    ) -> Result<Answer<WriteOutcome>, PdpError> {
         self.update_registration(
             Kind::Provider,
             id,
@@ -486,6 +565,7 @@ impl Store {
                     now,
                 )
             },
+            request,
             record,
         )
         .await
@@ -500,8 +580,9 @@ impl Store {
         operator: &str,
         expected_revision: Option<u64>,
         now: Millis,
+        request: Option<&Request>,
         record: &(dyn Fn(&Registration) -> LogRecord + Sync),
-    ) -> Result<WriteOutcome, PdpError> {
+    ) -> Result<Answer<WriteOutcome>, PdpError> {
         self.update_registration(
             Kind::AiFeature,
             id,
@@ -516,6 +597,7 @@ impl Store {
                     now,
                 )
             },
+            request,
             record,
         )
         .await
@@ -587,11 +669,12 @@ impl Store {
         operator: &str,
         reason: &str,
         now: Millis,
+        request: Option<&Request>,
         record: &(dyn Fn(&Account) -> LogRecord + Sync),
-    ) -> Result<(Registration, Account, bool), PdpError> {
+    ) -> Result<Answer<(Registration, Account, bool)>, PdpError> {
         let merchant_key = registration_key(Kind::Merchant, merchant_id);
         let key = account_key(merchant_id);
-        self.transact(&|tx| {
+        self.transact_once(request, &|tx| {
             let Some(merchant) = tx_get::<Registration>(tx, &merchant_key)? else {
                 return Err(PdpError::NotFound(format!(
                     "merchant {merchant_id} is not registered"
@@ -753,10 +836,11 @@ impl Store {
         &self,
         session_id: &str,
         update: impl Fn(&Session) -> Result<Session, PdpError> + Sync,
+        request: Option<&Request>,
         record: &(dyn Fn(&Session) -> LogRecord + Sync),
-    ) -> Result<(Session, bool), PdpError> {
+    ) -> Result<Answer<(Session, bool)>, PdpError> {
         let key = session_key(session_id);
-        self.transact(&|tx| {
+        self.transact_once(request, &|tx| {
             let current: Session = tx_get(tx, &key)?
                 .ok_or_else(|| PdpError::NotFound(format!("session {session_id} is unknown")))?;
             let next = update(&current)?;
@@ -777,10 +861,11 @@ impl Store {
     pub async fn enforce(
         &self,
         discovery: &Discovery,
+        request: Option<&Request>,
         record: &(dyn Fn(&Enforced) -> LogRecord + Sync),
-    ) -> Result<(Enforced, Option<EnforcementEvent>), PdpError> {
+    ) -> Result<Answer<(Enforced, Option<EnforcementEvent>)>, PdpError> {
         let skey = session_key(&discovery.session_id);
-        self.transact(&|tx| {
+        self.transact_once(request, &|tx| {
             let session: Session = tx_get(tx, &skey)?.ok_or_else(|| {
                 PdpError::NotFound(format!("session {} is unknown", discovery.session_id))
             })?;
@@ -901,8 +986,8 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes closed sessions (shut down or ended before `older_than`) and enforcement events
-    /// from before it. Live sessions are never touched. Returns (sessions, events) deleted.
+    /// Deletes closed sessions (shut down or ended before `older_than`), enforcement events and
+    /// the first answers kept for retries from before it. Live sessions are never touched. Returns (sessions, events) deleted.
     pub async fn prune_history(&self, older_than: Millis) -> Result<(usize, usize), PdpError> {
         const PAGE: usize = 1000;
         let mut sessions = 0;
@@ -947,6 +1032,28 @@ impl Store {
                 if removed {
                     sessions += 1;
                 }
+            }
+            if done {
+                break;
+            }
+        }
+        // Retries' first answers, oldest first.
+        let cutoff = tx::request_at_key(older_than, "");
+        loop {
+            let page = self.scan("reqat/", &cutoff, PAGE)?;
+            let done = page.len() < PAGE;
+            for chunk in page.chunks(50) {
+                self.transact(&|tx| {
+                    for (index_key, _) in chunk {
+                        // reqat/<20 digits>/<answer key>
+                        if let Some(answer) = index_key.get("reqat/".len() + 21..) {
+                            tx.remove(answer)?;
+                        }
+                        tx.remove(index_key)?;
+                    }
+                    Ok(())
+                })
+                .await?;
             }
             if done {
                 break;
@@ -1111,11 +1218,11 @@ mod tests {
                 ai_features: BTreeSet::new(),
             };
             store
-                .enforce(&discovery("old-live", 6), &|_| test_record())
+                .enforce(&discovery("old-live", 6), None, &|_| test_record())
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             store
-                .enforce(&discovery("live", 60), &|_| test_record())
+                .enforce(&discovery("live", 60), None, &|_| test_record())
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
         });

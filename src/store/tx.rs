@@ -89,6 +89,16 @@ pub fn idempotency_key(gateway_id: &str, key: &str) -> String {
     format!("idem/{gateway_id}/{key}")
 }
 
+/// The first answer to a write the caller named `request_id`.
+pub fn request_key(caller: &str, request_id: &str) -> String {
+    format!("req/{caller}/{request_id}")
+}
+
+/// Answers by when they were given, so retention reads only what has expired.
+pub fn request_at_key(at: Millis, key: &str) -> String {
+    format!("reqat/{:020}/{key}", at.max(0))
+}
+
 pub fn event_key(sequence: u64) -> String {
     format!("evt/{sequence:020}")
 }

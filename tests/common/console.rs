@@ -43,6 +43,7 @@ pub async fn console_server_with(
     .await;
     let (mut pdp, mut admin) = super::bearer::clients(server.addr, Some(&token("admin"))).await;
     let register = |record| proto::RegisterRequest {
+        request_id: String::new(),
         record: Some(record),
         expected_revision: None,
     };
@@ -81,6 +82,7 @@ pub async fn console_server_with(
     }
     admin
         .set_provider_listing(proto::SetProviderListingRequest {
+            request_id: String::new(),
             provider_id: "p1".into(),
             listed: true,
             operator: "ops".into(),

@@ -215,6 +215,7 @@ impl TestServer {
     pub async fn register(&mut self, record: Record) -> proto::Registration {
         self.pdp
             .register(proto::RegisterRequest {
+                request_id: String::new(),
                 record: Some(record),
                 expected_revision: None,
             })
@@ -233,6 +234,7 @@ impl TestServer {
     ) {
         self.admin
             .review_filing(proto::ReviewFilingRequest {
+                request_id: String::new(),
                 kind: kind as i32,
                 id: id.into(),
                 verdict: verdict as i32,
@@ -266,6 +268,7 @@ impl TestServer {
         .await;
         self.admin
             .set_provider_listing(proto::SetProviderListingRequest {
+                request_id: String::new(),
                 provider_id: id.into(),
                 listed,
                 operator: "ops".into(),
@@ -313,6 +316,7 @@ impl TestServer {
         .await;
         self.admin
             .set_ai_feature_filing(proto::SetAiFeatureFilingRequest {
+                request_id: String::new(),
                 feature_id: id.into(),
                 security_assessment_passed: assessed,
                 filing_number: filing_number.into(),
@@ -449,6 +453,7 @@ impl TestServer {
     ) -> proto::ReportViolationResponse {
         self.admin
             .report_violation(proto::ReportViolationRequest {
+                request_id: String::new(),
                 session_id: session_id.into(),
                 rule_id: rule_id.into(),
                 inspector: "inspector-7".into(),

@@ -78,6 +78,7 @@ pub async fn clients(
 
 pub fn register(record: Record) -> proto::RegisterRequest {
     proto::RegisterRequest {
+        request_id: String::new(),
         record: Some(record),
         expected_revision: None,
     }
@@ -85,6 +86,7 @@ pub fn register(record: Record) -> proto::RegisterRequest {
 
 pub fn approve(kind: proto::RegistrationKind, id: &str) -> proto::ReviewFilingRequest {
     proto::ReviewFilingRequest {
+        request_id: String::new(),
         kind: kind as i32,
         id: id.into(),
         verdict: proto::Verdict::Approve as i32,
@@ -126,6 +128,7 @@ pub async fn fixtures(addr: SocketAddr, rooms: usize) {
     }
     admin
         .set_provider_listing(proto::SetProviderListingRequest {
+            request_id: String::new(),
             provider_id: "p1".into(),
             listed: true,
             operator: "ops".into(),
