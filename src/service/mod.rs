@@ -24,12 +24,13 @@ use crate::error::PdpError;
 use crate::policy::{
     Decision, Observation, Phase, PolicyBundle, PolicyHandle, ReloadOutcome, Violation,
 };
-use crate::store::{Answer, Opened, Store};
+use crate::store::{Enforcing, Opened, Store};
 
 pub use admin::ReportOutcome;
 pub use record::{Origin, enforcement_name, entry, to_completion};
 
-/// How many times a START decides again when its commit finds the facts changed.
+/// How many times a START (or a LIVE shutdown) decides again when its commit finds the facts
+/// changed.
 const START_COMMIT_ROUNDS: usize = 8;
 
 /// How many times a sweep tries to bring the view up to date before it lists live sessions.
@@ -674,7 +675,7 @@ impl Pdp {
             ),
             Err(e) => Err(e),
         };
-        let facts = match view {
+        let mut facts = match view {
             Ok(facts) => facts,
             Err(e) => {
                 let outcome =
@@ -688,114 +689,131 @@ impl Pdp {
             drive_mode,
             ai_features: &feature_list,
         };
-        let decision = policies.decide_for_the_record(&facts, &observation, now, check.explain);
+        for _ in 0..START_COMMIT_ROUNDS {
+            let decision = policies.decide_for_the_record(&facts, &observation, now, check.explain);
 
-        if decision.allowed {
-            let mut outcome = self.outcome(decision, Enforcement::None, now);
-            outcome.session_id = Some(session_id.clone());
-            outcome.merchant_id = Some(merchant_id.clone());
-            outcome.recheck_after = Some(self.recheck_after);
-            if features == session.ai_features && drive_mode == session.drive_mode {
-                return self.unchanged(check.origin, check.cause_id, outcome).await;
+            if decision.allowed {
+                let mut outcome = self.outcome(decision, Enforcement::None, now);
+                outcome.session_id = Some(session_id.clone());
+                outcome.merchant_id = Some(merchant_id.clone());
+                outcome.recheck_after = Some(self.recheck_after);
+                if features == session.ai_features && drive_mode == session.drive_mode {
+                    return self.unchanged(check.origin, check.cause_id, outcome).await;
+                }
+                let record = |_: &Session| {
+                    self.decision_record(
+                        check.origin,
+                        check.cause_id,
+                        &outcome,
+                        "session observations updated".to_owned(),
+                    )
+                };
+                let recorded = self
+                    .store
+                    .update_session(
+                        &session_id,
+                        |s| {
+                            let mut next = s.clone();
+                            next.ai_features.extend(features.iter().cloned());
+                            next.drive_mode = drive_mode;
+                            Ok(next)
+                        },
+                        None,
+                        &record,
+                    )
+                    .await
+                    .map(|answer| answer.value);
+                return match recorded {
+                    Ok((_, true)) => Ok(outcome),
+                    Ok((_, false)) => self.unchanged(check.origin, check.cause_id, outcome).await,
+                    Err(e) => {
+                        let outcome = shut_down(Self::deny(
+                            policies,
+                            Violation::pdp_failure(&format!(
+                                "the session's observations could not be recorded: {e}"
+                            )),
+                        ));
+                        self.unchanged(check.origin, check.cause_id, outcome).await
+                    }
+                };
             }
-            let record = |_: &Session| {
+
+            let base = shut_down(decision);
+            let discovery = Discovery {
+                id: if check.cause_id.is_empty() {
+                    base.decision_id.clone()
+                } else {
+                    check.cause_id.to_owned()
+                },
+                session_id: session_id.clone(),
+                trigger: check.trigger,
+                violations: base.decision.violations.clone(),
+                rule_ids: base.decision.rule_ids(),
+                penalty: base.decision.penalty(),
+                discovered_by: check.discovered_by.to_owned(),
+                reason: format!(
+                    "{} broke {}",
+                    check.discovered_by,
+                    base.decision.rule_ids().join(", ")
+                ),
+                at: now,
+                drive_mode: Some(drive_mode),
+                ai_features: features.clone(),
+            };
+            let enforced_outcome = |enforced: &crate::domain::Enforced| {
+                let mut outcome = base.clone();
+                outcome.penalty_applied = enforced.penalty_applied;
+                outcome.warning_issued = enforced.warning_issued;
+                outcome.frozen_until = enforced.account.frozen_at(now);
+                outcome
+            };
+            let record = |enforced: &crate::domain::Enforced| {
+                let change = match enforced.penalty_applied {
+                    Some(penalty) => format!("session shut down; {} applied", penalty.name()),
+                    None => "session shut down".to_owned(),
+                };
                 self.decision_record(
                     check.origin,
                     check.cause_id,
-                    &outcome,
-                    "session observations updated".to_owned(),
+                    &enforced_outcome(enforced),
+                    change,
                 )
             };
-            let recorded = self
+            let enforcing = self
                 .store
-                .update_session(
-                    &session_id,
-                    |s| {
-                        let mut next = s.clone();
-                        next.ai_features.extend(features.iter().cloned());
-                        next.drive_mode = drive_mode;
-                        Ok(next)
-                    },
-                    None,
-                    &record,
-                )
-                .await
-                .map(|answer| answer.value);
-            return match recorded {
-                Ok((_, true)) => Ok(outcome),
-                Ok((_, false)) => self.unchanged(check.origin, check.cause_id, outcome).await,
+                .enforce_decided(&discovery, &facts, &record)
+                .await;
+            return match enforcing {
+                Ok(Enforcing::Done(done)) => {
+                    let (enforced, _event) = *done;
+                    count_penalty(enforced.penalty_applied);
+                    Ok(enforced_outcome(&enforced))
+                }
+                Ok(Enforcing::FactsChanged(found)) => {
+                    metrics::counter!("anchor_pdp_live_redecided_total").increment(1);
+                    facts = *found;
+                    continue;
+                }
                 Err(e) => {
-                    let outcome = shut_down(Self::deny(
-                        policies,
-                        Violation::pdp_failure(&format!(
-                            "the session's observations could not be recorded: {e}"
-                        )),
-                    ));
+                    let mut outcome = base.clone();
+                    outcome
+                        .decision
+                        .violations
+                        .push(Violation::pdp_failure(&format!(
+                            "the shutdown and its penalty could not be recorded: {e}"
+                        )));
                     self.unchanged(check.origin, check.cause_id, outcome).await
                 }
             };
         }
-
-        let base = shut_down(decision);
-        let discovery = Discovery {
-            id: if check.cause_id.is_empty() {
-                base.decision_id.clone()
-            } else {
-                check.cause_id.to_owned()
-            },
-            session_id: session_id.clone(),
-            trigger: check.trigger,
-            violations: base.decision.violations.clone(),
-            rule_ids: base.decision.rule_ids(),
-            penalty: base.decision.penalty(),
-            discovered_by: check.discovered_by.to_owned(),
-            reason: format!(
-                "{} broke {}",
-                check.discovered_by,
-                base.decision.rule_ids().join(", ")
-            ),
-            at: now,
-            drive_mode: Some(drive_mode),
-            ai_features: features.clone(),
-        };
-        let enforced_outcome = |enforced: &crate::domain::Enforced| {
-            let mut outcome = base.clone();
-            outcome.penalty_applied = enforced.penalty_applied;
-            outcome.warning_issued = enforced.warning_issued;
-            outcome.frozen_until = enforced.account.frozen_at(now);
-            outcome
-        };
-        let record = |enforced: &crate::domain::Enforced| {
-            let change = match enforced.penalty_applied {
-                Some(penalty) => format!("session shut down; {} applied", penalty.name()),
-                None => "session shut down".to_owned(),
-            };
-            self.decision_record(
-                check.origin,
-                check.cause_id,
-                &enforced_outcome(enforced),
-                change,
-            )
-        };
-        match self.store.enforce(&discovery, None, &record).await {
-            Ok(Answer {
-                value: (enforced, _event),
-                ..
-            }) => {
-                count_penalty(enforced.penalty_applied);
-                Ok(enforced_outcome(&enforced))
-            }
-            Err(e) => {
-                let mut outcome = base.clone();
-                outcome
-                    .decision
-                    .violations
-                    .push(Violation::pdp_failure(&format!(
-                        "the shutdown and its penalty could not be recorded: {e}"
-                    )));
-                self.unchanged(check.origin, check.cause_id, outcome).await
-            }
-        }
+        let outcome = shut_down(Self::deny(
+            policies,
+            Violation::pdp_failure(&format!(
+                "the facts of this session changed {START_COMMIT_ROUNDS} times while its \
+                 shutdown was being committed; retry"
+            )),
+        ));
+        self.unchanged(check.origin, check.cause_id, outcome).await
     }
 
     /// Re-checks the live sessions `relevant` picks, after a change (recorded as `cause_id`)

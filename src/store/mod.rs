@@ -174,6 +174,15 @@ pub struct Answer<T> {
     pub replay_of: Option<String>,
 }
 
+/// What `enforce_decided` did.
+#[derive(Clone, Debug)]
+pub enum Enforcing {
+    Done(Box<(Enforced, Option<EnforcementEvent>)>),
+    /// Nothing was written: the facts changed between the decision and its commit; these
+    /// are the facts the commit found.
+    FactsChanged(Box<Facts>),
+}
+
 /// What `open_session` did.
 #[derive(Clone, Debug)]
 pub enum Opened {
@@ -855,53 +864,82 @@ impl Store {
         .await
     }
 
-    /// Shuts a session down and applies a live discovery's penalty: session, account, the
+    /// Shuts a session down and applies a discovery's penalty: session, account, the
     /// enforcement event and the decision's `record` change together or not at all. Returns
-    /// the event when the discovery ended a live session.
+    /// the event when the discovery ended a live session. For a discovery that is not a
+    /// decision on facts (an inspector's report); a decision's uses `enforce_decided`.
     pub async fn enforce(
         &self,
         discovery: &Discovery,
         request: Option<&Request>,
         record: &(dyn Fn(&Enforced) -> LogRecord + Sync),
     ) -> Result<Answer<(Enforced, Option<EnforcementEvent>)>, PdpError> {
-        let skey = session_key(&discovery.session_id);
-        self.transact_once(request, &|tx| {
-            let session: Session = tx_get(tx, &skey)?.ok_or_else(|| {
-                PdpError::NotFound(format!("session {} is unknown", discovery.session_id))
-            })?;
-            let akey = account_key(&session.merchant_id);
-            let account: Account =
-                tx_get(tx, &akey)?.unwrap_or_else(|| Account::new(&session.merchant_id));
-            let enforced = domain::apply_discovery(&session, &account, discovery)?;
-            if enforced.session != session {
-                tx_put(tx, &skey, &enforced.session)?;
-                tx_index_session(tx, &enforced.session)?;
+        self.transact_once(request, &|tx| self.tx_enforce(tx, discovery, record))
+            .await
+    }
+
+    /// `enforce`, for a shutdown a decision on `decided` called for: committed only on those
+    /// facts. When they changed meanwhile (a lift, an approval), nothing is written and the
+    /// caller gets the facts the commit found, to decide again.
+    pub async fn enforce_decided(
+        &self,
+        discovery: &Discovery,
+        decided: &Facts,
+        record: &(dyn Fn(&Enforced) -> LogRecord + Sync),
+    ) -> Result<Enforcing, PdpError> {
+        self.transact(&|tx| {
+            let facts = tx::tx_facts(tx, decided)?;
+            if facts != *decided {
+                return Ok(Enforcing::FactsChanged(Box::new(facts)));
             }
-            if enforced.account != account {
-                tx_put(tx, &akey, &enforced.account)?;
-            }
-            let ended_live = session.state == SessionState::Active
-                && enforced.session.state != SessionState::Active;
-            let event = if ended_live {
-                Some(tx_event(
-                    tx,
-                    &enforced.session,
-                    EventBody {
-                        trigger: discovery.trigger,
-                        reason: &discovery.reason,
-                        violations: discovery.violations.clone(),
-                        penalty_applied: enforced.penalty_applied,
-                        at: discovery.at,
-                        replica: &self.replica,
-                    },
-                )?)
-            } else {
-                None
-            };
-            tx.log(&record(&enforced))?;
-            Ok((enforced, event))
+            Ok(Enforcing::Done(Box::new(
+                self.tx_enforce(tx, discovery, record)?,
+            )))
         })
         .await
+    }
+
+    fn tx_enforce(
+        &self,
+        tx: &dyn Tx,
+        discovery: &Discovery,
+        record: &(dyn Fn(&Enforced) -> LogRecord + Sync),
+    ) -> TxResult<(Enforced, Option<EnforcementEvent>)> {
+        let skey = session_key(&discovery.session_id);
+        let session: Session = tx_get(tx, &skey)?.ok_or_else(|| {
+            PdpError::NotFound(format!("session {} is unknown", discovery.session_id))
+        })?;
+        let akey = account_key(&session.merchant_id);
+        let account: Account =
+            tx_get(tx, &akey)?.unwrap_or_else(|| Account::new(&session.merchant_id));
+        let enforced = domain::apply_discovery(&session, &account, discovery)?;
+        if enforced.session != session {
+            tx_put(tx, &skey, &enforced.session)?;
+            tx_index_session(tx, &enforced.session)?;
+        }
+        if enforced.account != account {
+            tx_put(tx, &akey, &enforced.account)?;
+        }
+        let ended_live =
+            session.state == SessionState::Active && enforced.session.state != SessionState::Active;
+        let event = if ended_live {
+            Some(tx_event(
+                tx,
+                &enforced.session,
+                EventBody {
+                    trigger: discovery.trigger,
+                    reason: &discovery.reason,
+                    violations: discovery.violations.clone(),
+                    penalty_applied: enforced.penalty_applied,
+                    at: discovery.at,
+                    replica: &self.replica,
+                },
+            )?)
+        } else {
+            None
+        };
+        tx.log(&record(&enforced))?;
+        Ok((enforced, event))
     }
 
     /// Sessions admitted and not yet shut down or ended.
