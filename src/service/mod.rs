@@ -132,6 +132,10 @@ pub struct Pdp {
     clock: Arc<dyn Clock>,
     recheck_after: Duration,
     log: Arc<DecisionLog>,
+    /// Fault injection for race tests (`ANCHOR_PDP_FAULT_COMMIT_DELAY_MS`): a random pause of
+    /// up to this long between a decision and its commit, where a racing write can land.
+    /// Unset in production; the guards must hold either way.
+    commit_delay: Option<Duration>,
 }
 
 /// Counts a penalty an enforcement applied.
@@ -162,12 +166,33 @@ impl Pdp {
         recheck_after: Duration,
         log: Arc<DecisionLog>,
     ) -> Self {
+        let commit_delay = std::env::var("ANCHOR_PDP_FAULT_COMMIT_DELAY_MS")
+            .ok()
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis);
+        if let Some(delay) = commit_delay {
+            tracing::warn!(
+                max_ms = delay.as_millis() as u64,
+                "fault injection: decisions pause before their commits"
+            );
+        }
         Pdp {
             store,
             policies,
             clock,
             recheck_after,
             log,
+            commit_delay,
+        }
+    }
+
+    /// The injected pause between a decision and its commit, if any (see `commit_delay`).
+    async fn injected_delay(&self) {
+        if let Some(max) = self.commit_delay {
+            // A UUIDv7's last bits are random.
+            let fraction = (uuid::Uuid::now_v7().as_u128() & 0xffff) as f64 / 65536.0;
+            tokio::time::sleep(max.mul_f64(fraction)).await;
         }
     }
 
@@ -420,6 +445,7 @@ impl Pdp {
                 }
                 records
             };
+            self.injected_delay().await;
             let opened = self
                 .store
                 .open_session(
@@ -779,6 +805,7 @@ impl Pdp {
                     change,
                 )
             };
+            self.injected_delay().await;
             let enforcing = self
                 .store
                 .enforce_decided(&discovery, &facts, &record)

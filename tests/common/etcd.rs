@@ -131,6 +131,27 @@ impl EtcdCluster {
         assert!(status.success(), "kill {signal} member {i}");
     }
 
+    /// The member that leads now, if one answers that it does.
+    pub async fn leader(&self) -> Option<usize> {
+        for (i, endpoint) in self.endpoints().iter().enumerate() {
+            if self.members[i].child.is_none() {
+                continue;
+            }
+            let status = async {
+                let mut client = etcd_client::Client::connect([endpoint], None).await?;
+                client.status().await
+            };
+            if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(1), status).await
+                && status
+                    .header()
+                    .is_some_and(|h| h.member_id() == status.leader())
+            {
+                return Some(i);
+            }
+        }
+        None
+    }
+
     /// Starts a killed member again on its data.
     pub fn restart(&mut self, i: usize) {
         assert!(self.members[i].child.is_none(), "member {i} is running");

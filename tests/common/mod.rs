@@ -6,6 +6,7 @@ pub mod bearer;
 pub mod console;
 pub mod etcd;
 pub mod hooks;
+pub mod jepsen;
 pub mod programs;
 pub mod replica;
 

@@ -21,24 +21,60 @@ pub struct Replica {
     pub http: SocketAddr,
 }
 
+/// Where a replica keeps its state.
+#[derive(Clone, Debug)]
+pub enum StoreArgs {
+    /// A replica over etcd under `prefix`.
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+    },
+    /// The embedded store in the data directory.
+    Sled,
+}
+
 /// `anchor-pdp serve --store etcd` as its own process, named `name`.
 pub fn spawn(cluster: &EtcdCluster, prefix: &str, name: &str, data: &Path) -> Replica {
-    std::fs::create_dir_all(data).expect("data dir");
+    let store = StoreArgs::Etcd {
+        endpoints: cluster.endpoints(),
+        prefix: prefix.to_owned(),
+    };
     let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    spawn_on(&store, name, data, grpc, http, &[])
+}
+
+/// `anchor-pdp serve` as its own process, named `name`, on these addresses (a restart after a
+/// kill takes the same ones), with `env` set (fault injection, say).
+pub fn spawn_on(
+    store: &StoreArgs,
+    name: &str,
+    data: &Path,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    env: &[(&str, &str)],
+) -> Replica {
+    std::fs::create_dir_all(data).expect("data dir");
     let log = data.join(format!("{name}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_anchor-pdp"))
-        .args(["serve", "--store", "etcd", "--watch-policies", "false"])
+    let mut command = Command::new(env!("CARGO_BIN_EXE_anchor-pdp"));
+    command
+        .args(["serve", "--watch-policies", "false"])
         .args(["--listen", &grpc.to_string()])
         .args(["--http-listen", &http.to_string()])
-        .args(["--hook-secret", &hook_secret_spec("edge-1")])
-        .args(["--etcd-endpoints", &cluster.endpoints().join(",")])
-        .args(["--etcd-prefix", prefix, "--replica-id", name])
+        .args(["--hook-secret", &hook_secret_spec("edge-1")]);
+    if let StoreArgs::Etcd { endpoints, prefix } = store {
+        command
+            .args(["--store", "etcd"])
+            .args(["--etcd-endpoints", &endpoints.join(",")])
+            .args(["--etcd-prefix", prefix, "--replica-id", name]);
+    }
+    let child = command
         .arg("--data-dir")
         .arg(data)
         .arg("--policies")
         .arg(repo_policies())
         .env_remove("ANCHOR_PDP_TOKENS")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(
             std::fs::OpenOptions::new()
