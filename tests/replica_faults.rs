@@ -169,7 +169,12 @@ async fn a_hung_member_changes_nothing_and_a_freeze_is_seen_at_once_by_the_repli
             .await
             .expect("live")
             .into_inner();
-        assert_eq!(common::decision(&live), proto::Decision::Deny, "{live:?}");
+        assert_eq!(
+            common::decision(&live),
+            proto::Decision::Deny,
+            "member {member} paused: LIVE on A after its own freeze: {live:?}\nA's log:\n{}",
+            a.guard.log()
+        );
         // And the other replica, asked for at least the freeze's revision, too.
         let mut on_b = in_room("r4");
         on_b.min_revision = reported.store_revision;
@@ -263,5 +268,119 @@ async fn a_replica_resumed_from_a_pause_answers_nothing_queued_from_its_old_view
             answer.store_revision,
             reported.store_revision
         );
+    }
+}
+
+/// A write on one replica and, the moment it is answered, a write that depends on it through
+/// the other, under load: each is decided on what etcd holds, not on a view that has not
+/// caught up yet (NOT_FOUND, FAILED_PRECONDITION, `was_frozen: false` would be stale answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_on_one_replica_is_seen_at_once_by_a_dependent_write_on_another() {
+    let cluster = EtcdCluster::start(3).await;
+    let prefix = format!("/dependent-{}/", uuid::Uuid::now_v7());
+    let dirs = tempfile::tempdir().expect("dirs");
+    let a = spawn(&cluster, &prefix, "A", &dirs.path().join("a"));
+    let b = spawn(&cluster, &prefix, "B", &dirs.path().join("b"));
+    fixtures(a.grpc, 2).await;
+    let (mut pdp_a, mut admin_a) = clients(a.grpc).await;
+    let (mut pdp_b, mut admin_b) = clients(b.grpc).await;
+
+    // Load on both replicas meanwhile, so their watches have work to do.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for addr in [a.grpc, b.grpc] {
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let (mut pdp, _) = clients(addr).await;
+            let mut i = 0;
+            while !stop.load(Ordering::Acquire) {
+                i += 1;
+                let id = format!("load-{addr}-{i}").replace([':', '.'], "-");
+                let _ = pdp
+                    .register(register(Record::Merchant(proto::Merchant {
+                        id: id.clone(),
+                        tier: proto::MerchantTier::Other as i32,
+                        display_name: id,
+                    })))
+                    .await;
+            }
+        }));
+    }
+
+    let review = |id: &str, verdict: proto::Verdict| proto::ReviewFilingRequest {
+        kind: proto::RegistrationKind::Room as i32,
+        id: id.into(),
+        verdict: verdict as i32,
+        reviewer: "reviewer-1".into(),
+        ..Default::default()
+    };
+    for i in 0..30 {
+        let id = format!("dep-{i}");
+        pdp_a
+            .register(register(Record::Room(proto::LivestreamRoom {
+                id: id.clone(),
+                owner_merchant_id: "m1".into(),
+                display_name: id.clone(),
+            })))
+            .await
+            .expect("register on A");
+        admin_b
+            .review_filing(review(&id, proto::Verdict::Approve))
+            .await
+            .unwrap_or_else(|e| panic!("{i}: approve on B right after register on A: {e}"));
+        admin_a
+            .review_filing(review(&id, proto::Verdict::Revoke))
+            .await
+            .unwrap_or_else(|e| panic!("{i}: revoke on A right after approve on B: {e}"));
+    }
+    for i in 0..10 {
+        let started = pdp_a.authorize(in_room("r1")).await.expect("start on A");
+        let session = started.into_inner().session_id;
+        let reported = admin_b
+            .report_violation(report(&session, "R6"))
+            .await
+            .unwrap_or_else(|e| panic!("{i}: report on B right after START on A: {e}"))
+            .into_inner();
+        assert_eq!(
+            reported.session.map(|s| s.state),
+            Some(proto::SessionState::ShutDown as i32)
+        );
+        let lifted = admin_a
+            .lift_freeze(lift())
+            .await
+            .unwrap_or_else(|e| panic!("{i}: lift on A right after report on B: {e}"))
+            .into_inner();
+        assert!(
+            lifted.was_frozen,
+            "{i}: the freeze B just wrote: {lifted:?}"
+        );
+        // A decision (unlike a write) answers from the view: asked for the lift's revision,
+        // B waits for it rather than deny on the freeze it may still hold.
+        let mut on_b = in_room("r2");
+        on_b.min_revision = lifted.store_revision;
+        let started = pdp_b.authorize(on_b).await.expect("start on B");
+        let started = started.into_inner();
+        assert_eq!(
+            common::decision(&started),
+            proto::Decision::Allow,
+            "{i}: {started:?}"
+        );
+        let ended = pdp_a
+            .end_session(proto::EndSessionRequest {
+                session_id: started.session_id.clone(),
+                reason: "publisher left".into(),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{i}: end on A right after START on B: {e}"))
+            .into_inner();
+        assert_eq!(
+            ended.session.map(|s| s.state),
+            Some(proto::SessionState::Ended as i32)
+        );
+    }
+    stop.store(true, Ordering::Release);
+    for task in load {
+        task.await.expect("load");
     }
 }

@@ -265,10 +265,11 @@ async fn losing_one_member_changes_nothing_losing_two_fails_closed_and_quorum_ba
     let second = a.start_session_in("r2").await;
     assert_allowed(&a.authorize(live(&second)).await);
 
-    // Two down: no quorum. New broadcasts and writes fail closed at once; LIVE re-checks of
-    // unchanged facts are answered from the view until it is older than the 6 s allowed.
+    // Two down: no quorum. New broadcasts and writes fail closed once heartbeats have failed
+    // for longer than an election takes (3 s); LIVE re-checks of unchanged facts are answered
+    // from the view until it is older than the 6 s allowed.
     cluster.kill(1);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     let mut request = start();
     request.room_id = "r2".into();
     let refused = a.authorize(request).await;

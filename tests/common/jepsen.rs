@@ -607,7 +607,9 @@ impl World {
         }
 
         // b. No START allowed after a freeze or revoke of its facts was acknowledged, unless
-        // a lift or approval of them was under way by the time it was answered.
+        // a lift or approval of them may have taken effect after it: one that had not finished
+        // when the freeze was asked (it may be ordered after it) and had begun by the time
+        // the START was answered.
         for start in history.iter().filter(|op| op.kind == Kind::Start) {
             let Outcome::Allow(session) = &start.outcome else {
                 continue;
@@ -616,7 +618,7 @@ impl World {
                 history.iter().any(|op| {
                     op.kind == undo
                         && op.merchant == start.merchant
-                        && op.invoked >= after
+                        && op.completed >= after
                         && op.invoked <= start.completed
                 })
             };
@@ -629,9 +631,28 @@ impl World {
                         && !undone(undo, op.invoked)
                 });
                 if let Some(write) = forbidden {
+                    // The last undo before, for whoever reads the violation.
+                    let last_undo = history
+                        .iter()
+                        .filter(|op| op.kind == undo && op.merchant == start.merchant)
+                        .filter(|op| op.invoked <= start.completed)
+                        .max_by_key(|op| op.completed)
+                        .map_or("none".to_owned(), |op| {
+                            format!(
+                                "{} on R{} answered {} ms before the {} was asked: {:?}",
+                                undo.name(),
+                                op.replica,
+                                write
+                                    .invoked
+                                    .saturating_duration_since(op.completed)
+                                    .as_millis(),
+                                write.kind.name(),
+                                op.outcome
+                            )
+                        });
                     say(format!(
                         "START of {} (session {session}, on R{}) allowed {} ms after a {} was \
-                         acknowledged (on R{})",
+                         acknowledged (on R{}); last {last_undo}",
                         merchant(start.merchant),
                         start.replica,
                         start.invoked.duration_since(write.completed).as_millis(),

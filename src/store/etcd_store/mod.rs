@@ -79,9 +79,11 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// The heartbeat's budget per member: it is how an outage is noticed, so it is short.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(800);
 const HEARTBEAT: Duration = Duration::from_millis(200);
-/// Heartbeats may fail for this long before writes are refused: one lost packet is not an
-/// outage.
-const QUORUM_GRACE: Duration = Duration::from_millis(1000);
+/// Heartbeats may fail for this long before writes are refused: a paused or killed leader
+/// leaves no member answering linearizable reads until the others elect a new one, which on
+/// etcd's default 1 s election timeout takes 1–2 s. Writes in that window wait for the
+/// election (`REQUEST_TIMEOUT`) rather than being refused.
+const QUORUM_GRACE: Duration = Duration::from_millis(3000);
 /// A view last known current longer ago than this catches up before it decides.
 const FRESH: Duration = Duration::from_millis(1000);
 /// A watch this far behind a quorum read is moved to another member.
@@ -99,6 +101,10 @@ const MAX_TXN_OPS: usize = 120;
 pub const POLICY_KEY: &str = "policy/active";
 /// Commit markers: `done/<ms>/<uuid>`, deleted with the decision-log keys.
 const MARKER_PREFIX: &str = "done/";
+/// `nudge/<replica>`: written when the view must prove it has caught up (see `nudge`).
+const NUDGE_PREFIX: &str = "nudge/";
+/// A quorum read the view has not caught up with for this long is followed by a nudge.
+const NUDGE_AFTER: Duration = Duration::from_millis(300);
 
 /// The published policy set's bytes and the revision that published it.
 pub type PublishedPolicy = Option<(Vec<u8>, i64)>;
@@ -139,8 +145,8 @@ pub struct EtcdBackend {
     /// The member the watch follows.
     watch_member: AtomicUsize,
     watch_started: Mutex<Instant>,
-    /// Asks the watch for a progress notification.
-    progress_wanted: tokio::sync::Notify,
+    /// When this replica last wrote its nudge key.
+    nudged: Mutex<Option<Instant>>,
     /// Tells the watch to move to another member.
     watch_stalled: tokio::sync::Notify,
     /// One catch-up at a time; the decisions behind it find the view current.
@@ -309,7 +315,7 @@ impl EtcdBackend {
             policy,
             watch_member: AtomicUsize::new(0),
             watch_started: Mutex::new(Instant::now()),
-            progress_wanted: tokio::sync::Notify::new(),
+            nudged: Mutex::new(None),
             watch_stalled: tokio::sync::Notify::new(),
             catching_up: tokio::sync::Mutex::new(()),
         });
@@ -409,6 +415,23 @@ impl EtcdBackend {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// A quorum read (or nudge) asked at `asked` answered `revision`: the view is current as of
+    /// `asked` once it reaches it.
+    fn probe(&self, asked: Instant, revision: i64) {
+        let mut health = self.health();
+        health.last_quorum = health.last_quorum.max(asked);
+        health.probes.push_back((asked, revision));
+        // Answers come out of order (members, nudges): keep them sorted by when they were
+        // asked, and few.
+        health
+            .probes
+            .make_contiguous()
+            .sort_unstable_by_key(|(asked, _)| *asked);
+        while health.probes.len() > 64 {
+            health.probes.pop_front();
+        }
+    }
+
     /// The view has reached `revision`: every quorum read up to it has been caught up with.
     fn settle(&self, revision: i64) {
         let mut health = self.health();
@@ -446,18 +469,7 @@ impl EtcdBackend {
                 Ok(response) => {
                     self.members.answered(member, asked);
                     let revision = response.header().map_or(0, |h| h.revision());
-                    let mut health = self.health();
-                    health.last_quorum = health.last_quorum.max(asked);
-                    health.probes.push_back((asked, revision));
-                    // Probes from members answering out of order: keep them sorted by when
-                    // they were asked, and few.
-                    health
-                        .probes
-                        .make_contiguous()
-                        .sort_unstable_by_key(|(asked, _)| *asked);
-                    while health.probes.len() > 64 {
-                        health.probes.pop_front();
-                    }
+                    self.probe(asked, revision);
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, member = self.members.url(member), "etcd: heartbeat failed");
@@ -476,7 +488,6 @@ impl EtcdBackend {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            self.progress_wanted.notify_one();
             let watch_age = self
                 .watch_started
                 .lock()
@@ -490,6 +501,18 @@ impl EtcdBackend {
                     .is_some_and(|(asked, _)| asked.elapsed() > WATCH_STALL);
                 if behind && watch_age > WATCH_STALL {
                     self.watch_stalled.notify_one();
+                }
+                let waiting = health
+                    .probes
+                    .front()
+                    .is_some_and(|(asked, _)| asked.elapsed() > NUDGE_AFTER);
+                if waiting {
+                    let backend = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = backend.nudge().await {
+                            tracing::debug!(error = %e, "etcd: nudge failed");
+                        }
+                    });
                 }
                 let quorum_age = health.last_quorum.elapsed();
                 let view_age = health.last_current.elapsed();
@@ -559,18 +582,41 @@ impl EtcdBackend {
         })
     }
 
-    /// Brings the view up to what a quorum read returns now. Returns the revision reached.
-    pub async fn catch_up(&self, within: Duration) -> Result<u64, PdpError> {
+    /// Writes this replica's nudge key under the prefix: its revision is above every commit
+    /// made before, on any replica, and its event reaches the view in order, so once the view
+    /// has it the view has everything before it. (A quorum read's revision alone may count
+    /// writes outside the prefix, which the watch never delivers.) At most one in flight, and
+    /// one per `NUDGE_AFTER` unless `now` is asked. Returns the nudge's revision.
+    async fn nudge(&self) -> Result<u64, PdpError> {
+        {
+            let mut nudged = self.nudged.lock().unwrap_or_else(|p| p.into_inner());
+            if nudged.is_some_and(|at| at.elapsed() < NUDGE_AFTER) {
+                return Ok(0);
+            }
+            *nudged = Some(Instant::now());
+        }
+        self.write_nudge().await
+    }
+
+    async fn write_nudge(&self) -> Result<u64, PdpError> {
         let asked = Instant::now();
-        let key = self.key(EVENT_COUNTER_KEY);
-        let read = self
-            .request("quorum read", |mut kv| {
+        let key = self.key(&format!("{NUDGE_PREFIX}{}", self.options.replica));
+        let put = self
+            .request("nudging the watch", |mut kv| {
                 let key = key.clone();
-                async move { kv.get(key, Some(GetOptions::new().with_count_only())).await }
+                async move { kv.put(key, Vec::new(), None).await }
             })
             .await?;
-        let revision = read.header().map_or(0, |h| h.revision()).max(0) as u64;
-        self.progress_wanted.notify_one();
+        let revision = put.header().map_or(0, |h| h.revision());
+        self.probe(asked, revision);
+        Ok(revision.max(0) as u64)
+    }
+
+    /// Brings the view up to everything committed before this call, on any replica. Returns
+    /// the revision reached.
+    pub async fn catch_up(&self, within: Duration) -> Result<u64, PdpError> {
+        let asked = Instant::now();
+        let revision = self.write_nudge().await?;
         let remaining = within.saturating_sub(asked.elapsed());
         if !self.wait_for(revision, remaining).await {
             return Err(PdpError::Storage(format!(

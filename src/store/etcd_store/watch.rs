@@ -1,10 +1,12 @@
 //! The read side of a replica: the snapshot that fills the mirror, and the watch that keeps it
 //! current, in revision order, feeding the view as it goes.
 //!
-//! The watch is asked for a progress notification at every heartbeat, so the mirror's
-//! revision reaches the cluster's even when nothing under the prefix changes; that is what
-//! lets the heartbeat tell a view that has caught up from one that has not. A watch that falls
-//! behind the quorum reads (its member paused, say) is moved to another member.
+//! A watch that falls behind the quorum reads (its member paused, say) is moved to another
+//! member. The watch is not asked for progress notifications: etcd 3.4 answers such a request
+//! with the current revision even while the watch is still catching up, ahead of events it has
+//! not delivered yet (fixed in later etcd releases); a view that took that revision would call
+//! itself current without the writes before it. The heartbeat writes a nudge key under the
+//! prefix instead, whose event the watch delivers in order.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,7 +25,10 @@ use crate::store::tx::{EVENT_COUNTER_KEY, Writes};
 /// Keys under the prefix that are not state: decision records travelling to every replica's
 /// log, and the markers that tell a retried commit whether its first attempt landed.
 pub(super) fn is_state_key(key: &str) -> bool {
-    !(key.starts_with("log/") || key.starts_with(super::MARKER_PREFIX) || key == POLICY_KEY)
+    !(key.starts_with("log/")
+        || key.starts_with(super::MARKER_PREFIX)
+        || key.starts_with(super::NUDGE_PREFIX)
+        || key == POLICY_KEY)
 }
 
 impl EtcdBackend {
@@ -156,8 +161,8 @@ impl EtcdBackend {
                 }
                 Err(e) => Err(e.to_string()),
             };
-            let (mut sender, mut responses) = match stream {
-                Ok(stream) => stream.split(),
+            let mut responses = match stream {
+                Ok(stream) => stream,
                 Err(e) => {
                     self.watch_lost(&format!(
                         "cannot watch through {}: {e}",
@@ -174,12 +179,6 @@ impl EtcdBackend {
             let stalled = loop {
                 let response = tokio::select! {
                     response = responses.message() => response,
-                    () = self.progress_wanted.notified() => {
-                        if let Err(e) = sender.request_progress().await {
-                            tracing::debug!(error = %e, "etcd: progress request failed");
-                        }
-                        continue;
-                    }
                     () = self.watch_stalled.notified() => break true,
                 };
                 match response {
@@ -206,7 +205,8 @@ impl EtcdBackend {
                             backoff = Duration::from_millis(100);
                         }
                         // A creation's header is etcd's revision now, not how far the watch
-                        // has come; a progress notification's is both.
+                        // has come; a periodic progress notification's (sent only to a watch
+                        // that has caught up) is both.
                         let progress = if response.created() {
                             0
                         } else {
