@@ -1,6 +1,6 @@
 //! A real etcd cluster on loopback (Debian's `etcd-server`, installed by `scripts/test`): its
-//! members are child processes that can be killed and restarted; all are killed when the
-//! cluster drops.
+//! members are child processes that can be paused, killed, restarted and replaced with an
+//! empty disk; all are killed when the cluster drops.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -14,6 +14,8 @@ struct Member {
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
+    /// Joins a running cluster (after `wipe`) rather than forming a new one.
+    joining: Option<String>,
 }
 
 pub struct EtcdCluster {
@@ -33,6 +35,7 @@ impl EtcdCluster {
                 client_port: free_port(),
                 peer_port: free_port(),
                 child: None,
+                joining: None,
             })
             .collect();
         let initial_cluster = members
@@ -63,7 +66,7 @@ impl EtcdCluster {
     fn spawn(&mut self, i: usize) {
         let log = self.log_path(i);
         let member = &self.members[i];
-        let data = self.dir.path().join(&member.name);
+        let data = self.data_dir(i);
         let client = format!("http://127.0.0.1:{}", member.client_port);
         let peer = format!("http://127.0.0.1:{}", member.peer_port);
         let log_file = std::fs::OpenOptions::new()
@@ -79,9 +82,19 @@ impl EtcdCluster {
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &self.initial_cluster])
+            .args([
+                "--initial-cluster",
+                member.joining.as_ref().unwrap_or(&self.initial_cluster),
+            ])
             .args(["--initial-cluster-token", &self.token])
-            .args(["--initial-cluster-state", "new"])
+            .args([
+                "--initial-cluster-state",
+                if member.joining.is_some() {
+                    "existing"
+                } else {
+                    "new"
+                },
+            ])
             // Loopback: elections in half a second, not the WAN-sized default of one.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--log-level", "warn"])
@@ -90,6 +103,10 @@ impl EtcdCluster {
             .spawn()
             .expect("spawn etcd");
         self.members[i].child = Some(child);
+    }
+
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(&self.members[i].name)
     }
 
     /// Client URLs of every member, running or not.
@@ -156,6 +173,85 @@ impl EtcdCluster {
     pub fn restart(&mut self, i: usize) {
         assert!(self.members[i].child.is_none(), "member {i} is running");
         self.spawn(i);
+    }
+
+    /// Kills member `i` and loses its disk, as a replaced machine does: the member is removed
+    /// from the cluster and added back empty, the way an operator replaces one (etcd's
+    /// runtime reconfiguration), and started with `--initial-cluster-state existing`; it
+    /// copies the data from the leader. Panics if the cluster refuses the change.
+    pub async fn wipe(&mut self, i: usize) {
+        self.kill(i);
+        std::fs::remove_dir_all(self.data_dir(i)).expect("wipe the member's data");
+        let others: Vec<String> = self
+            .endpoints()
+            .into_iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, e)| e)
+            .collect();
+        let name = self.members[i].name.clone();
+        let peer = format!("http://127.0.0.1:{}", self.members[i].peer_port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let joining = loop {
+            let change = async {
+                let mut client = etcd_client::Client::connect(&others, None).await?;
+                let listed = client.member_list().await?;
+                let gone = listed
+                    .members()
+                    .iter()
+                    .find(|m| m.name() == name || m.peer_urls().contains(&peer))
+                    .map(|m| m.id());
+                if let Some(id) = gone {
+                    client.member_remove(id).await?;
+                }
+                client.member_add([peer.clone()], None).await?;
+                let listed = client.member_list().await?;
+                Ok::<_, etcd_client::Error>(
+                    listed
+                        .members()
+                        .iter()
+                        .map(|m| {
+                            // The member just added has no name until it starts.
+                            let member_name = if m.name().is_empty() { &name } else { m.name() };
+                            format!("{member_name}={}", m.peer_urls().join(","))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )
+            };
+            match tokio::time::timeout(Duration::from_secs(5), change).await {
+                Ok(Ok(joining)) => break joining,
+                outcome => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "cannot replace member {i}: {outcome:?}\n{}",
+                        self.logs()
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        self.members[i].joining = Some(joining);
+        self.spawn(i);
+        // Back once it answers a linearizable read itself: it has caught up with the leader.
+        let own = self.endpoints()[i].clone();
+        loop {
+            let read = async {
+                let mut client = etcd_client::Client::connect([&own], None).await?;
+                client.get("/anchor-pdp-test/ready", None).await
+            };
+            match tokio::time::timeout(Duration::from_secs(2), read).await {
+                Ok(Ok(_)) => return,
+                outcome => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "replaced member {i} did not catch up: {outcome:?}\n{}",
+                        self.logs()
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 
     pub fn logs(&self) -> String {

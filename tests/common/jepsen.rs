@@ -1,7 +1,8 @@
 //! A Jepsen-style run against real processes: anchor-pdp replicas over a real 3-member etcd (or
 //! one server on the embedded sled store), concurrent clients doing START / LIVE / report /
 //! lift / revoke / approve / register / end on overlapping merchants, and a nemesis that pauses
-//! (SIGSTOP) and kills (kill -9) etcd members, the etcd leader and the replicas. Every
+//! (SIGSTOP) and kills (kill -9) etcd members, the etcd leader and the replicas, and wipes a
+//! member's disk (it rejoins empty). Every
 //! operation goes in a history; after each round, with every fault healed, a checker reads the
 //! final state and the enforcement streams of every replica and checks the history against
 //! the invariants the PDP promises (see `Violations`). `tests/jepsen.rs` runs a few rounds;
@@ -479,7 +480,7 @@ impl World {
         }
         let mut rng = Rng((self.options.seed ^ round as u64).max(1) * 31);
         tokio::time::sleep(self.options.round / 3).await;
-        self.fault(&mut rng).await;
+        self.fault(round, &mut rng).await;
         let remaining = self.options.round.saturating_sub(self.options.round / 3);
         tokio::time::sleep(remaining).await;
         stop.store(true, std::sync::atomic::Ordering::Release);
@@ -501,20 +502,22 @@ impl World {
         self.report.rounds += 1;
     }
 
-    /// One fault, held for a second or three, then healed.
-    async fn fault(&mut self, rng: &mut Rng) {
+    /// One fault, held for a second or three, then healed. Faults take turns, so a short run
+    /// meets each of them.
+    async fn fault(&mut self, round: usize, rng: &mut Rng) {
         let hold = Duration::from_millis(1000 + rng.below(2000) as u64);
         let choices: &[&'static str] = if self.etcd.is_some() {
             &[
                 "pause member",
                 "kill leader",
+                "wipe member",
                 "pause replica",
                 "kill replica",
             ]
         } else {
             &["pause replica", "kill replica"]
         };
-        let fault = choices[rng.below(choices.len())];
+        let fault = choices[round % choices.len()];
         *self.report.faults.entry(fault).or_default() += 1;
         match fault {
             "pause member" => {
@@ -532,6 +535,16 @@ impl World {
                 cluster.kill(leader);
                 tokio::time::sleep(hold).await;
                 cluster.restart(leader);
+            }
+            "wipe member" => {
+                // Its disk is lost: it rejoins empty, as a new member, and copies the data.
+                let member = rng.below(3);
+                let Some(cluster) = &mut self.etcd else {
+                    return;
+                };
+                cluster.kill(member);
+                tokio::time::sleep(hold).await;
+                cluster.wipe(member).await;
             }
             "pause replica" => {
                 let slot = &self.slots[rng.below(self.slots.len())];
