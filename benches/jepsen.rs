@@ -6,8 +6,8 @@
 //!     cargo bench --bench jepsen -- --rounds 20    # 20 on each
 //!
 //! Needs Debian's etcd-server (`scripts/test` installs it). Each round runs clients for 3 s
-//! with one fault (an etcd member paused, the etcd leader killed, a replica paused or
-//! killed) held for 1-3 s, then heals it and checks.
+//! with one fault (an etcd member paused, the etcd leader killed, a member's disk wiped, a
+//! replica paused or killed; they take turns) held for 1-3 s, then heals it and checks.
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -6,9 +6,10 @@ mod common;
 
 use std::time::Duration;
 
+use anchor_pdp::domain::{FREEZE_MS, MAX_CLOCK_SKEW_MS};
 use anchor_pdp::proto::{self, register_request::Record};
 use common::etcd::EtcdCluster;
-use common::{Options, TestServer, assert_allowed, decision, live, rule_ids, start};
+use common::{Options, T0, TestServer, assert_allowed, decision, live, millis, rule_ids, start};
 
 /// Options for a replica named `replica` of the deployment under `prefix`.
 fn replica(cluster: &EtcdCluster, prefix: &str, name: &str) -> Options {
@@ -553,4 +554,92 @@ async fn a_console_sign_in_on_one_replica_holds_on_every_replica_until_signed_ou
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Two replicas whose clocks disagree by 900 ms, inside the 1 s bound the README asks NTP to
+/// keep. The freeze's end is fixed once, by the replica that wrote it; each replica then
+/// decides by its own clock, so they disagree on it for exactly the skew and no longer, and a
+/// lift through the replica that already calls it over still ends it on the one that does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_whose_clocks_disagree_agree_on_a_freeze_but_for_the_skew() {
+    const SKEW: i64 = 900;
+    assert!(SKEW < MAX_CLOCK_SKEW_MS);
+    let cluster = EtcdCluster::start(3).await;
+    let (mut a, mut rest) = deployment(&cluster, &["B"]).await;
+    let b = &mut rest[0];
+    b.clock.advance(-SKEW);
+    a.start_session_in("r2").await;
+    let session = a.start_session().await;
+    let report = a.report(&session, "R2").await;
+    assert_eq!(
+        report.penalty_applied,
+        proto::Penalty::E1ShutDownAndFreeze as i32
+    );
+    let end = T0 + FREEZE_MS;
+    assert_eq!(millis(&a.account("m1").await.frozen_until), Some(end));
+
+    // Probe both replicas around the end, A's clock `delta` past it and B's `SKEW` behind:
+    // STARTs on A in r1, on B in r2 (the freeze's sweep ended r2's first session), each
+    // allowed one ended at once by the replica that opened it.
+    let probe = |room: &str, revision: u64| {
+        let mut request = start();
+        request.room_id = room.into();
+        request.min_revision = revision;
+        request
+    };
+    let mut revision = report.store_revision;
+    let mut disagreed = Vec::new();
+    for delta in [-100, 0, 100, 450, 899, 900, 1000] {
+        a.clock.set(end + delta);
+        b.clock.set(end + delta - SKEW);
+        let mut allowed = Vec::new();
+        for (server, room) in [(&mut a, "r1"), (&mut *b, "r2")] {
+            let response = server.authorize(probe(room, revision)).await;
+            revision = revision.max(response.store_revision);
+            let allow = decision(&response) == proto::Decision::Allow;
+            if allow {
+                server
+                    .pdp
+                    .end_session(proto::EndSessionRequest {
+                        session_id: response.session_id.clone(),
+                        reason: "probe".into(),
+                        request_id: String::new(),
+                    })
+                    .await
+                    .expect("end the probe");
+            } else {
+                assert_eq!(rule_ids(&response), ["E3"], "{response:?}");
+                assert_eq!(millis(&response.frozen_until), Some(end), "{response:?}");
+            }
+            allowed.push(allow);
+        }
+        assert_eq!(allowed, [delta >= 0, delta >= SKEW], "A at end{delta:+} ms");
+        if allowed[0] != allowed[1] {
+            disagreed.push(delta);
+        }
+    }
+    assert_eq!(disagreed, [0, 100, 450, 899]);
+
+    // A lift through A, which calls the freeze over, ends it on B too.
+    a.clock.set(end + 300);
+    b.clock.set(end + 300 - SKEW);
+    let mut refused = start();
+    refused.room_id = "r2".into();
+    assert_eq!(rule_ids(&b.authorize(refused).await), ["E3"]);
+    let lifted = a
+        .admin
+        .lift_freeze(proto::LiftFreezeRequest {
+            request_id: String::new(),
+            merchant_id: "m1".into(),
+            operator: "appeals-1".into(),
+            reason: "appeal upheld".into(),
+        })
+        .await
+        .expect("lift")
+        .into_inner();
+    assert!(lifted.was_frozen, "{lifted:?}");
+    let mut after = start();
+    after.room_id = "r2".into();
+    after.min_revision = lifted.store_revision;
+    assert_allowed(&b.authorize(after).await);
 }
