@@ -192,7 +192,7 @@ impl EtcdCluster {
         let name = self.members[i].name.clone();
         let peer = format!("http://127.0.0.1:{}", self.members[i].peer_port);
         let deadline = Instant::now() + Duration::from_secs(30);
-        let joining = loop {
+        let added = loop {
             let change = async {
                 let mut client = etcd_client::Client::connect(&others, None).await?;
                 let listed = client.member_list().await?;
@@ -204,9 +204,47 @@ impl EtcdCluster {
                 if let Some(id) = gone {
                     client.member_remove(id).await?;
                 }
-                client.member_add([peer.clone()], None).await?;
-                let listed = client.member_list().await?;
-                Ok::<_, etcd_client::Error>(
+                let added = client.member_add([peer.clone()], None).await?;
+                Ok::<_, etcd_client::Error>(added.member().map(|m| m.id()))
+            };
+            match tokio::time::timeout(Duration::from_secs(5), change).await {
+                Ok(Ok(Some(id))) => break id,
+                outcome => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "cannot replace member {i}: {outcome:?}\n{}",
+                        self.logs()
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        // A joining member learns the membership from whichever peer it asks, and a peer
+        // serves its own applied copy: wait until every peer lists the new member, and no
+        // other, at that address, or it may join under the old one's id.
+        let joining = loop {
+            let mut agreed = None;
+            for endpoint in &others {
+                let listed = async {
+                    let mut client = etcd_client::Client::connect([endpoint], None).await?;
+                    client.member_list().await
+                };
+                let Ok(Ok(listed)) = tokio::time::timeout(Duration::from_secs(2), listed).await
+                else {
+                    agreed = None;
+                    break;
+                };
+                let at_peer: Vec<u64> = listed
+                    .members()
+                    .iter()
+                    .filter(|m| m.peer_urls().contains(&peer))
+                    .map(|m| m.id())
+                    .collect();
+                if at_peer != [added] {
+                    agreed = None;
+                    break;
+                }
+                agreed = Some(
                     listed
                         .members()
                         .iter()
@@ -217,19 +255,17 @@ impl EtcdCluster {
                         })
                         .collect::<Vec<_>>()
                         .join(","),
-                )
-            };
-            match tokio::time::timeout(Duration::from_secs(5), change).await {
-                Ok(Ok(joining)) => break joining,
-                outcome => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "cannot replace member {i}: {outcome:?}\n{}",
-                        self.logs()
-                    );
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                );
             }
+            if let Some(joining) = agreed {
+                break joining;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the peers never agreed on member {i}'s replacement\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         };
         self.members[i].joining = Some(joining);
         self.spawn(i);
