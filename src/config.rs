@@ -211,6 +211,17 @@ pub struct ServeArgs {
     )]
     pub decision_log_segment_mib: u64,
 
+    /// Writes are refused (RESOURCE_EXHAUSTED, health NOT_SERVING) while the data
+    /// directory's filesystem has less than this many MiB free, so the store never meets a
+    /// full disk; they resume by themselves once space is freed.
+    #[arg(long, env = "ANCHOR_PDP_DISK_RESERVE_MIB", default_value_t = 256)]
+    pub disk_reserve_mib: u64,
+
+    /// MiB preallocated in the data directory (`ballast`) and released when the reserve is
+    /// reached, so writes already under way can finish. 0: none.
+    #[arg(long, env = "ANCHOR_PDP_DISK_BALLAST_MIB", default_value_t = 64)]
+    pub disk_ballast_mib: u64,
+
     /// Serve the browser console for reviewers, inspectors and admins on this address (off
     /// when unset): HTTPS with --tls-cert, else plain HTTP. Loopback only unless caller
     /// authentication (tokens or --mtls-role) is configured.
@@ -368,6 +379,13 @@ pub enum StoreKind {
 
 impl ServeArgs {
     /// The etcd backend's options, from the flags.
+    pub fn disk_options(&self) -> crate::store::DiskOptions {
+        crate::store::DiskOptions {
+            reserve_bytes: self.disk_reserve_mib << 20,
+            ballast_bytes: self.disk_ballast_mib << 20,
+        }
+    }
+
     pub fn etcd_options(&self) -> crate::store::EtcdOptions {
         let replica = self.replica_id.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -305,8 +305,12 @@ mod tests {
     fn retention_drops_whole_segments_by_age_then_by_count() {
         let temp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         // Small segments: each batch below fills one.
-        let store =
-            Store::open_with(&temp.path().join("data"), 4096).unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open_with(
+            &temp.path().join("data"),
+            4096,
+            crate::store::DiskOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap_or_else(|e| panic!("{e}"));

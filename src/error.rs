@@ -22,6 +22,9 @@ pub enum PdpError {
     /// The store failed; the write did not happen (or is not known to be durable).
     #[error("storage error: {0}")]
     Storage(String),
+    /// The disk is too full to write (the free-space guard, `store/disk.rs`); nothing changed.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A stored record could not be decoded.
     #[error("corrupt record {key}: {reason}")]
     Corrupt { key: String, reason: String },

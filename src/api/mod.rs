@@ -35,6 +35,10 @@ pub fn status(error: PdpError) -> Status {
             tracing::warn!(%error, "refused");
             Status::permission_denied(error.to_string())
         }
+        PdpError::ResourceExhausted(_) => {
+            tracing::warn!(%error, "refused");
+            Status::resource_exhausted(error.to_string())
+        }
         PdpError::Storage(_) | PdpError::Corrupt { .. } => {
             tracing::error!(%error, "store failure");
             Status::unavailable(error.to_string())
@@ -151,6 +155,8 @@ async fn refused(
     let outcome = format!("{:?}: {}", refusal.code(), refusal.message());
     match pdp.log_action(origin, action, concerns, outcome).await {
         Ok(()) => refusal,
+        // The disk guard refused the write and its record alike: say so, not "unavailable".
+        Err(e @ PdpError::ResourceExhausted(_)) => status(e),
         Err(e) => Status::unavailable(format!("the action could not be logged: {e}")),
     }
 }

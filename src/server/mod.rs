@@ -123,9 +123,15 @@ pub async fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, S
         .allowing_rule_removal(args.allow_rule_removal);
     let segment_bytes = args.decision_log_segment_mib << 20;
     let store = match args.store {
-        StoreKind::Sled => Store::open_with(&args.data_dir, segment_bytes)?,
+        StoreKind::Sled => Store::open_with(&args.data_dir, segment_bytes, args.disk_options())?,
         StoreKind::Etcd => {
-            Store::open_etcd(&args.data_dir, segment_bytes, args.etcd_options()).await?
+            Store::open_etcd(
+                &args.data_dir,
+                segment_bytes,
+                args.disk_options(),
+                args.etcd_options(),
+            )
+            .await?
         }
     };
     let current = policies.current();
@@ -463,33 +469,43 @@ async fn shutdown_signal() {
 /// How often a store that failed a write is probed.
 const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Health follows the store: the PDP services are NOT_SERVING while writes fail (a full disk,
-/// an I/O error), so an orchestrator can route around or restart the server, and SERVING again
-/// once a probe write is durable (the store reopens itself if it must). Decisions fail closed
-/// meanwhile on their own, since nothing can be recorded.
+/// Health follows the store: the server (service `""`, what load balancers and Envoy probe by
+/// default) and the PDP services are NOT_SERVING while writes or decision-log appends fail (a
+/// disk at its reserve, an I/O error), so an orchestrator can route around or restart the
+/// server, and SERVING again once a probe write is durable (the store reopens itself if it
+/// must, and only once there is room). Decisions fail closed meanwhile on their own, since
+/// nothing can be recorded.
 async fn follow_store_health(pdp: Arc<Pdp>, reporter: tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus;
     let store = pdp.store_handle();
     let mut failures = store.subscribe_write_failure();
+    let set_all = |status: ServingStatus| {
+        let reporter = reporter.clone();
+        async move {
+            reporter.set_service_status("", status).await;
+            for service in [
+                <PolicyDecisionPointServer<DecisionService> as tonic::server::NamedService>::NAME,
+                <PolicyAdminServer<AdminService> as tonic::server::NamedService>::NAME,
+            ] {
+                reporter.set_service_status(service, status).await;
+            }
+            metrics::gauge!("anchor_pdp_store_writable").set(if status == ServingStatus::Serving {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    };
     loop {
         let failure = failures.borrow_and_update().clone();
         let Some(reason) = failure else {
-            reporter
-                .set_serving::<PolicyDecisionPointServer<DecisionService>>()
-                .await;
-            reporter
-                .set_serving::<PolicyAdminServer<AdminService>>()
-                .await;
+            set_all(ServingStatus::Serving).await;
             if failures.changed().await.is_err() {
                 return;
             }
             continue;
         };
-        reporter
-            .set_not_serving::<PolicyDecisionPointServer<DecisionService>>()
-            .await;
-        reporter
-            .set_not_serving::<PolicyAdminServer<AdminService>>()
-            .await;
+        set_all(ServingStatus::NotServing).await;
         tracing::error!(%reason, "NOT_SERVING: the store cannot write; probing it every second");
         loop {
             tokio::time::sleep(STORE_PROBE_INTERVAL).await;

@@ -122,10 +122,11 @@ impl Pdp {
 
     /// Logs a record that goes with no state change (group-committed through the queue).
     pub async fn log(&self, record: LogRecord) -> Result<(), PdpError> {
-        self.log
-            .record(record)
-            .await
-            .map_err(|e| PdpError::Storage(format!("the decision could not be logged: {e}")))
+        self.log.record(record).await.map_err(|e| match e {
+            // A full disk is the caller's to hear about as such.
+            PdpError::ResourceExhausted(_) => e,
+            e => PdpError::Storage(format!("the decision could not be logged: {e}")),
+        })
     }
 
     /// Logs a request that was refused before it changed anything: a malformed request, an

@@ -9,6 +9,7 @@ use crate::error::PdpError;
 impl Store {
     /// Appends decision-log records in one batch and waits until they are durable.
     pub async fn append_log(&self, records: Vec<LogRecord>) -> Result<(), PdpError> {
+        self.shared.room_to_write()?;
         self.shared
             .segments
             .append(records)

@@ -14,6 +14,7 @@
 //! the data directory, whichever backend holds the state.
 
 mod console;
+mod disk;
 mod etcd_store;
 mod group_commit;
 mod log;
@@ -32,6 +33,8 @@ use crate::domain::{
     SessionState, Trigger, WriteOutcome,
 };
 use crate::error::PdpError;
+use disk::DiskGuard;
+pub use disk::DiskOptions;
 use etcd_store::EtcdBackend;
 pub use etcd_store::{EtcdOptions, PublishedPolicy};
 use segments::SegmentLog;
@@ -65,16 +68,24 @@ pub struct Shared {
     events_durable: tokio::sync::watch::Sender<u64>,
     /// Why writing fails, until it works again; `None` while writes work.
     write_failure: tokio::sync::watch::Sender<Option<String>>,
+    /// Refuses writes before the data directory's disk is full.
+    disk: DiskGuard,
 }
 
 impl Shared {
-    fn new(segments: SegmentLog) -> Shared {
+    fn new(segments: SegmentLog, disk: DiskGuard) -> Shared {
         Shared {
             view: FactsView::default(),
             segments: Arc::new(segments),
             events_durable: tokio::sync::watch::channel(0).0,
             write_failure: tokio::sync::watch::channel(None).0,
+            disk,
         }
+    }
+
+    /// Before a write: refused (and health NOT_SERVING) while the disk is below its reserve.
+    fn room_to_write(&self) -> Result<(), PdpError> {
+        self.disk.check().map_err(|e| self.write_failed(e))
     }
 
     /// Notes a failed write: health turns NOT_SERVING until writing works again.
@@ -201,15 +212,20 @@ impl Store {
     /// Opens (or creates) the embedded store in `dir`. Refuses a directory written in a format
     /// this build does not know.
     pub fn open(dir: &Path) -> Result<Store, PdpError> {
-        Store::open_with(dir, DEFAULT_LOG_SEGMENT_BYTES)
+        Store::open_with(dir, DEFAULT_LOG_SEGMENT_BYTES, DiskOptions::default())
     }
 
-    /// `open`, with decision-log segments sealed at `log_segment_bytes`.
-    pub fn open_with(dir: &Path, log_segment_bytes: u64) -> Result<Store, PdpError> {
-        let shared = Arc::new(Shared::new(SegmentLog::open(
-            &dir.join(SEGMENTS_DIR),
-            log_segment_bytes,
-        )?));
+    /// `open`, with decision-log segments sealed at `log_segment_bytes` and this much disk
+    /// kept free.
+    pub fn open_with(
+        dir: &Path,
+        log_segment_bytes: u64,
+        disk: DiskOptions,
+    ) -> Result<Store, PdpError> {
+        let shared = Arc::new(Shared::new(
+            SegmentLog::open(&dir.join(SEGMENTS_DIR), log_segment_bytes)?,
+            DiskGuard::new(dir, disk),
+        ));
         let (backend, last_event) = SledBackend::open(dir, &shared)?;
         shared.events_durable.send_replace(last_event);
         Ok(Store {
@@ -224,14 +240,15 @@ impl Store {
     pub async fn open_etcd(
         dir: &Path,
         log_segment_bytes: u64,
+        disk: DiskOptions,
         options: EtcdOptions,
     ) -> Result<Store, PdpError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| PdpError::Storage(format!("cannot create {}: {e}", dir.display())))?;
-        let shared = Arc::new(Shared::new(SegmentLog::open(
-            &dir.join(SEGMENTS_DIR),
-            log_segment_bytes,
-        )?));
+        let shared = Arc::new(Shared::new(
+            SegmentLog::open(&dir.join(SEGMENTS_DIR), log_segment_bytes)?,
+            DiskGuard::new(dir, disk),
+        ));
         let replica = options.replica.clone();
         let backend = EtcdBackend::open(options, shared.clone()).await?;
         Ok(Store {
@@ -318,6 +335,7 @@ impl Store {
         &self,
         f: &(dyn Fn(&dyn Tx) -> TxResult<T> + Sync),
     ) -> Result<T, PdpError> {
+        self.shared.room_to_write()?;
         let (value, revision) = match &self.backend {
             Backend::Sled(sled) => sled.transact(&self.shared, f).await?,
             Backend::Etcd(etcd) => etcd.transact(f).await?,
@@ -406,6 +424,8 @@ impl Store {
     /// Returns `Ok` once it does; the failure is then cleared. Blocking: run it off the async
     /// workers.
     pub fn recover(&self, now: Millis) -> Result<(), PdpError> {
+        // Reopening sled on a full disk is what corrupts it: not before there is room.
+        self.shared.disk.check()?;
         match &self.backend {
             Backend::Sled(sled) => sled.recover(&self.shared, now)?,
             Backend::Etcd(etcd) => {

@@ -4,6 +4,7 @@
 
 pub mod bearer;
 pub mod console;
+pub mod disk_full;
 pub mod etcd;
 pub mod hooks;
 pub mod jepsen;
