@@ -56,6 +56,42 @@ pub enum Command {
     /// Caller tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Write a consistent backup of a running server's store to a file (an admin call; the
+    /// server goes on serving).
+    Backup(BackupArgs),
+    /// Restore a backup into an empty store: sled in `--data-dir`, or `--store etcd` with its
+    /// endpoints and prefix (the same flags as `serve`). Stop the servers of that store first.
+    Restore(Box<RestoreArgs>),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// The file to write (whole or not at all).
+    #[arg(long)]
+    pub to: PathBuf,
+    /// The server to back up.
+    #[arg(
+        long,
+        env = "ANCHOR_PDP_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+    /// An admin's token, if the server authenticates callers.
+    #[arg(long, env = "ANCHOR_PDP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Also carry every decision-log record the server holds.
+    #[arg(long, default_value_t = false)]
+    pub with_decision_log: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// The backup file (`anchor-pdp backup --to`); checked whole before anything is written.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The store to restore into, chosen as `serve` chooses it.
+    #[command(flatten)]
+    pub target: ServeArgs,
 }
 
 #[derive(Debug, Subcommand)]

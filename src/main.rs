@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let default_level = match cli.command {
         Command::Serve(_) => "info",
         // The policy tools print their own results; keep the server's logs out of them.
-        Command::Policy(_) | Command::Token(_) => "warn",
+        Command::Policy(_) | Command::Token(_) | Command::Backup(_) | Command::Restore(_) => "warn",
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
@@ -80,8 +80,31 @@ fn main() -> ExitCode {
             println!("{}", anchor_pdp::api::auth::hash_token(token));
             ExitCode::SUCCESS
         }
+        Command::Backup(args) => report(runtime.block_on(anchor_pdp::backup::backup_to(
+            &args.server,
+            args.token.as_deref(),
+            &args.to,
+            args.with_decision_log,
+        ))),
+        Command::Restore(args) => {
+            report(runtime.block_on(anchor_pdp::backup::restore_from(&args.from, &args.target)))
+        }
         Command::Policy(PolicyCommand::Test { dir, junit }) => {
             runtime.block_on(test(&dir, junit.as_deref()))
+        }
+    }
+}
+
+/// A tool's summary on stdout, or its error on stderr and a failing exit.
+fn report(outcome: Result<String, String>) -> ExitCode {
+    match outcome {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("anchor-pdp: {e}");
+            ExitCode::FAILURE
         }
     }
 }

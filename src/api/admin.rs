@@ -78,6 +78,8 @@ const DEFAULT_PAGE_SIZE: u32 = 100;
 /// How long a stream past its deadline waits for room to say so.
 const STREAM_END_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 const MAX_PAGE_SIZE: u32 = 1000;
+/// Backup bytes per stream message: well under the default 4 MiB gRPC message limit.
+const BACKUP_CHUNK: usize = 1 << 20;
 
 #[tonic::async_trait]
 impl proto::policy_admin_server::PolicyAdmin for AdminService {
@@ -420,6 +422,47 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
                 violation: Some(convert::violation_to_proto(&outcome.violation)),
                 store_revision: self.pdp.store().revision(),
             }))
+        }
+        .await;
+        audit.end(&self.pdp, result).await
+    }
+
+    type BackupStream = tokio_stream::wrappers::ReceiverStream<Result<proto::BackupChunk, Status>>;
+
+    async fn backup(
+        &self,
+        request: Request<proto::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let audit = Audit::begin(&request, "Backup", (String::new(), String::new()));
+        let origin = audit.origin.clone();
+        let result = async move {
+            let with_log = request.get_ref().with_decision_log;
+            let pdp = self.pdp.clone();
+            let backup = to_completion(async move { pdp.backup(&origin, with_log).await })
+                .await
+                .map_err(status)?;
+            let revision = backup.header.revision;
+            let bytes = tokio::task::spawn_blocking(move || backup.encode())
+                .await
+                .map_err(|e| Status::internal(format!("encoding the backup: {e}")))?
+                .map_err(status)?;
+            let slot = self.streams.take()?;
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tokio::spawn(async move {
+                let _slot = slot;
+                for chunk in bytes.chunks(BACKUP_CHUNK) {
+                    let chunk = proto::BackupChunk {
+                        data: chunk.to_vec(),
+                        store_revision: revision,
+                    };
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return; // the reader went away
+                    }
+                }
+            });
+            Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+                rx,
+            )))
         }
         .await;
         audit.end(&self.pdp, result).await

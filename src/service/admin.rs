@@ -482,4 +482,26 @@ impl Pdp {
         }
         Ok(session)
     }
+
+    /// A consistent backup of the store (see `store::backup`), recorded in the decision log
+    /// with the revision it is at.
+    pub async fn backup(
+        &self,
+        origin: &Origin,
+        with_decision_log: bool,
+    ) -> Result<crate::store::Backup, PdpError> {
+        let backup = self.store.backup(with_decision_log, self.now()).await?;
+        let header = &backup.header;
+        self.log_action(
+            origin,
+            "Backup",
+            (String::new(), String::new()),
+            format!(
+                "backup at revision {}: {} keys, {} decision-log records",
+                header.revision, header.keys, header.log_records
+            ),
+        )
+        .await?;
+        Ok(backup)
+    }
 }

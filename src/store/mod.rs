@@ -13,6 +13,7 @@
 //! The decision log lives in this process's own append-only segment files (`segments`), under
 //! the data directory, whichever backend holds the state.
 
+mod backup;
 mod console;
 mod disk;
 mod etcd_store;
@@ -33,6 +34,7 @@ use crate::domain::{
     SessionState, Trigger, WriteOutcome,
 };
 use crate::error::PdpError;
+pub use backup::{Backup, BackupHeader};
 use disk::DiskGuard;
 pub use disk::DiskOptions;
 use etcd_store::EtcdBackend;

@@ -227,8 +227,11 @@ impl Db {
 
 /// Data written before the closed-session index existed: index its closed sessions once, so
 /// retention finds them (a marker in the data tree says it is done).
+/// Not state: says this sled store's closed-session index is built (see below).
+const CLOSED_INDEX_BUILT: &[u8] = b"closed-index-built";
+
 fn index_closed_sessions(data: &sled::Tree) -> Result<(), PdpError> {
-    const DONE: &[u8] = b"closed-index-built";
+    const DONE: &[u8] = CLOSED_INDEX_BUILT;
     if data.get(DONE).map_err(storage)?.is_some() {
         return Ok(());
     }
@@ -544,5 +547,52 @@ impl SledBackend {
     #[cfg(test)]
     pub fn outbox_len(&self) -> usize {
         self.db().map_or(0, |db| db.log.len())
+    }
+}
+
+/// Backups: the state at one revision, and writing a backup's state into an empty store.
+impl SledBackend {
+    /// Every state key and value, consistent at the revision returned: read under the lock
+    /// every commit holds while it applies, so no commit is half in it. Writers wait for the
+    /// copy (it is in memory: a moment per hundred thousand keys); the copy is then made
+    /// durable, so a backup never holds a write the store could still lose.
+    pub async fn state(&self) -> Result<(u64, Vec<(String, Vec<u8>)>), PdpError> {
+        let db = self.db()?;
+        let (revision, entries) = {
+            let _in_order = self.in_view_order();
+            let mut entries = Vec::with_capacity(db.data.len());
+            for item in db.data.iter() {
+                let (key, value) = item.map_err(storage)?;
+                if key.as_ref() == CLOSED_INDEX_BUILT {
+                    continue;
+                }
+                entries.push((String::from_utf8_lossy(&key).into_owned(), value.to_vec()));
+            }
+            (self.revision(), entries)
+        };
+        db.commit.durable().await?;
+        Ok((revision, entries))
+    }
+
+    /// How many state keys the store holds.
+    pub fn state_len(&self) -> Result<usize, PdpError> {
+        let data = &self.db()?.data;
+        let marker = data.contains_key(CLOSED_INDEX_BUILT).map_err(storage)?;
+        Ok(data.len() - usize::from(marker))
+    }
+
+    /// Writes `entries` into the (empty) store and flushes. Blocking. (The entries carry the
+    /// closed-session index already, as every store writes it.)
+    pub fn put_state(&self, entries: &[(String, Vec<u8>)]) -> Result<(), PdpError> {
+        let db = self.db()?;
+        for chunk in entries.chunks(10_000) {
+            let mut batch = sled::Batch::default();
+            for (key, value) in chunk {
+                batch.insert(key.as_bytes(), value.as_slice());
+            }
+            db.data.apply_batch(batch).map_err(storage)?;
+        }
+        db.db.flush().map_err(storage)?;
+        Ok(())
     }
 }

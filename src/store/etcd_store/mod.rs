@@ -28,6 +28,7 @@
 //!   than a second after the view was last known current first waits for it to catch up (a
 //!   replica resumed from a pause answers nothing queued from its old view).
 
+mod backup;
 mod members;
 mod watch;
 
@@ -616,7 +617,16 @@ impl EtcdBackend {
     /// the revision reached.
     pub async fn catch_up(&self, within: Duration) -> Result<u64, PdpError> {
         let asked = Instant::now();
-        let revision = self.write_nudge().await?;
+        // The nudge's own request would ride out an election (`REQUEST_TIMEOUT`); a caller
+        // about to decide has only `within`.
+        let revision = tokio::time::timeout(within, self.write_nudge())
+            .await
+            .map_err(|_| {
+                PdpError::Storage(format!(
+                    "etcd: no member took this replica's nudge within {} ms",
+                    within.as_millis()
+                ))
+            })??;
         let remaining = within.saturating_sub(asked.elapsed());
         if !self.wait_for(revision, remaining).await {
             return Err(PdpError::Storage(format!(
