@@ -81,20 +81,15 @@ fn sample_health(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_hung_member_changes_nothing_and_a_freeze_is_seen_at_once_by_the_replica_that_took_it() {
-    let cluster = EtcdCluster::start(3).await;
-    let prefix = format!("/hung-{}/", uuid::Uuid::now_v7());
-    let dirs = tempfile::tempdir().expect("dirs");
-    let a = spawn(&cluster, &prefix, "A", &dirs.path().join("a"));
-    let b = spawn(&cluster, &prefix, "B", &dirs.path().join("b"));
-    fixtures(a.grpc, 4).await;
-
-    // Writes through both replicas all along: none may fail.
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(Mutex::new(Vec::new()));
+/// Registers merchants through each replica until `stop`, noting every failure; each task
+/// returns how many it wrote and the slowest write.
+fn write_all_along(
+    replicas: &[(&'static str, SocketAddr)],
+    stop: &Arc<AtomicBool>,
+    failures: &Arc<Mutex<Vec<String>>>,
+) -> Vec<tokio::task::JoinHandle<(usize, Duration)>> {
     let mut writers = Vec::new();
-    for (name, addr) in [("A", a.grpc), ("B", b.grpc)] {
+    for &(name, addr) in replicas {
         let (stop, failures) = (stop.clone(), failures.clone());
         writers.push(tokio::spawn(async move {
             let (mut pdp, _) = clients(addr).await;
@@ -121,6 +116,53 @@ async fn a_hung_member_changes_nothing_and_a_freeze_is_seen_at_once_by_the_repli
             (written, slowest)
         }));
     }
+    writers
+}
+
+/// Stops the writers and the health sampler; asserts no write failed and health stayed
+/// SERVING. Returns the writes made.
+async fn no_write_failed_and_always_serving(
+    stop: &AtomicBool,
+    writers: Vec<tokio::task::JoinHandle<(usize, Duration)>>,
+    failures: &Mutex<Vec<String>>,
+    health: tokio::task::JoinHandle<(usize, Vec<String>)>,
+) -> usize {
+    stop.store(true, Ordering::Release);
+    let mut written = 0;
+    for writer in writers {
+        let (count, slowest) = writer.await.expect("writer");
+        println!(
+            "writer: {count} registrations, slowest {} ms",
+            slowest.as_millis()
+        );
+        written += count;
+    }
+    let (samples, not_serving) = health.await.expect("health");
+    let failures = failures.lock().expect("failures").clone();
+    println!(
+        "{written} writes, {} failed; {samples} health samples, {} not SERVING",
+        failures.len(),
+        not_serving.len()
+    );
+    assert!(written > 30, "too little load: {written} writes");
+    assert!(failures.is_empty(), "writes failed: {failures:#?}");
+    assert!(not_serving.is_empty(), "health: {not_serving:#?}");
+    written
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_member_changes_nothing_and_a_freeze_is_seen_at_once_by_the_replica_that_took_it() {
+    let cluster = EtcdCluster::start(3).await;
+    let prefix = format!("/hung-{}/", uuid::Uuid::now_v7());
+    let dirs = tempfile::tempdir().expect("dirs");
+    let a = spawn(&cluster, &prefix, "A", &dirs.path().join("a"));
+    let b = spawn(&cluster, &prefix, "B", &dirs.path().join("b"));
+    fixtures(a.grpc, 4).await;
+
+    // Writes through both replicas all along: none may fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let writers = write_all_along(&[("A", a.grpc), ("B", b.grpc)], &stop, &failures);
     let health = sample_health(vec![a.grpc, b.grpc], stop.clone());
 
     let (mut pdp_a, mut admin_a) = clients(a.grpc).await;
@@ -189,26 +231,7 @@ async fn a_hung_member_changes_nothing_and_a_freeze_is_seen_at_once_by_the_repli
         cluster.resume(member);
         admin_a.lift_freeze(lift()).await.expect("lift");
     }
-    stop.store(true, Ordering::Release);
-    let mut written = 0;
-    for writer in writers {
-        let (count, slowest) = writer.await.expect("writer");
-        println!(
-            "writer: {count} registrations, slowest {} ms",
-            slowest.as_millis()
-        );
-        written += count;
-    }
-    let (samples, not_serving) = health.await.expect("health");
-    let failures = failures.lock().expect("failures").clone();
-    println!(
-        "{written} writes, {} failed; {samples} health samples, {} not SERVING",
-        failures.len(),
-        not_serving.len()
-    );
-    assert!(written > 30, "too little load: {written} writes");
-    assert!(failures.is_empty(), "writes failed: {failures:#?}");
-    assert!(not_serving.is_empty(), "health: {not_serving:#?}");
+    no_write_failed_and_always_serving(&stop, writers, &failures, health).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -383,4 +406,52 @@ async fn a_write_on_one_replica_is_seen_at_once_by_a_dependent_write_on_another(
     for task in load {
         task.await.expect("load");
     }
+}
+
+/// A member whose disk is lost is replaced (removed, a new one added empty, which copies the
+/// data from the leader), each member in turn, under writes through two replicas: nothing
+/// fails, health stays SERVING, and a freeze taken afterwards is enforced at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_member_is_replaced_under_load_and_nothing_fails() {
+    let mut cluster = EtcdCluster::start(3).await;
+    let prefix = format!("/wiped-{}/", uuid::Uuid::now_v7());
+    let dirs = tempfile::tempdir().expect("dirs");
+    let a = spawn(&cluster, &prefix, "A", &dirs.path().join("a"));
+    let b = spawn(&cluster, &prefix, "B", &dirs.path().join("b"));
+    fixtures(a.grpc, 2).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let writers = write_all_along(&[("A", a.grpc), ("B", b.grpc)], &stop, &failures);
+    let health = sample_health(vec![a.grpc, b.grpc], stop.clone());
+    for member in [0, 1, 2, 0] {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.wipe(member).await;
+    }
+    no_write_failed_and_always_serving(&stop, writers, &failures, health).await;
+
+    let (mut pdp_a, mut admin_a) = clients(a.grpc).await;
+    let (mut pdp_b, _) = clients(b.grpc).await;
+    let started = pdp_a
+        .authorize(in_room("r1"))
+        .await
+        .expect("start")
+        .into_inner();
+    assert_eq!(
+        common::decision(&started),
+        proto::Decision::Allow,
+        "{started:?}"
+    );
+    let reported = admin_a
+        .report_violation(report(&started.session_id, "R6"))
+        .await
+        .expect("report")
+        .into_inner();
+    let mut on_b = in_room("r2");
+    on_b.min_revision = reported.store_revision;
+    let refused = pdp_b
+        .authorize(on_b)
+        .await
+        .expect("start on B")
+        .into_inner();
+    assert_eq!(common::rule_ids(&refused), ["E3"], "{refused:?}");
 }

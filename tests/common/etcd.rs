@@ -16,6 +16,8 @@ struct Member {
     child: Option<Child>,
     /// Joins a running cluster (after `wipe`) rather than forming a new one.
     joining: Option<String>,
+    /// How many times it was wiped and replaced.
+    generation: u32,
 }
 
 pub struct EtcdCluster {
@@ -36,6 +38,7 @@ impl EtcdCluster {
                 peer_port: free_port(),
                 child: None,
                 joining: None,
+                generation: 0,
             })
             .collect();
         let initial_cluster = members
@@ -176,12 +179,20 @@ impl EtcdCluster {
     }
 
     /// Kills member `i` and loses its disk, as a replaced machine does: the member is removed
-    /// from the cluster and added back empty, the way an operator replaces one (etcd's
-    /// runtime reconfiguration), and started with `--initial-cluster-state existing`; it
-    /// copies the data from the leader. Panics if the cluster refuses the change.
+    /// from the cluster and a new one (new name, peer address and data directory; the same
+    /// client address, which the replicas know) is added and started with
+    /// `--initial-cluster-state existing`, the way an operator replaces one (etcd's runtime
+    /// reconfiguration); it copies the data from the leader. Panics if the cluster refuses.
     pub async fn wipe(&mut self, i: usize) {
         self.kill(i);
-        std::fs::remove_dir_all(self.data_dir(i)).expect("wipe the member's data");
+        let _ = std::fs::remove_dir_all(self.data_dir(i));
+        let old_peer = format!("http://127.0.0.1:{}", self.members[i].peer_port);
+        let generation = self.members[i].generation + 1;
+        self.members[i].generation = generation;
+        self.members[i].name = format!("e{i}g{generation}");
+        self.members[i].peer_port = free_port();
+        let name = self.members[i].name.clone();
+        let peer = format!("http://127.0.0.1:{}", self.members[i].peer_port);
         let others: Vec<String> = self
             .endpoints()
             .into_iter()
@@ -189,83 +200,65 @@ impl EtcdCluster {
             .filter(|(j, _)| *j != i)
             .map(|(_, e)| e)
             .collect();
-        let name = self.members[i].name.clone();
-        let peer = format!("http://127.0.0.1:{}", self.members[i].peer_port);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let added = loop {
-            let change = async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // One step at a time, each until it has taken: etcd refuses a reconfiguration while
+        // the cluster is not healthy (a member just back from a fault), and a step whose
+        // answer was lost may have taken anyway.
+        let joining = loop {
+            let step = async {
                 let mut client = etcd_client::Client::connect(&others, None).await?;
                 let listed = client.member_list().await?;
-                let gone = listed
+                if let Some(old) = listed
                     .members()
                     .iter()
-                    .find(|m| m.name() == name || m.peer_urls().contains(&peer))
-                    .map(|m| m.id());
-                if let Some(id) = gone {
-                    client.member_remove(id).await?;
+                    .find(|m| m.peer_urls().contains(&old_peer))
+                {
+                    client.member_remove(old.id()).await?;
+                    return Ok(None);
                 }
-                let added = client.member_add([peer.clone()], None).await?;
-                Ok::<_, etcd_client::Error>(added.member().map(|m| m.id()))
-            };
-            match tokio::time::timeout(Duration::from_secs(5), change).await {
-                Ok(Ok(Some(id))) => break id,
-                outcome => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "cannot replace member {i}: {outcome:?}\n{}",
-                        self.logs()
-                    );
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        };
-        // A joining member learns the membership from whichever peer it asks, and a peer
-        // serves its own applied copy: wait until every peer lists the new member, and no
-        // other, at that address, or it may join under the old one's id.
-        let joining = loop {
-            let mut agreed = None;
-            for endpoint in &others {
-                let listed = async {
-                    let mut client = etcd_client::Client::connect([endpoint], None).await?;
-                    client.member_list().await
-                };
-                let Ok(Ok(listed)) = tokio::time::timeout(Duration::from_secs(2), listed).await
+                let Some(added) = listed
+                    .members()
+                    .iter()
+                    .find(|m| m.peer_urls().contains(&peer))
                 else {
-                    agreed = None;
-                    break;
+                    client.member_add([peer.clone()], None).await?;
+                    return Ok(None);
                 };
-                let at_peer: Vec<u64> = listed
-                    .members()
-                    .iter()
-                    .filter(|m| m.peer_urls().contains(&peer))
-                    .map(|m| m.id())
-                    .collect();
-                if at_peer != [added] {
-                    agreed = None;
-                    break;
-                }
-                agreed = Some(
-                    listed
-                        .members()
+                let added = added.id();
+                // A joining member learns the membership from the peer it asks, which serves
+                // its own applied copy: every peer must list the new member, and not the old.
+                let mut joining = String::new();
+                for endpoint in &others {
+                    let mut one = etcd_client::Client::connect([endpoint], None).await?;
+                    let listed = one.member_list().await?;
+                    let members = listed.members();
+                    let agreed = members.iter().any(|m| m.id() == added)
+                        && !members.iter().any(|m| m.peer_urls().contains(&old_peer));
+                    if !agreed {
+                        return Ok(None);
+                    }
+                    joining = members
                         .iter()
                         .map(|m| {
                             // The member just added has no name until it starts.
-                            let member_name = if m.name().is_empty() { &name } else { m.name() };
+                            let member_name = if m.id() == added { &name } else { m.name() };
                             format!("{member_name}={}", m.peer_urls().join(","))
                         })
                         .collect::<Vec<_>>()
-                        .join(","),
-                );
-            }
-            if let Some(joining) = agreed {
+                        .join(",");
+                }
+                Ok::<_, etcd_client::Error>(Some(joining))
+            };
+            let outcome = tokio::time::timeout(Duration::from_secs(5), step).await;
+            if let Ok(Ok(Some(joining))) = outcome {
                 break joining;
             }
             assert!(
                 Instant::now() < deadline,
-                "the peers never agreed on member {i}'s replacement\n{}",
+                "cannot replace member {i}: {outcome:?}\n{}",
                 self.logs()
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         };
         self.members[i].joining = Some(joining);
         self.spawn(i);
