@@ -130,13 +130,79 @@ pub struct SledCommit<T> {
     pub logged: Vec<LogRecord>,
 }
 
+fn open_sled(dir: &Path) -> Result<sled::Db, sled::Error> {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(SLED_CACHE_BYTES)
+        .open()
+}
+
+/// sled reads its newest snapshot, then replays its log after it. A snapshot torn by a failed
+/// write (a full disk) makes every open fail with "Read corrupted data"; the log still holds
+/// every write, so the snapshots are moved aside (kept, for whoever investigates) and sled
+/// rebuilds its state from the whole log. If that fails too, or there is no snapshot to set
+/// aside, the store is refused with what to do: never opened on data it cannot vouch for.
+fn set_corrupt_snapshots_aside(dir: &Path) -> Result<sled::Db, PdpError> {
+    let refuse = |what: String| {
+        PdpError::Storage(format!(
+            "the store in {} is corrupt ({what}); it was not opened. Restore it from a backup \
+             into an empty directory (anchor-pdp restore --from FILE --data-dir NEW_DIR)",
+            dir.display()
+        ))
+    };
+    let snapshots: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| refuse(format!("cannot list it: {e}")))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("snap."))
+        })
+        .collect();
+    if snapshots.is_empty() {
+        return Err(refuse(
+            "sled reports corrupt data and there is no snapshot to set aside".into(),
+        ));
+    }
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let aside = dir.join(format!("corrupt-snapshots-{millis}"));
+    std::fs::create_dir_all(&aside).map_err(|e| refuse(format!("cannot set it aside: {e}")))?;
+    for snapshot in &snapshots {
+        if let Some(name) = snapshot.file_name() {
+            std::fs::rename(snapshot, aside.join(name))
+                .map_err(|e| refuse(format!("cannot set {} aside: {e}", snapshot.display())))?;
+        }
+    }
+    let names: Vec<String> = snapshots
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    match open_sled(dir) {
+        Ok(db) => {
+            tracing::warn!(
+                dir = %dir.display(),
+                snapshots = %names.join(","),
+                moved_to = %aside.display(),
+                "store repaired: sled's snapshot was corrupt; it was set aside and sled \
+                 rebuilt its state from its log"
+            );
+            Ok(db)
+        }
+        Err(e) => Err(refuse(format!(
+            "sled: {e}, also with its snapshots ({}) set aside in {}",
+            names.join(","),
+            aside.display()
+        ))),
+    }
+}
+
 impl Db {
     fn open(dir: &Path) -> Result<Db, PdpError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(SLED_CACHE_BYTES)
-            .open()
-            .map_err(|e| match &e {
+        let db = match open_sled(dir) {
+            Err(sled::Error::Corruption { .. }) => set_corrupt_snapshots_aside(dir)?,
+            opened => opened.map_err(|e| match &e {
                 // sled locks its directory: another process has it open. (sled wraps the
                 // lock's WouldBlock in an error of its own, so its text is what tells.)
                 sled::Error::Io(io)
@@ -150,7 +216,8 @@ impl Db {
                     ))
                 }
                 _ => PdpError::Storage(format!("cannot open {}: {e}", dir.display())),
-            })?;
+            })?,
+        };
         let meta = db.open_tree(META_TREE).map_err(storage)?;
         match meta.get(FORMAT_KEY).map_err(storage)? {
             Some(v) if v.as_ref() == [FORMAT_VERSION] => {}

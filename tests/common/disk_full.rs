@@ -11,7 +11,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::programs::{free_port, wait_listening};
+use super::programs::{Guard, free_port, wait_listening};
 use super::{anchor_record, repo_policies};
 
 const MIB: u64 = 1024 * 1024;
@@ -89,7 +89,8 @@ fn fill_leaving(path: &Path, leave: u64) {
     file.sync_all().expect("sync filler");
 }
 
-fn spawn(data: &Path, port: u16, log: &Path) -> Child {
+/// The server; killed when dropped (a failed assertion included).
+fn spawn(data: &Path, port: u16, log: &Path) -> Guard {
     let mut child = Command::new(env!("CARGO_BIN_EXE_anchor-pdp"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--watch-policies", "false"])
@@ -107,7 +108,11 @@ fn spawn(data: &Path, port: u16, log: &Path) -> Child {
         .expect("spawn");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     wait_listening(addr, "anchor-pdp", &mut child, log);
-    child
+    Guard {
+        child,
+        log: log.to_owned(),
+        dir: None,
+    }
 }
 
 async fn channel(port: u16) -> Channel {
@@ -250,8 +255,8 @@ pub async fn round(round: usize) -> Round {
     let mut recovered_in = None;
     let mut restarted_log = log(1);
     if killed_while_full {
-        server.kill().expect("kill -9");
-        server.wait().expect("reap");
+        server.child.kill().expect("kill -9");
+        server.child.wait().expect("reap");
         std::fs::remove_file(&filler).expect("free space");
     } else {
         std::fs::remove_file(&filler).expect("free space");
@@ -263,8 +268,8 @@ pub async fn round(round: usize) -> Round {
                 .expect("a write after space came back");
             acknowledged.lock().expect("acked").push(id);
         }
-        server.kill().expect("kill -9");
-        server.wait().expect("reap");
+        server.child.kill().expect("kill -9");
+        server.child.wait().expect("reap");
         restarted_log = log(2);
     }
 
@@ -290,8 +295,8 @@ pub async fn round(round: usize) -> Round {
         !restarted.to_lowercase().contains("corrupt"),
         "round {round}: {restarted}"
     );
-    let _ = server.kill();
-    let _ = server.wait();
+    let _ = server.child.kill();
+    let _ = server.child.wait();
     drop(disk);
     Round {
         acknowledged: acknowledged.len(),

@@ -26,7 +26,11 @@ pub fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child, log: &Pat
                 std::fs::read_to_string(log).unwrap_or_default()
             );
         }
-        assert!(Instant::now() < deadline, "{what} not listening on {addr}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} not listening on {addr} after 20 s:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
