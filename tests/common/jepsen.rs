@@ -137,9 +137,9 @@ impl Slot {
             self.http,
             &[
                 ("ANCHOR_PDP_FAULT_COMMIT_DELAY_MS", &self.commit_delay_ms),
-                // A long run writes ~2,000 records a round; an hour of them in etcd makes a
-                // restarted replica's snapshot load outgrow the harness's 20 s start budget.
-                // Faults hold a replica down for seconds, so a minute still covers them.
+                // A long run writes ~2,000 records a round; an hour of them in etcd slows a
+                // restarted replica's snapshot load. Faults hold a replica down for seconds,
+                // so a minute still covers them.
                 ("ANCHOR_PDP_ETCD_LOG_RETENTION_MINS", "1"),
             ],
         ));

@@ -18,7 +18,8 @@ pub fn free_port() -> u16 {
 }
 
 pub fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Generous: a replica restarted late in a long fault run loads a large snapshot first.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
             panic!(
@@ -28,7 +29,7 @@ pub fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child, log: &Pat
         }
         assert!(
             Instant::now() < deadline,
-            "{what} not listening on {addr} after 20 s:\n{}",
+            "{what} not listening on {addr} after 60 s:\n{}",
             std::fs::read_to_string(log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(20));
