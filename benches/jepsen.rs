@@ -31,6 +31,10 @@ fn main() {
         ("etcd", Options::etcd(rounds.unwrap_or(200))),
         ("sled", Options::sled(rounds.unwrap_or(100))),
     ] {
+        let options = Options {
+            progress: true,
+            ..options
+        };
         let report = runtime.block_on(run(options));
         report.print(label);
         violations += report.violations.len();

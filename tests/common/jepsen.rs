@@ -38,6 +38,8 @@ pub struct Options {
     /// Each decision pauses up to this long before its commit (the server's
     /// `ANCHOR_PDP_FAULT_COMMIT_DELAY_MS`), widening the window a racing write can land in.
     pub commit_delay_ms: u64,
+    /// Print a line after each round (the long run).
+    pub progress: bool,
 }
 
 impl Options {
@@ -51,6 +53,7 @@ impl Options {
             merchants: 3,
             seed: 7,
             commit_delay_ms: 5,
+            progress: false,
         }
     }
 
@@ -1087,9 +1090,18 @@ async fn attempt(
 pub async fn run(options: Options) -> Report {
     let started = Instant::now();
     let rounds = options.rounds;
+    let options_progress = options.progress;
     let mut world = World::new(options).await;
     for round in 0..rounds {
         world.round(round).await;
+        if options_progress {
+            // A long run that stops early still counts the rounds it checked.
+            println!(
+                "round {round}: {} violations so far, {:.0} s",
+                world.report.violations.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     world.report.elapsed = started.elapsed();
     std::mem::take(&mut world.report)
