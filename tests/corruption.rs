@@ -3,46 +3,22 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anchor_pdp::proto::{self, register_request::Record};
 use anchor_pdp::{PolicyAdminClient, PolicyDecisionPointClient};
-use common::programs::{Guard, free_port, wait_listening};
-use common::repo_policies;
+use common::programs::{Guard, free_port};
+use common::serve_sled;
 use tonic::transport::Channel;
-
-fn serve(data: &Path, port: u16) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_anchor-pdp"));
-    command
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--watch-policies", "false", "--disk-ballast-mib", "0"])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--policies")
-        .arg(repo_policies())
-        .env_remove("ANCHOR_PDP_TOKENS")
-        .stdout(Stdio::null());
-    command
-}
 
 /// The server, stopped with SIGTERM (gracefully) when dropped, a failed assertion included.
 fn spawn(data: &Path, log: &Path) -> (Guard, u16) {
     let port = free_port();
-    let mut child = serve(data, port)
-        .stderr(std::fs::File::create(log).expect("log"))
-        .spawn()
-        .expect("spawn");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    wait_listening(addr, "anchor-pdp", &mut child, log);
-    let guard = Guard {
-        child,
-        log: log.to_owned(),
-        dir: None,
-    };
-    (guard, port)
+    (
+        serve_sled(data, port, log, &["--disk-ballast-mib", "0"]),
+        port,
+    )
 }
 
 async fn channel(port: u16) -> Channel {

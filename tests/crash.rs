@@ -4,42 +4,21 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anchor_pdp::proto::{self, register_request::Record};
 use anchor_pdp::{PolicyAdminClient, PolicyDecisionPointClient};
-use common::programs::{free_port, wait_listening};
-use common::repo_policies;
+use common::programs::{Guard, free_port};
+use common::serve_sled;
 use tonic::transport::Channel;
 
 const ROUNDS: usize = 4;
 const WORKERS: usize = 6;
 
-fn spawn(data: &Path, port: u16, log: &Path) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_anchor-pdp"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--watch-policies",
-            "false",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--policies")
-        .arg(repo_policies())
-        .env_remove("ANCHOR_PDP_TOKENS")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log"))
-        .spawn()
-        .expect("spawn");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    wait_listening(addr, "anchor-pdp", &mut child, log);
-    child
+fn spawn(data: &Path, port: u16, log: &Path) -> Guard {
+    serve_sled(data, port, log, &[])
 }
 
 async fn connect(
@@ -227,8 +206,8 @@ async fn acknowledged_writes_survive_kill_9_and_no_penalty_is_half_applied() {
             .collect();
         // Kill mid-load, at a different moment each round.
         tokio::time::sleep(Duration::from_millis(700 + 150 * round as u64)).await;
-        server.kill().expect("kill -9");
-        server.wait().expect("reap");
+        server.child.kill().expect("kill -9");
+        server.child.wait().expect("reap");
         for w in workers {
             w.await.expect("worker");
         }
@@ -353,6 +332,6 @@ async fn acknowledged_writes_survive_kill_9_and_no_penalty_is_half_applied() {
         checked_total > 50,
         "too little load to prove anything: {checked_total}"
     );
-    let _ = server.kill();
-    let _ = server.wait();
+    let _ = server.child.kill();
+    let _ = server.child.wait();
 }

@@ -9,9 +9,8 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +20,9 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::programs::{Guard, free_port, wait_listening};
-use super::{anchor_record, repo_policies};
+use super::anchor_record;
+use super::programs::{Guard, free_port};
+use super::serve_sled;
 
 const MIB: u64 = 1024 * 1024;
 const RESERVE_MIB: u64 = 4;
@@ -91,28 +91,20 @@ fn fill_leaving(path: &Path, leave: u64) {
 
 /// The server; killed when dropped (a failed assertion included).
 fn spawn(data: &Path, port: u16, log: &Path) -> Guard {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_anchor-pdp"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--watch-policies", "false"])
-        .args(["--disk-reserve-mib", &RESERVE_MIB.to_string()])
-        .args(["--disk-ballast-mib", &BALLAST_MIB.to_string()])
-        .args(["--decision-log-segment-mib", "1"])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--policies")
-        .arg(repo_policies())
-        .env_remove("ANCHOR_PDP_TOKENS")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log"))
-        .spawn()
-        .expect("spawn");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    wait_listening(addr, "anchor-pdp", &mut child, log);
-    Guard {
-        child,
-        log: log.to_owned(),
-        dir: None,
-    }
+    let (reserve, ballast) = (RESERVE_MIB.to_string(), BALLAST_MIB.to_string());
+    serve_sled(
+        data,
+        port,
+        log,
+        &[
+            "--disk-reserve-mib",
+            &reserve,
+            "--disk-ballast-mib",
+            &ballast,
+            "--decision-log-segment-mib",
+            "1",
+        ],
+    )
 }
 
 async fn channel(port: u16) -> Channel {

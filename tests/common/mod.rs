@@ -577,3 +577,28 @@ pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> (tonic::Cod
         Err(status) => (status.code(), status.message().to_owned()),
     }
 }
+
+/// `anchor-pdp serve` on the embedded store as its own process on `port`, with `extra` flags,
+/// its log in `log`; stopped (TERM, then KILL) when dropped, a failed assertion included.
+pub fn serve_sled(data: &Path, port: u16, log: &Path, extra: &[&str]) -> programs::Guard {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_anchor-pdp"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--watch-policies", "false"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--policies")
+        .arg(repo_policies())
+        .env_remove("ANCHOR_PDP_TOKENS")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    programs::wait_listening(addr, "anchor-pdp", &mut child, log);
+    programs::Guard {
+        child,
+        log: log.to_owned(),
+        dir: None,
+    }
+}
