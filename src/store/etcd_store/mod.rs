@@ -31,6 +31,7 @@
 mod backup;
 mod currency;
 mod members;
+mod snapshot;
 mod watch;
 
 use std::cell::RefCell;
@@ -174,9 +175,9 @@ async fn within<T>(
     }
 }
 
-/// The key just past every key starting with `prefix`.
-fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
+/// The first key after every key that starts with `prefix` (`\0`, every key, if none is).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
             end.push(last + 1);

@@ -1,5 +1,5 @@
-//! The read side of a replica: the snapshot that fills the mirror, and the watch that keeps it
-//! current, in revision order, feeding the view as it goes.
+//! The read side of a replica after its snapshot (`snapshot.rs`): the watch that keeps the
+//! mirror current, in revision order, feeding the view as it goes.
 //!
 //! A watch that falls behind the quorum reads (its member paused, say) is moved to another
 //! member. The watch is not asked for progress notifications: etcd 3.4 answers such a request
@@ -12,15 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use etcd_client::{EventType, GetOptions, WatchOptions};
+use etcd_client::{EventType, WatchOptions};
 
-use super::{
-    EtcdBackend, Mirror, POLICY_KEY, SNAPSHOT_PAGE, Shared, decode, decode_counter, prefix_end,
-    view_change,
-};
+use super::{EtcdBackend, POLICY_KEY, Shared, decode, prefix_end};
 use crate::domain::LogRecord;
-use crate::error::PdpError;
-use crate::store::tx::{EVENT_COUNTER_KEY, Writes};
+use crate::store::tx::Writes;
 
 /// Keys under the prefix that are not state: decision records travelling to every replica's
 /// log, and the markers that tell a retried commit whether its first attempt landed.
@@ -32,109 +28,6 @@ pub(super) fn is_state_key(key: &str) -> bool {
 }
 
 impl EtcdBackend {
-    /// Every key under the prefix, read at one revision, replaces the mirror and the view.
-    pub(super) async fn load_snapshot(&self, shared: &Shared) -> Result<(), PdpError> {
-        let end = prefix_end(&self.options.prefix);
-        let mut start = self.options.prefix.as_bytes().to_vec();
-        let mut at = 0;
-        let mut mirror = Mirror::default();
-        let mut log_records = Vec::new();
-        let mut policy = None;
-        loop {
-            let mut options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(SNAPSHOT_PAGE);
-            if at > 0 {
-                options = options.with_revision(at);
-            }
-            let page = self
-                .request("reading the snapshot", |mut kv| {
-                    let (start, options) = (start.clone(), options.clone());
-                    async move { kv.get(start, Some(options)).await }
-                })
-                .await?;
-            if at == 0 {
-                at = page.header().map_or(0, |h| h.revision());
-            }
-            for item in page.kvs() {
-                let Some(key) = self.unprefixed(item.key()) else {
-                    continue;
-                };
-                if let Some(id) = key.strip_prefix("log/") {
-                    log_records.push(decode::<LogRecord>(id, item.value())?);
-                } else if key == POLICY_KEY {
-                    policy = Some((item.value().to_vec(), item.mod_revision()));
-                } else if is_state_key(key) {
-                    mirror
-                        .kv
-                        .insert(key.to_owned(), (item.value().to_vec(), item.mod_revision()));
-                }
-            }
-            match page.kvs().last() {
-                Some(last) if page.more() => {
-                    start = last.key().to_vec();
-                    start.push(0);
-                }
-                _ => break,
-            }
-        }
-        mirror.revision = at;
-        let mut registrations = Vec::new();
-        let mut accounts = Vec::new();
-        let mut live = Vec::new();
-        for (key, (value, _)) in &mirror.kv {
-            match view_change(key, value)? {
-                Some(crate::store::tx::ViewChange::Registration(r)) => registrations.push(r),
-                Some(crate::store::tx::ViewChange::Account(a)) => accounts.push(a),
-                Some(crate::store::tx::ViewChange::Session(s))
-                    if s.state == crate::domain::SessionState::Active =>
-                {
-                    live.push(s)
-                }
-                _ => {}
-            }
-        }
-        let last_event = match mirror.kv.get(EVENT_COUNTER_KEY) {
-            Some((bytes, _)) => decode_counter(EVENT_COUNTER_KEY, bytes)?,
-            None => 0,
-        };
-        {
-            let mut current = self.mirror.write().unwrap_or_else(|p| p.into_inner());
-            shared.view.reset(registrations, accounts, live);
-            *current = mirror;
-        }
-        self.revision.send_replace(at);
-        self.settle(at);
-        shared.events_durable.send_replace(last_event);
-        if policy.is_some() {
-            self.policy.send_replace(policy);
-        }
-        self.append_missing(shared, log_records).await;
-        tracing::info!(
-            revision = at,
-            endpoints = %self.options.endpoints.join(","),
-            "etcd: view loaded from snapshot"
-        );
-        Ok(())
-    }
-
-    /// Appends to the local decision log the records it does not have yet.
-    async fn append_missing(&self, shared: &Shared, records: Vec<LogRecord>) {
-        let mut missing = Vec::new();
-        for record in records {
-            match shared.segments.get(&record.id) {
-                Ok(Some(_)) => {}
-                _ => missing.push(record),
-            }
-        }
-        if missing.is_empty() {
-            return;
-        }
-        if let Err(e) = shared.segments.append(missing).await {
-            let _ = shared.write_failed(e);
-        }
-    }
-
     /// Follows every change under the prefix, from the mirror's revision on, for as long as
     /// the process runs; reconnects (to another member when the last one stalled), and
     /// reloads the snapshot when the revision it needs was compacted away.
@@ -145,7 +38,7 @@ impl EtcdBackend {
             self.watch_member.store(member, Ordering::Release);
             let from = self.mirror().revision + 1;
             let options = WatchOptions::new()
-                .with_range(prefix_end(&self.options.prefix))
+                .with_range(prefix_end(self.options.prefix.as_bytes()))
                 .with_start_revision(from)
                 .with_progress_notify();
             let stream = match self.members.client(member).await {
