@@ -114,6 +114,7 @@ fn record(merchant: u64, at: i64) -> LogRecord {
         warning_issued: false,
         cause_id: String::new(),
         change: String::new(),
+        commit: 0,
     }
 }
 

@@ -955,6 +955,14 @@ pub struct LogRecord {
     /// The state change written in the same transaction as this record; empty if none.
     #[serde(default)]
     pub change: String,
+    /// On sled, the number of the commit that wrote this record (0 on etcd, and in records
+    /// restored from a backup): opening the store checks it still holds the newest.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub commit: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a live discovery (a failed LIVE re-check or an inspector's report) asks to apply.

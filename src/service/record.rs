@@ -85,6 +85,7 @@ impl Pdp {
             warning_issued: false,
             cause_id: String::new(),
             change: String::new(),
+            commit: 0,
         }
     }
 
@@ -117,6 +118,7 @@ impl Pdp {
             warning_issued: outcome.warning_issued,
             cause_id: cause_id.to_owned(),
             change,
+            commit: 0,
         }
     }
 

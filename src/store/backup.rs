@@ -194,8 +194,17 @@ impl Store {
         match &self.backend {
             Backend::Sled(sled) => {
                 sled.put_state(&backup.entries)?;
-                if !backup.log.is_empty() {
-                    self.shared.segments.append_blocking(&backup.log)?;
+                // Their commit numbers are the source store's, not this one's.
+                let log: Vec<LogRecord> = backup
+                    .log
+                    .iter()
+                    .map(|r| LogRecord {
+                        commit: 0,
+                        ..r.clone()
+                    })
+                    .collect();
+                if !log.is_empty() {
+                    self.shared.segments.append_blocking(&log)?;
                 }
             }
             Backend::Etcd(etcd) => {

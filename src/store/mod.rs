@@ -1199,6 +1199,7 @@ mod tests {
             warning_issued: false,
             cause_id: String::new(),
             change: String::new(),
+            commit: 0,
         }
     }
 

@@ -15,8 +15,14 @@
 //! sled stops writing for good after an I/O error (a full disk): it keeps the error and
 //! returns it from every later write. The store notes the first such failure (health reads it)
 //! and `recover` reopens the database once writing works again.
+//!
+//! Every transaction that logs a record numbers its commit (`last_commit` in `meta`, written in
+//! the same transaction) and stamps the number on its records. A record reaches the segments
+//! only after its change is durable, so a store whose last commit is older than a record in
+//! the segments has lost changes it acknowledged (sled replays its log only up to damage it
+//! finds in it); such a store is refused at open, never served.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -42,6 +48,10 @@ const META_TREE: &str = "meta";
 const FORMAT_KEY: &str = "format_version";
 const PROBE_KEY: &str = "write_probe";
 const LOG_TREE: &str = "log.v1";
+/// The number of the last commit that logged a record (8 bytes, big-endian), in `meta`.
+const LAST_COMMIT_KEY: &str = "last_commit";
+/// How many of the newest records with a commit number the open compares with the store.
+const RECORDS_CHECKED: usize = 256;
 
 /// sled's page cache (its default is 1 GiB). Decisions and lookups read registrations and
 /// accounts from the in-memory view, so the cache serves only sessions, indexes and writes.
@@ -53,6 +63,8 @@ struct Db {
     data: sled::Tree,
     /// Decision-log records written with a change, until they are in the segments.
     log: sled::Tree,
+    /// The format and the last commit number.
+    meta: sled::Tree,
     commit: GroupCommit,
 }
 
@@ -72,6 +84,9 @@ pub struct SledBackend {
 struct SledTx<'a> {
     data: &'a TransactionalTree,
     log: &'a TransactionalTree,
+    meta: &'a TransactionalTree,
+    /// This commit's number, once it logs a record (0 until then).
+    number: Cell<u64>,
     writes: RefCell<Writes>,
     logged: RefCell<Vec<LogRecord>>,
     /// sled's own error (a conflict to retry, or storage), handed back to sled as it came.
@@ -83,6 +98,30 @@ impl SledTx<'_> {
         self.failure.borrow_mut().get_or_insert(e);
         TxError::Backend
     }
+
+    /// This commit's number: one past the last, taken (and written) by its first record.
+    fn number(&self) -> TxResult<u64> {
+        if self.number.get() == 0 {
+            let last = match self.meta.get(LAST_COMMIT_KEY).map_err(|e| self.failed(e))? {
+                Some(bytes) => decode_commit(&bytes)?,
+                None => 0,
+            };
+            let number = last + 1;
+            self.meta
+                .insert(LAST_COMMIT_KEY, &number.to_be_bytes())
+                .map_err(|e| self.failed(e))?;
+            self.number.set(number);
+        }
+        Ok(self.number.get())
+    }
+}
+
+fn decode_commit(bytes: &[u8]) -> Result<u64, PdpError> {
+    let bytes: [u8; 8] = bytes.try_into().map_err(|_| PdpError::Corrupt {
+        key: LAST_COMMIT_KEY.into(),
+        reason: format!("{} bytes, not 8", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 impl Tx for SledTx<'_> {
@@ -110,11 +149,15 @@ impl Tx for SledTx<'_> {
     }
 
     fn log(&self, record: &LogRecord) -> TxResult<()> {
-        let bytes = tx::encode(&record.id, record)?;
+        let record = LogRecord {
+            commit: self.number()?,
+            ..record.clone()
+        };
+        let bytes = tx::encode(&record.id, &record)?;
         self.log
             .insert(record.id.as_bytes(), bytes)
             .map_err(|e| self.failed(e))?;
-        self.logged.borrow_mut().push(record.clone());
+        self.logged.borrow_mut().push(record);
         Ok(())
     }
 }
@@ -243,8 +286,59 @@ impl Db {
             db,
             data,
             log,
+            meta,
             commit,
         })
+    }
+
+    fn last_commit(&self) -> Result<u64, PdpError> {
+        match self.meta.get(LAST_COMMIT_KEY).map_err(storage)? {
+            Some(bytes) => decode_commit(&bytes),
+            None => Ok(0),
+        }
+    }
+
+    /// Refuses a store that lacks a commit the decision log has a record of (see the module
+    /// comment). Returns the last commit it holds.
+    fn check_against(&self, segments: &SegmentLog, dir: &Path) -> Result<u64, PdpError> {
+        let held = self.last_commit()?;
+        let (newest, _) = segments.newest(
+            Millis::MIN..=Millis::MAX,
+            &[],
+            |r| r.commit > 0,
+            RECORDS_CHECKED,
+            100 * RECORDS_CHECKED,
+        )?;
+        let Some(ahead) = newest.iter().max_by_key(|r| r.commit) else {
+            return Ok(held);
+        };
+        if ahead.commit <= held {
+            tracing::info!(
+                last_commit = held,
+                newest_logged_commit = ahead.commit,
+                "store checked against the decision log: it holds every logged change"
+            );
+            return Ok(held);
+        }
+        let lost = newest.iter().filter(|r| r.commit > held).count();
+        Err(PdpError::Storage(format!(
+            "the store in {} has lost changes it acknowledged: its last commit is {held}, but \
+             the decision log holds records of commits up to {} ({lost} of its newest \
+             {RECORDS_CHECKED} records are from commits the store lacks; the newest is {} \
+             ({}) at {}). It was not opened. Restore it from a backup into an empty \
+             directory (anchor-pdp restore --from FILE --data-dir NEW_DIR); the decision log \
+             says what changed after the backup",
+            dir.display(),
+            ahead.commit,
+            ahead.id,
+            ahead.action,
+            std::time::UNIX_EPOCH
+                .checked_add(Duration::from_millis(ahead.at.max(0) as u64))
+                .map_or_else(
+                    || ahead.at.to_string(),
+                    |t| humantime::format_rfc3339_millis(t).to_string()
+                ),
+        )))
     }
 
     /// Writes and flushes a probe value: does writing work?
@@ -401,6 +495,7 @@ impl SledBackend {
     pub fn open(dir: &Path, shared: &Shared) -> Result<(SledBackend, u64), PdpError> {
         let db = Db::open(dir)?;
         let replayed = drain_outbox(&db, &shared.segments)?;
+        db.check_against(&shared.segments, dir)?;
         if replayed > 0 {
             tracing::info!(
                 records = replayed,
@@ -480,11 +575,13 @@ impl SledBackend {
         let db = self.db()?;
         let (committed, revision) = {
             let _in_order = self.in_view_order();
-            let committed = (&db.data, &db.log)
-                .transaction(|(data, log)| {
+            let committed = (&db.data, &db.log, &db.meta)
+                .transaction(|(data, log, meta)| {
                     let tx = SledTx {
                         data,
                         log,
+                        meta,
+                        number: Cell::new(0),
                         writes: RefCell::default(),
                         logged: RefCell::default(),
                         failure: RefCell::default(),
@@ -579,6 +676,7 @@ impl SledBackend {
         db.probe(now)?;
         shared.segments.sync_blocking()?;
         drain_outbox(&db, &shared.segments)?;
+        db.check_against(&shared.segments, &self.dir)?;
         let last_event = db.last_event()?;
         // What was not durable is gone from disk; the view must forget it too.
         db.load_view(shared)?;
