@@ -82,6 +82,16 @@ pub struct BackupArgs {
     /// Also carry every decision-log record the server holds.
     #[arg(long, default_value_t = false)]
     pub with_decision_log: bool,
+    /// The CA (PEM) that signed the server's certificate, for an `https://` --server (the
+    /// system's roots are not consulted).
+    #[arg(long, env = "ANCHOR_PDP_CA")]
+    pub ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present, for a server that requires one (--mtls-role).
+    #[arg(long, env = "ANCHOR_PDP_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, env = "ANCHOR_PDP_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

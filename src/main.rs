@@ -80,12 +80,7 @@ fn main() -> ExitCode {
             println!("{}", anchor_pdp::api::auth::hash_token(token));
             ExitCode::SUCCESS
         }
-        Command::Backup(args) => report(runtime.block_on(anchor_pdp::backup::backup_to(
-            &args.server,
-            args.token.as_deref(),
-            &args.to,
-            args.with_decision_log,
-        ))),
+        Command::Backup(args) => report(runtime.block_on(anchor_pdp::backup::backup_to(&args))),
         Command::Restore(args) => {
             report(runtime.block_on(anchor_pdp::backup::restore_from(&args.from, &args.target)))
         }

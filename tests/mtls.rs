@@ -408,3 +408,79 @@ async fn the_console_serves_tls_and_signs_in_a_certificate_whose_subject_has_a_c
 
     server.stop().await;
 }
+
+/// `anchor-pdp backup` against a server that requires client certificates: with the CA and an
+/// admin's certificate it writes the backup; without a certificate, or with a gateway's, it
+/// fails and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backup_tool_speaks_mutual_tls() {
+    let pki = Pki::new();
+    let server = TlsServer::start(&pki, &["edge-1:gateway", "ops-1:admin"], false).await;
+    let mut ops = PolicyDecisionPointClient::new(
+        channel(server.addr, &pki, Some("ops-1"))
+            .await
+            .expect("ops connects"),
+    );
+    ops.register(proto::RegisterRequest {
+        request_id: String::new(),
+        record: Some(Record::Merchant(proto::Merchant {
+            id: "m1".into(),
+            tier: 1,
+            display_name: String::new(),
+        })),
+        expected_revision: None,
+    })
+    .await
+    .expect("register");
+    let temp = tempfile::tempdir().expect("temp");
+    let write = |name: &str, pem: &str| {
+        let path = temp.path().join(name);
+        std::fs::write(&path, pem).expect("write pem");
+        path.display().to_string()
+    };
+    let ca = write("ca.pem", &pki.ca_pem);
+    let (ops_cert, ops_key) = pki.issue("ops-1");
+    let (edge_cert, edge_key) = pki.issue("edge-1");
+    let ops = (write("ops.pem", &ops_cert), write("ops.key", &ops_key));
+    let edge = (write("edge.pem", &edge_cert), write("edge.key", &edge_key));
+    let server_url = format!("https://localhost:{}", server.addr.port());
+    // Run off the async workers: the server answers on them meanwhile.
+    let backup = |to: &str, extra: &[&str]| {
+        let to = temp.path().join(to);
+        let (server_url, ca, extra) = (server_url.clone(), ca.clone(), extra.join(" "));
+        let run = {
+            let to = to.clone();
+            move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_anchor-pdp"))
+                    .args(["backup", "--server", &server_url, "--ca", &ca])
+                    .arg("--to")
+                    .arg(&to)
+                    .args(extra.split_whitespace())
+                    .env_remove("ANCHOR_PDP_TOKEN")
+                    .output()
+                    .expect("run backup")
+            }
+        };
+        async move {
+            let output = tokio::task::spawn_blocking(run).await.expect("join");
+            let said = String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr);
+            (output.status.success(), said, to)
+        }
+    };
+    let (ok, said, to) = backup("ops.backup", &["--cert", &ops.0, "--key", &ops.1]).await;
+    assert!(ok, "{said}");
+    let bytes = std::fs::read(&to).expect("backup written");
+    let decoded = anchor_pdp::store::Backup::decode(&bytes).expect("a whole backup");
+    assert_eq!(decoded.header.backend, "sled", "{said}");
+    assert!(decoded.header.keys >= 1, "{said}");
+
+    let (ok, said, to) = backup("edge.backup", &["--cert", &edge.0, "--key", &edge.1]).await;
+    assert!(!ok && said.contains("backup refused"), "{said}");
+    assert!(!to.exists(), "nothing written for a refused backup");
+
+    let (ok, said, to) = backup("anonymous.backup", &[]).await;
+    assert!(!ok, "{said}");
+    assert!(!to.exists(), "nothing written without a certificate");
+    server.stop().await;
+}
