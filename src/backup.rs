@@ -2,28 +2,27 @@
 
 use std::path::Path;
 
-use crate::config::{ServeArgs, StoreKind};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+use crate::config::{BackupArgs, ServeArgs, StoreKind};
 use crate::proto;
 use crate::store::{Backup, Store};
 
-/// Asks the server at `server` for a backup and writes it to `to` (through a temporary file,
-/// fsynced, then renamed: `to` is whole or absent). `token` is sent as a bearer token.
-/// Returns a summary for the operator.
-pub async fn backup_to(
-    server: &str,
-    token: Option<&str>,
-    to: &Path,
-    with_decision_log: bool,
-) -> Result<String, String> {
-    let channel = tonic::transport::Endpoint::from_shared(server.to_owned())
-        .map_err(|e| format!("--server {server}: {e}"))?
+/// Asks the server at `--server` for a backup and writes it to `--to` (through a temporary
+/// file, fsynced, then renamed: the file is whole or absent). Returns a summary for the
+/// operator.
+pub async fn backup_to(args: &BackupArgs) -> Result<String, String> {
+    let (server, to) = (&args.server, &args.to);
+    let channel = endpoint(args)?
         .connect()
         .await
         .map_err(|e| format!("cannot reach {server}: {e}"))?;
     let mut admin = proto::policy_admin_client::PolicyAdminClient::new(channel)
         .max_decoding_message_size(8 << 20);
-    let mut request = tonic::Request::new(proto::BackupRequest { with_decision_log });
-    if let Some(token) = token {
+    let mut request = tonic::Request::new(proto::BackupRequest {
+        with_decision_log: args.with_decision_log,
+    });
+    if let Some(token) = &args.token {
         let value = format!("Bearer {token}")
             .parse()
             .map_err(|_| "ANCHOR_PDP_TOKEN is not a valid header value".to_owned())?;
@@ -56,6 +55,40 @@ pub async fn backup_to(
         backup.header.log_records,
         bytes.len()
     ))
+}
+
+/// The server's address, with TLS when it is `https://` (or a CA or certificate is given).
+fn endpoint(args: &BackupArgs) -> Result<tonic::transport::Endpoint, String> {
+    let server = &args.server;
+    let endpoint = tonic::transport::Endpoint::from_shared(server.clone())
+        .map_err(|e| format!("--server {server}: {e}"))?;
+    let tls = server.starts_with("https://") || args.ca.is_some() || args.cert.is_some();
+    if !tls {
+        return Ok(endpoint);
+    }
+    if !server.starts_with("https://") {
+        return Err(format!(
+            "--server {server}: --ca and --cert need an https:// server"
+        ));
+    }
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let mut config = ClientTlsConfig::new();
+    match &args.ca {
+        Some(ca) => config = config.ca_certificate(Certificate::from_pem(read(ca)?)),
+        None => {
+            return Err(format!(
+                "--server {server}: give the CA that signed its certificate (--ca)"
+            ));
+        }
+    }
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    endpoint
+        .tls_config(config)
+        .map_err(|e| format!("--server {server}: TLS: {e}"))
 }
 
 fn write_whole(to: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -105,10 +138,15 @@ pub async fn restore_from(from: &Path, args: &ServeArgs) -> Result<String, Strin
             )
         }
     };
-    store.restore(&backup).await.map_err(|e| e.to_string())?;
+    let resumed = store.restore(&backup).await.map_err(|e| e.to_string())?;
     store.flush_blocking().map_err(|e| e.to_string())?;
     Ok(format!(
-        "restored {} keys and {} decision-log records (a {} backup at revision {}) into the {target}",
+        "{}restored {} keys and {} decision-log records (a {} backup at revision {}) into the {target}",
+        if resumed {
+            "an unfinished restore resumed: "
+        } else {
+            ""
+        },
         backup.header.keys,
         backup.header.log_records,
         backup.header.backend,

@@ -1,7 +1,8 @@
 //! Backup, restore and migration, through the `anchor-pdp backup` / `restore` commands
 //! against real servers: a backup taken while writes run holds every write acknowledged at or
 //! below its revision and restores to an equal store; a damaged file or a non-empty target is
-//! refused before anything is written; sled → etcd → sled carries every record over.
+//! refused before anything is written; a restore that crashes halfway leaves a store no server
+//! opens, and resumes when run again; sled → etcd → sled carries every record over.
 
 mod common;
 
@@ -17,8 +18,20 @@ use common::{Options, T0, TestServer};
 
 /// Runs `anchor-pdp ARGS`; returns (success, stdout + stderr).
 async fn cli(args: Vec<String>) -> (bool, String) {
+    cli_with(args, None).await
+}
+
+/// Runs `anchor-pdp ARGS` with a restore that crashes after `abort_after` keys.
+async fn cli_with(args: Vec<String>, abort_after: Option<u64>) -> (bool, String) {
     tokio::task::spawn_blocking(move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_anchor-pdp"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_anchor-pdp"));
+        if let Some(keys) = abort_after {
+            command.env(
+                "ANCHOR_PDP_FAULT_RESTORE_ABORT_AFTER_KEYS",
+                keys.to_string(),
+            );
+        }
+        let out = command
             .args(&args)
             .env_remove("ANCHOR_PDP_TOKEN")
             .output()
@@ -51,13 +64,31 @@ async fn backup(server: &TestServer, to: &Path) -> Backup {
 }
 
 async fn restore(from: &Path, target: &[&str]) -> (bool, String) {
+    restore_cut_short(from, target, None).await
+}
+
+/// A restore that crashes (the process aborts) once it has written `abort_after` keys.
+async fn restore_cut_short(
+    from: &Path,
+    target: &[&str],
+    abort_after: Option<u64>,
+) -> (bool, String) {
     let mut args = vec![
         "restore".to_owned(),
         "--from".into(),
         from.display().to_string(),
     ];
     args.extend(target.iter().map(|s| s.to_string()));
-    cli(args).await
+    cli_with(args, abort_after).await
+}
+
+/// Why a server refuses to open the store `args` select (panics if it opens).
+async fn refusal(args: anchor_pdp::config::ServeArgs) -> String {
+    let clock = std::sync::Arc::new(anchor_pdp::clock::ManualClock::new(T0));
+    match anchor_pdp::server::open(&args, clock).await {
+        Ok(_) => panic!("a server opened a half-restored store"),
+        Err(e) => e.to_string(),
+    }
 }
 
 fn merchant(id: &str) -> proto::RegisterRequest {
@@ -141,12 +172,31 @@ async fn a_backup_taken_under_writes_restores_to_an_equal_store_and_a_damaged_on
     assert_eq!(first.header.backend, "sled");
     assert!(first.log.iter().any(|r| r.action == "ReportViolation"));
 
-    // Restored into an empty directory, it is the same store.
+    // A restore that crashes halfway leaves a store no server opens; run again, it resumes.
     let restored_dir = temp.path().join("restored");
-    let (ok, said) = restore(&file, &["--data-dir", &restored_dir.display().to_string()]).await;
+    let target = ["--data-dir", &restored_dir.display().to_string()];
+    let (ok, said) = restore_cut_short(&file, &target, Some(first.header.keys / 2)).await;
+    assert!(
+        !ok && said.contains("fault injected: restore aborted"),
+        "{said}"
+    );
+    let mut args = common::serve_defaults();
+    args.data_dir = restored_dir.clone();
+    args.policies = common::repo_policies();
+    let refused = refusal(args).await;
+    assert!(
+        refused.contains("a restore into this store began and did not finish")
+            && refused.contains(&format!("{} keys", first.header.keys)),
+        "{refused}"
+    );
+    // Restored into that directory, it is the same store.
+    let (ok, said) = restore(&file, &target).await;
     assert!(ok, "restore: {said}");
     assert!(
-        said.contains(&format!("restored {} keys", first.header.keys)),
+        said.contains(&format!(
+            "an unfinished restore resumed: restored {} keys",
+            first.header.keys
+        )),
         "{said}"
     );
     let restored =
@@ -210,8 +260,34 @@ async fn a_sled_store_moves_to_etcd_and_back_with_every_record() {
         "--replica-id",
         "restore",
     ];
+    // Cut short halfway: no replica serves the prefix until the restore is run again.
+    let (ok, said) = restore_cut_short(
+        &temp.path().join("sled.backup"),
+        &etcd_target,
+        Some((first.header.keys + first.header.log_records) / 2),
+    )
+    .await;
+    assert!(
+        !ok && said.contains("fault injected: restore aborted"),
+        "{said}"
+    );
+    let mut args = common::serve_defaults();
+    args.data_dir = temp.path().join("replica-data");
+    args.policies = common::repo_policies();
+    args.store = anchor_pdp::config::StoreKind::Etcd;
+    args.etcd_endpoints = cluster.endpoints();
+    args.etcd_prefix = prefix.clone();
+    args.replica_id = Some("early".into());
+    let refused = refusal(args).await;
+    assert!(
+        refused.contains("a restore into this store began and did not finish"),
+        "{refused}"
+    );
     let (ok, said) = restore(&temp.path().join("sled.backup"), &etcd_target).await;
-    assert!(ok, "restore into etcd: {said}");
+    assert!(
+        ok && said.contains("an unfinished restore resumed"),
+        "restore into etcd: {said}"
+    );
     // Once more into the same prefix: refused.
     let (ok, said) = restore(&temp.path().join("sled.backup"), &etcd_target).await;
     assert!(!ok && said.contains("already holds"), "{said}");

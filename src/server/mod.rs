@@ -134,6 +134,14 @@ pub async fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, S
             .await?
         }
     };
+    if let Some(restore) = store.unfinished_restore().await? {
+        return Err(StartError::Store(PdpError::FailedPrecondition(format!(
+            "a restore into this store began and did not finish (the backup of a {} store at \
+             revision {}, {} keys): it holds only part of it and will not serve. Run the same \
+             `anchor-pdp restore --from FILE` against it again: it resumes",
+            restore.backend, restore.revision, restore.keys
+        ))));
+    }
     let current = policies.current();
     tracing::info!(
         policies = %policy_source,

@@ -178,39 +178,82 @@ impl Store {
         })
     }
 
-    /// Writes a backup into this store, which must hold no state yet (refused otherwise,
-    /// before anything is written). For a stopped deployment: `anchor-pdp restore`.
-    pub async fn restore(&self, backup: &Backup) -> Result<(), PdpError> {
-        let held = match &self.backend {
-            Backend::Sled(sled) => sled.state_len()?,
-            Backend::Etcd(etcd) => etcd.state_len(),
+    /// The header of the backup a restore into this store began and did not finish, if one
+    /// did. A store holding only part of a backup must not serve: `server::open` refuses it.
+    pub async fn unfinished_restore(&self) -> Result<Option<BackupHeader>, PdpError> {
+        let marker = match &self.backend {
+            Backend::Sled(sled) => sled.restore_marker()?,
+            Backend::Etcd(etcd) => etcd.restore_marker().await?,
         };
-        if held > 0 {
-            return Err(PdpError::FailedPrecondition(format!(
-                "the target store already holds {held} keys: restore writes only into an \
-                 empty one"
-            )));
-        }
+        marker
+            .map(|bytes| {
+                serde_json::from_slice(&bytes).map_err(|e| PdpError::Corrupt {
+                    key: "restoring".into(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Writes a backup into this store, which must hold no state yet (refused otherwise,
+    /// before anything is written), or only what an unfinished restore of the same backup
+    /// wrote: it resumes. A marker naming the backup is written first and removed last, so
+    /// a restore cut short (a crash, a lost connection) leaves a store that refuses to serve
+    /// until the restore is run again. For a stopped deployment: `anchor-pdp restore`.
+    /// Returns whether it resumed an unfinished one.
+    pub async fn restore(&self, backup: &Backup) -> Result<bool, PdpError> {
+        let resumed = match self.unfinished_restore().await? {
+            Some(header) if header == backup.header => true,
+            Some(header) => {
+                return Err(PdpError::FailedPrecondition(format!(
+                    "an unfinished restore of another backup (of a {} store at revision {}, \
+                     taken at {} ms) holds this store: run that restore again to finish it, \
+                     or restore into an empty store",
+                    header.backend, header.revision, header.taken_at
+                )));
+            }
+            None => {
+                let held = match &self.backend {
+                    Backend::Sled(sled) => sled.state_len()?,
+                    Backend::Etcd(etcd) => etcd.state_len(),
+                };
+                if held > 0 {
+                    return Err(PdpError::FailedPrecondition(format!(
+                        "the target store already holds {held} keys: restore writes only into \
+                         an empty one"
+                    )));
+                }
+                false
+            }
+        };
+        let marker = serde_json::to_vec(&backup.header)
+            .map_err(|e| PdpError::Storage(format!("cannot encode the restore marker: {e}")))?;
         match &self.backend {
             Backend::Sled(sled) => {
+                sled.set_restore_marker(Some(&marker))?;
                 sled.put_state(&backup.entries)?;
                 // Their commit numbers are the source store's, not this one's.
-                let log: Vec<LogRecord> = backup
-                    .log
-                    .iter()
-                    .map(|r| LogRecord {
-                        commit: 0,
-                        ..r.clone()
-                    })
-                    .collect();
+                let mut log = Vec::new();
+                for record in &backup.log {
+                    if self.shared.segments.get(&record.id)?.is_none() {
+                        log.push(LogRecord {
+                            commit: 0,
+                            ..record.clone()
+                        });
+                    }
+                }
                 if !log.is_empty() {
                     self.shared.segments.append_blocking(&log)?;
                 }
+                self.shared.segments.sync_blocking()?;
+                sled.set_restore_marker(None)?;
             }
             Backend::Etcd(etcd) => {
+                etcd.set_restore_marker(Some(marker)).await?;
                 etcd.put_state(&backup.entries, &backup.log).await?;
+                etcd.set_restore_marker(None).await?;
             }
         }
-        Ok(())
+        Ok(resumed)
     }
 }

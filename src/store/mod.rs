@@ -17,6 +17,7 @@ mod backup;
 mod console;
 mod disk;
 mod etcd_store;
+mod fault;
 mod group_commit;
 mod log;
 mod segments;

@@ -50,6 +50,8 @@ const PROBE_KEY: &str = "write_probe";
 const LOG_TREE: &str = "log.v1";
 /// The number of the last commit that logged a record (8 bytes, big-endian), in `meta`.
 const LAST_COMMIT_KEY: &str = "last_commit";
+/// A restore that has begun and not finished: the backup's header (JSON), in `meta`.
+const RESTORING_KEY: &str = "restoring";
 /// How many of the newest records with a commit number the open compares with the store.
 const RECORDS_CHECKED: usize = 256;
 
@@ -746,17 +748,51 @@ impl SledBackend {
         Ok(data.len() - usize::from(marker))
     }
 
-    /// Writes `entries` into the (empty) store and flushes. Blocking. (The entries carry the
-    /// closed-session index already, as every store writes it.)
+    /// Writes `entries` into the store and flushes. Blocking. A key already there with the
+    /// same value (an earlier attempt of the same restore wrote it) is left; with another
+    /// value, the restore is refused. (The entries carry the closed-session index already, as
+    /// every store writes it.)
     pub fn put_state(&self, entries: &[(String, Vec<u8>)]) -> Result<(), PdpError> {
         let db = self.db()?;
-        for chunk in entries.chunks(10_000) {
+        for chunk in entries.chunks(1_000) {
             let mut batch = sled::Batch::default();
             for (key, value) in chunk {
-                batch.insert(key.as_bytes(), value.as_slice());
+                match db.data.get(key.as_bytes()).map_err(storage)? {
+                    Some(held) if held.as_ref() == value.as_slice() => {}
+                    Some(_) => {
+                        return Err(PdpError::FailedPrecondition(format!(
+                            "the target store holds {key} with another value: restore writes \
+                             only into an empty one"
+                        )));
+                    }
+                    None => batch.insert(key.as_bytes(), value.as_slice()),
+                }
             }
             db.data.apply_batch(batch).map_err(storage)?;
+            crate::store::fault::restore_written(chunk.len());
         }
+        db.db.flush().map_err(storage)?;
+        Ok(())
+    }
+
+    /// The marker of a restore that has begun and not finished (see `Store::restore`).
+    pub fn restore_marker(&self) -> Result<Option<Vec<u8>>, PdpError> {
+        let db = self.db()?;
+        Ok(db
+            .meta
+            .get(RESTORING_KEY)
+            .map_err(storage)?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Sets (or, with `None`, removes) the restore marker, durably.
+    pub fn set_restore_marker(&self, marker: Option<&[u8]>) -> Result<(), PdpError> {
+        let db = self.db()?;
+        match marker {
+            Some(marker) => db.meta.insert(RESTORING_KEY, marker).map(|_| ()),
+            None => db.meta.remove(RESTORING_KEY).map(|_| ()),
+        }
+        .map_err(storage)?;
         db.db.flush().map_err(storage)?;
         Ok(())
     }

@@ -104,6 +104,8 @@ const MAX_TXN_OPS: usize = 120;
 pub const POLICY_KEY: &str = "policy/active";
 /// Commit markers: `done/<ms>/<uuid>`, deleted with the decision-log keys.
 const MARKER_PREFIX: &str = "done/";
+/// A restore into the prefix that has begun and not finished (see `Store::restore`).
+const RESTORING_KEY: &str = "restoring";
 /// `nudge/<replica>`: written when the view must prove it has caught up (see `nudge`).
 const NUDGE_PREFIX: &str = "nudge/";
 /// A quorum read the view has not caught up with for this long is followed by a nudge.

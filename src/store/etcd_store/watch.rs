@@ -24,6 +24,7 @@ pub(super) fn is_state_key(key: &str) -> bool {
     !(key.starts_with("log/")
         || key.starts_with(super::MARKER_PREFIX)
         || key.starts_with(super::NUDGE_PREFIX)
+        || key == super::RESTORING_KEY
         || key == POLICY_KEY)
 }
 
