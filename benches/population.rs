@@ -280,6 +280,7 @@ async fn main() -> Result<()> {
         calls.load(Ordering::Relaxed) as f64 / load.elapsed().as_secs_f64(),
         resident_mib(pid)
     );
+    backup_under_writes(&mut pdp, &addr, pid).await?;
     if idle_seconds > 0 {
         let cpu_before = cpu_seconds(pid);
         let rss_before = resident_mib(pid);
@@ -299,5 +300,84 @@ async fn main() -> Result<()> {
         .args(["-TERM", &pid.to_string()])
         .status();
     let _ = child.wait();
+    Ok(())
+}
+
+/// A backup of the whole store while one client registers merchants back to back: how long it
+/// takes, how big it is, and how long the writes waited meanwhile (on sled the copy holds the
+/// commit lock).
+async fn backup_under_writes(
+    pdp: &mut anchor_pdp::PolicyDecisionPointClient<tonic::transport::Channel>,
+    addr: &str,
+    pid: u32,
+) -> Result<()> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (mut pdp, stop) = (pdp.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut writes: Vec<(Instant, Duration)> = Vec::new();
+            while !stop.load(Ordering::Acquire) {
+                let asked = Instant::now();
+                pdp.register(proto::RegisterRequest {
+                    request_id: String::new(),
+                    record: Some(proto::register_request::Record::Merchant(proto::Merchant {
+                        id: format!("backup-writer-{}", writes.len()),
+                        tier: proto::MerchantTier::Other as i32,
+                        display_name: String::new(),
+                    })),
+                    expected_revision: None,
+                })
+                .await?;
+                writes.push((asked, asked.elapsed()));
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(writes)
+        })
+    };
+    // The writer's pace before the backup, for comparison.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let mut admin = anchor_pdp::PolicyAdminClient::new(channel).max_decoding_message_size(64 << 20);
+    let began = Instant::now();
+    let mut stream = admin
+        .backup(proto::BackupRequest {
+            with_decision_log: false,
+        })
+        .await?
+        .into_inner();
+    let (mut bytes, mut rss_max) = (0usize, resident_mib(pid));
+    let mut first_byte = None;
+    while let Some(chunk) = stream.message().await? {
+        first_byte.get_or_insert_with(|| began.elapsed());
+        bytes += chunk.data.len();
+        rss_max = rss_max.max(resident_mib(pid));
+    }
+    let took = began.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Release);
+    let writes = writer.await??;
+    // Writes in flight at any moment of the backup, and the others.
+    let (during, outside): (Vec<_>, Vec<_>) = writes
+        .iter()
+        .partition(|(asked, latency)| *asked < began + took && *asked + *latency > began);
+    let slowest_ms = |writes: &[&(Instant, Duration)]| {
+        writes
+            .iter()
+            .map(|(_, l)| l.as_secs_f64() * 1000.0)
+            .fold(0.0, f64::max)
+    };
+    println!(
+        "backup under writes: {:.1} MiB in {:.2} s (first byte after {:.2} s), server RSS max \
+         {rss_max} MiB; Registers during it: {} (slowest {:.0} ms), outside it: {} (slowest \
+         {:.0} ms)",
+        bytes as f64 / (1 << 20) as f64,
+        took.as_secs_f64(),
+        first_byte.unwrap_or_default().as_secs_f64(),
+        during.len(),
+        slowest_ms(&during),
+        outside.len(),
+        slowest_ms(&outside),
+    );
     Ok(())
 }
