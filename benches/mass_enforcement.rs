@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anchor_pdp::proto::{self, register_request::Record};
 use anchor_pdp::{PolicyAdminClient, PolicyDecisionPointClient};
-use common::load::{Result, ServerProcess};
+use common::load::{Result, ServerProcess, anchor, driver, file_approved, room};
 use common::process_usage;
 use tonic::transport::Channel;
 
@@ -78,42 +78,12 @@ async fn merchant_live(
         display_name: String::new(),
     })))
     .await?;
-    pdp.register(register(Record::Anchor(proto::VirtualAnchor {
-        id: format!("a{i}"),
-        owner_merchant_id: m.clone(),
-        provider_id: "p1".into(),
-        image_style: proto::ImageStyle::RealisticHuman as i32,
-        image_reference: format!("oss://a{i}"),
-        display_name: String::new(),
-    })))
-    .await?;
-    pdp.register(register(Record::Driver(proto::Driver {
-        id: format!("d{i}"),
-        owner_merchant_id: m.clone(),
-        identity_reference: format!("kyc://d{i}"),
-        display_name: String::new(),
-    })))
-    .await?;
-    pdp.register(register(Record::Room(proto::LivestreamRoom {
-        id: format!("r{i}"),
-        owner_merchant_id: m.clone(),
-        display_name: String::new(),
-    })))
-    .await?;
-    for (kind, id) in [
-        (proto::RegistrationKind::Anchor, format!("a{i}")),
-        (proto::RegistrationKind::Driver, format!("d{i}")),
-        (proto::RegistrationKind::Room, format!("r{i}")),
+    for record in [
+        anchor(&format!("a{i}"), &m, "p1"),
+        driver(&format!("d{i}"), &m),
+        room(&format!("r{i}"), &m),
     ] {
-        admin
-            .review_filing(proto::ReviewFilingRequest {
-                kind: kind as i32,
-                id,
-                verdict: proto::Verdict::Approve as i32,
-                reviewer: "bench".into(),
-                ..Default::default()
-            })
-            .await?;
+        file_approved(&mut pdp, &mut admin, record).await?;
     }
     let started = pdp
         .authorize(proto::AuthorizeRequest {

@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 
 use anchor_pdp::proto::{self, register_request::Record};
 use anchor_pdp::{PolicyAdminClient, PolicyDecisionPointClient};
-use common::load::{Figures, Result, ServerProcess, drive, fixtures, percentile};
+use common::load::{
+    Figures, Result, ServerProcess, anchor, drive, driver, file_approved, fixtures, percentile,
+    room,
+};
 use tonic::transport::Channel;
 
 /// Rooms the START scenario turns over, so that concurrent STARTs rarely share one; each has
@@ -72,56 +75,13 @@ fn live(session_id: &str, min_revision: u64) -> proto::AuthorizeRequest {
 async fn prepare(server: &ServerProcess) -> Result<String> {
     let (mut pdp, mut admin) = clients(server.addr).await?;
     fixtures(&mut pdp, &mut admin).await?;
-    for room in 0..ROOMS {
-        let filings = [
-            (
-                proto::RegistrationKind::Room,
-                format!("room{room}"),
-                Record::Room(proto::LivestreamRoom {
-                    id: format!("room{room}"),
-                    owner_merchant_id: "m1".into(),
-                    display_name: String::new(),
-                }),
-            ),
-            (
-                proto::RegistrationKind::Anchor,
-                format!("anchor{room}"),
-                Record::Anchor(proto::VirtualAnchor {
-                    id: format!("anchor{room}"),
-                    owner_merchant_id: "m1".into(),
-                    provider_id: "p1".into(),
-                    image_style: proto::ImageStyle::RealisticHuman as i32,
-                    image_reference: format!("oss://anchor{room}"),
-                    display_name: String::new(),
-                }),
-            ),
-            (
-                proto::RegistrationKind::Driver,
-                format!("driver{room}"),
-                Record::Driver(proto::Driver {
-                    id: format!("driver{room}"),
-                    owner_merchant_id: "m1".into(),
-                    identity_reference: format!("kyc://driver{room}"),
-                    display_name: String::new(),
-                }),
-            ),
-        ];
-        for (kind, id, record) in filings {
-            pdp.register(proto::RegisterRequest {
-                request_id: String::new(),
-                record: Some(record),
-                expected_revision: None,
-            })
-            .await?;
-            admin
-                .review_filing(proto::ReviewFilingRequest {
-                    kind: kind as i32,
-                    id,
-                    verdict: proto::Verdict::Approve as i32,
-                    reviewer: "bench".into(),
-                    ..Default::default()
-                })
-                .await?;
+    for room_i in 0..ROOMS {
+        for record in [
+            room(&format!("room{room_i}"), "m1"),
+            anchor(&format!("anchor{room_i}"), "m1", "p1"),
+            driver(&format!("driver{room_i}"), "m1"),
+        ] {
+            file_approved(&mut pdp, &mut admin, record).await?;
         }
     }
     let started = pdp.authorize(start_in(0)).await?.into_inner();

@@ -46,6 +46,18 @@ impl Pki {
     }
 }
 
+fn merchant(id: &str) -> proto::RegisterRequest {
+    proto::RegisterRequest {
+        request_id: String::new(),
+        record: Some(Record::Merchant(proto::Merchant {
+            id: id.into(),
+            tier: 1,
+            display_name: String::new(),
+        })),
+        expected_revision: None,
+    }
+}
+
 async fn channel(
     addr: std::net::SocketAddr,
     pki: &Pki,
@@ -152,17 +164,9 @@ async fn certificate_subjects_map_to_roles() {
             .await
             .expect("ops connects"),
     );
-    ops.register(proto::RegisterRequest {
-        request_id: String::new(),
-        record: Some(Record::Merchant(proto::Merchant {
-            id: "m1".into(),
-            tier: 1,
-            display_name: String::new(),
-        })),
-        expected_revision: None,
-    })
-    .await
-    .expect("the admin certificate may register merchants");
+    ops.register(merchant("m1"))
+        .await
+        .expect("the admin certificate may register merchants");
 
     let mut gateway = PolicyDecisionPointClient::new(
         channel(addr, &pki, Some("edge-1"))
@@ -179,17 +183,7 @@ async fn certificate_subjects_map_to_roles() {
         proto::Decision::Deny,
         "nothing filed but the merchant"
     );
-    let refused = gateway
-        .register(proto::RegisterRequest {
-            request_id: String::new(),
-            record: Some(Record::Merchant(proto::Merchant {
-                id: "m2".into(),
-                tier: 1,
-                display_name: String::new(),
-            })),
-            expected_revision: None,
-        })
-        .await;
+    let refused = gateway.register(merchant("m2")).await;
     assert_eq!(
         refused.map(|_| ()).unwrap_err().code(),
         Code::PermissionDenied
@@ -421,17 +415,7 @@ async fn the_backup_tool_speaks_mutual_tls() {
             .await
             .expect("ops connects"),
     );
-    ops.register(proto::RegisterRequest {
-        request_id: String::new(),
-        record: Some(Record::Merchant(proto::Merchant {
-            id: "m1".into(),
-            tier: 1,
-            display_name: String::new(),
-        })),
-        expected_revision: None,
-    })
-    .await
-    .expect("register");
+    ops.register(merchant("m1")).await.expect("register");
     let temp = tempfile::tempdir().expect("temp");
     let write = |name: &str, pem: &str| {
         let path = temp.path().join(name);

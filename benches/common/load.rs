@@ -242,37 +242,68 @@ pub async fn fixtures(
             expected_revision: None,
         })
         .await?;
-    pdp.register(register(Record::Anchor(proto::VirtualAnchor {
-        id: "a1".into(),
-        owner_merchant_id: "m1".into(),
-        provider_id: "p1".into(),
-        image_style: proto::ImageStyle::RealisticHuman as i32,
-        image_reference: "oss://a1".into(),
-        display_name: String::new(),
-    })))
-    .await?;
-    pdp.register(register(Record::Driver(proto::Driver {
-        id: "d1".into(),
-        owner_merchant_id: "m1".into(),
-        identity_reference: "kyc://d1".into(),
-        display_name: String::new(),
-    })))
-    .await?;
-    pdp.register(register(Record::Room(proto::LivestreamRoom {
-        id: "r1".into(),
-        owner_merchant_id: "m1".into(),
-        display_name: String::new(),
-    })))
-    .await?;
-    for (kind, id) in [
-        (proto::RegistrationKind::Anchor, "a1"),
-        (proto::RegistrationKind::Driver, "d1"),
-        (proto::RegistrationKind::Room, "r1"),
+    for record in [
+        anchor("a1", "m1", "p1"),
+        driver("d1", "m1"),
+        room("r1", "m1"),
     ] {
+        file_approved(pdp, admin, record).await?;
+    }
+    Ok(())
+}
+
+/// An anchor of `owner`'s, made by `provider`, realistic.
+pub fn anchor(id: &str, owner: &str, provider: &str) -> Record {
+    Record::Anchor(proto::VirtualAnchor {
+        id: id.into(),
+        owner_merchant_id: owner.into(),
+        provider_id: provider.into(),
+        image_style: proto::ImageStyle::RealisticHuman as i32,
+        image_reference: format!("oss://{id}"),
+        display_name: String::new(),
+    })
+}
+
+pub fn driver(id: &str, owner: &str) -> Record {
+    Record::Driver(proto::Driver {
+        id: id.into(),
+        owner_merchant_id: owner.into(),
+        identity_reference: format!("kyc://{id}"),
+        display_name: String::new(),
+    })
+}
+
+pub fn room(id: &str, owner: &str) -> Record {
+    Record::Room(proto::LivestreamRoom {
+        id: id.into(),
+        owner_merchant_id: owner.into(),
+        display_name: String::new(),
+    })
+}
+
+/// Files `record` and, if it is an anchor, driver or room filing, approves it.
+pub async fn file_approved(
+    pdp: &mut PolicyDecisionPointClient<Channel>,
+    admin: &mut PolicyAdminClient<Channel>,
+    record: Record,
+) -> Result<()> {
+    let filing = match &record {
+        Record::Anchor(a) => Some((proto::RegistrationKind::Anchor, a.id.clone())),
+        Record::Driver(d) => Some((proto::RegistrationKind::Driver, d.id.clone())),
+        Record::Room(r) => Some((proto::RegistrationKind::Room, r.id.clone())),
+        _ => None,
+    };
+    pdp.register(proto::RegisterRequest {
+        request_id: String::new(),
+        record: Some(record),
+        expected_revision: None,
+    })
+    .await?;
+    if let Some((kind, id)) = filing {
         admin
             .review_filing(proto::ReviewFilingRequest {
                 kind: kind as i32,
-                id: id.into(),
+                id,
                 verdict: proto::Verdict::Approve as i32,
                 reviewer: "bench".into(),
                 ..Default::default()
