@@ -14,6 +14,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use crate::clock::Clock;
 use crate::decision_log::DecisionLog;
 use crate::domain::{
@@ -35,6 +37,9 @@ const START_COMMIT_ROUNDS: usize = 8;
 
 /// How many times a sweep tries to bring the view up to date before it lists live sessions.
 const SWEEP_SYNC_ATTEMPTS: usize = 6;
+/// Sessions a sweep re-checks at once. Each commits on its own facts, as a LIVE re-check
+/// would; together they share the group commit's flush instead of each waiting for its own.
+const SWEEP_IN_FLIGHT: usize = 64;
 
 /// The pseudo rule id of a LIVE re-check on a session that is not live.
 pub const SESSION_RULE_ID: &str = "SESSION";
@@ -917,35 +922,43 @@ impl Pdp {
             }
         };
         let policies = self.policies.current();
+        let policies = &policies;
+        let rechecks = sessions
+            .into_iter()
+            .filter(|s| relevant(s))
+            .map(|session| async move {
+                let merchant_id = session.merchant_id.clone();
+                let session_id = session.id.clone();
+                let origin = Origin::pdp(
+                    entry_point,
+                    &session.gateway_id,
+                    &session.id,
+                    cause,
+                    cause_id,
+                );
+                let outcome = self
+                    .evaluate_live(
+                        policies,
+                        session,
+                        LiveCheck {
+                            livestream_type: None,
+                            drive_mode: None,
+                            ai_features: &[],
+                            trigger: Trigger::Recheck,
+                            discovered_by,
+                            explain: false,
+                            origin: &origin,
+                            cause_id,
+                        },
+                        self.now(),
+                    )
+                    .await;
+                (merchant_id, session_id, outcome)
+            });
+        let mut outcomes = futures_util::stream::iter(rechecks).buffer_unordered(SWEEP_IN_FLIGHT);
         let mut shut = 0;
         let mut frozen: Vec<String> = Vec::new();
-        for session in sessions.into_iter().filter(|s| relevant(s)) {
-            let merchant_id = session.merchant_id.clone();
-            let session_id = session.id.clone();
-            let origin = Origin::pdp(
-                entry_point,
-                &session.gateway_id,
-                &session.id,
-                cause,
-                cause_id,
-            );
-            let outcome = self
-                .evaluate_live(
-                    &policies,
-                    session,
-                    LiveCheck {
-                        livestream_type: None,
-                        drive_mode: None,
-                        ai_features: &[],
-                        trigger: Trigger::Recheck,
-                        discovered_by,
-                        explain: false,
-                        origin: &origin,
-                        cause_id,
-                    },
-                    self.now(),
-                )
-                .await;
+        while let Some((merchant_id, session_id, outcome)) = outcomes.next().await {
             let outcome = match outcome {
                 Ok(outcome) => outcome,
                 Err(e) => {
