@@ -1,6 +1,9 @@
-//! The embedded backend: one sled database in the data directory. A transaction is a sled
-//! transaction over the data tree and the decision-log outbox, followed by a group-committed
-//! flush (so nothing acknowledged is lost).
+//! The embedded backend: one sled database in the data directory. Operations run one at a time
+//! (the one writer): each reads the data tree directly, under its own writes, so what it read
+//! is still true when it commits. What it wrote, with its records for the decision-log outbox,
+//! is then committed as one sled transaction that only writes (sled's conflict-checked
+//! transactions cost more than the operation itself under 64 concurrent callers), followed by
+//! a group-committed flush (so nothing acknowledged is lost).
 //!
 //! Layout (format 1): one tree, `pdp.v1`, keyed as `tx.rs` names the keys. Values are one
 //! format byte followed by JSON (`evtseq`: 8 bytes big-endian; the room and stream indexes:
@@ -22,16 +25,15 @@
 //! the segments has lost changes it acknowledged (sled replays its log only up to damage it
 //! finds in it); such a store is refused at open, never served.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sled::Transactional;
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
-};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::Shared;
 use super::group_commit::GroupCommit;
@@ -67,6 +69,8 @@ struct Db {
     log: sled::Tree,
     /// The format and the last commit number.
     meta: sled::Tree,
+    /// The last commit number, as `meta` holds it (read at open; the one writer keeps both).
+    last_commit: AtomicU64,
     commit: GroupCommit,
 }
 
@@ -82,39 +86,35 @@ pub struct SledBackend {
     revision: AtomicU64,
 }
 
-/// One attempt of a sled transaction, seen through `Tx`.
-struct SledTx<'a> {
-    data: &'a TransactionalTree,
-    log: &'a TransactionalTree,
-    meta: &'a TransactionalTree,
-    /// This commit's number, once it logs a record (0 until then).
-    number: Cell<u64>,
+/// An operation run by the one writer, seen through `Tx`: it reads the data tree (nothing else
+/// writes it meanwhile) under its own writes, which are kept aside until it has succeeded.
+struct WriterTx<'a> {
+    data: &'a sled::Tree,
+    /// This operation's writes, in order (the view takes them in this order).
     writes: RefCell<Writes>,
+    /// The same, by key: what its own reads see.
+    written: RefCell<HashMap<String, Option<Vec<u8>>>>,
     logged: RefCell<Vec<LogRecord>>,
-    /// sled's own error (a conflict to retry, or storage), handed back to sled as it came.
-    failure: RefCell<Option<UnabortableTransactionError>>,
+    /// A read that failed: the operation is abandoned with it.
+    failure: RefCell<Option<sled::Error>>,
 }
 
-impl SledTx<'_> {
-    fn failed(&self, e: UnabortableTransactionError) -> TxError {
-        self.failure.borrow_mut().get_or_insert(e);
-        TxError::Backend
+impl<'a> WriterTx<'a> {
+    fn new(data: &'a sled::Tree) -> WriterTx<'a> {
+        WriterTx {
+            data,
+            writes: RefCell::default(),
+            written: RefCell::default(),
+            logged: RefCell::default(),
+            failure: RefCell::default(),
+        }
     }
 
-    /// This commit's number: one past the last, taken (and written) by its first record.
-    fn number(&self) -> TxResult<u64> {
-        if self.number.get() == 0 {
-            let last = match self.meta.get(LAST_COMMIT_KEY).map_err(|e| self.failed(e))? {
-                Some(bytes) => decode_commit(&bytes)?,
-                None => 0,
-            };
-            let number = last + 1;
-            self.meta
-                .insert(LAST_COMMIT_KEY, &number.to_be_bytes())
-                .map_err(|e| self.failed(e))?;
-            self.number.set(number);
-        }
-        Ok(self.number.get())
+    fn write(&self, key: &str, value: Option<Vec<u8>>) {
+        self.written
+            .borrow_mut()
+            .insert(key.to_owned(), value.clone());
+        self.writes.borrow_mut().push((key.to_owned(), value));
     }
 }
 
@@ -126,53 +126,38 @@ fn decode_commit(bytes: &[u8]) -> Result<u64, PdpError> {
     Ok(u64::from_be_bytes(bytes))
 }
 
-impl Tx for SledTx<'_> {
+impl Tx for WriterTx<'_> {
     fn get(&self, key: &str) -> TxResult<Option<Vec<u8>>> {
-        self.data
-            .get(key.as_bytes())
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|e| self.failed(e))
+        if let Some(value) = self.written.borrow().get(key) {
+            return Ok(value.clone());
+        }
+        match self.data.get(key.as_bytes()) {
+            Ok(value) => Ok(value.map(|v| v.to_vec())),
+            Err(e) => {
+                self.failure.borrow_mut().get_or_insert(e);
+                Err(TxError::Backend)
+            }
+        }
     }
 
     fn put(&self, key: &str, value: Vec<u8>) -> TxResult<()> {
-        self.data
-            .insert(key.as_bytes(), value.as_slice())
-            .map_err(|e| self.failed(e))?;
-        self.writes.borrow_mut().push((key.to_owned(), Some(value)));
+        self.write(key, Some(value));
         Ok(())
     }
 
     fn remove(&self, key: &str) -> TxResult<()> {
-        self.data
-            .remove(key.as_bytes())
-            .map_err(|e| self.failed(e))?;
-        self.writes.borrow_mut().push((key.to_owned(), None));
+        self.write(key, None);
         Ok(())
     }
 
     fn log(&self, record: &LogRecord) -> TxResult<()> {
-        let record = LogRecord {
-            commit: self.number()?,
-            ..record.clone()
-        };
-        let bytes = tx::encode(&record.id, &record)?;
-        self.log
-            .insert(record.id.as_bytes(), bytes)
-            .map_err(|e| self.failed(e))?;
-        self.logged.borrow_mut().push(record);
+        self.logged.borrow_mut().push(record.clone());
         Ok(())
     }
 }
 
 fn storage(e: impl std::fmt::Display) -> PdpError {
     PdpError::Storage(e.to_string())
-}
-
-/// What a committed transaction returns with its value.
-pub struct SledCommit<T> {
-    pub value: T,
-    pub writes: Writes,
-    pub logged: Vec<LogRecord>,
 }
 
 fn open_sled(dir: &Path) -> Result<sled::Db, sled::Error> {
@@ -284,26 +269,28 @@ impl Db {
         index_rooms(&data)?;
         index_closed_sessions(&data)?;
         let commit = GroupCommit::new(db.clone(), dir)?;
+        let last_commit = match meta.get(LAST_COMMIT_KEY).map_err(storage)? {
+            Some(bytes) => decode_commit(&bytes)?,
+            None => 0,
+        };
         Ok(Db {
             db,
             data,
             log,
             meta,
+            last_commit: AtomicU64::new(last_commit),
             commit,
         })
     }
 
-    fn last_commit(&self) -> Result<u64, PdpError> {
-        match self.meta.get(LAST_COMMIT_KEY).map_err(storage)? {
-            Some(bytes) => decode_commit(&bytes),
-            None => Ok(0),
-        }
+    fn last_commit(&self) -> u64 {
+        self.last_commit.load(Ordering::Acquire)
     }
 
     /// Refuses a store that lacks a commit the decision log has a record of (see the module
     /// comment). Returns the last commit it holds.
     fn check_against(&self, segments: &SegmentLog, dir: &Path) -> Result<u64, PdpError> {
-        let held = self.last_commit()?;
+        let held = self.last_commit();
         let (newest, _) = segments.newest(
             Millis::MIN..=Millis::MAX,
             &[],
@@ -448,23 +435,6 @@ fn index_rooms(data: &sled::Tree) -> Result<(), PdpError> {
     Ok(())
 }
 
-/// Runs `f` as one sled transaction attempt, handing sled its own errors back.
-fn in_sled<T>(
-    tx: &SledTx<'_>,
-    f: impl FnOnce(&dyn Tx) -> TxResult<T>,
-) -> Result<T, ConflictableTransactionError<PdpError>> {
-    match f(tx) {
-        Ok(value) => Ok(value),
-        Err(TxError::Abort(e)) => Err(ConflictableTransactionError::Abort(e)),
-        Err(TxError::Backend) => Err(match tx.failure.borrow_mut().take() {
-            Some(e) => e.into(),
-            None => ConflictableTransactionError::Abort(PdpError::Storage(
-                "a sled transaction failed without saying why".into(),
-            )),
-        }),
-    }
-}
-
 /// Appends what the outbox holds and the segments do not (a crash came between a change and
 /// its record's append; or the data was written before the segments existed), then empties it.
 fn drain_outbox(db: &Db, segments: &SegmentLog) -> Result<usize, PdpError> {
@@ -567,53 +537,80 @@ impl SledBackend {
         Ok(out)
     }
 
-    /// Runs `f` as one sled transaction; feeds the view what it wrote (in commit order); makes
-    /// it durable; then appends its decision-log records. Returns the value and the revision.
+    /// Runs `f` as the one writer (operations run one at a time, so what one reads stays true
+    /// until it commits: validation under the one writer); commits what it wrote, its
+    /// records (to the outbox) and its commit number as one sled transaction that only
+    /// writes; feeds the view (in commit order); makes it durable; then appends its records
+    /// to the decision log. Returns the value and the revision.
     pub async fn transact<T>(
         &self,
         shared: &Shared,
         f: &(dyn Fn(&dyn Tx) -> TxResult<T> + Sync),
     ) -> Result<(T, u64), PdpError> {
         let db = self.db()?;
-        let (committed, revision) = {
-            let _in_order = self.in_view_order();
-            let committed = (&db.data, &db.log, &db.meta)
+        let (value, writes, logged, revision) = {
+            let _writer = self.in_view_order();
+            let tx = WriterTx::new(&db.data);
+            let value = match f(&tx) {
+                Ok(value) => value,
+                Err(TxError::Abort(e)) => return Err(e),
+                Err(TxError::Backend) => {
+                    let e = tx.failure.borrow_mut().take().map_or_else(
+                        || PdpError::Storage("a store read failed without saying why".into()),
+                        storage,
+                    );
+                    return Err(shared.write_failed(e));
+                }
+            };
+            let (writes, mut logged) = (tx.writes.into_inner(), tx.logged.into_inner());
+            if writes.is_empty() && logged.is_empty() {
+                return Ok((value, self.revision()));
+            }
+            let number = if logged.is_empty() {
+                None
+            } else {
+                Some(db.last_commit.load(Ordering::Acquire) + 1)
+            };
+            let mut outbox = Vec::with_capacity(logged.len());
+            for record in &mut logged {
+                record.commit = number.unwrap_or(0);
+                outbox.push((record.id.clone(), tx::encode(&record.id, &*record)?));
+            }
+            (&db.data, &db.log, &db.meta)
                 .transaction(|(data, log, meta)| {
-                    let tx = SledTx {
-                        data,
-                        log,
-                        meta,
-                        number: Cell::new(0),
-                        writes: RefCell::default(),
-                        logged: RefCell::default(),
-                        failure: RefCell::default(),
-                    };
-                    let value = in_sled(&tx, f)?;
-                    Ok(SledCommit {
-                        value,
-                        writes: tx.writes.into_inner(),
-                        logged: tx.logged.into_inner(),
-                    })
+                    for (key, value) in &writes {
+                        match value {
+                            Some(value) => data.insert(key.as_bytes(), value.as_slice())?,
+                            None => data.remove(key.as_bytes())?,
+                        };
+                    }
+                    for (id, bytes) in &outbox {
+                        log.insert(id.as_bytes(), bytes.as_slice())?;
+                    }
+                    if let Some(number) = number {
+                        meta.insert(LAST_COMMIT_KEY, &number.to_be_bytes())?;
+                    }
+                    Ok::<_, ConflictableTransactionError<PdpError>>(())
                 })
                 .map_err(|e| match e {
                     TransactionError::Abort(e) => e,
                     TransactionError::Storage(e) => shared.write_failed(storage(e)),
                 })?;
-            if committed.writes.is_empty() && committed.logged.is_empty() {
-                return Ok((committed.value, self.revision()));
+            if let Some(number) = number {
+                db.last_commit.store(number, Ordering::Release);
             }
             let revision = db.db.generate_id().map_err(storage)?;
             self.revision.fetch_max(revision, Ordering::AcqRel);
-            shared.apply_to_view(&committed.writes);
-            (committed, revision)
+            shared.apply_to_view(&writes);
+            (value, writes, logged, revision)
         };
         db.commit
             .durable()
             .await
             .map_err(|e| shared.write_failed(e))?;
-        self.append_logged(shared, &db, committed.logged).await?;
-        shared.publish_events(&committed.writes);
-        Ok((committed.value, revision))
+        self.append_logged(shared, &db, logged).await?;
+        shared.publish_events(&writes);
+        Ok((value, revision))
     }
 
     /// After the change they went with is durable: appends the records a transaction logged
