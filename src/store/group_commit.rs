@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::group_sync::GroupSync;
 use crate::error::PdpError;
 
 /// sled 0.34 keeps its log and pages in this one file of its directory.
@@ -21,11 +22,7 @@ pub struct GroupCommit {
     data_file: Arc<std::fs::File>,
     /// Tickets handed out: one per write that wants durability.
     requested: AtomicU64,
-    /// Every ticket up to this one is on disk.
-    flushed: AtomicU64,
-    /// Held by the one caller running a flush; the rest queue (FIFO) and usually find their
-    /// ticket already covered when their turn comes.
-    leader: tokio::sync::Mutex<()>,
+    flushed: GroupSync,
 }
 
 impl GroupCommit {
@@ -44,8 +41,7 @@ impl GroupCommit {
             db,
             data_file: Arc::new(data_file),
             requested: AtomicU64::new(0),
-            flushed: AtomicU64::new(0),
-            leader: tokio::sync::Mutex::new(()),
+            flushed: GroupSync::default(),
         })
     }
 
@@ -59,28 +55,25 @@ impl GroupCommit {
     /// Returns once every write the caller made before calling is durable.
     pub async fn durable(&self) -> Result<(), PdpError> {
         let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
-        let _leader = self.leader.lock().await;
-        if self.flushed.load(Ordering::SeqCst) >= ticket {
-            return Ok(());
-        }
-        // Everything ticketed by now was written before its ticket was taken, so this flush
-        // covers it too.
-        let covered = self.requested.load(Ordering::SeqCst);
-        let db = self.db.clone();
-        let data_file = self.data_file.clone();
-        let started = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || {
-            db.flush()
-                .map_err(|e| PdpError::Storage(format!("flush failed: {e}")))?;
-            data_file
-                .sync_data()
-                .map_err(|e| PdpError::Storage(format!("fdatasync failed: {e}")))
-        })
-        .await
-        .map_err(|e| PdpError::Storage(format!("flush task failed: {e}")))??;
-        metrics::histogram!("anchor_pdp_store_commit_seconds")
-            .record(started.elapsed().as_secs_f64());
-        self.flushed.fetch_max(covered, Ordering::SeqCst);
-        Ok(())
+        self.flushed
+            .until(ticket, || {
+                // Everything ticketed by now was written before its ticket was taken, so this
+                // flush covers it too.
+                let covered = self.requested.load(Ordering::SeqCst);
+                let (db, data_file) = (self.db.clone(), self.data_file.clone());
+                let work: Box<dyn FnOnce() -> Result<(), PdpError> + Send> = Box::new(move || {
+                    let started = std::time::Instant::now();
+                    db.flush()
+                        .map_err(|e| PdpError::Storage(format!("flush failed: {e}")))?;
+                    data_file
+                        .sync_data()
+                        .map_err(|e| PdpError::Storage(format!("fdatasync failed: {e}")))?;
+                    metrics::histogram!("anchor_pdp_store_commit_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    Ok(())
+                });
+                (covered, work)
+            })
+            .await
     }
 }

@@ -19,6 +19,7 @@ mod disk;
 mod etcd_store;
 mod fault;
 mod group_commit;
+mod group_sync;
 mod log;
 mod segments;
 mod sled_store;

@@ -22,11 +22,11 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sha2::Digest;
 
+use super::group_sync::GroupSync;
 use crate::domain::{LogRecord, Millis};
 use crate::error::PdpError;
 
@@ -199,10 +199,8 @@ pub struct SegmentLog {
     dir: PathBuf,
     segment_bytes: u64,
     state: Mutex<State>,
-    /// Every append up to this ticket is on disk.
-    synced: AtomicU64,
-    /// Held by the one caller syncing; the rest usually find their ticket covered by it.
-    leader: tokio::sync::Mutex<()>,
+    /// Appends on disk (tickets are append counts), one sync for all waiting.
+    synced: GroupSync,
 }
 
 impl SegmentLog {
@@ -273,8 +271,7 @@ impl SegmentLog {
                 active,
                 appended: 0,
             }),
-            synced: AtomicU64::new(0),
-            leader: tokio::sync::Mutex::new(()),
+            synced: GroupSync::default(),
         })
     }
 
@@ -341,20 +338,19 @@ impl SegmentLog {
     /// Returns once every append up to `ticket` is on disk (fdatasync), one sync for all the
     /// callers waiting at the time.
     async fn sync(&self, ticket: u64) -> Result<(), PdpError> {
-        let _leader = self.leader.lock().await;
-        if self.synced.load(Ordering::SeqCst) >= ticket {
-            return Ok(());
-        }
-        let (covered, file) = self.sync_target();
-        let started = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || file.sync_data())
+        self.synced
+            .until(ticket, || {
+                let (covered, file) = self.sync_target();
+                let work: Box<dyn FnOnce() -> Result<(), PdpError> + Send> = Box::new(move || {
+                    let started = std::time::Instant::now();
+                    file.sync_data().map_err(|e| io("fdatasync", e))?;
+                    metrics::histogram!("anchor_pdp_decision_log_sync_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    Ok(())
+                });
+                (covered, work)
+            })
             .await
-            .map_err(|e| PdpError::Storage(format!("decision log sync task failed: {e}")))?
-            .map_err(|e| io("fdatasync", e))?;
-        metrics::histogram!("anchor_pdp_decision_log_sync_seconds")
-            .record(started.elapsed().as_secs_f64());
-        self.synced.fetch_max(covered, Ordering::SeqCst);
-        Ok(())
     }
 
     /// Appends `records` and returns once they are durable.
@@ -382,7 +378,7 @@ impl SegmentLog {
     pub fn sync_blocking(&self) -> Result<(), PdpError> {
         let (covered, file) = self.sync_target();
         file.sync_data().map_err(|e| io("fdatasync", e))?;
-        self.synced.fetch_max(covered, Ordering::SeqCst);
+        self.synced.covered(covered);
         Ok(())
     }
 
