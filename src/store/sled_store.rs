@@ -161,10 +161,28 @@ fn storage(e: impl std::fmt::Display) -> PdpError {
 }
 
 fn open_sled(dir: &Path) -> Result<sled::Db, sled::Error> {
-    sled::Config::new()
-        .path(dir)
-        .cache_capacity(SLED_CACHE_BYTES)
-        .open()
+    // A handle this process just dropped releases sled's directory lock only once sled's
+    // background threads have let go of it: a reopen right after (a restore, a reopen after
+    // a write failure, a restart in tests) waits a moment for it. Another process holding
+    // the lock still gets the error, a second later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e)) if is_lock_held(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}
+
+/// sled wraps the lock's WouldBlock in an error of its own, so its text is what tells.
+fn is_lock_held(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
 }
 
 /// sled reads its newest snapshot, then replays its log after it. A snapshot torn by a failed
@@ -233,18 +251,12 @@ impl Db {
         let db = match open_sled(dir) {
             Err(sled::Error::Corruption { .. }) => set_corrupt_snapshots_aside(dir)?,
             opened => opened.map_err(|e| match &e {
-                // sled locks its directory: another process has it open. (sled wraps the
-                // lock's WouldBlock in an error of its own, so its text is what tells.)
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("could not acquire lock") =>
-                {
-                    PdpError::Storage(format!(
-                        "another anchor-pdp is using {} (it holds the data directory's lock): \
+                // sled locks its directory: another process has it open.
+                sled::Error::Io(io) if is_lock_held(io) => PdpError::Storage(format!(
+                    "another anchor-pdp is using {} (it holds the data directory's lock): \
                          stop it, or give this one its own --data-dir",
-                        dir.display()
-                    ))
-                }
+                    dir.display()
+                )),
                 _ => PdpError::Storage(format!("cannot open {}: {e}", dir.display())),
             })?,
         };
