@@ -136,7 +136,21 @@ async fn every_acknowledgement_follows_a_sync_that_began_after_its_request() {
         acknowledged.push(call.expect("call"));
     }
     drop(pdp);
-    drop(server); // TERM, then strace writes out the rest of the trace
+    // strace given TERM detaches and leaves the server running: stop the server itself; strace
+    // writes out the rest of the trace and exits with it.
+    let strace_pid = server.child.id();
+    let tracees = std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children"))
+        .unwrap_or_default();
+    for pid in tracees.split_whitespace() {
+        let _ = Command::new("kill").args(["-TERM", pid]).status();
+    }
+    assert!(
+        server
+            .wait_exit(std::time::Duration::from_secs(10))
+            .is_some(),
+        "the server under strace did not stop"
+    );
+    drop(server);
     let trace = std::fs::read_to_string(&trace_path).expect("trace");
     let syncs = syncs(&trace);
     assert!(!syncs.is_empty(), "no fsync/fdatasync at all:\n{trace}");
