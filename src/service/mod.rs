@@ -131,6 +131,12 @@ struct LiveCheck<'a> {
     cause_id: &'a str,
 }
 
+/// A shutdown decided for a live session, ready to commit (`Pdp::shutdown`).
+struct Shutdown {
+    base: AuthorizeOutcome,
+    discovery: Discovery,
+}
+
 pub struct Pdp {
     store: Arc<Store>,
     policies: Arc<PolicyHandle>,
@@ -769,46 +775,12 @@ impl Pdp {
                 };
             }
 
-            let base = shut_down(decision);
-            let discovery = Discovery {
-                id: if check.cause_id.is_empty() {
-                    base.decision_id.clone()
-                } else {
-                    check.cause_id.to_owned()
-                },
-                session_id: session_id.clone(),
-                trigger: check.trigger,
-                violations: base.decision.violations.clone(),
-                rule_ids: base.decision.rule_ids(),
-                penalty: base.decision.penalty(),
-                discovered_by: check.discovered_by.to_owned(),
-                reason: format!(
-                    "{} broke {}",
-                    check.discovered_by,
-                    base.decision.rule_ids().join(", ")
-                ),
-                at: now,
-                drive_mode: Some(drive_mode),
-                ai_features: features.clone(),
-            };
-            let enforced_outcome = |enforced: &crate::domain::Enforced| {
-                let mut outcome = base.clone();
-                outcome.penalty_applied = enforced.penalty_applied;
-                outcome.warning_issued = enforced.warning_issued;
-                outcome.frozen_until = enforced.account.frozen_at(now);
-                outcome
-            };
+            let Shutdown { base, discovery } =
+                self.shutdown(shut_down(decision), &check, now, drive_mode, &features);
+            let enforced_outcome =
+                |enforced: &crate::domain::Enforced| Self::enforced_outcome(&base, enforced, now);
             let record = |enforced: &crate::domain::Enforced| {
-                let change = match enforced.penalty_applied {
-                    Some(penalty) => format!("session shut down; {} applied", penalty.name()),
-                    None => "session shut down".to_owned(),
-                };
-                self.decision_record(
-                    check.origin,
-                    check.cause_id,
-                    &enforced_outcome(enforced),
-                    change,
-                )
+                self.shutdown_record(&check, &base, enforced, now)
             };
             self.injected_delay().await;
             let enforcing = self
@@ -846,6 +818,72 @@ impl Pdp {
             )),
         ));
         self.unchanged(check.origin, check.cause_id, outcome).await
+    }
+
+    /// The discovery a LIVE deny applies, with its outcome as far as the decision goes (the
+    /// commit adds the penalty and freeze it finds to apply).
+    fn shutdown(
+        &self,
+        base: AuthorizeOutcome,
+        check: &LiveCheck<'_>,
+        now: Millis,
+        drive_mode: DriveMode,
+        features: &BTreeSet<String>,
+    ) -> Shutdown {
+        let discovery = Discovery {
+            id: if check.cause_id.is_empty() {
+                base.decision_id.clone()
+            } else {
+                check.cause_id.to_owned()
+            },
+            session_id: base.session_id.clone().unwrap_or_default(),
+            trigger: check.trigger,
+            violations: base.decision.violations.clone(),
+            rule_ids: base.decision.rule_ids(),
+            penalty: base.decision.penalty(),
+            discovered_by: check.discovered_by.to_owned(),
+            reason: format!(
+                "{} broke {}",
+                check.discovered_by,
+                base.decision.rule_ids().join(", ")
+            ),
+            at: now,
+            drive_mode: Some(drive_mode),
+            ai_features: features.clone(),
+        };
+        Shutdown { base, discovery }
+    }
+
+    fn enforced_outcome(
+        base: &AuthorizeOutcome,
+        enforced: &crate::domain::Enforced,
+        now: Millis,
+    ) -> AuthorizeOutcome {
+        let mut outcome = base.clone();
+        outcome.penalty_applied = enforced.penalty_applied;
+        outcome.warning_issued = enforced.warning_issued;
+        outcome.frozen_until = enforced.account.frozen_at(now);
+        outcome
+    }
+
+    /// The record a shutdown commits with.
+    fn shutdown_record(
+        &self,
+        check: &LiveCheck<'_>,
+        base: &AuthorizeOutcome,
+        enforced: &crate::domain::Enforced,
+        now: Millis,
+    ) -> crate::domain::LogRecord {
+        let change = match enforced.penalty_applied {
+            Some(penalty) => format!("session shut down; {} applied", penalty.name()),
+            None => "session shut down".to_owned(),
+        };
+        self.decision_record(
+            check.origin,
+            check.cause_id,
+            &Self::enforced_outcome(base, enforced, now),
+            change,
+        )
     }
 
     /// Re-checks the live sessions `relevant` picks, after a change (recorded as `cause_id`)
@@ -923,49 +961,20 @@ impl Pdp {
         };
         let policies = self.policies.current();
         let policies = &policies;
-        let rechecks = sessions
-            .into_iter()
-            .filter(|s| relevant(s))
-            .map(|session| async move {
-                let merchant_id = session.merchant_id.clone();
-                let session_id = session.id.clone();
-                let origin = Origin::pdp(
-                    entry_point,
-                    &session.gateway_id,
-                    &session.id,
-                    cause,
-                    cause_id,
-                );
-                let outcome = self
-                    .evaluate_live(
-                        policies,
-                        session,
-                        LiveCheck {
-                            livestream_type: None,
-                            drive_mode: None,
-                            ai_features: &[],
-                            trigger: Trigger::Recheck,
-                            discovered_by,
-                            explain: false,
-                            origin: &origin,
-                            cause_id,
-                        },
-                        self.now(),
-                    )
-                    .await;
-                (merchant_id, session_id, outcome)
-            });
-        let mut outcomes = futures_util::stream::iter(rechecks).buffer_unordered(SWEEP_IN_FLIGHT);
+        let relevant: Vec<Session> = sessions.into_iter().filter(|s| relevant(s)).collect();
+        let (committed, rest) = self
+            .shut_down_in_batches(
+                policies,
+                relevant,
+                entry_point,
+                discovered_by,
+                cause,
+                cause_id,
+            )
+            .await;
         let mut shut = 0;
         let mut frozen: Vec<String> = Vec::new();
-        while let Some((merchant_id, session_id, outcome)) = outcomes.next().await {
-            let outcome = match outcome {
-                Ok(outcome) => outcome,
-                Err(e) => {
-                    tracing::error!(error = %e, %session_id, discovered_by, "re-check not recorded");
-                    continue;
-                }
-            };
+        let mut tally = |merchant_id: String, outcome: &AuthorizeOutcome| {
             if outcome.enforcement == Enforcement::ShutDown {
                 shut += 1;
             }
@@ -974,8 +983,218 @@ impl Pdp {
             {
                 frozen.push(merchant_id);
             }
+        };
+        for (merchant_id, outcome) in committed {
+            tally(merchant_id, &outcome);
+        }
+        let rechecks = rest.into_iter().map(|session| async move {
+            let merchant_id = session.merchant_id.clone();
+            let session_id = session.id.clone();
+            let origin = Origin::pdp(
+                entry_point,
+                &session.gateway_id,
+                &session.id,
+                cause,
+                cause_id,
+            );
+            let outcome = self
+                .evaluate_live(
+                    policies,
+                    session,
+                    LiveCheck {
+                        livestream_type: None,
+                        drive_mode: None,
+                        ai_features: &[],
+                        trigger: Trigger::Recheck,
+                        discovered_by,
+                        explain: false,
+                        origin: &origin,
+                        cause_id,
+                    },
+                    self.now(),
+                )
+                .await;
+            (merchant_id, session_id, outcome)
+        });
+        let mut outcomes = futures_util::stream::iter(rechecks).buffer_unordered(SWEEP_IN_FLIGHT);
+        while let Some((merchant_id, session_id, outcome)) = outcomes.next().await {
+            match outcome {
+                Ok(outcome) => tally(merchant_id, &outcome),
+                Err(e) => {
+                    tracing::error!(error = %e, %session_id, discovered_by, "re-check not recorded");
+                }
+            }
         }
         (shut, frozen)
+    }
+
+    /// The first pass of a sweep: every live session the view shows breaking a rule is shut
+    /// down in batches (`Store::enforce_decided_batch`), each on the facts it was decided on.
+    /// Returns what was committed (merchant, outcome) and the sessions left to re-check one at
+    /// a time: those allowed, not live, whose facts changed meanwhile, or in a batch that
+    /// failed (each then gets its own decision, recorded, and its own commit or deny).
+    async fn shut_down_in_batches(
+        &self,
+        policies: &PolicyBundle,
+        sessions: Vec<Session>,
+        entry_point: &'static str,
+        discovered_by: &str,
+        cause: &str,
+        cause_id: &str,
+    ) -> (Vec<(String, AuthorizeOutcome)>, Vec<Session>) {
+        if self.store.current().await.is_err() {
+            return (Vec::new(), sessions);
+        }
+        let now = self.now();
+        let (mut committed, mut rest) = (Vec::new(), Vec::new());
+        // Decided and committed a batch at a time, so the first cuts do not wait for the
+        // whole sweep's decisions.
+        let mut sessions = sessions.into_iter().peekable();
+        while sessions.peek().is_some() {
+            let batch: Vec<Session> = sessions
+                .by_ref()
+                .take(self.store.enforce_batch_limit())
+                .collect();
+            let prepared = self.decide_shutdowns(policies, batch, now, &mut rest);
+            self.commit_shutdowns(
+                &prepared,
+                now,
+                (entry_point, discovered_by, cause, cause_id),
+                &mut committed,
+                &mut rest,
+            )
+            .await;
+        }
+        (committed, rest)
+    }
+
+    /// The sessions of `batch` that the view shows breaking a rule, with the facts and the
+    /// decision; the others go to `rest`.
+    fn decide_shutdowns(
+        &self,
+        policies: &PolicyBundle,
+        batch: Vec<Session>,
+        now: Millis,
+        rest: &mut Vec<Session>,
+    ) -> Vec<(Session, crate::domain::Facts, Decision)> {
+        let mut prepared = Vec::new();
+        for session in batch {
+            let features: Vec<String> = session.ai_features.iter().cloned().collect();
+            let facts = match session.state {
+                SessionState::Active => self.store.facts(
+                    &session.merchant_id,
+                    &session.room_id,
+                    &session.anchor_id,
+                    &session.driver_id,
+                    &features,
+                ),
+                _ => Err(PdpError::FailedPrecondition("not live".into())),
+            };
+            let Ok(facts) = facts else {
+                rest.push(session);
+                continue;
+            };
+            let observation = Observation {
+                phase: Phase::Live,
+                livestream_type: session.livestream_type,
+                drive_mode: session.drive_mode,
+                ai_features: &features,
+            };
+            let decision = policies.decide_for_the_record(&facts, &observation, now, false);
+            if decision.allowed {
+                rest.push(session);
+            } else {
+                prepared.push((session, facts, decision));
+            }
+        }
+        prepared
+    }
+
+    /// Commits `prepared` as one batch; what committed goes to `committed`, the sessions to
+    /// re-check one at a time to `rest`.
+    async fn commit_shutdowns(
+        &self,
+        prepared: &[(Session, crate::domain::Facts, Decision)],
+        now: Millis,
+        (entry_point, discovered_by, cause, cause_id): (&'static str, &str, &str, &str),
+        committed: &mut Vec<(String, AuthorizeOutcome)>,
+        rest: &mut Vec<Session>,
+    ) {
+        if prepared.is_empty() {
+            return;
+        }
+        let origins: Vec<Origin> = prepared
+            .iter()
+            .map(|(s, _, _)| Origin::pdp(entry_point, &s.gateway_id, &s.id, cause, cause_id))
+            .collect();
+        let checks: Vec<LiveCheck<'_>> = origins
+            .iter()
+            .map(|origin| LiveCheck {
+                livestream_type: None,
+                drive_mode: None,
+                ai_features: &[],
+                trigger: Trigger::Recheck,
+                discovered_by,
+                explain: false,
+                origin,
+                cause_id,
+            })
+            .collect();
+        let shutdowns: Vec<Shutdown> = prepared
+            .iter()
+            .zip(&checks)
+            .map(|((session, _, decision), check)| {
+                let mut base = self.outcome(decision.clone(), Enforcement::ShutDown, now);
+                base.session_id = Some(session.id.clone());
+                base.merchant_id = Some(session.merchant_id.clone());
+                self.shutdown(base, check, now, session.drive_mode, &session.ai_features)
+            })
+            .collect();
+        type Record<'r> =
+            Box<dyn Fn(&crate::domain::Enforced) -> crate::domain::LogRecord + Send + Sync + 'r>;
+        let records: Vec<Record<'_>> = shutdowns
+            .iter()
+            .zip(&checks)
+            .map(|(shutdown, check)| -> Record<'_> {
+                Box::new(move |enforced: &crate::domain::Enforced| {
+                    self.shutdown_record(check, &shutdown.base, enforced, now)
+                })
+            })
+            .collect();
+        let items: Vec<_> = prepared
+            .iter()
+            .zip(&shutdowns)
+            .zip(&records)
+            .map(|(((_, facts, _), shutdown), record)| {
+                let record: &(dyn Fn(&crate::domain::Enforced) -> crate::domain::LogRecord + Sync) =
+                    record.as_ref();
+                (&shutdown.discovery, facts, record)
+            })
+            .collect();
+        self.injected_delay().await;
+        match self.store.enforce_decided_batch(&items).await {
+            Ok(answers) => {
+                for (((session, _, _), shutdown), answer) in
+                    prepared.iter().zip(&shutdowns).zip(answers)
+                {
+                    match answer {
+                        Enforcing::Done(done) => {
+                            let (enforced, _event) = *done;
+                            count_penalty(enforced.penalty_applied);
+                            committed.push((
+                                session.merchant_id.clone(),
+                                Self::enforced_outcome(&shutdown.base, &enforced, now),
+                            ));
+                        }
+                        Enforcing::FactsChanged(_) => rest.push(session.clone()),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, sessions = prepared.len(), discovered_by, "a batch of shutdowns failed; each is re-checked on its own");
+                rest.extend(prepared.iter().map(|(session, _, _)| session.clone()));
+            }
+        }
     }
 
     /// Re-checks the live sessions that rely on the record `kind`/`id`.

@@ -189,6 +189,14 @@ pub struct Answer<T> {
     pub replay_of: Option<String>,
 }
 
+/// One shutdown of `Store::enforce_decided_batch`: the discovery, the facts it was decided on,
+/// and the record it commits with.
+pub type DecidedShutdown<'a> = (
+    &'a Discovery,
+    &'a Facts,
+    &'a (dyn Fn(&Enforced) -> LogRecord + Sync),
+);
+
 /// What `enforce_decided` did.
 #[derive(Clone, Debug)]
 pub enum Enforcing {
@@ -921,6 +929,38 @@ impl Store {
             )))
         })
         .await
+    }
+
+    /// `enforce_decided` for many sessions in one commit, each checked against the facts it
+    /// was decided on as it would be alone (after the ones before it in the batch: a
+    /// merchant's second session finds the account the first one's penalty froze, and comes
+    /// back `FactsChanged` to be decided again). One answer per item, in order.
+    pub async fn enforce_decided_batch(
+        &self,
+        items: &[DecidedShutdown<'_>],
+    ) -> Result<Vec<Enforcing>, PdpError> {
+        self.transact(&|tx| {
+            let mut answers = Vec::with_capacity(items.len());
+            for (discovery, decided, record) in items {
+                let facts = tx::tx_facts(tx, decided)?;
+                answers.push(if facts != **decided {
+                    Enforcing::FactsChanged(Box::new(facts))
+                } else {
+                    Enforcing::Done(Box::new(self.tx_enforce(tx, discovery, *record)?))
+                });
+            }
+            Ok(answers)
+        })
+        .await
+    }
+
+    /// How many shutdowns one `enforce_decided_batch` may carry: on etcd a `Txn` holds at
+    /// most 128 operations (a shutdown compares ~7 facts and writes ~7 keys).
+    pub fn enforce_batch_limit(&self) -> usize {
+        match &self.backend {
+            Backend::Sled(_) => 256,
+            Backend::Etcd(_) => 4,
+        }
     }
 
     fn tx_enforce(
