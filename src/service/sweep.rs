@@ -1,0 +1,374 @@
+//! Sweeps: after a change to what live sessions rely on (a revoked filing, a delisted
+//! provider, a freeze, ...), every affected live session is re-checked as one discovery. The
+//! shutdowns the view shows are decided and committed in batches; the rest (allowed, not live,
+//! facts changed meanwhile, a failed batch) are re-checked one at a time, 64 at once, exactly
+//! as a gateway's LIVE check would be.
+
+use futures_util::StreamExt;
+
+use super::{AuthorizeOutcome, Enforcement, LiveCheck, Pdp, Shutdown, count_penalty, entry};
+use crate::domain::{
+    Kind, Millis, Penalty, RecordBody, Registration, Session, SessionState, Trigger,
+};
+use crate::error::PdpError;
+use crate::policy::{Decision, Observation, Phase, PolicyBundle};
+use crate::service::Origin;
+use crate::store::Enforcing;
+
+/// How many times a sweep tries to bring the view up to date before it lists live sessions.
+const SWEEP_SYNC_ATTEMPTS: usize = 6;
+/// Sessions a sweep re-checks at once. Each commits on its own facts, as a LIVE re-check
+/// would; together they share the group commit's flush instead of each waiting for its own.
+const SWEEP_IN_FLIGHT: usize = 64;
+
+impl Pdp {
+    /// Re-checks the live sessions `relevant` picks, after a change (recorded as `cause_id`)
+    /// to what they rely on: a revoked filing, a delisted provider, a withdrawn AI filing, a
+    /// tier change. Those that now break a rule are shut down at once, as a LIVE re-check would,
+    /// and pushed to enforcement watchers; it is one discovery, so each merchant is penalized
+    /// at most once for it. Returns how many were shut down.
+    pub async fn recheck_live_sessions(
+        &self,
+        relevant: impl Fn(&Session) -> bool,
+        cause: &str,
+        cause_id: &str,
+    ) -> usize {
+        let (mut shut, frozen) = self
+            .recheck_sessions(
+                relevant,
+                entry::RECHECK,
+                &format!("pdp:recheck after {cause}"),
+                cause,
+                cause_id,
+            )
+            .await;
+        for merchant_id in frozen {
+            shut += self.propagate_freeze(merchant_id, cause_id).await;
+        }
+        shut
+    }
+
+    /// A freeze ends every other live broadcast of the account (E3). Sweeping them can only
+    /// freeze this same account again, so one sweep is enough. `cause_id` is the discovery
+    /// that froze it.
+    pub(super) async fn propagate_freeze(&self, merchant_id: String, cause_id: &str) -> usize {
+        let discovered_by = format!("pdp:recheck after freezing {merchant_id}");
+        let cause = format!("freezing {merchant_id}");
+        let (shut, _same_account) = self
+            .recheck_sessions(
+                |s| s.merchant_id == merchant_id,
+                entry::SWEEP,
+                &discovered_by,
+                &cause,
+                cause_id,
+            )
+            .await;
+        shut
+    }
+
+    /// Re-checks (and enforces on) each live session `relevant` picks, as one discovery.
+    /// Returns how many were shut down, and the merchants a penalty froze (once each).
+    async fn recheck_sessions(
+        &self,
+        relevant: impl Fn(&Session) -> bool,
+        entry_point: &'static str,
+        discovered_by: &str,
+        cause: &str,
+        cause_id: &str,
+    ) -> (usize, Vec<String>) {
+        // The change that calls for this sweep is committed; a session some replica opened
+        // before it must be in the view before the view is listed, or it would run on.
+        let mut attempt = 0;
+        while let Err(e) = self.store.sync().await {
+            attempt += 1;
+            if attempt >= SWEEP_SYNC_ATTEMPTS {
+                tracing::error!(error = %e, discovered_by, "sweeping a view that may lack sessions opened elsewhere");
+                metrics::counter!("anchor_pdp_sweep_unsynced_total").increment(1);
+                break;
+            }
+            tracing::warn!(error = %e, discovered_by, "the view is behind; catching up before the sweep");
+        }
+        let sessions = match self.store.active_sessions() {
+            Ok(sessions) => sessions,
+            Err(e) => {
+                tracing::error!(error = %e, discovered_by, "cannot list live sessions to re-check");
+                return (0, Vec::new());
+            }
+        };
+        let policies = self.policies.current();
+        let policies = &policies;
+        let relevant: Vec<Session> = sessions.into_iter().filter(|s| relevant(s)).collect();
+        let (committed, rest) = self
+            .shut_down_in_batches(
+                policies,
+                relevant,
+                entry_point,
+                discovered_by,
+                cause,
+                cause_id,
+            )
+            .await;
+        let mut shut = 0;
+        let mut frozen: Vec<String> = Vec::new();
+        let mut tally = |merchant_id: String, outcome: &AuthorizeOutcome| {
+            if outcome.enforcement == Enforcement::ShutDown {
+                shut += 1;
+            }
+            if outcome.penalty_applied.is_some_and(Penalty::freezes)
+                && !frozen.contains(&merchant_id)
+            {
+                frozen.push(merchant_id);
+            }
+        };
+        for (merchant_id, outcome) in committed {
+            tally(merchant_id, &outcome);
+        }
+        let rechecks = rest.into_iter().map(|session| async move {
+            let merchant_id = session.merchant_id.clone();
+            let session_id = session.id.clone();
+            let origin = Origin::pdp(
+                entry_point,
+                &session.gateway_id,
+                &session.id,
+                cause,
+                cause_id,
+            );
+            let outcome = self
+                .evaluate_live(
+                    policies,
+                    session,
+                    LiveCheck {
+                        livestream_type: None,
+                        drive_mode: None,
+                        ai_features: &[],
+                        trigger: Trigger::Recheck,
+                        discovered_by,
+                        explain: false,
+                        origin: &origin,
+                        cause_id,
+                    },
+                    self.now(),
+                )
+                .await;
+            (merchant_id, session_id, outcome)
+        });
+        let mut outcomes = futures_util::stream::iter(rechecks).buffer_unordered(SWEEP_IN_FLIGHT);
+        while let Some((merchant_id, session_id, outcome)) = outcomes.next().await {
+            match outcome {
+                Ok(outcome) => tally(merchant_id, &outcome),
+                Err(e) => {
+                    tracing::error!(error = %e, %session_id, discovered_by, "re-check not recorded");
+                }
+            }
+        }
+        (shut, frozen)
+    }
+
+    /// The first pass of a sweep: every live session the view shows breaking a rule is shut
+    /// down in batches (`Store::enforce_decided_batch`), each on the facts it was decided on.
+    /// Returns what was committed (merchant, outcome) and the sessions left to re-check one at
+    /// a time: those allowed, not live, whose facts changed meanwhile, or in a batch that
+    /// failed (each then gets its own decision, recorded, and its own commit or deny).
+    async fn shut_down_in_batches(
+        &self,
+        policies: &PolicyBundle,
+        sessions: Vec<Session>,
+        entry_point: &'static str,
+        discovered_by: &str,
+        cause: &str,
+        cause_id: &str,
+    ) -> (Vec<(String, AuthorizeOutcome)>, Vec<Session>) {
+        if self.store.current().await.is_err() {
+            return (Vec::new(), sessions);
+        }
+        let now = self.now();
+        let (mut committed, mut rest) = (Vec::new(), Vec::new());
+        // Decided and committed a batch at a time, so the first cuts do not wait for the
+        // whole sweep's decisions.
+        let mut sessions = sessions.into_iter().peekable();
+        while sessions.peek().is_some() {
+            let batch: Vec<Session> = sessions
+                .by_ref()
+                .take(self.store.enforce_batch_limit())
+                .collect();
+            let prepared = self.decide_shutdowns(policies, batch, now, &mut rest);
+            self.commit_shutdowns(
+                &prepared,
+                now,
+                (entry_point, discovered_by, cause, cause_id),
+                &mut committed,
+                &mut rest,
+            )
+            .await;
+        }
+        (committed, rest)
+    }
+
+    /// The sessions of `batch` that the view shows breaking a rule, with the facts and the
+    /// decision; the others go to `rest`.
+    fn decide_shutdowns(
+        &self,
+        policies: &PolicyBundle,
+        batch: Vec<Session>,
+        now: Millis,
+        rest: &mut Vec<Session>,
+    ) -> Vec<(Session, crate::domain::Facts, Decision)> {
+        let mut prepared = Vec::new();
+        for session in batch {
+            let features: Vec<String> = session.ai_features.iter().cloned().collect();
+            let facts = match session.state {
+                SessionState::Active => self.store.facts(
+                    &session.merchant_id,
+                    &session.room_id,
+                    &session.anchor_id,
+                    &session.driver_id,
+                    &features,
+                ),
+                _ => Err(PdpError::FailedPrecondition("not live".into())),
+            };
+            let Ok(facts) = facts else {
+                rest.push(session);
+                continue;
+            };
+            let observation = Observation {
+                phase: Phase::Live,
+                livestream_type: session.livestream_type,
+                drive_mode: session.drive_mode,
+                ai_features: &features,
+            };
+            let decision = policies.decide_for_the_record(&facts, &observation, now, false);
+            if decision.allowed {
+                rest.push(session);
+            } else {
+                prepared.push((session, facts, decision));
+            }
+        }
+        prepared
+    }
+
+    /// Commits `prepared` as one batch; what committed goes to `committed`, the sessions to
+    /// re-check one at a time to `rest`.
+    async fn commit_shutdowns(
+        &self,
+        prepared: &[(Session, crate::domain::Facts, Decision)],
+        now: Millis,
+        (entry_point, discovered_by, cause, cause_id): (&'static str, &str, &str, &str),
+        committed: &mut Vec<(String, AuthorizeOutcome)>,
+        rest: &mut Vec<Session>,
+    ) {
+        if prepared.is_empty() {
+            return;
+        }
+        let origins: Vec<Origin> = prepared
+            .iter()
+            .map(|(s, _, _)| Origin::pdp(entry_point, &s.gateway_id, &s.id, cause, cause_id))
+            .collect();
+        let checks: Vec<LiveCheck<'_>> = origins
+            .iter()
+            .map(|origin| LiveCheck {
+                livestream_type: None,
+                drive_mode: None,
+                ai_features: &[],
+                trigger: Trigger::Recheck,
+                discovered_by,
+                explain: false,
+                origin,
+                cause_id,
+            })
+            .collect();
+        let shutdowns: Vec<Shutdown> = prepared
+            .iter()
+            .zip(&checks)
+            .map(|((session, _, decision), check)| {
+                let mut base = self.outcome(decision.clone(), Enforcement::ShutDown, now);
+                base.session_id = Some(session.id.clone());
+                base.merchant_id = Some(session.merchant_id.clone());
+                self.shutdown(base, check, now, session.drive_mode, &session.ai_features)
+            })
+            .collect();
+        type Record<'r> =
+            Box<dyn Fn(&crate::domain::Enforced) -> crate::domain::LogRecord + Send + Sync + 'r>;
+        let records: Vec<Record<'_>> = shutdowns
+            .iter()
+            .zip(&checks)
+            .map(|(shutdown, check)| -> Record<'_> {
+                Box::new(move |enforced: &crate::domain::Enforced| {
+                    self.shutdown_record(check, &shutdown.base, enforced, now)
+                })
+            })
+            .collect();
+        let items: Vec<_> = prepared
+            .iter()
+            .zip(&shutdowns)
+            .zip(&records)
+            .map(|(((_, facts, _), shutdown), record)| {
+                let record: &(dyn Fn(&crate::domain::Enforced) -> crate::domain::LogRecord + Sync) =
+                    record.as_ref();
+                (&shutdown.discovery, facts, record)
+            })
+            .collect();
+        self.injected_delay().await;
+        match self.store.enforce_decided_batch(&items).await {
+            Ok(answers) => {
+                for (((session, _, _), shutdown), answer) in
+                    prepared.iter().zip(&shutdowns).zip(answers)
+                {
+                    match answer {
+                        Enforcing::Done(done) => {
+                            let (enforced, _event) = *done;
+                            count_penalty(enforced.penalty_applied);
+                            committed.push((
+                                session.merchant_id.clone(),
+                                Self::enforced_outcome(&shutdown.base, &enforced, now),
+                            ));
+                        }
+                        Enforcing::FactsChanged(_) => rest.push(session.clone()),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, sessions = prepared.len(), discovered_by, "a batch of shutdowns failed; each is re-checked on its own");
+                rest.extend(prepared.iter().map(|(session, _, _)| session.clone()));
+            }
+        }
+    }
+
+    /// Re-checks the live sessions that rely on the record `kind`/`id`.
+    pub(super) async fn recheck_sessions_using(
+        &self,
+        kind: Kind,
+        id: &str,
+        cause: &str,
+        cause_id: &str,
+    ) -> usize {
+        let store = &self.store;
+        let shut = self
+            .recheck_live_sessions(
+                |s| match kind {
+                    Kind::Merchant => s.merchant_id == id,
+                    Kind::Anchor => s.anchor_id == id,
+                    Kind::Driver => s.driver_id == id,
+                    Kind::Room => s.room_id == id,
+                    Kind::AiFeature => s.ai_features.contains(id),
+                    Kind::Provider => matches!(
+                        store.get_registration(Kind::Anchor, &s.anchor_id),
+                        Ok(Some(Registration { body: RecordBody::Anchor { ref provider_id, .. }, .. }))
+                            if provider_id == id
+                    ),
+                },
+                cause,
+                cause_id,
+            )
+            .await;
+        if shut > 0 {
+            tracing::warn!(
+                kind = kind.name(),
+                id,
+                shut,
+                cause,
+                "live sessions shut down"
+            );
+        }
+        shut
+    }
+}
