@@ -294,6 +294,20 @@ impl Pdp {
         }
     }
 
+    /// `outcome`, for a decision about live session `session`.
+    fn session_outcome(
+        &self,
+        decision: Decision,
+        enforcement: Enforcement,
+        session: &Session,
+        now: Millis,
+    ) -> AuthorizeOutcome {
+        let mut outcome = self.outcome(decision, enforcement, now);
+        outcome.session_id = Some(session.id.clone());
+        outcome.merchant_id = Some(session.merchant_id.clone());
+        outcome
+    }
+
     fn deny(policies: &PolicyBundle, violation: Violation) -> Decision {
         Decision {
             allowed: false,
@@ -656,12 +670,8 @@ impl Pdp {
         now: Millis,
     ) -> Result<AuthorizeOutcome, PdpError> {
         let session_id = session.id.clone();
-        let merchant_id = session.merchant_id.clone();
         let shut_down = |decision: Decision| {
-            let mut outcome = self.outcome(decision, Enforcement::ShutDown, now);
-            outcome.session_id = Some(session_id.clone());
-            outcome.merchant_id = Some(merchant_id.clone());
-            outcome
+            self.session_outcome(decision, Enforcement::ShutDown, &session, now)
         };
         if session.state != SessionState::Active {
             let (en, zh) = match session.state {
@@ -723,9 +733,7 @@ impl Pdp {
             let decision = policies.decide_for_the_record(&facts, &observation, now, check.explain);
 
             if decision.allowed {
-                let mut outcome = self.outcome(decision, Enforcement::None, now);
-                outcome.session_id = Some(session_id.clone());
-                outcome.merchant_id = Some(merchant_id.clone());
+                let mut outcome = self.session_outcome(decision, Enforcement::None, &session, now);
                 outcome.recheck_after = Some(self.recheck_after);
                 if features == session.ai_features && drive_mode == session.drive_mode {
                     return self.unchanged(check.origin, check.cause_id, outcome).await;

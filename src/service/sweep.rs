@@ -8,18 +8,54 @@ use futures_util::StreamExt;
 
 use super::{AuthorizeOutcome, Enforcement, LiveCheck, Pdp, Shutdown, count_penalty, entry};
 use crate::domain::{
-    Kind, Millis, Penalty, RecordBody, Registration, Session, SessionState, Trigger,
+    Enforced, Facts, Kind, Millis, Penalty, RecordBody, Registration, Session, SessionState,
+    Trigger,
 };
 use crate::error::PdpError;
 use crate::policy::{Decision, Observation, Phase, PolicyBundle};
 use crate::service::Origin;
-use crate::store::Enforcing;
+use crate::store::{DecidedShutdown, Enforcing};
 
 /// How many times a sweep tries to bring the view up to date before it lists live sessions.
 const SWEEP_SYNC_ATTEMPTS: usize = 6;
 /// Sessions a sweep re-checks at once. Each commits on its own facts, as a LIVE re-check
 /// would; together they share the group commit's flush instead of each waiting for its own.
 const SWEEP_IN_FLIGHT: usize = 64;
+
+/// What a sweep is, as every re-check in it names it.
+struct Sweep<'a> {
+    entry_point: &'static str,
+    discovered_by: &'a str,
+    cause: &'a str,
+    /// The record of the change: the discovery every shutdown of the sweep belongs to.
+    cause_id: &'a str,
+}
+
+impl<'a> Sweep<'a> {
+    fn origin(&self, session: &Session) -> Origin {
+        Origin::pdp(
+            self.entry_point,
+            &session.gateway_id,
+            &session.id,
+            self.cause,
+            self.cause_id,
+        )
+    }
+
+    /// A re-check with nothing observed afresh, as part of this sweep.
+    fn check<'c>(&'c self, origin: &'c Origin) -> LiveCheck<'c> {
+        LiveCheck {
+            livestream_type: None,
+            drive_mode: None,
+            ai_features: &[],
+            trigger: Trigger::Recheck,
+            discovered_by: self.discovered_by,
+            explain: false,
+            origin,
+            cause_id: self.cause_id,
+        }
+    }
+}
 
 impl Pdp {
     /// Re-checks the live sessions `relevant` picks, after a change (recorded as `cause_id`)
@@ -36,10 +72,12 @@ impl Pdp {
         let (mut shut, frozen) = self
             .recheck_sessions(
                 relevant,
-                entry::RECHECK,
-                &format!("pdp:recheck after {cause}"),
-                cause,
-                cause_id,
+                &Sweep {
+                    entry_point: entry::RECHECK,
+                    discovered_by: &format!("pdp:recheck after {cause}"),
+                    cause,
+                    cause_id,
+                },
             )
             .await;
         for merchant_id in frozen {
@@ -57,10 +95,12 @@ impl Pdp {
         let (shut, _same_account) = self
             .recheck_sessions(
                 |s| s.merchant_id == merchant_id,
-                entry::SWEEP,
-                &discovered_by,
-                &cause,
-                cause_id,
+                &Sweep {
+                    entry_point: entry::SWEEP,
+                    discovered_by: &discovered_by,
+                    cause: &cause,
+                    cause_id,
+                },
             )
             .await;
         shut
@@ -71,11 +111,9 @@ impl Pdp {
     async fn recheck_sessions(
         &self,
         relevant: impl Fn(&Session) -> bool,
-        entry_point: &'static str,
-        discovered_by: &str,
-        cause: &str,
-        cause_id: &str,
+        sweep: &Sweep<'_>,
     ) -> (usize, Vec<String>) {
+        let discovered_by = sweep.discovered_by;
         // The change that calls for this sweep is committed; a session some replica opened
         // before it must be in the view before the view is listed, or it would run on.
         let mut attempt = 0;
@@ -98,16 +136,7 @@ impl Pdp {
         let policies = self.policies.current();
         let policies = &policies;
         let relevant: Vec<Session> = sessions.into_iter().filter(|s| relevant(s)).collect();
-        let (committed, rest) = self
-            .shut_down_in_batches(
-                policies,
-                relevant,
-                entry_point,
-                discovered_by,
-                cause,
-                cause_id,
-            )
-            .await;
+        let (committed, rest) = self.shut_down_in_batches(policies, relevant, sweep).await;
         let mut shut = 0;
         let mut frozen: Vec<String> = Vec::new();
         let mut tally = |merchant_id: String, outcome: &AuthorizeOutcome| {
@@ -124,31 +153,10 @@ impl Pdp {
             tally(merchant_id, &outcome);
         }
         let rechecks = rest.into_iter().map(|session| async move {
-            let merchant_id = session.merchant_id.clone();
-            let session_id = session.id.clone();
-            let origin = Origin::pdp(
-                entry_point,
-                &session.gateway_id,
-                &session.id,
-                cause,
-                cause_id,
-            );
+            let (merchant_id, session_id) = (session.merchant_id.clone(), session.id.clone());
+            let origin = sweep.origin(&session);
             let outcome = self
-                .evaluate_live(
-                    policies,
-                    session,
-                    LiveCheck {
-                        livestream_type: None,
-                        drive_mode: None,
-                        ai_features: &[],
-                        trigger: Trigger::Recheck,
-                        discovered_by,
-                        explain: false,
-                        origin: &origin,
-                        cause_id,
-                    },
-                    self.now(),
-                )
+                .evaluate_live(policies, session, sweep.check(&origin), self.now())
                 .await;
             (merchant_id, session_id, outcome)
         });
@@ -173,10 +181,7 @@ impl Pdp {
         &self,
         policies: &PolicyBundle,
         sessions: Vec<Session>,
-        entry_point: &'static str,
-        discovered_by: &str,
-        cause: &str,
-        cause_id: &str,
+        sweep: &Sweep<'_>,
     ) -> (Vec<(String, AuthorizeOutcome)>, Vec<Session>) {
         if self.store.current().await.is_err() {
             return (Vec::new(), sessions);
@@ -192,14 +197,8 @@ impl Pdp {
                 .take(self.store.enforce_batch_limit())
                 .collect();
             let prepared = self.decide_shutdowns(policies, batch, now, &mut rest);
-            self.commit_shutdowns(
-                &prepared,
-                now,
-                (entry_point, discovered_by, cause, cause_id),
-                &mut committed,
-                &mut rest,
-            )
-            .await;
+            self.commit_shutdowns(&prepared, now, sweep, &mut committed, &mut rest)
+                .await;
         }
         (committed, rest)
     }
@@ -212,7 +211,7 @@ impl Pdp {
         batch: Vec<Session>,
         now: Millis,
         rest: &mut Vec<Session>,
-    ) -> Vec<(Session, crate::domain::Facts, Decision)> {
+    ) -> Vec<(Session, Facts, Decision)> {
         let mut prepared = Vec::new();
         for session in batch {
             let features: Vec<String> = session.ai_features.iter().cloned().collect();
@@ -250,61 +249,45 @@ impl Pdp {
     /// re-check one at a time to `rest`.
     async fn commit_shutdowns(
         &self,
-        prepared: &[(Session, crate::domain::Facts, Decision)],
+        prepared: &[(Session, Facts, Decision)],
         now: Millis,
-        (entry_point, discovered_by, cause, cause_id): (&'static str, &str, &str, &str),
+        sweep: &Sweep<'_>,
         committed: &mut Vec<(String, AuthorizeOutcome)>,
         rest: &mut Vec<Session>,
     ) {
         if prepared.is_empty() {
             return;
         }
-        let origins: Vec<Origin> = prepared
-            .iter()
-            .map(|(s, _, _)| Origin::pdp(entry_point, &s.gateway_id, &s.id, cause, cause_id))
-            .collect();
-        let checks: Vec<LiveCheck<'_>> = origins
-            .iter()
-            .map(|origin| LiveCheck {
-                livestream_type: None,
-                drive_mode: None,
-                ai_features: &[],
-                trigger: Trigger::Recheck,
-                discovered_by,
-                explain: false,
-                origin,
-                cause_id,
-            })
-            .collect();
+        let origins: Vec<Origin> = prepared.iter().map(|(s, _, _)| sweep.origin(s)).collect();
+        let checks: Vec<LiveCheck<'_>> = origins.iter().map(|o| sweep.check(o)).collect();
         let shutdowns: Vec<Shutdown> = prepared
             .iter()
             .zip(&checks)
             .map(|((session, _, decision), check)| {
-                let mut base = self.outcome(decision.clone(), Enforcement::ShutDown, now);
-                base.session_id = Some(session.id.clone());
-                base.merchant_id = Some(session.merchant_id.clone());
+                let base =
+                    self.session_outcome(decision.clone(), Enforcement::ShutDown, session, now);
                 self.shutdown(base, check, now, session.drive_mode, &session.ai_features)
             })
             .collect();
-        type Record<'r> =
-            Box<dyn Fn(&crate::domain::Enforced) -> crate::domain::LogRecord + Send + Sync + 'r>;
-        let records: Vec<Record<'_>> = shutdowns
+        let records: Vec<_> = shutdowns
             .iter()
             .zip(&checks)
-            .map(|(shutdown, check)| -> Record<'_> {
-                Box::new(move |enforced: &crate::domain::Enforced| {
+            .map(|(shutdown, check)| {
+                move |enforced: &Enforced| {
                     self.shutdown_record(check, &shutdown.base, enforced, now)
-                })
+                }
             })
             .collect();
-        let items: Vec<_> = prepared
+        let items: Vec<DecidedShutdown<'_>> = prepared
             .iter()
             .zip(&shutdowns)
             .zip(&records)
             .map(|(((_, facts, _), shutdown), record)| {
-                let record: &(dyn Fn(&crate::domain::Enforced) -> crate::domain::LogRecord + Sync) =
-                    record.as_ref();
-                (&shutdown.discovery, facts, record)
+                (
+                    &shutdown.discovery,
+                    facts,
+                    record as &(dyn Fn(&Enforced) -> _ + Sync),
+                )
             })
             .collect();
         self.injected_delay().await;
@@ -327,7 +310,7 @@ impl Pdp {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, sessions = prepared.len(), discovered_by, "a batch of shutdowns failed; each is re-checked on its own");
+                tracing::warn!(error = %e, sessions = prepared.len(), discovered_by = sweep.discovered_by, "a batch of shutdowns failed; each is re-checked on its own");
                 rest.extend(prepared.iter().map(|(session, _, _)| session.clone()));
             }
         }
