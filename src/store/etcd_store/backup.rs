@@ -92,14 +92,10 @@ impl EtcdBackend {
     /// The marker of a restore that has begun and not finished (see `Store::restore`), read
     /// from etcd itself (it is not state, so the view does not hold it).
     pub async fn restore_marker(&self) -> Result<Option<Vec<u8>>, PdpError> {
-        let key = self.key(RESTORING_KEY);
         let found = self
-            .request("reading the restore marker", |mut kv| {
-                let key = key.clone();
-                async move { kv.get(key, None).await }
-            })
+            .read_key("reading the restore marker", RESTORING_KEY)
             .await?;
-        Ok(found.kvs().first().map(|kv| kv.value().to_vec()))
+        Ok(found.map(|(value, _)| value))
     }
 
     /// Sets (or, with `None`, removes) the restore marker.

@@ -484,16 +484,26 @@ impl EtcdBackend {
             .collect()
     }
 
-    /// Whether the commit that wrote `marker` landed: its revision if it did.
-    async fn committed(&self, marker: &str) -> Result<Option<i64>, PdpError> {
-        let key = self.key(marker);
+    /// One key as etcd has it now (a linearizable read, not the view): its value and the
+    /// revision that last changed it.
+    async fn read_key(&self, what: &str, key: &str) -> Result<Option<(Vec<u8>, i64)>, PdpError> {
+        let key = self.key(key);
         let found = self
-            .request("checking a commit", |mut kv| {
+            .request(what, |mut kv| {
                 let key = key.clone();
                 async move { kv.get(key, None).await }
             })
             .await?;
-        Ok(found.kvs().first().map(|kv| kv.mod_revision()))
+        Ok(found
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+    }
+
+    /// Whether the commit that wrote `marker` landed: its revision if it did.
+    async fn committed(&self, marker: &str) -> Result<Option<i64>, PdpError> {
+        let found = self.read_key("checking a commit", marker).await?;
+        Ok(found.map(|(_, revision)| revision))
     }
 
     /// Runs `f` against the mirror and commits what it wrote as one guarded `Txn`, again on
