@@ -919,16 +919,10 @@ impl Store {
         decided: &Facts,
         record: &(dyn Fn(&Enforced) -> LogRecord + Sync),
     ) -> Result<Enforcing, PdpError> {
-        self.transact(&|tx| {
-            let facts = tx::tx_facts(tx, decided)?;
-            if facts != *decided {
-                return Ok(Enforcing::FactsChanged(Box::new(facts)));
-            }
-            Ok(Enforcing::Done(Box::new(
-                self.tx_enforce(tx, discovery, record)?,
-            )))
-        })
-        .await
+        self.enforce_decided_batch(&[(discovery, decided, record)])
+            .await?
+            .pop()
+            .ok_or_else(|| PdpError::Storage("a shutdown's commit gave no answer".into()))
     }
 
     /// `enforce_decided` for many sessions in one commit, each checked against the facts it
