@@ -52,6 +52,21 @@ impl GroupCommit {
             .map_err(|e| PdpError::Storage(format!("fdatasync failed: {e}")))
     }
 
+    /// Makes every write made before calling durable, on this thread (for the committer,
+    /// which runs on a blocking thread of its own).
+    pub fn durable_blocking(&self) -> Result<(), PdpError> {
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let started = std::time::Instant::now();
+        self.db
+            .flush()
+            .map_err(|e| PdpError::Storage(format!("flush failed: {e}")))?;
+        self.sync_blocking()?;
+        metrics::histogram!("anchor_pdp_store_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
+        self.flushed.covered(ticket);
+        Ok(())
+    }
+
     /// Returns once every write the caller made before calling is durable.
     pub async fn durable(&self) -> Result<(), PdpError> {
         let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;

@@ -1,9 +1,10 @@
 //! The embedded backend: one sled database in the data directory. Operations run one at a time
-//! (the one writer): each reads the data tree directly, under its own writes, so what it read
-//! is still true when it commits. What it wrote, with its records for the decision-log outbox,
-//! is then committed as one sled transaction that only writes (sled's conflict-checked
-//! transactions cost more than the operation itself under 64 concurrent callers), followed by
-//! a group-committed flush (so nothing acknowledged is lost).
+//! (the one writer, `writer.rs`): each reads the state as the operations before it left it,
+//! so what it read is still true when it commits. What they write, with their records for the
+//! decision-log outbox, is committed in batches, each one sled transaction that only writes
+//! (sled's conflict-checked transactions cost more than the operation itself under 64
+//! concurrent callers) followed by one flush and fdatasync: nothing is acknowledged before it
+//! is durable.
 //!
 //! Layout (format 1): one tree, `pdp.v1`, keyed as `tx.rs` names the keys. Values are one
 //! format byte followed by JSON (`evtseq`: 8 bytes big-endian; the room and stream indexes:
@@ -25,25 +26,23 @@
 //! the segments has lost changes it acknowledged (sled replays its log only up to damage it
 //! finds in it); such a store is refused at open, never served.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+mod writer;
 
 use super::Shared;
 use super::group_commit::GroupCommit;
 use super::segments::SegmentLog;
 use super::tx::{
-    self, EVENT_COUNTER_KEY, FORMAT_VERSION, Tx, TxError, TxResult, Writes, decode, decode_counter,
-    room_key, session_key,
+    self, EVENT_COUNTER_KEY, FORMAT_VERSION, Tx, TxResult, decode, decode_counter, room_key,
+    session_key,
 };
 use crate::domain::{Account, Kind, LogRecord, Millis, Registration, Session};
 use crate::error::PdpError;
+use writer::{DbHandle, Writer};
 
 const DATA_TREE: &str = "pdp.v1";
 const META_TREE: &str = "meta";
@@ -77,45 +76,8 @@ struct Db {
 pub struct SledBackend {
     dir: PathBuf,
     /// `None` only while the database is being reopened.
-    db: RwLock<Option<Arc<Db>>>,
-    /// Held from a transaction's commit until the view has its changes, so the view takes
-    /// changes in commit order.
-    view_order: std::sync::Mutex<()>,
-    /// The revision of the last commit: from sled's id generator, which never goes back, not
-    /// even across a crash.
-    revision: AtomicU64,
-}
-
-/// An operation run by the one writer, seen through `Tx`: it reads the data tree (nothing else
-/// writes it meanwhile) under its own writes, which are kept aside until it has succeeded.
-struct WriterTx<'a> {
-    data: &'a sled::Tree,
-    /// This operation's writes, in order (the view takes them in this order).
-    writes: RefCell<Writes>,
-    /// The same, by key: what its own reads see.
-    written: RefCell<HashMap<String, Option<Vec<u8>>>>,
-    logged: RefCell<Vec<LogRecord>>,
-    /// A read that failed: the operation is abandoned with it.
-    failure: RefCell<Option<sled::Error>>,
-}
-
-impl<'a> WriterTx<'a> {
-    fn new(data: &'a sled::Tree) -> WriterTx<'a> {
-        WriterTx {
-            data,
-            writes: RefCell::default(),
-            written: RefCell::default(),
-            logged: RefCell::default(),
-            failure: RefCell::default(),
-        }
-    }
-
-    fn write(&self, key: &str, value: Option<Vec<u8>>) {
-        self.written
-            .borrow_mut()
-            .insert(key.to_owned(), value.clone());
-        self.writes.borrow_mut().push((key.to_owned(), value));
-    }
+    db: DbHandle,
+    writer: Arc<Writer>,
 }
 
 fn decode_commit(bytes: &[u8]) -> Result<u64, PdpError> {
@@ -124,36 +86,6 @@ fn decode_commit(bytes: &[u8]) -> Result<u64, PdpError> {
         reason: format!("{} bytes, not 8", bytes.len()),
     })?;
     Ok(u64::from_be_bytes(bytes))
-}
-
-impl Tx for WriterTx<'_> {
-    fn get(&self, key: &str) -> TxResult<Option<Vec<u8>>> {
-        if let Some(value) = self.written.borrow().get(key) {
-            return Ok(value.clone());
-        }
-        match self.data.get(key.as_bytes()) {
-            Ok(value) => Ok(value.map(|v| v.to_vec())),
-            Err(e) => {
-                self.failure.borrow_mut().get_or_insert(e);
-                Err(TxError::Backend)
-            }
-        }
-    }
-
-    fn put(&self, key: &str, value: Vec<u8>) -> TxResult<()> {
-        self.write(key, Some(value));
-        Ok(())
-    }
-
-    fn remove(&self, key: &str) -> TxResult<()> {
-        self.write(key, None);
-        Ok(())
-    }
-
-    fn log(&self, record: &LogRecord) -> TxResult<()> {
-        self.logged.borrow_mut().push(record.clone());
-        Ok(())
-    }
 }
 
 fn storage(e: impl std::fmt::Display) -> PdpError {
@@ -488,13 +420,13 @@ impl SledBackend {
         }
         let last_event = db.last_event()?;
         db.load_view(shared)?;
-        let revision = db.db.generate_id().map_err(storage)?;
+        let writer = Arc::new(Writer::default());
+        writer.set_revision(db.db.generate_id().map_err(storage)?);
         Ok((
             SledBackend {
                 dir: dir.to_owned(),
-                db: RwLock::new(Some(Arc::new(db))),
-                view_order: std::sync::Mutex::new(()),
-                revision: AtomicU64::new(revision),
+                db: Arc::new(RwLock::new(Some(Arc::new(db)))),
+                writer,
             },
             last_event,
         ))
@@ -511,15 +443,7 @@ impl SledBackend {
     }
 
     pub fn revision(&self) -> u64 {
-        self.revision.load(Ordering::Acquire)
-    }
-
-    /// Held from a transaction's commit until the view has it.
-    fn in_view_order(&self) -> std::sync::MutexGuard<'_, ()> {
-        // A panic while holding it leaves nothing half-done: the guard only orders.
-        self.view_order
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.writer.revision()
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PdpError> {
@@ -549,109 +473,16 @@ impl SledBackend {
         Ok(out)
     }
 
-    /// Runs `f` as the one writer (operations run one at a time, so what one reads stays true
-    /// until it commits: validation under the one writer); commits what it wrote, its
-    /// records (to the outbox) and its commit number as one sled transaction that only
-    /// writes; feeds the view (in commit order); makes it durable; then appends its records
-    /// to the decision log. Returns the value and the revision.
+    /// Runs `f` as the one writer (see `writer.rs`): it reads what every operation before it
+    /// wrote, and returns once its batch is durable, in the view and in the decision log.
+    /// Returns the value and the revision.
     pub async fn transact<T>(
         &self,
-        shared: &Shared,
+        shared: &Arc<Shared>,
         f: &(dyn Fn(&dyn Tx) -> TxResult<T> + Sync),
     ) -> Result<(T, u64), PdpError> {
         let db = self.db()?;
-        let (value, writes, logged, revision) = {
-            let _writer = self.in_view_order();
-            let tx = WriterTx::new(&db.data);
-            let value = match f(&tx) {
-                Ok(value) => value,
-                Err(TxError::Abort(e)) => return Err(e),
-                Err(TxError::Backend) => {
-                    let e = tx.failure.borrow_mut().take().map_or_else(
-                        || PdpError::Storage("a store read failed without saying why".into()),
-                        storage,
-                    );
-                    return Err(shared.write_failed(e));
-                }
-            };
-            let (writes, mut logged) = (tx.writes.into_inner(), tx.logged.into_inner());
-            if writes.is_empty() && logged.is_empty() {
-                return Ok((value, self.revision()));
-            }
-            let number = if logged.is_empty() {
-                None
-            } else {
-                Some(db.last_commit.load(Ordering::Acquire) + 1)
-            };
-            let mut outbox = Vec::with_capacity(logged.len());
-            for record in &mut logged {
-                record.commit = number.unwrap_or(0);
-                outbox.push((record.id.clone(), tx::encode(&record.id, &*record)?));
-            }
-            (&db.data, &db.log, &db.meta)
-                .transaction(|(data, log, meta)| {
-                    for (key, value) in &writes {
-                        match value {
-                            Some(value) => data.insert(key.as_bytes(), value.as_slice())?,
-                            None => data.remove(key.as_bytes())?,
-                        };
-                    }
-                    for (id, bytes) in &outbox {
-                        log.insert(id.as_bytes(), bytes.as_slice())?;
-                    }
-                    if let Some(number) = number {
-                        meta.insert(LAST_COMMIT_KEY, &number.to_be_bytes())?;
-                    }
-                    Ok::<_, ConflictableTransactionError<PdpError>>(())
-                })
-                .map_err(|e| match e {
-                    TransactionError::Abort(e) => e,
-                    TransactionError::Storage(e) => shared.write_failed(storage(e)),
-                })?;
-            if let Some(number) = number {
-                db.last_commit.store(number, Ordering::Release);
-            }
-            let revision = db.db.generate_id().map_err(storage)?;
-            self.revision.fetch_max(revision, Ordering::AcqRel);
-            shared.apply_to_view(&writes);
-            (value, writes, logged, revision)
-        };
-        db.commit
-            .durable()
-            .await
-            .map_err(|e| shared.write_failed(e))?;
-        self.append_logged(shared, &db, logged).await?;
-        shared.publish_events(&writes);
-        Ok((value, revision))
-    }
-
-    /// After the change they went with is durable: appends the records a transaction logged
-    /// to the decision log, durably, and takes them out of the outbox. Until then a crash
-    /// leaves them in the outbox, which the next open appends.
-    async fn append_logged(
-        &self,
-        shared: &Shared,
-        db: &Db,
-        records: Vec<LogRecord>,
-    ) -> Result<(), PdpError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
-        shared
-            .segments
-            .append(records)
-            .await
-            .map_err(|e| shared.write_failed(e))?;
-        let mut batch = sled::Batch::default();
-        for id in ids {
-            batch.remove(id.as_bytes());
-        }
-        // Not flushed on its own: a record left in the outbox is found already appended.
-        if let Err(e) = db.log.apply_batch(batch) {
-            tracing::warn!(error = %e, "decision log: could not empty the outbox");
-        }
-        Ok(())
+        self.writer.transact(&self.db, db, shared, f).await
     }
 
     /// After a write failure: checks whether writing works again, reopening the database if
@@ -728,23 +559,17 @@ impl SledBackend {
 
 /// Backups: the state at one revision, and writing a backup's state into an empty store.
 impl SledBackend {
-    /// Every state key and value, consistent at the revision returned: read under the lock
-    /// every commit holds while it applies, so no commit is half in it. Writers wait for the
-    /// copy (it is in memory: a moment per hundred thousand keys); the copy is then made
-    /// durable, so a backup never holds a write the store could still lose.
+    /// Every state key and value, consistent at the revision returned: read under the one
+    /// writer's lock, with the writes of batches not yet in the tree on top, so no operation
+    /// is half in it. Writers wait for the copy (it is in memory: a moment per hundred
+    /// thousand keys); the copy is then made durable (its newest batch committed), so a
+    /// backup never holds a write the store could still lose.
     pub async fn state(&self) -> Result<(u64, Vec<(String, Vec<u8>)>), PdpError> {
         let db = self.db()?;
-        let (revision, entries) = {
-            let _in_order = self.in_view_order();
-            let mut entries = Vec::with_capacity(db.data.len());
-            for item in db.data.iter() {
-                let (key, value) = item.map_err(storage)?;
-                if key.as_ref() == CLOSED_INDEX_BUILT {
-                    continue;
-                }
-                entries.push((String::from_utf8_lossy(&key).into_owned(), value.to_vec()));
-            }
-            (self.revision(), entries)
+        let (entries, newest) = self.writer.state(&db.data, CLOSED_INDEX_BUILT)?;
+        let revision = match newest {
+            Some(outcome) => writer::outcome(outcome).await?,
+            None => self.revision(),
         };
         db.commit.durable().await?;
         Ok((revision, entries))
