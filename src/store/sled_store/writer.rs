@@ -35,6 +35,9 @@ type Overlay = HashMap<String, Option<Vec<u8>>>;
 /// failed. Every operation in the batch waits on it.
 pub(super) type Outcome = Arc<tokio::sync::watch::Sender<Option<Result<u64, PdpError>>>>;
 
+/// State keys and values, in key order.
+pub(super) type Entries = Vec<(String, Vec<u8>)>;
+
 /// Waits for a batch's outcome: the revision it committed at.
 pub(super) async fn outcome(outcome: Outcome) -> Result<u64, PdpError> {
     let mut receiver = outcome.subscribe();
@@ -364,7 +367,7 @@ impl Writer {
         &self,
         data: &sled::Tree,
         skip: &[u8],
-    ) -> Result<(Vec<(String, Vec<u8>)>, Option<Outcome>), PdpError> {
+    ) -> Result<(Entries, Option<Outcome>), PdpError> {
         let state = self.lock();
         let mut newer: HashMap<&str, &Option<Vec<u8>>> = HashMap::new();
         if let Some((overlay, _)) = &state.committing {
