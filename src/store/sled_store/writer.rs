@@ -19,14 +19,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-
-use super::{Db, LAST_COMMIT_KEY, storage};
+use super::{Db, LAST_COMMIT_KEY, outbox_parts, storage};
 use crate::domain::LogRecord;
 use crate::error::PdpError;
 use crate::store::Shared;
-use crate::store::tx::{self, Tx, TxError, TxResult, Writes};
+use crate::store::tx::{Tx, TxError, TxResult, Writes};
 
 /// Values by key, `None` for a removal: what a batch wrote, as later reads must see it.
 type Overlay = HashMap<String, Option<Vec<u8>>>;
@@ -308,31 +305,28 @@ impl Writer {
         } else {
             Some(db.last_commit.load(Ordering::Acquire) + 1)
         };
-        let mut outbox = Vec::with_capacity(batch.logged.len());
-        for record in &mut batch.logged {
-            record.commit = number.unwrap_or(0);
-            outbox.push((record.id.clone(), tx::encode(&record.id, &*record)?));
+        let mut outbox = Vec::new();
+        let mut writes = sled::Batch::default();
+        for (key, value) in &batch.writes {
+            match value {
+                Some(value) => writes.insert(key.as_bytes(), value.as_slice()),
+                None => writes.remove(key.as_bytes()),
+            }
         }
-        (&db.data, &db.log, &db.meta)
-            .transaction(|(data, log, meta)| {
-                for (key, value) in &batch.writes {
-                    match value {
-                        Some(value) => data.insert(key.as_bytes(), value.as_slice())?,
-                        None => data.remove(key.as_bytes())?,
-                    };
-                }
-                for (id, bytes) in &outbox {
-                    log.insert(id.as_bytes(), bytes.as_slice())?;
-                }
-                if let Some(number) = number {
-                    meta.insert(LAST_COMMIT_KEY, &number.to_be_bytes())?;
-                }
-                Ok::<_, ConflictableTransactionError<PdpError>>(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => shared.write_failed(storage(e)),
-            })?;
+        if let Some(number) = number {
+            for record in &mut batch.logged {
+                record.commit = number;
+            }
+            outbox = outbox_parts(number, &batch.logged)?;
+            for (key, value) in &outbox {
+                writes.insert(key.as_bytes(), value.as_slice());
+            }
+            writes.insert(LAST_COMMIT_KEY, &number.to_be_bytes());
+        }
+        // One tree, one batch: sled applies it whole or not at all, also across a crash.
+        db.data
+            .apply_batch(writes)
+            .map_err(|e| shared.write_failed(storage(e)))?;
         if let Some(number) = number {
             db.last_commit.store(number, Ordering::Release);
         }
@@ -349,11 +343,11 @@ impl Writer {
                 .append_blocking(&batch.logged)
                 .map_err(|e| shared.write_failed(e))?;
             let mut removals = sled::Batch::default();
-            for record in &batch.logged {
-                removals.remove(record.id.as_bytes());
+            for (key, _) in &outbox {
+                removals.remove(key.as_bytes());
             }
             // Not flushed on its own: a record left in the outbox is found already appended.
-            if let Err(e) = db.log.apply_batch(removals) {
+            if let Err(e) = db.data.apply_batch(removals) {
                 tracing::warn!(error = %e, "decision log: could not empty the outbox");
             }
         }
@@ -366,7 +360,7 @@ impl Writer {
     pub(super) fn state(
         &self,
         data: &sled::Tree,
-        skip: &[u8],
+        is_state: fn(&[u8]) -> bool,
     ) -> Result<(Entries, Option<Outcome>), PdpError> {
         let state = self.lock();
         let mut newer: HashMap<&str, &Option<Vec<u8>>> = HashMap::new();
@@ -377,7 +371,7 @@ impl Writer {
         let mut entries = Vec::with_capacity(data.len());
         for item in data.iter() {
             let (key, value) = item.map_err(storage)?;
-            if key.as_ref() == skip {
+            if !is_state(&key) {
                 continue;
             }
             let key = String::from_utf8_lossy(&key).into_owned();
