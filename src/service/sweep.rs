@@ -57,6 +57,18 @@ impl<'a> Sweep<'a> {
     }
 }
 
+/// Polls `future` once, so that it starts (a commit joins the writer's batch, which commits
+/// on its own thread) while the caller goes on; its output if it finished at once.
+async fn started<F: std::future::Future + Unpin>(future: &mut F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut *future).poll(cx) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
 impl Pdp {
     /// Re-checks the live sessions `relevant` picks, after a change (recorded as `cause_id`)
     /// to what they rely on: a revoked filing, a delisted provider, a withdrawn AI filing, a
@@ -189,16 +201,33 @@ impl Pdp {
         let now = self.now();
         let (mut committed, mut rest) = (Vec::new(), Vec::new());
         // Decided and committed a batch at a time, so the first cuts do not wait for the
-        // whole sweep's decisions.
+        // whole sweep's decisions; a batch is decided while the one before it commits.
         let mut sessions = sessions.into_iter().peekable();
+        let mut committing = None;
         while sessions.peek().is_some() {
             let batch: Vec<Session> = sessions
                 .by_ref()
                 .take(self.store.enforce_batch_limit())
                 .collect();
             let prepared = self.decide_shutdowns(policies, batch, now, &mut rest);
-            self.commit_shutdowns(&prepared, now, sweep, &mut committed, &mut rest)
-                .await;
+            if let Some(previous) = committing.take() {
+                let (done, retry) = previous.await;
+                committed.extend(done);
+                rest.extend(retry);
+            }
+            let mut commit = Box::pin(self.commit_shutdowns(prepared, now, sweep));
+            match started(&mut commit).await {
+                Some((done, retry)) => {
+                    committed.extend(done);
+                    rest.extend(retry);
+                }
+                None => committing = Some(commit),
+            }
+        }
+        if let Some(last) = committing {
+            let (done, retry) = last.await;
+            committed.extend(done);
+            rest.extend(retry);
         }
         (committed, rest)
     }
@@ -245,18 +274,17 @@ impl Pdp {
         prepared
     }
 
-    /// Commits `prepared` as one batch; what committed goes to `committed`, the sessions to
-    /// re-check one at a time to `rest`.
+    /// Commits `prepared` as one batch. Returns what committed (merchant, outcome) and the
+    /// sessions to re-check one at a time.
     async fn commit_shutdowns(
         &self,
-        prepared: &[(Session, Facts, Decision)],
+        prepared: Vec<(Session, Facts, Decision)>,
         now: Millis,
         sweep: &Sweep<'_>,
-        committed: &mut Vec<(String, AuthorizeOutcome)>,
-        rest: &mut Vec<Session>,
-    ) {
+    ) -> (Vec<(String, AuthorizeOutcome)>, Vec<Session>) {
+        let (mut committed, mut rest) = (Vec::new(), Vec::new());
         if prepared.is_empty() {
-            return;
+            return (committed, rest);
         }
         let origins: Vec<Origin> = prepared.iter().map(|(s, _, _)| sweep.origin(s)).collect();
         let checks: Vec<LiveCheck<'_>> = origins.iter().map(|o| sweep.check(o)).collect();
@@ -314,6 +342,7 @@ impl Pdp {
                 rest.extend(prepared.iter().map(|(session, _, _)| session.clone()));
             }
         }
+        (committed, rest)
     }
 
     /// Re-checks the live sessions that rely on the record `kind`/`id`.
