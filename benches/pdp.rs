@@ -467,6 +467,19 @@ async fn main() -> Result<()> {
     const HEALTH: &str = "Health/Check (no-op baseline)";
     const LIVE: &str = "Authorize LIVE allow";
     const START: &str = "Authorize START allow (durable)";
+    // The server's memory with the population in place and no load, then its peak under the
+    // scenarios below (sampled every 100 ms).
+    let rss_idle = resident_kib(&server);
+    let rss_peak = Arc::new(AtomicU64::new(rss_idle));
+    let sampler = {
+        let (server, rss_peak) = (server.clone(), rss_peak.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                rss_peak.fetch_max(resident_kib(&server), Ordering::Relaxed);
+            }
+        })
+    };
     for flight in [1, in_flight] {
         let baseline = drive(HEALTH, &server, flight, duration, None, health_call.clone()).await?;
         let base = Some(baseline);
@@ -485,6 +498,14 @@ async fn main() -> Result<()> {
         )
         .await?;
     }
+    sampler.abort();
+    let rss_peak = rss_peak.load(Ordering::Relaxed);
+    println!(
+        "server RSS: {} MiB idle with the population, {} MiB at most under the load above ({:.2}x)",
+        rss_idle >> 10,
+        rss_peak >> 10,
+        rss_peak as f64 / rss_idle.max(1) as f64,
+    );
     if let Some(path) = &chart_out {
         // Latency against throughput as more calls are in flight, for the chart.
         println!("sweep for the chart: 1 to 256 in flight");

@@ -27,6 +27,7 @@ use common::load::{
     Figures, Result, ServerProcess, anchor, drive, driver, file_approved, fixtures, percentile,
     room,
 };
+use common::process_usage;
 use tonic::transport::Channel;
 
 /// Rooms the START scenario turns over, so that concurrent STARTs rarely share one; each has
@@ -91,14 +92,36 @@ async fn prepare(server: &ServerProcess) -> Result<String> {
     Ok(started.session_id)
 }
 
+/// The etcd a server runs on, as the scenarios measure it.
+struct Etcd<'a> {
+    endpoints: &'a [String],
+    members: Vec<String>,
+}
+
+impl Etcd<'_> {
+    /// The database size of a member, and the CPU the members have used.
+    async fn mark(&self) -> Result<(i64, Duration)> {
+        let cpu = self.members.iter().map(|m| process_usage(m).0).sum();
+        Ok((etcd_db_bytes(self.endpoints).await?, cpu))
+    }
+}
+
 /// Prints how much etcd's database grew per call of a scenario (before compaction: every
-/// revision kept), when the server runs on etcd.
-async fn growth(etcd: Option<&[String]>, before: i64, calls: f64, scenario: &str) -> Result<()> {
-    if let Some(endpoints) = etcd {
-        let grown = etcd_db_bytes(endpoints).await? - before;
+/// revision kept) and the CPU its members used per call, when the server runs on etcd.
+async fn growth(
+    etcd: Option<&Etcd<'_>>,
+    before: (i64, Duration),
+    calls: f64,
+    scenario: &str,
+) -> Result<()> {
+    if let Some(etcd) = etcd {
+        let (bytes, cpu) = etcd.mark().await?;
+        let calls = calls.max(1.0);
         println!(
-            "    etcd database growth per member: {:.0} B per {scenario} call (before compaction)",
-            grown as f64 / 3.0 / calls.max(1.0)
+            "    etcd per {scenario} call: database growth {:.0} B per member (before compaction), \
+             CPU of the 3 members together {:.0} µs",
+            (bytes - before.0) as f64 / 3.0 / calls,
+            (cpu - before.1).as_secs_f64() * 1e6 / calls,
         );
     }
     Ok(())
@@ -108,7 +131,7 @@ async fn growth(etcd: Option<&[String]>, before: i64, calls: f64, scenario: &str
 async fn scenarios(
     name: &str,
     server: &ServerProcess,
-    etcd: Option<&[String]>,
+    etcd: Option<&Etcd<'_>>,
     in_flight: usize,
     duration: Duration,
 ) -> Result<Figures> {
@@ -158,8 +181,8 @@ async fn scenarios(
     )
     .await?;
     let before = match etcd {
-        Some(endpoints) => etcd_db_bytes(endpoints).await?,
-        None => 0,
+        Some(etcd) => etcd.mark().await?,
+        None => (0, Duration::ZERO),
     };
     let client = pdp.clone();
     let lives = drive(
@@ -190,8 +213,8 @@ async fn scenarios(
     let calls = lives.per_second * duration.as_secs_f64();
     growth(etcd, before, calls, "START + EndSession").await?;
     let before = match etcd {
-        Some(endpoints) => etcd_db_bytes(endpoints).await?,
-        None => 0,
+        Some(etcd) => etcd.mark().await?,
+        None => (0, Duration::ZERO),
     };
     let client = pdp.clone();
     let registers = drive(
@@ -315,10 +338,14 @@ async fn main() -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
     scenarios("sled", &sled, None, in_flight, duration).await?;
+    let etcd = Etcd {
+        endpoints: &endpoints,
+        members: cluster.pids().iter().map(u32::to_string).collect(),
+    };
     scenarios(
         "etcd (replica A of 2)",
         &a,
-        Some(&endpoints),
+        Some(&etcd),
         in_flight,
         duration,
     )

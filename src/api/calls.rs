@@ -44,6 +44,11 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 /// wins); a server stream that reads the store (ReadDecisionLog) ends by then too.
 pub const CALL_LIMIT: Duration = Duration::from_secs(10);
 
+/// A backup copies and encodes the whole store before its first byte: ~10 s per million
+/// anchors here, so it gets longer than other calls (a shorter `grpc-timeout` still wins).
+pub const BACKUP_CALL_LIMIT: Duration = Duration::from_secs(3600);
+const BACKUP_PATH: &str = "/anchorpdp.v1.PolicyAdmin/Backup";
+
 /// The deadline of a call: the caller's `grpc-timeout`, at most `CALL_LIMIT`.
 pub fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> tokio::time::Instant {
     let asked = metadata
@@ -134,10 +139,15 @@ where
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
-        let deadline = asked.map_or(self.limit, |asked| {
-            asked.min(self.limit).saturating_sub(DEADLINE_MARGIN)
-        });
         let path = request.uri().path().to_owned();
+        let limit = if path == BACKUP_PATH {
+            BACKUP_CALL_LIMIT.max(self.limit)
+        } else {
+            self.limit
+        };
+        let deadline = asked.map_or(limit, |asked| {
+            asked.min(limit).saturating_sub(DEADLINE_MARGIN)
+        });
         if deadline.is_zero() {
             return Box::pin(async move {
                 Ok(Status::deadline_exceeded(format!(
@@ -202,5 +212,42 @@ mod tests {
         for bad in ["", "m", "123456789S", "1x", "-1S", "1.5S"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
         }
+    }
+
+    /// A call slower than the limit is answered DEADLINE_EXCEEDED, except a backup, which
+    /// copies the whole store first; the caller's own `grpc-timeout` still bounds it.
+    #[tokio::test]
+    async fn a_backup_outlives_the_call_limit_but_not_its_callers_deadline() {
+        use tower::{Layer, ServiceExt};
+        let slow = tower::service_fn(|_: http::Request<()>| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        });
+        let service = CallLayer::new(Duration::from_millis(100)).layer(slow);
+        let status_of = |path: &str, timeout: Option<&str>| {
+            let service = service.clone();
+            let mut request = http::Request::builder().uri(path);
+            if let Some(timeout) = timeout {
+                request = request.header("grpc-timeout", timeout);
+            }
+            let request = request.body(()).unwrap_or_else(|e| panic!("{e}"));
+            async move {
+                let response = service
+                    .oneshot(request)
+                    .await
+                    .unwrap_or_else(|e| match e {});
+                response
+                    .headers()
+                    .get("grpc-status")
+                    .map(|s| s.to_str().unwrap_or_default().to_owned())
+            }
+        };
+        let deadline_exceeded = Some((tonic::Code::DeadlineExceeded as i32).to_string());
+        assert_eq!(
+            status_of("/anchorpdp.v1.PolicyAdmin/GetDecisionLogStatus", None).await,
+            deadline_exceeded
+        );
+        assert_eq!(status_of(BACKUP_PATH, None).await, None, "answered");
+        assert_eq!(status_of(BACKUP_PATH, Some("50m")).await, deadline_exceeded);
     }
 }

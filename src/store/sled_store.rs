@@ -643,14 +643,12 @@ impl SledBackend {
 
 /// Backups: the state at one revision, and writing a backup's state into an empty store.
 impl SledBackend {
-    /// Every state key and value, consistent at the revision returned: read under the one
-    /// writer's lock, with the writes of batches not yet in the tree on top, so no operation
-    /// is half in it. Writers wait for the copy (it is in memory: a moment per hundred
-    /// thousand keys); the copy is then made durable (its newest batch committed), so a
-    /// backup never holds a write the store could still lose.
+    /// Every state key and value, consistent at the revision returned (see `Writer::state`:
+    /// writers go on meanwhile). The copy is held in memory; it is handed out once durable
+    /// (its newest batch committed), so a backup never holds a write the store could lose.
     pub async fn state(&self) -> Result<(u64, Vec<(String, Vec<u8>)>), PdpError> {
         let db = self.db()?;
-        let (entries, newest) = self.writer.state(&db.data, is_state)?;
+        let (entries, newest) = self.writer.state(&db.data, is_state).await?;
         let revision = match newest {
             Some(outcome) => writer::outcome(outcome).await?,
             None => self.revision(),

@@ -128,6 +128,14 @@ impl EtcdCluster {
         }
     }
 
+    /// The process ids of the running members (for measuring their CPU).
+    pub fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter_map(|m| m.child.as_ref().map(Child::id))
+            .collect()
+    }
+
     /// Pauses member `i` (SIGSTOP): it keeps its connections open and answers nothing, as a
     /// hung process does.
     pub fn pause(&self, i: usize) {

@@ -88,6 +88,11 @@ struct State {
     /// The writes of the batch being committed, until they are in the data tree.
     committing: Option<(Arc<Overlay>, Outcome)>,
     committer_running: bool,
+    /// While a backup copies the tree: the writes of every batch taken for commit since it
+    /// began, by key, the last one kept.
+    tap: Option<Overlay>,
+    /// A batch failed while the tap was on: the tap holds writes that never happened.
+    tap_spoiled: bool,
 }
 
 impl State {
@@ -106,6 +111,8 @@ pub(super) struct Writer {
     /// The revision of the last commit: from sled's id generator, which never goes back, not
     /// even across a crash.
     revision: AtomicU64,
+    /// One backup copies at a time (each has its tap).
+    backups: tokio::sync::Mutex<()>,
 }
 
 /// An operation run by the one writer, seen through `Tx`: it reads under its own writes, then
@@ -268,6 +275,9 @@ impl Writer {
                     return;
                 }
                 let mut batch = std::mem::take(&mut state.pending);
+                if let Some(tap) = &mut state.tap {
+                    tap.extend(batch.writes.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
                 let overlay = Arc::new(std::mem::take(&mut batch.overlay));
                 state.committing = Some((overlay, batch.outcome.clone()));
                 batch
@@ -277,6 +287,7 @@ impl Writer {
                 // The batch behind it may have read its writes: it fails with it.
                 let mut state = self.lock();
                 state.committing = None;
+                state.tap_spoiled |= state.tap.is_some();
                 let behind = std::mem::take(&mut state.pending);
                 behind.outcome.send_replace(Some(Err(e.clone())));
             }
@@ -355,42 +366,118 @@ impl Writer {
         Ok(revision)
     }
 
-    /// Every state key and value with the writes of operations not yet in the tree on top, and
-    /// the outcome to wait for before they may be handed out.
-    pub(super) fn state(
+    /// Every state key and value, consistent as of the newest operation run when the copy
+    /// ended, and the outcome to wait for before it may be handed out (that operation's batch).
+    ///
+    /// Writers do not wait for the copy: the tree is read while batches go on committing, and
+    /// every write of a batch committed meanwhile (or not yet committed when the copy ends) is
+    /// tapped and laid over the copy in order. A key read before such a write gets the write's
+    /// value; one read after it already has it (or a later one, laid over last).
+    pub(super) async fn state(
         &self,
         data: &sled::Tree,
         is_state: fn(&[u8]) -> bool,
     ) -> Result<(Entries, Option<Outcome>), PdpError> {
-        let state = self.lock();
-        let mut newer: HashMap<&str, &Option<Vec<u8>>> = HashMap::new();
-        if let Some((overlay, _)) = &state.committing {
-            newer.extend(overlay.iter().map(|(k, v)| (k.as_str(), v)));
-        }
-        newer.extend(state.pending.overlay.iter().map(|(k, v)| (k.as_str(), v)));
-        let mut entries = Vec::with_capacity(data.len());
-        for item in data.iter() {
-            let (key, value) = item.map_err(storage)?;
-            if !is_state(&key) {
-                continue;
+        let _one_at_a_time = self.backups.lock().await;
+        {
+            let mut state = self.lock();
+            let mut tap = Overlay::new();
+            if let Some((committing, _)) = &state.committing {
+                tap.extend(committing.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
-            let key = String::from_utf8_lossy(&key).into_owned();
-            match newer.remove(key.as_str()) {
-                Some(Some(value)) => entries.push((key, value.clone())),
-                Some(None) => {}
-                None => entries.push((key, value.to_vec())),
-            }
+            state.tap = Some(tap);
+            state.tap_spoiled = false;
         }
-        // Keys only the batches hold: new since the tree was last written.
-        let before = entries.len();
-        entries.extend(
-            newer
-                .into_iter()
-                .filter_map(|(key, value)| value.as_ref().map(|v| (key.to_owned(), v.clone()))),
+        let tree = data.clone();
+        let copied = tokio::task::spawn_blocking(move || -> Result<Entries, PdpError> {
+            let mut entries = Vec::with_capacity(tree.len());
+            for item in tree.iter() {
+                let (key, value) = item.map_err(storage)?;
+                if is_state(&key) {
+                    entries.push((String::from_utf8_lossy(&key).into_owned(), value.to_vec()));
+                }
+            }
+            Ok(entries)
+        })
+        .await
+        .map_err(|e| PdpError::Storage(format!("the backup's copy failed: {e}")));
+        let (tap, newest) = {
+            let mut state = self.lock();
+            let mut tap = state.tap.take().unwrap_or_default();
+            if std::mem::take(&mut state.tap_spoiled) {
+                return Err(PdpError::Storage(
+                    "a write failed while the backup was copied; take it again".into(),
+                ));
+            }
+            tap.extend(
+                state
+                    .pending
+                    .overlay
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+            (tap, state.newest_outcome())
+        };
+        let entries = copied??;
+        let entries = tokio::task::spawn_blocking(move || lay_over(entries, tap))
+            .await
+            .map_err(|e| PdpError::Storage(format!("the backup's copy failed: {e}")))?;
+        Ok((entries, newest))
+    }
+}
+
+/// `entries` (in key order) with `newer` laid over them: its values replace, its removals
+/// remove, its other keys are added in order.
+fn lay_over(mut entries: Entries, mut newer: Overlay) -> Entries {
+    if newer.is_empty() {
+        return entries;
+    }
+    entries.retain_mut(|(key, value)| match newer.remove(key.as_str()) {
+        Some(Some(newer)) => {
+            *value = newer;
+            true
+        }
+        Some(None) => false,
+        None => true,
+    });
+    let before = entries.len();
+    entries.extend(
+        newer
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|v| (key, v))),
+    );
+    if entries.len() > before {
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    }
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_laid_over_a_copy_replace_remove_and_add_in_key_order() {
+        let entries = vec![
+            ("a".to_owned(), vec![1]),
+            ("b".to_owned(), vec![2]),
+            ("d".to_owned(), vec![4]),
+        ];
+        let newer: Overlay = [
+            ("b".to_owned(), None),
+            ("c".to_owned(), Some(vec![3])),
+            ("d".to_owned(), Some(vec![5])),
+            ("e".to_owned(), None),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            lay_over(entries, newer),
+            [
+                ("a".to_owned(), vec![1]),
+                ("c".to_owned(), vec![3]),
+                ("d".to_owned(), vec![5]),
+            ]
         );
-        if entries.len() > before {
-            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        }
-        Ok((entries, state.newest_outcome()))
     }
 }
