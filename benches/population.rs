@@ -202,7 +202,8 @@ async fn main() -> Result<()> {
         .arg("--policies")
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
         .env_remove("ANCHOR_PDP_TOKENS")
-        .env("RUST_LOG", "warn")
+        // The store's open says where the start's time went.
+        .env("RUST_LOG", "warn,anchor_pdp::store::sled_store=info")
         .stdout(std::process::Stdio::null())
         .spawn()?;
     let pid = child.id();

@@ -482,7 +482,9 @@ impl SledBackend {
     /// Opens (or creates) the database in `dir`, appends what its outbox holds to the decision
     /// log and loads the view. Returns the backend and the last enforcement-event sequence.
     pub fn open(dir: &Path, shared: &Shared) -> Result<(SledBackend, u64), PdpError> {
+        let began = std::time::Instant::now();
         let db = Db::open(dir)?;
+        let opened = began.elapsed();
         let replayed = drain_outbox(&db, &shared.segments)?;
         db.check_against(&shared.segments, dir)?;
         if replayed > 0 {
@@ -492,7 +494,16 @@ impl SledBackend {
             );
         }
         let last_event = db.last_event()?;
+        let checked = began.elapsed();
         db.load_view(shared)?;
+        // Where a slow start goes: sled reading its log, or decoding the view.
+        tracing::info!(
+            sled_open_ms = opened.as_millis() as u64,
+            outbox_and_check_ms = (checked - opened).as_millis() as u64,
+            view_ms = (began.elapsed() - checked).as_millis() as u64,
+            registrations = shared.view.registrations_len(),
+            "store opened"
+        );
         let writer = Arc::new(Writer::default());
         writer.set_revision(db.db.generate_id().map_err(storage)?);
         Ok((

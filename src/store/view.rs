@@ -95,6 +95,11 @@ impl FactsView {
         self.checks().get(session_id).copied().flatten()
     }
 
+    /// How many registrations the view holds.
+    pub fn registrations_len(&self) -> usize {
+        self.read().registrations.values().map(HashMap::len).sum()
+    }
+
     pub fn put_registration(&self, registration: &Registration) {
         self.write()
             .registrations
