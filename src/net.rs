@@ -224,6 +224,10 @@ pub async fn serve_http(
 #[derive(Clone, Debug)]
 pub struct ClientCertificate(pub String);
 
+/// The address a request's connection came from (the console counts failed sign-ins by it).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// `serve_http` over TLS: the handshake must finish within `header_timeout`, and a client
 /// certificate the configuration verified reaches every request as a `ClientCertificate`.
 pub async fn serve_https(
@@ -260,7 +264,7 @@ async fn serve(
             accepted = accept(&listener, &slots, limits.max_connections, &full, "hook connection cap reached: connection closed") => accepted,
             () = &mut stop => break,
         };
-        let Some((stream, _peer, slot)) = accepted else {
+        let Some((stream, peer, slot)) = accepted else {
             continue;
         };
         let app = app.clone();
@@ -270,7 +274,7 @@ async fn serve(
             let _slot = slot;
             let served = tokio::time::timeout(limits.request_timeout, async {
                 match tls {
-                    None => serve_connection(stream, app, None, limits).await,
+                    None => serve_connection(stream, app, None, peer, limits).await,
                     Some(acceptor) => {
                         let handshake =
                             tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
@@ -295,7 +299,7 @@ async fn serve(
                             .and_then(|chain| chain.first())
                             .and_then(|leaf| crate::api::auth::common_name(leaf))
                             .map(ClientCertificate);
-                        serve_connection(stream, app, subject, limits).await
+                        serve_connection(stream, app, subject, peer, limits).await
                     }
                 }
             });
@@ -324,6 +328,7 @@ async fn serve_connection<I>(
     io: I,
     app: axum::Router,
     subject: Option<ClientCertificate>,
+    peer: std::net::SocketAddr,
     limits: HookLimits,
 ) -> Result<(), hyper::Error>
 where
@@ -335,6 +340,7 @@ where
             if let Some(subject) = &subject {
                 request.extensions_mut().insert(subject.clone());
             }
+            request.extensions_mut().insert(PeerAddr(peer));
             // A Router is always ready: it is called without polling readiness first.
             tower::Service::call(&mut app.clone(), request)
         });

@@ -64,6 +64,11 @@ async fn sign_in_takes_a_console_role_and_every_page_carries_the_security_header
     assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(page.header("x-frame-options"), Some("DENY"));
     assert_eq!(page.header("referrer-policy"), Some("same-origin"));
+    assert_eq!(
+        page.header("strict-transport-security"),
+        None,
+        "HSTS only over TLS"
+    );
     assert!(!page.body.contains("<script>") || page.body.contains("src=\"/static/console.js\""));
 
     for refused in [token("gateway"), "not-a-token-at-all-000000".to_owned()] {
@@ -788,4 +793,174 @@ async fn a_filing_shows_its_history_the_board_its_last_check_and_the_log_a_time_
         (expired.status, expired.header("location")),
         (303, Some("/sign-in"))
     );
+}
+
+/// An HTTP exchange from a given loopback source address (127.0.0.x): the throttle counts by
+/// source.
+async fn http_from(
+    source: [u8; 4],
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Reply {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .expect("bind a loopback source");
+    let stream = socket.connect(addr).await.expect("connect console");
+    let stream = stream.into_std().expect("std stream");
+    stream.set_nonblocking(false).expect("blocking");
+    tokio::task::spawn_blocking({
+        let (method, path, body) = (method.to_owned(), path.to_owned(), body.to_owned());
+        move || exchange(stream, &method, &path, &[], &body).expect("an HTTP reply")
+    })
+    .await
+    .expect("exchange")
+}
+
+/// Sign-in before any session exists: a form posted from another site is refused (login
+/// CSRF), guessing is throttled per source with a growing wait, a credential keeps at most 5
+/// sessions (the oldest end), and every sign-in, refused or not, and every sign-out is in the
+/// decision log with its source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_is_refused_from_another_site_throttled_capped_and_logged() {
+    let (server, _pdp, mut admin) = console_server().await;
+    let addr = server.console_addr.expect("console");
+    let reviewer = form(&[("token", &token("reviewer"))]);
+
+    // Login CSRF: a page elsewhere posting the reviewer's token is refused, nothing is set.
+    for headers in [
+        [
+            ("Origin", "http://evil.example"),
+            ("Sec-Fetch-Site", "cross-site"),
+        ],
+        [("Origin", "http://evil.example"), ("X-Other", "1")],
+        [("Sec-Fetch-Site", "same-site"), ("X-Other", "1")],
+        [("Origin", "null"), ("X-Other", "1")],
+    ] {
+        let reply = http(addr, "POST", "/sign-in", &headers, &reviewer);
+        assert_eq!(reply.status, 403, "{headers:?}: {}", reply.body);
+        assert!(reply.header("set-cookie").is_none(), "{headers:?}");
+    }
+    // The console's own page (Host: localhost) signs in.
+    let own = http(
+        addr,
+        "POST",
+        "/sign-in",
+        &[
+            ("Origin", "http://localhost"),
+            ("Sec-Fetch-Site", "same-origin"),
+        ],
+        &reviewer,
+    );
+    assert_eq!(own.status, 303, "{}", own.body);
+    assert!(own.header("set-cookie").is_some());
+
+    // Guessing from 127.0.0.2: ten wrong tokens are answered as wrong, then the source waits
+    // 1 s, 2 s, 4 s … and while it waits even the right token is refused, with Retry-After.
+    let mut statuses = Vec::new();
+    for i in 0..100 {
+        let guess = form(&[("token", &format!("guess-{i:03}-0000000000000000"))]);
+        statuses.push(
+            http_from([127, 0, 0, 2], addr, "POST", "/sign-in", &guess)
+                .await
+                .status,
+        );
+    }
+    assert_eq!(
+        statuses[..11],
+        [303; 11],
+        "ten free failures, and the 11th is counted"
+    );
+    assert!(statuses[11..].iter().all(|s| *s == 429), "{statuses:?}");
+    let held = http_from([127, 0, 0, 2], addr, "POST", "/sign-in", &reviewer).await;
+    assert_eq!(held.status, 429, "{}", held.body);
+    let wait: u64 = held
+        .header("retry-after")
+        .and_then(|s| s.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=900).contains(&wait), "{wait}");
+    // Another source is not held back.
+    let other = http_from([127, 0, 0, 3], addr, "POST", "/sign-in", &reviewer).await;
+    assert_eq!(other.status, 303, "{}", other.body);
+
+    // At most 5 sessions per credential: of 7 sign-ins the first 2 end.
+    let mut cookies = Vec::new();
+    for _ in 0..7 {
+        let reply = http(
+            addr,
+            "POST",
+            "/sign-in",
+            &[],
+            &form(&[("token", &token("inspector"))]),
+        );
+        assert_eq!(reply.status, 303, "{}", reply.body);
+        let set = reply.header("set-cookie").expect("a session cookie");
+        cookies.push(set.split(';').next().expect("cookie").to_owned());
+    }
+    let live: Vec<u16> = cookies
+        .iter()
+        .map(|cookie| http(addr, "GET", "/live", &[("Cookie", cookie)], "").status)
+        .collect();
+    assert_eq!(
+        live,
+        [303, 303, 200, 200, 200, 200, 200],
+        "303: sent to sign in again"
+    );
+
+    // Sign-out, then the log: each sign-in with its outcome and source, never the token.
+    let page = http(addr, "GET", "/live", &[("Cookie", &cookies[6])], "");
+    let csrf = common::console::csrf_of(&page.body);
+    let out = http(
+        addr,
+        "POST",
+        "/sign-out",
+        &[("Cookie", &cookies[6])],
+        &form(&[("csrf", &csrf)]),
+    );
+    assert_eq!(out.status, 303, "{}", out.body);
+    let mut outcomes = Vec::new();
+    for action in ["console.sign_in", "console.sign_out"] {
+        let mut records = admin
+            .read_decision_log(proto::ReadDecisionLogRequest {
+                action: action.into(),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .expect("log")
+            .into_inner();
+        while let Some(record) = records.message().await.expect("record") {
+            let request: serde_json::Value =
+                serde_json::from_str(&record.request).expect("request JSON");
+            let source = request["source"].as_str().unwrap_or_default().to_owned();
+            assert!(
+                !format!("{record:?}").contains(&token("reviewer")),
+                "no token logged"
+            );
+            outcomes.push((record.action.clone(), record.outcome.clone(), source));
+        }
+    }
+    let count = |action: &str, outcome: &str, source: &str| {
+        outcomes
+            .iter()
+            .filter(|(a, o, s)| a == action && o == outcome && s == source)
+            .count()
+    };
+    assert_eq!(
+        count(
+            "console.sign_in",
+            "refused: unknown credential",
+            "127.0.0.2"
+        ),
+        11
+    );
+    assert_eq!(
+        count("console.sign_in", "ok", "127.0.0.1"),
+        8,
+        "{outcomes:?}"
+    );
+    assert_eq!(count("console.sign_in", "ok", "127.0.0.3"), 1);
+    assert_eq!(count("console.sign_out", "signed out", "127.0.0.1"), 1);
 }

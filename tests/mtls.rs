@@ -335,6 +335,18 @@ async fn the_console_serves_tls_and_signs_in_a_certificate_whose_subject_has_a_c
     let cookie = set_cookie.split(';').next().expect("cookie").to_owned();
     let filing = console(Some("rev-1"), "GET", "/review/anchor/a1", Some(&cookie), "");
     assert_eq!(filing.status, 200, "{}", filing.body);
+    // Over TLS every answer asks browsers to stay on HTTPS, and every cookie says Secure.
+    for reply in [&page, &signed_in, &filing] {
+        assert_eq!(
+            reply.header("strict-transport-security"),
+            Some("max-age=31536000"),
+            "{:?}",
+            reply.headers
+        );
+    }
+    let lang = console(Some("rev-1"), "GET", "/lang/zh", Some(&cookie), "");
+    let lang_cookie = lang.header("set-cookie").expect("the language cookie");
+    assert!(lang_cookie.contains("; Secure"), "{lang_cookie}");
     let csrf = common::console::csrf_of(&filing.body);
     // The verdict goes through the same service and lands in the log under the subject.
     let verdict = console(

@@ -10,6 +10,7 @@
 
 mod accounts;
 mod catalog;
+mod guard;
 mod live;
 mod page;
 mod review;
@@ -26,8 +27,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
 use crate::api::auth::{Authenticator, Credential, Role, may_call};
-use crate::net::ClientCertificate;
-use crate::service::Pdp;
+use crate::net::{ClientCertificate, PeerAddr};
+use crate::service::{Origin, Pdp};
 use page::Lang;
 use session::Session;
 
@@ -37,8 +38,10 @@ pub struct Console {
     auth: Arc<Authenticator>,
     /// `FROM=TO` prefixes that turn a stored image reference into an http(s) URL.
     image_prefixes: Vec<(String, String)>,
-    /// The session cookie says `Secure` (the console is reached over TLS).
+    /// The console is reached over TLS: cookies say `Secure`, responses carry HSTS.
     secure_cookies: bool,
+    /// Failed sign-ins by source and credential.
+    throttle: guard::SignInThrottle,
 }
 
 impl Console {
@@ -63,6 +66,7 @@ impl Console {
             auth,
             image_prefixes: prefixes,
             secure_cookies,
+            throttle: guard::SignInThrottle::default(),
         }))
     }
 
@@ -83,12 +87,23 @@ const CSS: &str = include_str!("console.css");
 const JS: &str = include_str!("console.js");
 
 /// The headers every console response carries: no inline script or style, no framing, no
-/// sniffing, and a referrer only within the console (the language switch returns to it).
+/// sniffing, a referrer only within the console (the language switch returns to it), and over
+/// TLS, HSTS. A form posted from another site is refused before any handler sees it.
 async fn security_headers(
+    State(console): State<Arc<Console>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let mut response = next.run(request).await;
+    let mut response = if guard::from_the_console(
+        request.method(),
+        request.headers(),
+        console.secure_cookies,
+    ) {
+        next.run(request).await
+    } else {
+        tracing::warn!(path = %request.uri().path(), "console: a form posted from another site was refused");
+        guard::cross_site_refused()
+    };
     let headers = response.headers_mut();
     for (name, value) in [
         (
@@ -102,6 +117,12 @@ async fn security_headers(
         (header::CACHE_CONTROL, "no-store"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
+    }
+    if console.secure_cookies {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
     }
     response
 }
@@ -134,8 +155,11 @@ pub fn router(console: Arc<Console>) -> Router {
             "/static/console.js",
             get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], JS) }),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            console.clone(),
+            security_headers,
+        ))
         .with_state(console)
-        .layer(axum::middleware::from_fn(security_headers))
 }
 
 /// The session cookie's value in a request, if it has one.
@@ -254,10 +278,13 @@ async fn sign_in_page(
 }
 
 /// Signs in with a caller token, or (`with=certificate`) with the client certificate TLS
-/// verified for this connection, mapped to a caller by `--mtls-role` as on gRPC.
+/// verified for this connection, mapped to a caller by `--mtls-role` as on gRPC. Failed
+/// attempts are counted by source and by credential (see `guard.rs`); every attempt, failed or
+/// not, is in the decision log.
 async fn sign_in(
     State(console): State<Arc<Console>>,
     certificate: Option<Extension<ClientCertificate>>,
+    peer: Option<Extension<PeerAddr>>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let with = match form.get("with").map(String::as_str) {
@@ -276,6 +303,23 @@ async fn sign_in(
         _ if token.is_empty() && console.auth.enabled() => None,
         _ => Some(Credential::Token(token)),
     };
+    let tried = match (with, &certificate) {
+        ("certificate", Some(Extension(ClientCertificate(subject)))) => format!("cn:{subject}"),
+        _ => session::hash(token),
+    };
+    let mut attempters = vec![guard::Attempter::Credential(tried)];
+    if let Some(Extension(PeerAddr(peer))) = peer {
+        attempters.push(guard::Attempter::Source(peer.ip()));
+    }
+    let source = peer.map_or_else(String::new, |Extension(PeerAddr(p))| p.ip().to_string());
+    let clock = std::time::Instant::now();
+    if let Some(wait) = console.throttle.wait(&attempters, clock) {
+        // Not logged one by one: a guesser held back would fill the log with its guesses.
+        tracing::debug!(%source, with, wait_s = wait.as_secs(), "console sign-in throttled");
+        metrics::counter!("anchor_pdp_console_sign_ins_total", "result" => "throttled")
+            .increment(1);
+        return guard::throttled(wait);
+    }
     let signed_in = via
         .map(|via| console.auth.credential(via))
         .and_then(|credential| {
@@ -284,15 +328,31 @@ async fn sign_in(
         });
     let (caller, credential) = match signed_in {
         Some((caller, credential)) if session::may_sign_in(caller.role) => (caller, credential),
-        Some((caller, _)) => {
-            tracing::warn!(caller = %caller.name, role = caller.role.name(), with, "console sign-in refused: role");
+        refused => {
+            console.throttle.failed(&attempters, clock);
+            let (who, why) = match &refused {
+                Some((caller, _)) => (
+                    format!("{} ({})", caller.name, caller.role.name()),
+                    "refused: the role has no console",
+                ),
+                None => ("?".to_owned(), "refused: unknown credential"),
+            };
+            tracing::warn!(caller = %who, %source, with, why, "console sign-in refused");
+            metrics::counter!("anchor_pdp_console_sign_ins_total", "result" => "refused")
+                .increment(1);
+            log_sign_in(&console, &who, with, &source, why).await;
             return Redirect::to("/sign-in?failed=true").into_response();
         }
-        None => return Redirect::to("/sign-in?failed=true").into_response(),
     };
+    if let Some(credential) = attempters.first() {
+        console.throttle.succeeded(credential);
+    }
     match session::start(console.pdp.store(), &caller, credential, console.pdp.now()).await {
         Ok(cookie) => {
             tracing::info!(caller = %caller.name, role = caller.role.name(), with, "console sign-in");
+            let who = format!("{} ({}, console)", caller.name, caller.role.name());
+            metrics::counter!("anchor_pdp_console_sign_ins_total", "result" => "ok").increment(1);
+            log_sign_in(&console, &who, with, &source, "ok").await;
             (
                 StatusCode::SEE_OTHER,
                 [
@@ -313,8 +373,31 @@ async fn sign_in(
     }
 }
 
+/// Puts a sign-in or sign-out in the decision log (never the token; the source address and
+/// how the caller signed in). A log that cannot take it is logged, not the caller's problem.
+async fn log_sign_in(console: &Console, caller: &str, with: &str, source: &str, outcome: &str) {
+    let action = if outcome == "signed out" {
+        "console.sign_out"
+    } else {
+        "console.sign_in"
+    };
+    let origin = Origin {
+        request_id: None,
+        entry_point: "console",
+        gateway_id: String::new(),
+        caller: caller.to_owned(),
+        request: serde_json::json!({ "with": with, "source": source }),
+    };
+    let mut record = console.pdp.record(&origin, action, console.pdp.now());
+    record.outcome = outcome.to_owned();
+    if let Err(e) = console.pdp.log(record).await {
+        tracing::error!(error = %e, action, "console: the sign-in could not be logged");
+    }
+}
+
 async fn sign_out(
     State(console): State<Arc<Console>>,
+    peer: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
@@ -333,6 +416,15 @@ async fn sign_out(
         )
             .into_response();
     }
+    let source = peer.map_or_else(String::new, |Extension(PeerAddr(p))| p.ip().to_string());
+    log_sign_in(
+        &console,
+        &session.caller_name(),
+        "session",
+        &source,
+        "signed out",
+    )
+    .await;
     (
         StatusCode::SEE_OTHER,
         [
@@ -348,7 +440,11 @@ async fn sign_out(
 
 /// Remembers the language in a cookie and goes back where the viewer was (a console path
 /// only: never an outside URL).
-async fn set_lang(Path(lang): Path<String>, headers: HeaderMap) -> Response {
+async fn set_lang(
+    State(console): State<Arc<Console>>,
+    Path(lang): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let lang = match lang.as_str() {
         "zh" => "zh",
         _ => "en",
@@ -365,7 +461,14 @@ async fn set_lang(Path(lang): Path<String>, headers: HeaderMap) -> Response {
         [
             (
                 header::SET_COOKIE,
-                format!("lang={lang}; Path=/; SameSite=Strict; Max-Age=31536000"),
+                format!(
+                    "lang={lang}; Path=/; SameSite=Strict; Max-Age=31536000{}",
+                    if console.secure_cookies {
+                        "; Secure"
+                    } else {
+                        ""
+                    }
+                ),
             ),
             (header::LOCATION, back),
         ],

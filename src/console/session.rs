@@ -47,6 +47,11 @@ pub fn may_sign_in(role: Role) -> bool {
     matches!(role, Role::Reviewer | Role::Inspector | Role::Admin)
 }
 
+/// SHA-256, hex: what the store and the throttle know secrets by.
+pub fn hash(secret: &str) -> String {
+    id_hash(secret)
+}
+
 /// What the store knows a session by: its id, hashed.
 fn id_hash(id: &str) -> String {
     Sha256::digest(id.as_bytes())
