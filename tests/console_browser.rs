@@ -2,7 +2,8 @@
 //! (chromedriver, installed by scripts/test). A reviewer approves a pending anchor whose image
 //! shows, and a gRPC START is then allowed; an inspector reports R2 on the live broadcast (in
 //! Chinese, seeing the Chinese rule messages); the admin sees the freeze and the explained deny;
-//! a reviewer gets no lift form. Screenshots of the review page, the live board and the account
+//! a reviewer gets no lift form; a page on another site cannot sign the browser in as someone
+//! else (login CSRF). Screenshots of the review page, the live board and the account
 //! page go to target/console-*.png on every run.
 
 mod common;
@@ -37,6 +38,31 @@ fn image_server() -> SocketAddr {
             let reply = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: image/svg+xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ANCHOR_SVG}",
                 ANCHOR_SVG.len()
+            );
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    addr
+}
+
+/// Another site: its one page posts a sign-in form to the console as soon as it loads, with
+/// `token` (login CSRF: it would sign the viewer in as the token's owner).
+fn attacker_site(console: &str, token: &str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind attacker");
+    let addr = listener.local_addr().expect("addr");
+    let page = format!(
+        "<!doctype html><html><body><form id=f method=post action=\"{console}/sign-in\">\
+         <input name=token value=\"{token}\"></form>\
+         <script>document.getElementById('f').submit()</script></body></html>"
+    );
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream: TcpStream = stream;
+            let mut buf = [0u8; 2048];
+            let _ = stream.read(&mut buf);
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
             );
             let _ = stream.write_all(reply.as_bytes());
         }
@@ -166,8 +192,26 @@ async fn reviewer_inspector_and_admin_do_their_work_in_a_real_browser() {
     let profile = tempfile::tempdir().expect("profile");
     let client = browser(&webdriver, profile.path()).await;
 
-    // A reviewer opens the pending anchor, sees its image, approves it.
+    // A reviewer signs in; a page on another site then posts the inspector's token to the
+    // console's sign-in (login CSRF). The console refuses it and the reviewer stays herself.
     sign_in(&client, &console, "reviewer").await;
+    let attacker = attacker_site(&console, &token("inspector"));
+    client
+        .goto(&format!("http://localhost:{}/", attacker.port()))
+        .await
+        .expect("the other site");
+    wait_for_text(&client, "posted from another site").await;
+    client
+        .goto(&format!("{console}/review"))
+        .await
+        .expect("queue");
+    let still = wait_for_text(&client, "reviewer-1 (reviewer)").await;
+    assert!(
+        !still.contains("inspector-1"),
+        "the other site signed nobody in"
+    );
+
+    // The reviewer opens the pending anchor, sees its image, approves it.
     client
         .goto(&format!("{console}/review"))
         .await
