@@ -8,6 +8,9 @@
 //! 20 times: time to first byte, whole response time and page weight (the HTML; the stylesheet
 //! and script add 1.5 KB once, then are cached). Then the same for the pages that read the
 //! decision log: the newest and the oldest filing (each with its history) and two log searches.
+//!
+//! First, in process on the store alone: what a sign-in costs with 0 and with 6,000 sessions
+//! stored (1,200 credentials × 5, the most each may hold), fdatasync included.
 
 mod common;
 
@@ -39,8 +42,44 @@ fn get(
     Ok((ttfb, started.elapsed(), rest.len() + 1))
 }
 
+/// Sign-ins per second on a store already holding `stored` sessions of `stored / 5`
+/// credentials: `calls` sign-ins of credentials that each hold 5 already (each ends its
+/// oldest), one at a time.
+async fn sign_in_rate(stored: usize, calls: usize) -> Result<f64> {
+    use anchor_pdp::domain::ConsoleSignIn;
+    let temp = tempfile::tempdir()?;
+    let store = anchor_pdp::store::Store::open(&temp.path().join("data"))?;
+    let now = 1_000_000;
+    let credentials = (stored / 5).max(1);
+    let sign_in = |credential: usize, i: usize| ConsoleSignIn {
+        credential: format!("sha256:{credential:064x}"),
+        caller: format!("reviewer-{credential}"),
+        csrf: format!("{i:064x}"),
+        expires_at: now + 8 * 3600 * 1000,
+    };
+    for i in 0..stored {
+        store
+            .put_console_sign_in(&format!("{i:064x}"), &sign_in(i % credentials, i), now)
+            .await?;
+    }
+    let started = Instant::now();
+    for i in stored..stored + calls {
+        store
+            .put_console_sign_in(&format!("{i:064x}"), &sign_in(i % credentials, i), now)
+            .await?;
+    }
+    Ok(calls as f64 / started.elapsed().as_secs_f64())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
+    for stored in [0, 6_000] {
+        let rate = sign_in_rate(stored, 500).await?;
+        println!(
+            "console sign-in with {stored} sessions stored: {rate:.0}/s ({:.2} ms each, one at a time)",
+            1000.0 / rate
+        );
+    }
     let pending: usize = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with("--"))

@@ -20,6 +20,19 @@ pub type Millis = i64;
 /// too, so a lift through any replica lifts what every replica may still enforce.
 pub const MAX_CLOCK_SKEW_MS: Millis = 1_000;
 
+/// The first bidirectional control character in `text`, if any (U+061C, U+200E, U+200F,
+/// U+202A–U+202E, U+2066–U+2069): they make text display as something else (an RTL override
+/// turns `evil\u{202E}gnp.exe` into `evilexe.png`), so names and notes may not carry them.
+/// Right-to-left letters themselves are fine.
+pub fn bidi_control(text: &str) -> Option<char> {
+    text.chars().find(|c| {
+        matches!(
+            c,
+            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
+    })
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Kind {
     Merchant,

@@ -873,3 +873,45 @@ async fn oversized_messages_are_rejected() {
         Code::NotFound
     );
 }
+
+/// A name with a bidirectional control (an RTL override makes `evil\u{202E}gnp.exe` display
+/// as `evilexe.png`) is refused with the character named, and nothing is stored; right-to-left
+/// letters are fine.
+#[tokio::test]
+async fn names_with_bidirectional_controls_are_refused() {
+    let mut s = TestServer::start().await;
+    s.merchant("m1", proto::MerchantTier::ChineseGoldSupplier)
+        .await;
+    s.provider("p1", true).await;
+    for name in ["evil\u{202E}gnp.exe", "a\u{2066}b", "x\u{200F}"] {
+        let refused = register_with(
+            &mut s,
+            anchor(proto::ImageStyle::RealisticHuman, name),
+            None,
+        )
+        .await
+        .expect_err("refused");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().contains("anchor.display_name")
+                && refused
+                    .message()
+                    .contains("bidirectional control character U+"),
+            "{}",
+            refused.message()
+        );
+    }
+    assert_eq!(
+        get(&mut s, K::Anchor, "a1").await.map_err(|e| e.code()),
+        Err(Code::NotFound),
+        "nothing stored"
+    );
+    let hebrew = register_with(
+        &mut s,
+        anchor(proto::ImageStyle::RealisticHuman, "שלום"),
+        None,
+    )
+    .await
+    .expect("right-to-left letters are a name like any other");
+    assert!(hebrew.registration.is_some());
+}

@@ -964,3 +964,34 @@ async fn sign_in_is_refused_from_another_site_throttled_capped_and_logged() {
     assert_eq!(count("console.sign_in", "ok", "127.0.0.3"), 1);
     assert_eq!(count("console.sign_out", "signed out", "127.0.0.1"), 1);
 }
+
+/// A verdict whose note is not valid UTF-8, or carries a bidirectional control, is refused
+/// with 400 and records nothing (no U+FFFD stored in someone's name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_note_that_is_not_utf8_or_carries_a_bidi_control_is_refused() {
+    let (server, _pdp, mut admin) = console_server().await;
+    let addr = server.console_addr.expect("console");
+    let (cookie, csrf) = sign_in(addr, "reviewer");
+    for note in ["%FF%FEbad", "evil%E2%80%AEgnp.exe"] {
+        let body = format!("verdict=approve&expected_revision=1&csrf={csrf}&note={note}");
+        let reply = http(
+            addr,
+            "POST",
+            "/review/anchor/a1",
+            &[("Cookie", &cookie)],
+            &body,
+        );
+        assert_eq!(reply.status, 400, "{note}: {}", reply.body);
+    }
+    let filing = admin
+        .get_registration(proto::GetRegistrationRequest {
+            kind: proto::RegistrationKind::Anchor as i32,
+            id: "a1".into(),
+        })
+        .await
+        .expect("filing")
+        .into_inner()
+        .registration
+        .expect("a1");
+    assert_eq!(filing.revision, 1, "no verdict was recorded");
+}

@@ -79,6 +79,16 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<String, PdpError> {
             "control characters are not allowed",
         ));
     }
+    if let Some(c) = crate::domain::bidi_control(value) {
+        return Err(PdpError::invalid(
+            field,
+            format!(
+                "bidirectional control character U+{:04X} is not allowed (it makes text display \
+                 as something else)",
+                c as u32
+            ),
+        ));
+    }
     Ok(value.to_owned())
 }
 

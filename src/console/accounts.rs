@@ -2,14 +2,14 @@
 //! filings and sessions, lifting a freeze (admins); and the log searched by merchant, session,
 //! decision, rule and time, each deny with its explanation.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 
+use super::guard::StrictForm;
 use super::live::records_table;
 use super::page::{self, Lang};
 use super::{Access, Console, access, csrf_ok, csrf_refused, may};
@@ -129,7 +129,7 @@ pub async fn lift(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
     Path(merchant): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    StrictForm(form): StrictForm,
 ) -> Response {
     let session = match access(&console, &headers, LIFT).await {
         Access::Granted(session) => session,

@@ -2,14 +2,14 @@
 //! their security assessment and filing number (PolicyAdmin/SetProviderListing and
 //! SetAiFeatureFiling behind the same roles).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Form, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 
+use super::guard::StrictForm;
 use super::page::{self, Lang};
 use super::review::filings;
 use super::{Access, Console, access, csrf_ok, csrf_refused, may};
@@ -100,7 +100,7 @@ pub async fn set_listing(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    StrictForm(form): StrictForm,
 ) -> Response {
     let session = match access(&console, &headers, LISTING).await {
         Access::Granted(session) => session,
@@ -126,7 +126,7 @@ pub async fn set_ai_filing(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    StrictForm(form): StrictForm,
 ) -> Response {
     let session = match access(&console, &headers, AI_FILING).await {
         Access::Granted(session) => session,

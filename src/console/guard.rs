@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -47,6 +48,73 @@ pub fn cross_site_refused() -> Response {
         "refused: this form was posted from another site (the console accepts its own forms only)",
     )
         .into_response()
+}
+
+/// A form's fields, refused (400) unless every name and value is valid UTF-8 once decoded
+/// (axum's `Form` would turn invalid bytes into U+FFFD and store a note nobody wrote) and free
+/// of bidirectional controls (see `domain::bidi_control`).
+pub struct StrictForm(pub HashMap<String, String>);
+
+/// Console forms are small; a larger body is refused.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
+impl<S: Send + Sync> FromRequest<S> for StrictForm {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let body = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        if body.len() > MAX_FORM_BYTES {
+            return Err((StatusCode::PAYLOAD_TOO_LARGE, "the form is too large").into_response());
+        }
+        parse_form(&body)
+            .map(StrictForm)
+            .map_err(|e| (StatusCode::BAD_REQUEST, e).into_response())
+    }
+}
+
+/// `application/x-www-form-urlencoded`, strictly: `+` is a space, `%XX` a byte, and the
+/// bytes of every name and value must be UTF-8. A repeated name keeps its last value.
+fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, String> {
+    fn decode(part: &[u8]) -> Result<String, String> {
+        let mut bytes = Vec::with_capacity(part.len());
+        let mut i = 0;
+        while i < part.len() {
+            match part[i] {
+                b'+' => bytes.push(b' '),
+                b'%' => {
+                    let hex = part
+                        .get(i + 1..i + 3)
+                        .and_then(|h| std::str::from_utf8(h).ok())
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                        .ok_or("the form has a malformed %-escape")?;
+                    bytes.push(hex);
+                    i += 2;
+                }
+                b => bytes.push(b),
+            }
+            i += 1;
+        }
+        let text = String::from_utf8(bytes).map_err(|_| "the form is not valid UTF-8")?;
+        match crate::domain::bidi_control(&text) {
+            Some(c) => Err(format!(
+                "bidirectional control character U+{:04X} is not allowed (it makes text display \
+                 as something else)",
+                c as u32
+            )),
+            None => Ok(text),
+        }
+    }
+    let mut fields = HashMap::new();
+    for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        let (name, value) = match pair.iter().position(|b| *b == b'=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, &[][..]),
+        };
+        fields.insert(decode(name)?, decode(value)?);
+    }
+    Ok(fields)
 }
 
 /// Failed sign-ins a source or credential may make before it has to wait.
@@ -203,6 +271,36 @@ mod tests {
         assert!(
             from_the_console(&Method::GET, &cross, true),
             "a GET changes nothing"
+        );
+    }
+
+    #[test]
+    fn forms_decode_strictly_and_invalid_utf8_is_refused() {
+        let parsed = parse_form(b"note=caf%C3%A9+ok&csrf=abc&empty=&flag").expect("valid");
+        assert_eq!(parsed["note"], "café ok");
+        assert_eq!(parsed["csrf"], "abc");
+        assert_eq!(parsed["empty"], "");
+        assert_eq!(parsed["flag"], "");
+        assert_eq!(
+            parse_form(b"note=%FF%FE").err().as_deref(),
+            Some("the form is not valid UTF-8")
+        );
+        assert_eq!(
+            parse_form(b"note=%ZZ").err().as_deref(),
+            Some("the form has a malformed %-escape")
+        );
+        assert!(parse_form(b"note=%C3").is_err(), "a cut sequence");
+        assert_eq!(
+            parse_form(b"note=evil%E2%80%AEgnp.exe").err().as_deref(),
+            Some(
+                "bidirectional control character U+202E is not allowed (it makes text display \
+                 as something else)"
+            )
+        );
+        assert_eq!(
+            parse_form("note=%D7%A9%D7%9C%D7%95%D7%9D".as_bytes()).expect("Hebrew")["note"],
+            "שלום",
+            "right-to-left letters are fine"
         );
     }
 

@@ -2,14 +2,14 @@
 //! violation" with a rule picker from the active policy set; the penalty the report will
 //! bring is shown before it is confirmed (PolicyAdmin/ReportViolation behind the same roles).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
+use super::guard::StrictForm;
 use super::page::{self, Lang};
 use super::{Access, Console, access, csrf_ok, csrf_refused};
 use crate::domain::{LogRecord, Penalty, SessionState};
@@ -206,7 +206,7 @@ pub async fn report(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    StrictForm(form): StrictForm,
 ) -> Response {
     let lang = Lang::of(&headers);
     let session = match access(&console, &headers, REPORT).await {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::Router;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -29,6 +29,7 @@ use axum::routing::{get, post};
 use crate::api::auth::{Authenticator, Credential, Role, may_call};
 use crate::net::{ClientCertificate, PeerAddr};
 use crate::service::{Origin, Pdp};
+use guard::StrictForm;
 use page::Lang;
 use session::Session;
 
@@ -285,7 +286,7 @@ async fn sign_in(
     State(console): State<Arc<Console>>,
     certificate: Option<Extension<ClientCertificate>>,
     peer: Option<Extension<PeerAddr>>,
-    Form(form): Form<HashMap<String, String>>,
+    StrictForm(form): StrictForm,
 ) -> Response {
     let with = match form.get("with").map(String::as_str) {
         Some("certificate") => "certificate",
@@ -399,7 +400,7 @@ async fn sign_out(
     State(console): State<Arc<Console>>,
     peer: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    StrictForm(form): StrictForm,
 ) -> Response {
     let Some(session) = session_of(&console, &headers).await else {
         return Redirect::to("/sign-in").into_response();

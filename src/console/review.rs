@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
+use super::guard::StrictForm;
 use super::page::{self, Lang};
 use super::{Access, Console, access, csrf_ok, csrf_refused};
 use crate::domain::{
@@ -337,7 +338,7 @@ pub async fn verdict(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
     Path((kind, id)): Path<(String, String)>,
-    Form(form): Form<HashMap<String, String>>,
+    StrictForm(form): StrictForm,
 ) -> Response {
     let lang = Lang::of(&headers);
     let session = match access(&console, &headers, REVIEW).await {
