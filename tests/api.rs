@@ -265,7 +265,10 @@ async fn review_verdicts_follow_the_review_states() {
         .registration
         .expect("registration");
     assert_eq!(revoked.review_status, ReviewStatus::Revoked as i32);
-    assert_eq!(revoked.last_review.expect("review").reviewer, "reviewer-2");
+    // Recorded under the authenticated caller; the typed name is kept in the note.
+    let last = revoked.last_review.expect("review");
+    assert!(last.reviewer.ends_with("(admin)"), "{last:?}");
+    assert_eq!(last.note, "reviewer: reviewer-2");
     let (c, _) = code(
         s.admin
             .review_filing(review(proto::Verdict::Revoke, None))

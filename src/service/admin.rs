@@ -167,11 +167,15 @@ impl Pdp {
         Ok(outcome)
     }
 
+    /// Records a verdict under the authenticated caller (`origin.caller`, as the decision log
+    /// names it): the command's `reviewer` is the caller's own words about who decides and is
+    /// kept in the note unless it just names the caller.
     pub async fn review(
         &self,
         origin: &Origin,
         cmd: &ReviewCommand,
     ) -> Result<Registration, PdpError> {
+        let cmd = &reviewed_by_caller(origin, cmd);
         let now = self.now();
         let record_id = super::new_id();
         let record =
@@ -503,5 +507,66 @@ impl Pdp {
         )
         .await?;
         Ok(backup)
+    }
+}
+
+/// `cmd` with the authenticated caller as its reviewer, and the typed reviewer text (when it
+/// says more than the caller's name) kept in the note.
+fn reviewed_by_caller(origin: &Origin, cmd: &ReviewCommand) -> ReviewCommand {
+    let typed = cmd.reviewer.trim();
+    let names_the_caller = typed.is_empty()
+        || origin.caller == typed
+        || origin.caller.starts_with(&format!("{typed} ("));
+    let note = match (names_the_caller, cmd.note.is_empty()) {
+        (true, _) => cmd.note.clone(),
+        (false, true) => format!("reviewer: {typed}"),
+        (false, false) => format!("{} (reviewer: {typed})", cmd.note),
+    };
+    ReviewCommand {
+        reviewer: origin.caller.clone(),
+        note,
+        ..cmd.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verdict_is_recorded_under_its_caller_and_typed_names_become_the_note() {
+        let origin = Origin {
+            request_id: None,
+            entry_point: "grpc",
+            gateway_id: String::new(),
+            caller: "ops-1 (admin)".into(),
+            request: serde_json::Value::Null,
+        };
+        let cmd = |reviewer: &str, note: &str| ReviewCommand {
+            kind: crate::domain::Kind::Anchor,
+            id: "a1".into(),
+            verdict: crate::domain::Verdict::Approve,
+            reviewer: reviewer.into(),
+            note: note.into(),
+            expected_revision: None,
+            approval_expires_at: None,
+        };
+        for (reviewer, note, kept) in [
+            ("ops-1", "", ""),
+            ("ops-1 (admin)", "looks fine", "looks fine"),
+            (
+                "admin-1 (admin, console)",
+                "",
+                "reviewer: admin-1 (admin, console)",
+            ),
+            ("Li Wei", "ok", "ok (reviewer: Li Wei)"),
+        ] {
+            let recorded = reviewed_by_caller(&origin, &cmd(reviewer, note));
+            assert_eq!(
+                (recorded.reviewer.as_str(), recorded.note.as_str()),
+                ("ops-1 (admin)", kept),
+                "{reviewer}"
+            );
+        }
     }
 }
