@@ -995,3 +995,89 @@ async fn a_note_that_is_not_utf8_or_carries_a_bidi_control_is_refused() {
         .expect("a1");
     assert_eq!(filing.revision, 1, "no verdict was recorded");
 }
+
+/// The nav shows each role only the pages it may open, and a filing's page offers only the
+/// verdicts its state takes, to a role that may give them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nav_and_verdict_forms_follow_the_role_and_the_filings_state() {
+    let (server, _pdp, _admin) = console_server().await;
+    let addr = server.console_addr.expect("console");
+    let nav = |body: &str| -> Vec<&'static str> {
+        let nav = body
+            .split("<nav>")
+            .nth(1)
+            .and_then(|rest| rest.split("</nav>").next())
+            .unwrap_or_default()
+            .to_owned();
+        ["/review", "/live", "/accounts", "/log", "/catalog"]
+            .into_iter()
+            .filter(|href| nav.contains(&format!("href=\"{href}\"")))
+            .collect()
+    };
+    let verdicts = |body: &str| -> Vec<&'static str> {
+        ["approve", "reject", "revoke"]
+            .into_iter()
+            .filter(|v| body.contains(&format!("name=\"verdict\" value=\"{v}\"")))
+            .collect()
+    };
+    let (inspector, _) = sign_in(addr, "inspector");
+    let page = http(
+        addr,
+        "GET",
+        "/review/anchor/a1",
+        &[("Cookie", &inspector)],
+        "",
+    );
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        !page.body.contains("class=\"verdict\""),
+        "no form an inspector cannot submit"
+    );
+    let (reviewer, csrf) = sign_in(addr, "reviewer");
+    let page = http(
+        addr,
+        "GET",
+        "/review/anchor/a1",
+        &[("Cookie", &reviewer)],
+        "",
+    );
+    assert_eq!(
+        verdicts(&page.body),
+        ["approve", "reject"],
+        "pending: no revoke"
+    );
+    let reviewer_nav = nav(&page.body);
+    for href in &reviewer_nav {
+        let opened = http(addr, "GET", href, &[("Cookie", &reviewer)], "");
+        assert_eq!(opened.status, 200, "{href} is in the reviewer's nav");
+    }
+    assert!(!reviewer_nav.contains(&"/log"), "{reviewer_nav:?}");
+    let forbidden = http(addr, "GET", "/log", &[("Cookie", &reviewer)], "");
+    assert_eq!(forbidden.status, 403);
+    let approved = http(
+        addr,
+        "POST",
+        "/review/anchor/a1",
+        &[("Cookie", &reviewer)],
+        &form(&[
+            ("verdict", "approve"),
+            ("expected_revision", "1"),
+            ("csrf", &csrf),
+        ]),
+    );
+    assert_eq!(approved.status, 303, "{}", approved.body);
+    let page = http(
+        addr,
+        "GET",
+        "/review/anchor/a1",
+        &[("Cookie", &reviewer)],
+        "",
+    );
+    assert_eq!(verdicts(&page.body), ["revoke"], "approved: revoke only");
+    let (admin, _) = sign_in(addr, "admin");
+    let page = http(addr, "GET", "/accounts", &[("Cookie", &admin)], "");
+    assert_eq!(
+        nav(&page.body),
+        ["/review", "/live", "/accounts", "/log", "/catalog"]
+    );
+}

@@ -321,6 +321,45 @@ pub fn message(text: &str) -> Markup {
     html! { p.message { (text) } }
 }
 
+/// The pages a session's role may open (each stands for the gRPC method it reads), in nav order.
+fn nav_links(session: Option<&Session>) -> Vec<(&'static str, &'static str)> {
+    const PAGES: [(&str, &str, &str); 5] = [
+        (
+            "/review",
+            "review_queue",
+            "/anchorpdp.v1.PolicyAdmin/ListRegistrations",
+        ),
+        (
+            "/live",
+            "live_board",
+            "/anchorpdp.v1.PolicyAdmin/ListLiveSessions",
+        ),
+        (
+            "/accounts",
+            "accounts",
+            "/anchorpdp.v1.PolicyAdmin/GetAccount",
+        ),
+        (
+            "/log",
+            "decision_log",
+            "/anchorpdp.v1.PolicyAdmin/ReadDecisionLog",
+        ),
+        (
+            "/catalog",
+            "catalog",
+            "/anchorpdp.v1.PolicyAdmin/ListRegistrations",
+        ),
+    ];
+    let Some(session) = session else {
+        return Vec::new();
+    };
+    PAGES
+        .iter()
+        .filter(|(_, _, method)| crate::api::auth::may_call(session.caller.role, method))
+        .map(|(href, key, _)| (*href, *key))
+        .collect()
+}
+
 pub fn layout(lang: Lang, session: Option<&Session>, title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
@@ -337,11 +376,10 @@ pub fn layout(lang: Lang, session: Option<&Session>, title: &str, body: Markup) 
                     strong { (lang.t("title")) }
                     @if session.is_some() {
                         nav {
-                            a href="/review" { (lang.t("review_queue")) } " · "
-                            a href="/live" { (lang.t("live_board")) } " · "
-                            a href="/accounts" { (lang.t("accounts")) } " · "
-                            a href="/log" { (lang.t("decision_log")) } " · "
-                            a href="/catalog" { (lang.t("catalog")) }
+                            @for (i, (href, key)) in nav_links(session).into_iter().enumerate() {
+                                @if i > 0 { " · " }
+                                a href=(href) { (lang.t(key)) }
+                            }
                         }
                     }
                     span.lang {

@@ -11,7 +11,8 @@ use maud::{Markup, html};
 
 use super::guard::StrictForm;
 use super::page::{self, Lang};
-use super::{Access, Console, access, csrf_ok, csrf_refused};
+use super::session::Session;
+use super::{Access, Console, access, csrf_ok, csrf_refused, may};
 use crate::domain::{
     Kind, LogRecord, Millis, RecordBody, Registration, ReviewCommand, ReviewStatus, Verdict,
 };
@@ -213,10 +214,21 @@ fn history_table(lang: Lang, filing: &Registration, records: &[LogRecord]) -> Ma
 fn filing_page(
     console: &Console,
     lang: Lang,
-    csrf: &str,
+    session: &Session,
     filing: &Registration,
     notice: Option<&str>,
 ) -> Markup {
+    let csrf = session.csrf.as_str();
+    // Only the verdicts this filing's state takes, and only for a role that may give them.
+    let verdicts: &[(&str, &str)] = if !may(session, REVIEW) {
+        &[]
+    } else {
+        match filing.review_status {
+            ReviewStatus::PendingReview => &[("approve", "approve"), ("reject", "reject")],
+            ReviewStatus::Approved => &[("revoke", "revoke")],
+            _ => &[],
+        }
+    };
     let history = history(console, filing);
     let verdict_at = |v: Verdict| match v {
         Verdict::Approve => lang.t("approve"),
@@ -268,18 +280,22 @@ fn filing_page(
                 }
             }
         }
-        form.verdict method="post" action=(format!("/review/{}/{}", filing.kind().name(), filing.id)) {
-            input type="hidden" name="csrf" value=(csrf);
-            input type="hidden" name="expected_revision" value=(filing.revision);
-            fieldset {
-                legend { (lang.t("verdict")) }
-                @for (value, key) in [("approve", "approve"), ("reject", "reject"), ("revoke", "revoke")] {
-                    label { input type="radio" name="verdict" value=(value) required; " " (lang.t(key)) }
+        @if !verdicts.is_empty() {
+            form.verdict method="post" action=(format!("/review/{}/{}", filing.kind().name(), filing.id)) {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="expected_revision" value=(filing.revision);
+                fieldset {
+                    legend { (lang.t("verdict")) }
+                    @for (value, key) in verdicts {
+                        label { input type="radio" name="verdict" value=(value) required; " " (lang.t(key)) }
+                    }
                 }
+                label { (lang.t("note")) textarea name="note" maxlength="512" {} }
+                @if filing.review_status == ReviewStatus::PendingReview {
+                    label { (lang.t("expires")) input type="datetime-local" name="expires"; }
+                }
+                button type="submit" { (lang.t("submit")) }
             }
-            label { (lang.t("note")) textarea name="note" maxlength="512" {} }
-            label { (lang.t("expires")) input type="datetime-local" name="expires"; }
-            button type="submit" { (lang.t("submit")) }
         }
         @match &history {
             Ok(records) => { (history_table(lang, filing, records)) }
@@ -308,7 +324,7 @@ pub async fn filing(
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     };
     let notice = query.contains_key("recorded").then(|| lang.t("recorded"));
-    let body = filing_page(&console, lang, &session.csrf, &filing, notice);
+    let body = filing_page(&console, lang, &session, &filing, notice);
     page::layout(
         lang,
         Some(&session),
@@ -413,13 +429,7 @@ pub async fn verdict(
                         lang,
                         Some(&session),
                         &format!("{} {}", lang.t(kind.name()), filing.id),
-                        filing_page(
-                            &console,
-                            lang,
-                            &session.csrf,
-                            &filing,
-                            Some(lang.t("conflict")),
-                        ),
+                        filing_page(&console, lang, &session, &filing, Some(lang.t("conflict"))),
                     ),
                 )
                     .into_response(),
