@@ -1046,6 +1046,29 @@ async fn nav_and_verdict_forms_follow_the_role_and_the_filings_state() {
         ["approve", "reject"],
         "pending: no revoke"
     );
+    // Values are named in the page's language, not as the wire spells them.
+    assert!(
+        page.body.contains("<dd>pending review</dd>"),
+        "{}",
+        page.body
+    );
+    let chinese = http(
+        addr,
+        "GET",
+        "/review/anchor/a1",
+        &[("Cookie", &reviewer), ("Accept-Language", "zh-CN")],
+        "",
+    );
+    assert!(
+        chinese.body.contains("<dd>待审核</dd>") && chinese.body.contains("<dd>写实真人</dd>"),
+        "{}",
+        chinese.body
+    );
+    assert!(
+        !chinese.body.contains(">PENDING_REVIEW<"),
+        "{}",
+        chinese.body
+    );
     let reviewer_nav = nav(&page.body);
     for href in &reviewer_nav {
         let opened = http(addr, "GET", href, &[("Cookie", &reviewer)], "");

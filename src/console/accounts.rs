@@ -74,7 +74,7 @@ pub async fn account(
             dl {
                 dt { (lang.t("merchant")) } dd { (merchant.id) }
                 dt { (lang.t("tier")) } dd {
-                    @if let RecordBody::Merchant { tier, .. } = &merchant.body { (tier.policy_name()) }
+                    @if let RecordBody::Merchant { tier, .. } = &merchant.body { (lang.value(tier.policy_name())) }
                 }
                 dt { (lang.t("warnings")) } dd { (account.warnings) }
                 dt { (lang.t("penalties")) } dd { (account.penalties) }
@@ -109,7 +109,7 @@ pub async fn account(
                     tr {
                         td { (lang.t(f.kind().name())) }
                         td { a href=(format!("/review/{}/{}", f.kind().name(), f.id)) { (f.id) } }
-                        td { (f.review_status.policy_name()) }
+                        td { (lang.value(f.review_status.policy_name())) }
                     }
                 }
             } }

@@ -160,7 +160,7 @@ pub async fn session_page(
     let body = html! {
         @if query.reported.is_some() { p.notice { (lang.t("reported")) } }
         dl {
-            dt { (lang.t("state")) } dd { (format!("{:?}", live.state).to_uppercase()) }
+            dt { (lang.t("state")) } dd { (lang.value(&format!("{:?}", live.state).to_uppercase())) }
             dt { (lang.t("merchant")) } dd { a href=(format!("/accounts?merchant={}", live.merchant_id)) { (live.merchant_id) } }
             dt { (lang.t("room")) } dd { (live.room_id) }
             dt { (lang.t("anchor")) } dd { (live.anchor_id) }

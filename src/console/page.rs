@@ -12,6 +12,35 @@ pub enum Lang {
     Zh,
 }
 
+/// The names of the values the console shows (review states, tiers, image styles, session
+/// states), in English and Chinese; the wire name stays in each page's source, not its text.
+const VALUES: &[(&str, &str, &str)] = &[
+    ("NOT_REQUIRED", "no review needed", "无需审核"),
+    ("PENDING_REVIEW", "pending review", "待审核"),
+    ("APPROVED", "approved", "已通过"),
+    ("REJECTED", "rejected", "已驳回"),
+    ("REVOKED", "revoked", "已撤销"),
+    // The rules' original names the tiers in English, in Chinese text too.
+    (
+        "CHINESE_GOLD_SUPPLIER",
+        "Chinese Gold Supplier",
+        "Chinese Gold Supplier",
+    ),
+    (
+        "GLOBAL_GOLD_SUPPLIER",
+        "Global Gold Supplier",
+        "Global Gold Supplier",
+    ),
+    ("REALISTIC_HUMAN", "realistic human", "写实真人"),
+    ("CARTOON", "cartoon", "卡通"),
+    ("ANIME", "anime", "动漫"),
+    ("ANIMAL", "animal", "动物"),
+    ("OTHER", "other", "其他"),
+    ("ACTIVE", "live", "直播中"),
+    ("SHUTDOWN", "shut down", "已关停"),
+    ("ENDED", "ended", "已结束"),
+];
+
 /// Every text the console shows, in English and Chinese.
 const TEXTS: &[(&str, &str, &str)] = &[
     ("title", "anchor-pdp console", "anchor-pdp 控制台"),
@@ -281,6 +310,18 @@ impl Lang {
             })
     }
 
+    /// A value's name in this language (`PENDING_REVIEW` → "pending review" / "待审核"); a
+    /// value without one shows as it is named.
+    pub fn value(self, name: &str) -> String {
+        VALUES.iter().find(|(k, _, _)| *k == name).map_or_else(
+            || name.to_owned(),
+            |(_, en, zh)| match self {
+                Lang::En => (*en).to_owned(),
+                Lang::Zh => (*zh).to_owned(),
+            },
+        )
+    }
+
     pub fn code(self) -> &'static str {
         match self {
             Lang::En => "en",
@@ -443,9 +484,15 @@ mod tests {
             time(1_767_225_600_000).into_string(),
             "<time datetime=\"1767225600000\" title=\"2026-01-01 00:00:00 UTC\">2026-01-01 00:00:00 UTC</time>"
         );
-        for (key, en, zh) in TEXTS {
+        for (key, en, zh) in TEXTS.iter().chain(VALUES) {
             assert!(!en.is_empty() && !zh.is_empty(), "{key}");
         }
+        assert_eq!(Lang::Zh.value("PENDING_REVIEW"), "待审核");
+        assert_eq!(
+            Lang::En.value("NO_SUCH_VALUE"),
+            "NO_SUCH_VALUE",
+            "shown as named"
+        );
         // Every key a page asks for is in the table (a missing one would show as "?").
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/console");
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{e}")) {

@@ -252,7 +252,7 @@ fn filing_page(
                             _ => { (lang.t("not_listed")) }
                         }
                     }
-                    dt { (lang.t("image_style")) } dd { (image_style.policy_name()) }
+                    dt { (lang.t("image_style")) } dd { (lang.value(image_style.policy_name())) }
                     dt { (lang.t("image")) }
                     dd {
                         @match console.image_url(image_reference) {
@@ -267,7 +267,7 @@ fn filing_page(
                 _ => {}
             }
             dt { (lang.t("filed")) } dd { (page::time(filing.created_at)) }
-            dt { (lang.t("state")) } dd { (filing.review_status.policy_name()) }
+            dt { (lang.t("state")) } dd { (lang.value(filing.review_status.policy_name())) }
             dt { (lang.t("revision")) } dd { (filing.revision) }
             dt { (lang.t("last_verdict")) }
             dd {
