@@ -79,7 +79,7 @@ async fn sign_in_takes_a_console_role_and_every_page_carries_the_security_header
     let unsigned = http(addr, "GET", "/review", &[], "");
     assert_eq!(
         (unsigned.status, unsigned.header("location")),
-        (303, Some("/sign-in"))
+        (303, Some("/sign-in?next=%2Freview"))
     );
     let forged = http(
         addr,
@@ -783,7 +783,7 @@ async fn a_filing_shows_its_history_the_board_its_last_check_and_the_log_a_time_
     let revoked = http(addr, "GET", "/live", &[("Cookie", &inspector)], "");
     assert_eq!(
         (revoked.status, revoked.header("location")),
-        (303, Some("/sign-in"))
+        (303, Some("/sign-in?next=%2Flive"))
     );
     let kept = http(addr, "GET", "/log", &[("Cookie", &admin)], "");
     assert_eq!(kept.status, 200, "{}", kept.body);
@@ -791,7 +791,7 @@ async fn a_filing_shows_its_history_the_board_its_last_check_and_the_log_a_time_
     let expired = http(addr, "GET", "/log", &[("Cookie", &admin)], "");
     assert_eq!(
         (expired.status, expired.header("location")),
-        (303, Some("/sign-in"))
+        (303, Some("/sign-in?next=%2Flog"))
     );
 }
 
@@ -1103,4 +1103,72 @@ async fn nav_and_verdict_forms_follow_the_role_and_the_filings_state() {
         nav(&page.body),
         ["/review", "/live", "/accounts", "/log", "/catalog"]
     );
+}
+
+/// A deep link opened without a session comes back after sign-in; a `next` that leaves the
+/// console is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_link_survives_the_sign_in_and_only_local_ones_are_followed() {
+    let (server, _pdp, _admin) = console_server().await;
+    let addr = server.console_addr.expect("console");
+    let asked = http(addr, "GET", "/review/anchor/a1?lang=x", &[], "");
+    assert_eq!(asked.status, 303);
+    assert_eq!(
+        asked.header("location"),
+        Some("/sign-in?next=%2Freview%2Fanchor%2Fa1%3Flang%3Dx")
+    );
+    let page = http(
+        addr,
+        "GET",
+        "/sign-in?next=%2Freview%2Fanchor%2Fa1%3Flang%3Dx",
+        &[],
+        "",
+    );
+    assert!(
+        page.body
+            .contains("name=\"next\" value=\"/review/anchor/a1?lang=x\""),
+        "{}",
+        page.body
+    );
+    let signed_in = http(
+        addr,
+        "POST",
+        "/sign-in",
+        &[],
+        &form(&[
+            ("token", &token("reviewer")),
+            ("next", "/review/anchor/a1?lang=x"),
+        ]),
+    );
+    assert_eq!(
+        signed_in.header("location"),
+        Some("/review/anchor/a1?lang=x")
+    );
+    // A wrong token keeps the link for the next try.
+    let failed = http(
+        addr,
+        "POST",
+        "/sign-in",
+        &[],
+        &form(&[("token", "wrong-token-000000000000"), ("next", "/live")]),
+    );
+    assert_eq!(
+        failed.header("location"),
+        Some("/sign-in?failed=true&next=%2Flive")
+    );
+    for away in [
+        "//evil.example/x",
+        "https://evil.example/",
+        "/\\evil.example",
+        "/sign-out",
+    ] {
+        let signed_in = http(
+            addr,
+            "POST",
+            "/sign-in",
+            &[],
+            &form(&[("token", &token("reviewer")), ("next", away)]),
+        );
+        assert_eq!(signed_in.header("location"), Some("/review"), "{away}");
+    }
 }

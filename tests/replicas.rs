@@ -545,7 +545,7 @@ async fn a_console_sign_in_on_one_replica_holds_on_every_replica_until_signed_ou
     loop {
         let page = console(&a, "GET", "/review", &cookie, "");
         if page.status == 303 {
-            assert_eq!(page.header("location"), Some("/sign-in"));
+            assert_eq!(page.header("location"), Some("/sign-in?next=%2Freview"));
             break;
         }
         assert!(

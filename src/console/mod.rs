@@ -95,12 +95,36 @@ async fn security_headers(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // Where a GET asked to go: kept through the sign-in it is sent to (a deep link).
+    let asked = (request.method() == axum::http::Method::GET)
+        .then(|| {
+            request
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+        })
+        .flatten()
+        .filter(|path| safe_next(path).is_some());
     let mut response = if guard::from_the_console(
         request.method(),
         request.headers(),
         console.secure_cookies,
     ) {
-        next.run(request).await
+        let mut response = next.run(request).await;
+        let to_sign_in = response
+            .headers()
+            .get(header::LOCATION)
+            .map(|l| l.as_bytes())
+            == Some(b"/sign-in".as_slice());
+        if let Some(asked) = asked
+            && to_sign_in
+        {
+            let location = format!("/sign-in?next={}", encode_component(&asked));
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+        }
+        response
     } else {
         tracing::warn!(path = %request.uri().path(), "console: a form posted from another site was refused");
         guard::cross_site_refused()
@@ -126,6 +150,34 @@ async fn security_headers(
         );
     }
     response
+}
+
+/// `path` if it is a console page to return to after sign-in: a local path (not `//host`, no
+/// backslash, printable ASCII as a request line carries it), not the sign-in itself, of
+/// reasonable length.
+fn safe_next(path: &str) -> Option<&str> {
+    let local = path.starts_with('/')
+        && !path.starts_with("//")
+        && !path.contains('\\')
+        && path.bytes().all(|b| b.is_ascii_graphic())
+        && !path.starts_with("/sign-in")
+        && !path.starts_with("/sign-out")
+        && path != "/"
+        && path.len() <= 2048;
+    local.then_some(path)
+}
+
+/// Percent-encodes everything but unreserved characters (for a path in a query value).
+fn encode_component(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 pub fn router(console: Arc<Console>) -> Router {
@@ -250,6 +302,8 @@ async fn home(State(console): State<Arc<Console>>, headers: HeaderMap) -> Respon
 struct SignInQuery {
     #[serde(default)]
     failed: bool,
+    /// The page to go to once signed in.
+    next: Option<String>,
 }
 
 async fn sign_in_page(
@@ -273,7 +327,12 @@ async fn sign_in_page(
         lang,
         None,
         lang.t("sign_in"),
-        page::sign_in(lang, query.failed, offer),
+        page::sign_in(
+            lang,
+            query.failed,
+            offer,
+            query.next.as_deref().and_then(safe_next),
+        ),
     )
     .into_response()
 }
@@ -313,6 +372,11 @@ async fn sign_in(
         attempters.push(guard::Attempter::Source(peer.ip()));
     }
     let source = peer.map_or_else(String::new, |Extension(PeerAddr(p))| p.ip().to_string());
+    let next = form.get("next").map(String::as_str).and_then(safe_next);
+    let failed_page = match next {
+        Some(next) => format!("/sign-in?failed=true&next={}", encode_component(next)),
+        None => "/sign-in?failed=true".to_owned(),
+    };
     let clock = std::time::Instant::now();
     if let Some(wait) = console.throttle.wait(&attempters, clock) {
         // Not logged one by one: a guesser held back would fill the log with its guesses.
@@ -342,7 +406,7 @@ async fn sign_in(
             metrics::counter!("anchor_pdp_console_sign_ins_total", "result" => "refused")
                 .increment(1);
             log_sign_in(&console, &who, with, &source, why).await;
-            return Redirect::to("/sign-in?failed=true").into_response();
+            return Redirect::to(&failed_page).into_response();
         }
     };
     if let Some(credential) = attempters.first() {
@@ -361,7 +425,10 @@ async fn sign_in(
                         header::SET_COOKIE,
                         session::cookie(&cookie, console.secure_cookies),
                     ),
-                    (header::LOCATION, landing(caller.role).to_owned()),
+                    (
+                        header::LOCATION,
+                        next.unwrap_or(landing(caller.role)).to_owned(),
+                    ),
                 ],
             )
                 .into_response()

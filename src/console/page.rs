@@ -450,7 +450,12 @@ pub struct CertificateOffer<'a> {
     pub caller: Option<&'a crate::api::auth::Caller>,
 }
 
-pub fn sign_in(lang: Lang, failed: bool, certificate: Option<CertificateOffer<'_>>) -> Markup {
+pub fn sign_in(
+    lang: Lang,
+    failed: bool,
+    certificate: Option<CertificateOffer<'_>>,
+    next: Option<&str>,
+) -> Markup {
     html! {
         @if failed { p.error { (lang.t("sign_in_failed")) } }
         @if let Some(offer) = certificate {
@@ -459,6 +464,7 @@ pub fn sign_in(lang: Lang, failed: bool, certificate: Option<CertificateOffer<'_
                     form.certificate method="post" action="/sign-in" {
                         p { (lang.t("certificate_offer")) " " code { (offer.subject) } " (" (caller.role.name()) ")" }
                         input type="hidden" name="with" value="certificate";
+                        @if let Some(next) = next { input type="hidden" name="next" value=(next); }
                         button type="submit" { (lang.t("sign_in_certificate")) }
                     }
                 }
@@ -468,6 +474,7 @@ pub fn sign_in(lang: Lang, failed: bool, certificate: Option<CertificateOffer<'_
         }
         p { (lang.t("sign_in_help")) }
         form method="post" action="/sign-in" {
+            @if let Some(next) = next { input type="hidden" name="next" value=(next); }
             label { (lang.t("token")) input type="password" name="token" autocomplete="off" autofocus; }
             button type="submit" { (lang.t("sign_in")) }
         }
