@@ -1172,3 +1172,60 @@ async fn a_deep_link_survives_the_sign_in_and_only_local_ones_are_followed() {
         assert_eq!(signed_in.header("location"), Some("/review"), "{away}");
     }
 }
+
+/// A verdict that is not recorded comes back as the filing's page, in the viewer's language,
+/// saying why, with the typed note kept: a form from before a second sign-in, and a verdict
+/// the filing's state does not take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_not_recorded_comes_back_in_the_page_with_its_note() {
+    let (server, _pdp, _admin) = console_server().await;
+    let addr = server.console_addr.expect("console");
+    let (cookie, stale_csrf) = sign_in(addr, "reviewer");
+    let (cookie, csrf) = {
+        // Signing in again in this browser replaces the session and its CSRF token.
+        let (again, csrf) = sign_in(addr, "reviewer");
+        assert_ne!(again, cookie);
+        (again, csrf)
+    };
+    let note = "checked the licence <b>twice</b>";
+    let expired = http(
+        addr,
+        "POST",
+        "/review/anchor/a1",
+        &[("Cookie", &cookie)],
+        &form(&[
+            ("verdict", "approve"),
+            ("expected_revision", "1"),
+            ("note", note),
+            ("csrf", &stale_csrf),
+        ]),
+    );
+    assert_eq!(expired.status, 403, "{}", expired.body);
+    assert!(
+        expired.body.contains("from before your last sign-in")
+            && expired
+                .body
+                .contains("checked the licence &lt;b&gt;twice&lt;/b&gt;</textarea>")
+            && expired.body.contains("<nav>"),
+        "{}",
+        expired.body
+    );
+    let refused = http(
+        addr,
+        "POST",
+        "/review/anchor/a1",
+        &[("Cookie", &cookie), ("Accept-Language", "zh-CN")],
+        &form(&[
+            ("verdict", "revoke"),
+            ("expected_revision", "1"),
+            ("note", "撤销"),
+            ("csrf", &csrf),
+        ]),
+    );
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.body.contains("审核结论未记录：") && refused.body.contains(">撤销</textarea>"),
+        "{}",
+        refused.body
+    );
+}

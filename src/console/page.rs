@@ -44,6 +44,16 @@ const VALUES: &[(&str, &str, &str)] = &[
 /// Every text the console shows, in English and Chinese.
 const TEXTS: &[(&str, &str, &str)] = &[
     ("title", "anchor-pdp console", "anchor-pdp 控制台"),
+    (
+        "verdict_not_recorded",
+        "The verdict was not recorded:",
+        "审核结论未记录：",
+    ),
+    (
+        "form_expired",
+        "this form is from before your last sign-in. Your note is kept below: submit again.",
+        "此表单早于您最近一次登录。备注已保留在下方，请重新提交。",
+    ),
     ("sign_in", "Sign in", "登录"),
     ("sign_out", "Sign out", "退出"),
     ("token", "Caller token", "调用方令牌"),

@@ -12,7 +12,7 @@ use maud::{Markup, html};
 use super::guard::StrictForm;
 use super::page::{self, Lang};
 use super::session::Session;
-use super::{Access, Console, access, csrf_ok, csrf_refused, may};
+use super::{Access, Console, access, csrf_ok, may};
 use crate::domain::{
     Kind, LogRecord, Millis, RecordBody, Registration, ReviewCommand, ReviewStatus, Verdict,
 };
@@ -217,6 +217,7 @@ fn filing_page(
     session: &Session,
     filing: &Registration,
     notice: Option<&str>,
+    kept_note: &str,
 ) -> Markup {
     let csrf = session.csrf.as_str();
     // Only the verdicts this filing's state takes, and only for a role that may give them.
@@ -290,7 +291,7 @@ fn filing_page(
                         label { input type="radio" name="verdict" value=(value) required; " " (lang.t(key)) }
                     }
                 }
-                label { (lang.t("note")) textarea name="note" maxlength="512" {} }
+                label { (lang.t("note")) textarea name="note" maxlength="512" { (kept_note) } }
                 @if filing.review_status == ReviewStatus::PendingReview {
                     label { (lang.t("expires")) input type="datetime-local" name="expires"; }
                 }
@@ -324,7 +325,7 @@ pub async fn filing(
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     };
     let notice = query.contains_key("recorded").then(|| lang.t("recorded"));
-    let body = filing_page(&console, lang, &session, &filing, notice);
+    let body = filing_page(&console, lang, &session, &filing, notice, "");
     page::layout(
         lang,
         Some(&session),
@@ -361,38 +362,60 @@ pub async fn verdict(
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
-    if !csrf_ok(&session, &form) {
-        return csrf_refused();
-    }
     let Some(kind) = kind_named(&kind) else {
         return (StatusCode::NOT_FOUND, "no such kind of filing").into_response();
     };
+    let note = form.get("note").cloned().unwrap_or_default();
+    // A verdict not recorded comes back as the filing's page, saying why, with the note kept.
+    let not_recorded = |status: StatusCode, why: &str| match console.pdp.get_registration(kind, &id)
+    {
+        Ok(filing) => (
+            status,
+            page::layout(
+                lang,
+                Some(&session),
+                &format!("{} {}", lang.t(kind.name()), filing.id),
+                filing_page(
+                    &console,
+                    lang,
+                    &session,
+                    &filing,
+                    Some(&format!("{} {why}", lang.t("verdict_not_recorded"))),
+                    &note,
+                ),
+            ),
+        )
+            .into_response(),
+        Err(e) => (status, format!("{why} ({e})")).into_response(),
+    };
+    if !csrf_ok(&session, &form) {
+        // A form from before a second sign-in: nothing changes, the note is kept.
+        return not_recorded(StatusCode::FORBIDDEN, lang.t("form_expired"));
+    }
     let verdict = match form.get("verdict").map(String::as_str) {
         Some("approve") => Verdict::Approve,
         Some("reject") => Verdict::Reject,
         Some("revoke") => Verdict::Revoke,
         _ => {
-            return (
+            return not_recorded(
                 StatusCode::BAD_REQUEST,
                 "verdict: approve, reject or revoke",
-            )
-                .into_response();
+            );
         }
     };
-    let note = form.get("note").cloned().unwrap_or_default();
     if note.len() > 512 {
-        return (StatusCode::BAD_REQUEST, "note: at most 512 bytes").into_response();
+        return not_recorded(StatusCode::BAD_REQUEST, "note: at most 512 bytes");
     }
     let expected_revision = match form.get("expected_revision").map(|r| r.parse::<u64>()) {
         Some(Ok(revision)) => Some(revision),
         Some(Err(_)) => {
-            return (StatusCode::BAD_REQUEST, "expected_revision: a number").into_response();
+            return not_recorded(StatusCode::BAD_REQUEST, "expected_revision: a number");
         }
         None => None,
     };
     let approval_expires_at = match parse_expiry(form.get("expires").map_or("", String::as_str)) {
         Ok(at) => at,
-        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+        Err(e) => return not_recorded(StatusCode::BAD_REQUEST, &e),
     };
     let command = ReviewCommand {
         kind,
@@ -429,7 +452,14 @@ pub async fn verdict(
                         lang,
                         Some(&session),
                         &format!("{} {}", lang.t(kind.name()), filing.id),
-                        filing_page(&console, lang, &session, &filing, Some(lang.t("conflict"))),
+                        filing_page(
+                            &console,
+                            lang,
+                            &session,
+                            &filing,
+                            Some(lang.t("conflict")),
+                            form.get("note").map_or("", String::as_str),
+                        ),
                     ),
                 )
                     .into_response(),
@@ -438,8 +468,8 @@ pub async fn verdict(
         }
         Err(PdpError::NotFound(e)) => (StatusCode::NOT_FOUND, e).into_response(),
         Err(e @ (PdpError::InvalidArgument { .. } | PdpError::FailedPrecondition(_))) => {
-            (StatusCode::BAD_REQUEST, e.to_string()).into_response()
+            not_recorded(StatusCode::BAD_REQUEST, &e.to_string())
         }
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => not_recorded(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
