@@ -659,10 +659,10 @@ impl SledBackend {
     /// (its newest batch committed), so a backup never holds a write the store could lose.
     pub async fn state(&self) -> Result<(u64, Vec<(String, Vec<u8>)>), PdpError> {
         let db = self.db()?;
-        let (entries, newest) = self.writer.state(&db.data, is_state).await?;
-        let revision = match newest {
-            Some(outcome) => writer::outcome(outcome).await?,
-            None => self.revision(),
+        let (entries, at) = self.writer.state(&db.data, is_state).await?;
+        let revision = match at {
+            writer::Consistent::Once(outcome) => writer::outcome(outcome).await?,
+            writer::Consistent::At(revision) => revision,
         };
         db.commit.durable().await?;
         Ok((revision, entries))

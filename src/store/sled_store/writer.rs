@@ -35,6 +35,12 @@ pub(super) type Outcome = Arc<tokio::sync::watch::Sender<Option<Result<u64, PdpE
 /// State keys and values, in key order.
 pub(super) type Entries = Vec<(String, Vec<u8>)>;
 
+/// The revision a copy of the state is at: known, or that of a batch still committing.
+pub(super) enum Consistent {
+    At(u64),
+    Once(Outcome),
+}
+
 /// Waits for a batch's outcome: the revision it committed at.
 pub(super) async fn outcome(outcome: Outcome) -> Result<u64, PdpError> {
     let mut receiver = outcome.subscribe();
@@ -367,7 +373,8 @@ impl Writer {
     }
 
     /// Every state key and value, consistent as of the newest operation run when the copy
-    /// ended, and the outcome to wait for before it may be handed out (that operation's batch).
+    /// ended, and the revision that is at (the outcome to wait for, if that operation's batch
+    /// is not durable yet).
     ///
     /// Writers do not wait for the copy: the tree is read while batches go on committing, and
     /// every write of a batch committed meanwhile (or not yet committed when the copy ends) is
@@ -377,7 +384,7 @@ impl Writer {
         &self,
         data: &sled::Tree,
         is_state: fn(&[u8]) -> bool,
-    ) -> Result<(Entries, Option<Outcome>), PdpError> {
+    ) -> Result<(Entries, Consistent), PdpError> {
         let _one_at_a_time = self.backups.lock().await;
         {
             let mut state = self.lock();
@@ -416,7 +423,13 @@ impl Writer {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone())),
             );
-            (tap, state.newest_outcome())
+            // Read under the lock: a batch taken after this is neither in the copy nor in
+            // the revision the copy is at.
+            let at = match state.newest_outcome() {
+                Some(outcome) => Consistent::Once(outcome),
+                None => Consistent::At(self.revision()),
+            };
+            (tap, at)
         };
         let entries = copied??;
         let entries = tokio::task::spawn_blocking(move || lay_over(entries, tap))
