@@ -195,7 +195,7 @@ async fn main() -> Result<()> {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let started = Instant::now();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_anchor-pdp"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_anchor-pdp"))
         .args(["serve", "--listen", &addr, "--watch-policies", "false"])
         .arg("--data-dir")
         .arg(&data)
@@ -207,9 +207,10 @@ async fn main() -> Result<()> {
         .stdout(std::process::Stdio::null())
         .spawn()?;
     let pid = child.id();
+    // Stopped when dropped, also when a step below fails.
+    let server = common::load::Stopping(child);
     let channel = loop {
         if started.elapsed() > Duration::from_secs(300) {
-            let _ = child.kill();
             return Err("the server did not start within 300 s".into());
         }
         if let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
@@ -297,16 +298,13 @@ async fn main() -> Result<()> {
             resident_mib(pid),
         );
     }
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = child.wait();
+    drop(server);
     Ok(())
 }
 
 /// A backup of the whole store while one client registers merchants back to back: how long it
-/// takes, how big it is, and how long the writes waited meanwhile (on sled the copy holds the
-/// commit lock).
+/// takes, how big it is, and how long the writes took meanwhile (on sled they go on while the
+/// copy is read).
 async fn backup_under_writes(
     pdp: &mut anchor_pdp::PolicyDecisionPointClient<tonic::transport::Channel>,
     addr: &str,

@@ -95,7 +95,7 @@ pub fn report(
 /// The server binary in a process of its own, as in production, so that its CPU and disk
 /// writes can be read apart from the load generator's.
 pub struct ServerProcess {
-    pub child: std::process::Child,
+    pub child: Stopping,
     pub addr: std::net::SocketAddr,
     _dir: tempfile::TempDir,
 }
@@ -130,7 +130,7 @@ impl ServerProcess {
             .stdout(std::process::Stdio::null())
             .spawn()?;
         let server = ServerProcess {
-            child,
+            child: Stopping(child),
             addr,
             _dir: dir,
         };
@@ -144,16 +144,20 @@ impl ServerProcess {
     }
 
     pub fn proc(&self) -> String {
-        self.child.id().to_string()
+        self.child.0.id().to_string()
     }
 }
 
-impl Drop for ServerProcess {
+/// A server process that is stopped (TERM, then reaped) when this is dropped: at the end of a
+/// bench and on every early return or panic, so no server outlives the bench that started it.
+pub struct Stopping(pub std::process::Child);
+
+impl Drop for Stopping {
     fn drop(&mut self) {
         let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &self.0.id().to_string()])
             .status();
-        let _ = self.child.wait();
+        let _ = self.0.wait();
     }
 }
 
