@@ -20,6 +20,16 @@ pub type Millis = i64;
 /// too, so a lift through any replica lifts what every replica may still enforce.
 pub const MAX_CLOCK_SKEW_MS: Millis = 1_000;
 
+/// SHA-256 of `text`, lower-case hex: how tokens, cookies and credentials are known without
+/// being kept.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The first bidirectional control character in `text`, if any (U+061C, U+200E, U+200F,
 /// U+202A–U+202E, U+2066–U+2069): they make text display as something else (an RTL override
 /// turns `evil\u{202E}gnp.exe` into `evilexe.png`), so names and notes may not carry them.

@@ -26,9 +26,9 @@ static IMAGES: OnceLock<String> = OnceLock::new();
 
 const ANCHOR_SVG: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" width="240" height="240"><rect width="240" height="240" fill="#dfe8f5"/><circle cx="120" cy="95" r="55" fill="#f2c9a0"/><rect x="50" y="160" width="140" height="70" rx="30" fill="#3b5b8c"/><circle cx="100" cy="90" r="6"/><circle cx="140" cy="90" r="6"/><path d="M100 120 q20 15 40 0" stroke="#000" fill="none" stroke-width="4"/></svg>"##;
 
-/// Answers every request with the anchor image, for as long as the test runs.
-fn image_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind images");
+/// Answers every request with `body`, for as long as the test runs.
+fn serve_fixed(content_type: &'static str, body: String) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
@@ -36,8 +36,8 @@ fn image_server() -> SocketAddr {
             let mut buf = [0u8; 2048];
             let _ = stream.read(&mut buf);
             let reply = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: image/svg+xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ANCHOR_SVG}",
-                ANCHOR_SVG.len()
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
             );
             let _ = stream.write_all(reply.as_bytes());
         }
@@ -45,29 +45,22 @@ fn image_server() -> SocketAddr {
     addr
 }
 
+/// Serves the anchor image.
+fn image_server() -> SocketAddr {
+    serve_fixed("image/svg+xml", ANCHOR_SVG.to_owned())
+}
+
 /// Another site: its one page posts a sign-in form to the console as soon as it loads, with
 /// `token` (login CSRF: it would sign the viewer in as the token's owner).
 fn attacker_site(console: &str, token: &str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind attacker");
-    let addr = listener.local_addr().expect("addr");
-    let page = format!(
-        "<!doctype html><html><body><form id=f method=post action=\"{console}/sign-in\">\
-         <input name=token value=\"{token}\"></form>\
-         <script>document.getElementById('f').submit()</script></body></html>"
-    );
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut stream: TcpStream = stream;
-            let mut buf = [0u8; 2048];
-            let _ = stream.read(&mut buf);
-            let reply = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
-                page.len()
-            );
-            let _ = stream.write_all(reply.as_bytes());
-        }
-    });
-    addr
+    serve_fixed(
+        "text/html",
+        format!(
+            "<!doctype html><html><body><form id=f method=post action=\"{console}/sign-in\">\
+             <input name=token value=\"{token}\"></form>\
+             <script>document.getElementById('f').submit()</script></body></html>"
+        ),
+    )
 }
 
 fn target_dir() -> PathBuf {

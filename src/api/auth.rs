@@ -139,9 +139,7 @@ pub fn check_token(token: &str) -> Result<(), String> {
 
 /// `sha256:<hex>` of a token: the only form a token is configured in.
 pub fn hash_token(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", crate::domain::sha256_hex(token))
 }
 
 struct TokenEntry {

@@ -131,7 +131,8 @@ const TRACKED: usize = 4096;
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum Attempter {
     Source(IpAddr),
-    /// A hash of the credential tried (a token's SHA-256, a certificate subject).
+    /// The credential tried, as the configuration names it (`sha256:HEX` of a token,
+    /// `cn:SUBJECT` of a certificate).
     Credential(String),
 }
 

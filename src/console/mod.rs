@@ -363,10 +363,9 @@ async fn sign_in(
         _ if token.is_empty() && console.auth.enabled() => None,
         _ => Some(Credential::Token(token)),
     };
-    let tried = match (with, &certificate) {
-        ("certificate", Some(Extension(ClientCertificate(subject)))) => format!("cn:{subject}"),
-        _ => session::hash(token),
-    };
+    let credential = via.map(|via| console.auth.credential(via));
+    // Counted by the credential as the configuration names it (a token's hash, `cn:SUBJECT`).
+    let tried = credential.clone().unwrap_or_default();
     let mut attempters = vec![guard::Attempter::Credential(tried)];
     if let Some(Extension(PeerAddr(peer))) = peer {
         attempters.push(guard::Attempter::Source(peer.ip()));
@@ -385,12 +384,10 @@ async fn sign_in(
             .increment(1);
         return guard::throttled(wait);
     }
-    let signed_in = via
-        .map(|via| console.auth.credential(via))
-        .and_then(|credential| {
-            let caller = console.auth.caller_of_credential(&credential)?;
-            Some((caller, credential))
-        });
+    let signed_in = credential.and_then(|credential| {
+        let caller = console.auth.caller_of_credential(&credential)?;
+        Some((caller, credential))
+    });
     let (caller, credential) = match signed_in {
         Some((caller, credential)) if session::may_sign_in(caller.role) => (caller, credential),
         refused => {

@@ -310,26 +310,29 @@ impl Lang {
         Lang::En
     }
 
-    pub fn t(self, key: &str) -> &'static str {
-        TEXTS
+    /// `key`'s text in this language, from `table`.
+    fn lookup(
+        self,
+        table: &[(&str, &'static str, &'static str)],
+        key: &str,
+    ) -> Option<&'static str> {
+        table
             .iter()
             .find(|(k, _, _)| *k == key)
-            .map_or("?", |(_, en, zh)| match self {
-                Lang::En => en,
-                Lang::Zh => zh,
+            .map(|(_, en, zh)| match self {
+                Lang::En => *en,
+                Lang::Zh => *zh,
             })
+    }
+
+    pub fn t(self, key: &str) -> &'static str {
+        self.lookup(TEXTS, key).unwrap_or("?")
     }
 
     /// A value's name in this language (`PENDING_REVIEW` → "pending review" / "待审核"); a
     /// value without one shows as it is named.
     pub fn value(self, name: &str) -> String {
-        VALUES.iter().find(|(k, _, _)| *k == name).map_or_else(
-            || name.to_owned(),
-            |(_, en, zh)| match self {
-                Lang::En => (*en).to_owned(),
-                Lang::Zh => (*zh).to_owned(),
-            },
-        )
+        self.lookup(VALUES, name).unwrap_or(name).to_owned()
     }
 
     pub fn code(self) -> &'static str {

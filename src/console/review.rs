@@ -366,27 +366,26 @@ pub async fn verdict(
         return (StatusCode::NOT_FOUND, "no such kind of filing").into_response();
     };
     let note = form.get("note").cloned().unwrap_or_default();
-    // A verdict not recorded comes back as the filing's page, saying why, with the note kept.
-    let not_recorded = |status: StatusCode, why: &str| match console.pdp.get_registration(kind, &id)
-    {
-        Ok(filing) => (
-            status,
-            page::layout(
-                lang,
-                Some(&session),
-                &format!("{} {}", lang.t(kind.name()), filing.id),
-                filing_page(
-                    &console,
+    // The filing's page as it is now, with `notice` and the typed note kept.
+    let filing_again = |status: StatusCode, notice: &str| {
+        let filing = console.pdp.get_registration(kind, &id)?;
+        Ok::<_, PdpError>(
+            (
+                status,
+                page::layout(
                     lang,
-                    &session,
-                    &filing,
-                    Some(&format!("{} {why}", lang.t("verdict_not_recorded"))),
-                    &note,
+                    Some(&session),
+                    &format!("{} {}", lang.t(kind.name()), filing.id),
+                    filing_page(&console, lang, &session, &filing, Some(notice), &note),
                 ),
-            ),
+            )
+                .into_response(),
         )
-            .into_response(),
-        Err(e) => (status, format!("{why} ({e})")).into_response(),
+    };
+    // A verdict not recorded comes back as the filing's page, saying why.
+    let not_recorded = |status: StatusCode, why: &str| {
+        filing_again(status, &format!("{} {why}", lang.t("verdict_not_recorded")))
+            .unwrap_or_else(|e| (status, format!("{why} ({e})")).into_response())
     };
     if !csrf_ok(&session, &form) {
         // A form from before a second sign-in: nothing changes, the note is kept.
@@ -444,27 +443,8 @@ pub async fn verdict(
         Ok(_) => Redirect::to(&format!("/review/{}/{}?recorded", kind.name(), id)).into_response(),
         Err(PdpError::Aborted(_)) => {
             // Someone else's verdict or change landed first: show the filing as it is now.
-            let now = console.pdp.get_registration(kind, &id);
-            match now {
-                Ok(filing) => (
-                    StatusCode::CONFLICT,
-                    page::layout(
-                        lang,
-                        Some(&session),
-                        &format!("{} {}", lang.t(kind.name()), filing.id),
-                        filing_page(
-                            &console,
-                            lang,
-                            &session,
-                            &filing,
-                            Some(lang.t("conflict")),
-                            form.get("note").map_or("", String::as_str),
-                        ),
-                    ),
-                )
-                    .into_response(),
-                Err(e) => (StatusCode::CONFLICT, e.to_string()).into_response(),
-            }
+            filing_again(StatusCode::CONFLICT, lang.t("conflict"))
+                .unwrap_or_else(|e| (StatusCode::CONFLICT, e.to_string()).into_response())
         }
         Err(PdpError::NotFound(e)) => (StatusCode::NOT_FOUND, e).into_response(),
         Err(e @ (PdpError::InvalidArgument { .. } | PdpError::FailedPrecondition(_))) => {

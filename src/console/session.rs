@@ -7,8 +7,6 @@
 
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
 use crate::api::auth::{Authenticator, Caller, Role};
 use crate::domain::ConsoleSignIn;
 use crate::error::PdpError;
@@ -47,17 +45,9 @@ pub fn may_sign_in(role: Role) -> bool {
     matches!(role, Role::Reviewer | Role::Inspector | Role::Admin)
 }
 
-/// SHA-256, hex: what the store and the throttle know secrets by.
-pub fn hash(secret: &str) -> String {
-    id_hash(secret)
-}
-
 /// What the store knows a session by: its id, hashed.
 fn id_hash(id: &str) -> String {
-    Sha256::digest(id.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::domain::sha256_hex(id)
 }
 
 /// A cookie's parts: the session id, and the store revision its sign-in was written at

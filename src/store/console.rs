@@ -8,8 +8,6 @@
 //! hash>/<expires at>/<hash>`). Sign-ins stored before the indexes are indexed by the first
 //! sign-in after them (`console-indexed` then says so).
 
-use sha2::{Digest, Sha256};
-
 use super::Store;
 use super::tx::{console_key, tx_put};
 use crate::domain::{ConsoleSignIn, Millis};
@@ -24,10 +22,7 @@ const BY_CREDENTIAL: &str = "console-by/";
 const INDEXED: &str = "console-indexed";
 
 fn credential_hash(credential: &str) -> String {
-    Sha256::digest(credential.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::domain::sha256_hex(credential)
 }
 
 fn expiry_key(sign_in: &ConsoleSignIn, cookie_hash: &str) -> String {

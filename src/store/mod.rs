@@ -1214,7 +1214,8 @@ mod tests {
         }
     }
 
-    fn test_record() -> LogRecord {
+    /// A record for store tests (the sled backend's too).
+    pub(super) fn test_record() -> LogRecord {
         LogRecord {
             id: uuid::Uuid::now_v7().to_string(),
             at: 0,

@@ -734,25 +734,8 @@ mod tests {
     fn record(id: &str, commit: u64) -> LogRecord {
         LogRecord {
             id: id.into(),
-            at: 0,
-            action: "register".into(),
-            caller: "test".into(),
-            entry_point: "test".into(),
-            gateway_id: String::new(),
-            merchant_id: "m1".into(),
-            session_id: String::new(),
-            request: serde_json::Value::Null,
-            allowed: None,
-            rule_ids: vec![],
-            enforcement: String::new(),
-            policy_version: "v".into(),
-            outcome: "ok".into(),
-            explanation: None,
-            penalty_applied: None,
-            warning_issued: false,
-            cause_id: String::new(),
-            change: String::new(),
             commit,
+            ..crate::store::tests::test_record()
         }
     }
 
