@@ -274,14 +274,23 @@ pub struct ServeArgs {
     #[arg(long, env = "ANCHOR_PDP_CONSOLE_LISTEN", value_parser = parse_listen)]
     pub console_listen: Option<SocketAddr>,
 
-    /// `FROM=TO`: an anchor image reference starting with FROM is shown from the http(s) URL
-    /// TO + the rest (e.g. `oss://anchors/=https://cdn.example.com/anchors/`). Repeatable.
+    /// `FROM=TO`: an anchor image reference starting with FROM is fetched by the server from
+    /// the http(s) URL TO + the rest (TO ends in `/`; e.g.
+    /// `oss://anchors/=https://cdn.example.com/anchors/`). Repeatable. With any prefix, the
+    /// console shows images through itself, approvals of anchors bind to their image's SHA-256,
+    /// and approved images are re-checked (--image-recheck-secs).
     #[arg(
         long = "console-image-prefix",
         env = "ANCHOR_PDP_CONSOLE_IMAGE_PREFIXES",
         value_delimiter = ','
     )]
     pub console_image_prefixes: Vec<String>,
+
+    /// Seconds between re-checks of approved anchors' images: one serving other bytes than the
+    /// approved ones goes back to review.
+    #[arg(long, env = "ANCHOR_PDP_IMAGE_RECHECK_SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub image_recheck_secs: u64,
 
     /// Where the state lives: `sled` (embedded, in --data-dir) or `etcd` (shared by several
     /// replicas; --data-dir then holds this replica's own decision log).

@@ -20,11 +20,11 @@ pub type Millis = i64;
 /// too, so a lift through any replica lifts what every replica may still enforce.
 pub const MAX_CLOCK_SKEW_MS: Millis = 1_000;
 
-/// SHA-256 of `text`, lower-case hex: how tokens, cookies and credentials are known without
-/// being kept.
-pub fn sha256_hex(text: &str) -> String {
+/// SHA-256 of `data`, lower-case hex: how tokens, cookies and credentials are known without
+/// being kept, and how an approval knows the image it approved.
+pub fn sha256_hex(data: impl AsRef<[u8]>) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(text.as_bytes())
+    Sha256::digest(data.as_ref())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
@@ -410,6 +410,10 @@ pub struct ReviewInfo {
     pub note: String,
     pub reviewed_at: Millis,
     pub approval_expires_at: Option<Millis>,
+    /// For an approved anchor: the SHA-256 of the image approved. The same reference serving
+    /// other bytes later sends the anchor back to review (`apply_image_change`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_sha256: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -566,6 +570,20 @@ pub struct ReviewCommand {
     pub note: String,
     pub expected_revision: Option<u64>,
     pub approval_expires_at: Option<Millis>,
+    /// The hash of the image the reviewer saw (a console page, `ReviewFilingRequest`): the
+    /// approval is refused if the image fetched for it hashes otherwise.
+    pub seen_image_sha256: Option<String>,
+    /// The image an approval of an anchor is bound to, as the server fetched it (set by the
+    /// service, not by callers).
+    pub image: Option<ImageBinding>,
+}
+
+/// An anchor image as fetched when it was approved: the approval holds only while the anchor
+/// still names `reference` (checked in the approval's transaction) and it serves `sha256`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageBinding {
+    pub reference: String,
+    pub sha256: String,
 }
 
 pub fn apply_review(
@@ -612,6 +630,23 @@ pub fn apply_review(
             ));
         }
     }
+    let image_sha256 = match (&cmd.image, &current.body) {
+        (
+            Some(image),
+            RecordBody::Anchor {
+                image_reference, ..
+            },
+        ) if to == ReviewStatus::Approved => {
+            if *image_reference != image.reference {
+                return Err(PdpError::Aborted(format!(
+                    "{what}: its image is now {image_reference}, not the {} fetched for the approval",
+                    image.reference
+                )));
+            }
+            Some(image.sha256.clone())
+        }
+        _ => None,
+    };
     let mut next = current.clone();
     next.review_status = to;
     next.last_review = Some(ReviewInfo {
@@ -620,10 +655,58 @@ pub fn apply_review(
         note: cmd.note.clone(),
         reviewed_at: now,
         approval_expires_at: cmd.approval_expires_at,
+        image_sha256,
     });
     next.revision += 1;
     next.updated_at = now;
     Ok(next)
+}
+
+/// An approved anchor whose image at `reference` now hashes to `seen_sha256`: if that is not
+/// the image its approval is bound to, the anchor goes back to review (the verdict stays as its
+/// history). Unchanged if the anchor names another image now, is not approved, or its approval
+/// is bound to no image.
+pub fn apply_image_change(
+    current: Option<&Registration>,
+    id: &str,
+    reference: &str,
+    seen_sha256: &str,
+    now: Millis,
+) -> Result<WriteOutcome, PdpError> {
+    let current =
+        current.ok_or_else(|| PdpError::NotFound(format!("anchor {id} is not registered")))?;
+    let bound = match (&current.body, current.review_status, &current.last_review) {
+        (
+            RecordBody::Anchor {
+                image_reference, ..
+            },
+            ReviewStatus::Approved,
+            Some(ReviewInfo {
+                image_sha256: Some(bound),
+                ..
+            }),
+        ) if image_reference == reference => bound,
+        _ => {
+            return Ok(WriteOutcome {
+                registration: current.clone(),
+                changed: false,
+            });
+        }
+    };
+    if bound == seen_sha256 {
+        return Ok(WriteOutcome {
+            registration: current.clone(),
+            changed: false,
+        });
+    }
+    let mut next = current.clone();
+    next.review_status = ReviewStatus::PendingReview;
+    next.revision += 1;
+    next.updated_at = now;
+    Ok(WriteOutcome {
+        registration: next,
+        changed: true,
+    })
 }
 
 pub fn apply_provider_listing(
@@ -777,6 +860,15 @@ pub struct Account {
     pub penalties: u32,
     pub last_penalty: Option<PenaltyRecord>,
     pub freeze_lifted: Option<FreezeLift>,
+}
+
+/// A reviewer's claim on a pending filing: others see it is being looked at, and the review
+/// fast path passes it by. Lapses at `until`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewClaim {
+    /// The caller who claimed it (`name (role, console)`).
+    pub by: String,
+    pub until: Millis,
 }
 
 /// A console sign-in. Kept in the store, so that every replica honours it and a restart keeps
@@ -1122,6 +1214,69 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         r.review_status = ReviewStatus::Approved;
         r
+    }
+
+    #[test]
+    fn an_approval_binds_to_its_image_and_other_bytes_send_the_anchor_back() {
+        let pending = apply_register(None, "a1", anchor(ImageStyle::Anime, "a"), None, 0)
+            .map(|o| o.registration)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let approve = |reference: &str| ReviewCommand {
+            kind: Kind::Anchor,
+            id: "a1".into(),
+            verdict: Verdict::Approve,
+            reviewer: "r".into(),
+            note: String::new(),
+            expected_revision: None,
+            approval_expires_at: None,
+            seen_image_sha256: None,
+            image: Some(ImageBinding {
+                reference: reference.into(),
+                sha256: "aa".into(),
+            }),
+        };
+        // The image fetched was another reference's (a re-filing landed meanwhile).
+        assert!(matches!(
+            apply_review(Some(&pending), &approve("img://0"), 1),
+            Err(PdpError::Aborted(_))
+        ));
+        let approved =
+            apply_review(Some(&pending), &approve("img://1"), 1).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            approved
+                .last_review
+                .as_ref()
+                .and_then(|r| r.image_sha256.as_deref()),
+            Some("aa")
+        );
+        let seen = |sha: &str, reference: &str| {
+            apply_image_change(Some(&approved), "a1", reference, sha, 2)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert!(!seen("aa", "img://1").changed, "the same bytes");
+        assert!(!seen("bb", "img://0").changed, "no longer its image");
+        let back = seen("bb", "img://1");
+        assert!(back.changed);
+        assert_eq!(
+            (back.registration.review_status, back.registration.revision),
+            (ReviewStatus::PendingReview, approved.revision + 1)
+        );
+        // Pending already, or approved without a bound image: nothing to send back.
+        assert!(
+            !apply_image_change(Some(&back.registration), "a1", "img://1", "cc", 3)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .changed
+        );
+        let unbound = approved_unbound();
+        assert!(
+            !apply_image_change(Some(&unbound), "a1", "img://1", "cc", 3)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .changed
+        );
+    }
+
+    fn approved_unbound() -> Registration {
+        approved(anchor(ImageStyle::Anime, "a"))
     }
 
     #[test]

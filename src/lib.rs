@@ -68,6 +68,8 @@ pub mod error;
 #[cfg(feature = "server")]
 pub mod gateway;
 #[cfg(feature = "server")]
+pub mod images;
+#[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod net;

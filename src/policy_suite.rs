@@ -340,6 +340,7 @@ fn filing(
             note: String::new(),
             reviewed_at: now,
             approval_expires_at: expires,
+            image_sha256: None,
         });
     }
     Ok(registration)

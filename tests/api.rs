@@ -243,6 +243,7 @@ async fn review_verdicts_follow_the_review_states() {
             note: String::new(),
             expected_revision,
             approval_expires_at: None,
+            image_sha256: None,
         };
     // Already approved: approving or rejecting again is refused.
     for verdict in [proto::Verdict::Approve, proto::Verdict::Reject] {
@@ -305,6 +306,7 @@ async fn an_approval_expiry_must_be_in_the_future() {
                     seconds: T0 / 1000 - 1,
                     nanos: 0,
                 }),
+                image_sha256: None,
             })
             .await,
     );

@@ -4,46 +4,11 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 
 use anchor_pdp::proto::{self, register_request::Record};
-use common::console::{Reply, console_server, exchange, token};
+use common::console::{Reply, console_server, exchange, form, http, sign_in, token};
 use common::start;
-
-fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-    let stream = TcpStream::connect(addr).expect("connect console");
-    exchange(stream, method, path, headers, body).expect("an HTTP reply")
-}
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs)
-        .finish()
-}
-
-/// Signs in with `role`'s token; returns the cookie header value and the CSRF token.
-fn sign_in(addr: SocketAddr, role: &str) -> (String, String) {
-    let reply = http(
-        addr,
-        "POST",
-        "/sign-in",
-        &[],
-        &form(&[("token", &token(role))]),
-    );
-    assert_eq!(reply.status, 303, "{}", reply.body);
-    let set = reply
-        .header("set-cookie")
-        .expect("a session cookie")
-        .to_owned();
-    for part in ["HttpOnly", "SameSite=Strict", "Max-Age=28800", "Path=/"] {
-        assert!(set.contains(part), "{set}");
-    }
-    let cookie = set.split(';').next().expect("cookie").to_owned();
-    let page = http(addr, "GET", "/review", &[("Cookie", &cookie)], "");
-    assert_eq!(page.status, 200, "{}", page.body);
-    let csrf = common::console::csrf_of(&page.body);
-    (cookie, csrf)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_takes_a_console_role_and_every_page_carries_the_security_headers() {
@@ -136,13 +101,44 @@ async fn a_reviewer_sees_the_pending_anchor_with_its_image_and_approves_it_for_s
     let rooms_only = http(addr, "GET", "/review?kind=room", &[("Cookie", &cookie)], "");
     assert!(!rooms_only.body.contains("/review/anchor/a1"));
 
+    // The image is the console's own: fetched by the server, shown with its hash, and that
+    // hash is what the verdict form says the reviewer saw.
+    let default_sha = anchor_pdp::domain::sha256_hex(common::images::default_png());
     let filing = http(addr, "GET", "/review/anchor/a1", &[("Cookie", &cookie)], "");
+    assert!(
+        filing.body.contains(&format!(
+            "src=\"/review/anchor/a1/image?v={}\"",
+            &default_sha[..16]
+        )),
+        "{}",
+        filing.body
+    );
     assert!(
         filing
             .body
-            .contains("src=\"https://cdn.example.com/anchors/a1.png\""),
+            .contains(&format!("name=\"image_sha256\" value=\"{default_sha}\"")),
         "{}",
         filing.body
+    );
+    let image = http(
+        addr,
+        "GET",
+        "/review/anchor/a1/image",
+        &[("Cookie", &cookie)],
+        "",
+    );
+    assert_eq!(
+        (
+            image.status,
+            image.header("content-type"),
+            image.header("x-image-sha256")
+        ),
+        (200, Some("image/png"), Some(default_sha.as_str()))
+    );
+    let unsigned = http(addr, "GET", "/review/anchor/a1/image", &[], "");
+    assert_eq!(
+        unsigned.status, 303,
+        "only a signed-in console user gets images"
     );
     assert!(
         filing.body.contains("listed on the market"),
@@ -175,9 +171,24 @@ async fn a_reviewer_sees_the_pending_anchor_with_its_image_and_approves_it_for_s
         &[("Cookie", &cookie)],
         &form(&with_csrf),
     );
+    // Nothing else waits: "& next" comes back to the queue, saying what it recorded.
     assert_eq!(
         (done.status, done.header("location")),
-        (303, Some("/review/anchor/a1?recorded"))
+        (303, Some("/review?done=anchor%2Fa1"))
+    );
+    let queue = http(
+        addr,
+        "GET",
+        "/review?done=anchor%2Fa1",
+        &[("Cookie", &cookie)],
+        "",
+    );
+    assert!(
+        queue
+            .body
+            .contains("Verdict recorded. Anchor image a1 · approved"),
+        "{}",
+        queue.body
     );
     let allowed = pdp.authorize(start()).await.expect("start").into_inner();
     assert_eq!(
@@ -528,7 +539,7 @@ async fn an_admin_lists_providers_and_files_ai_features_and_an_inspector_only_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_queue_comes_in_pages_of_200_oldest_first() {
+async fn a_long_queue_comes_in_pages_of_50_oldest_first_searched_and_sorted() {
     let (server, pdp, _admin) = console_server().await;
     let addr = server.console_addr.expect("console");
     let mut tasks = Vec::new();
@@ -554,20 +565,20 @@ async fn a_long_queue_comes_in_pages_of_200_oldest_first() {
         task.await.expect("task");
     }
     let (cookie, _) = sign_in(addr, "reviewer");
-    // 249 rooms and the pending anchor a1: 250 filings, two pages.
+    // 249 rooms and the pending anchor a1: 250 filings, five pages.
     let first = http(addr, "GET", "/review", &[("Cookie", &cookie)], "");
     assert!(first.body.contains("250 pending"), "{}", first.body);
-    assert_eq!(first.body.matches("<a href=\"/review/").count(), 200);
-    assert!(first.body.contains("1 / 2"), "{}", first.body);
+    assert_eq!(first.body.matches("<a href=\"/review/").count(), 50);
+    assert!(first.body.contains("1 / 5"), "{}", first.body);
     let second = http(
         addr,
         "GET",
-        "/review?kind=&merchant=&page=1",
+        "/review?kind=&q=&page=4",
         &[("Cookie", &cookie)],
         "",
     );
     assert_eq!(second.body.matches("<a href=\"/review/").count(), 50);
-    assert!(second.body.contains("2 / 2"));
+    assert!(second.body.contains("5 / 5"));
     // Oldest first (all filed at T0 here, so by id): a1, then the rooms in order.
     let rows: Vec<&str> = first
         .body
@@ -586,16 +597,55 @@ async fn a_long_queue_comes_in_pages_of_200_oldest_first() {
     );
     // A page past the end shows the last page; a merchant with nothing pending, none.
     let past = http(addr, "GET", "/review?page=9", &[("Cookie", &cookie)], "");
-    assert!(past.body.contains("2 / 2"), "{}", past.body);
+    assert!(past.body.contains("5 / 5"), "{}", past.body);
     assert_eq!(past.body.matches("<a href=\"/review/").count(), 50);
     let other = http(
         addr,
         "GET",
-        "/review?merchant=m2",
+        "/review?q=merchant-9",
         &[("Cookie", &cookie)],
         "",
     );
     assert!(other.body.contains("0 pending"), "{}", other.body);
+    // Search by part of an id (any case), by merchant; sorted newest first or by name.
+    let found = http(addr, "GET", "/review?q=ROOM24", &[("Cookie", &cookie)], "");
+    assert!(found.body.contains("9 pending"), "{}", found.body);
+    let by_merchant = http(addr, "GET", "/review?q=m1", &[("Cookie", &cookie)], "");
+    assert!(
+        by_merchant.body.contains("250 pending"),
+        "{}",
+        by_merchant.body
+    );
+    let newest = http(
+        addr,
+        "GET",
+        "/review?sort=newest&kind=room",
+        &[("Cookie", &cookie)],
+        "",
+    );
+    assert!(newest.body.contains("249 pending"), "{}", newest.body);
+    // Rooms have no name and sort first; a1 is named, so it comes last.
+    let by_name = http(addr, "GET", "/review?sort=name", &[("Cookie", &cookie)], "");
+    assert!(
+        !by_name.body.contains("/review/anchor/a1"),
+        "{}",
+        by_name.body
+    );
+    let by_name_last = http(
+        addr,
+        "GET",
+        "/review?sort=name&page=4",
+        &[("Cookie", &cookie)],
+        "",
+    );
+    assert_eq!(
+        by_name_last
+            .body
+            .split("<a href=\"/review/")
+            .last()
+            .map(|r| r.split('"').next()),
+        Some(Some("anchor/a1?sort=name"))
+    );
 }
 
 /// Where `needle` first appears in `page`, for order checks (newest first).
@@ -650,9 +700,9 @@ async fn a_filing_shows_its_history_the_board_its_last_check_and_the_log_a_time_
     )
     .body;
     let history = &filing[position(&filing, "<h2>History</h2>")..];
-    let approval = position(history, "<td>revision 3, APPROVED</td>");
-    let revision = position(history, "<td>revision 2, PENDING_REVIEW</td>");
-    let filed = position(history, "<td>revision 1, PENDING_REVIEW</td>");
+    let approval = position(history, "<td>Revision 3 · approved</td>");
+    let revision = position(history, "<td>Revision 2 · pending review</td>");
+    let filed = position(history, "<td>Revision 1 · pending review</td>");
     assert!(approval < revision && revision < filed, "{history}");
     assert!(
         history.contains("<td>ReviewFiling · console</td><td>reviewer-1 (reviewer, console)</td>"),
@@ -1048,7 +1098,7 @@ async fn nav_and_verdict_forms_follow_the_role_and_the_filings_state() {
     );
     // Values are named in the page's language, not as the wire spells them.
     assert!(
-        page.body.contains("<dd>pending review</dd>"),
+        page.body.contains("<p class=\"state\">pending review"),
         "{}",
         page.body
     );
@@ -1060,7 +1110,8 @@ async fn nav_and_verdict_forms_follow_the_role_and_the_filings_state() {
         "",
     );
     assert!(
-        chinese.body.contains("<dd>待审核</dd>") && chinese.body.contains("<dd>写实真人</dd>"),
+        chinese.body.contains("<p class=\"state\">待审核")
+            && chinese.body.contains("<dd>写实真人</dd>"),
         "{}",
         chinese.body
     );

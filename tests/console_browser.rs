@@ -3,8 +3,10 @@
 //! shows, and a gRPC START is then allowed; an inspector reports R2 on the live broadcast (in
 //! Chinese, seeing the Chinese rule messages); the admin sees the freeze and the explained deny;
 //! a reviewer gets no lift form; a page on another site cannot sign the browser in as someone
-//! else (login CSRF). Screenshots of the review page, the live board and the account
-//! page go to target/console-*.png on every run.
+//! else (login CSRF). A reviewer's morning: 50 filings approved with the keyboard alone (keys
+//! counted), the rest with one bulk approval, a swapped image sent back to review; every page
+//! fits 1366×768 and 390×844 in both languages without sideways scrolling. Screenshots go to
+//! target/console-*.png on every run.
 
 mod common;
 
@@ -12,19 +14,14 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anchor_pdp::proto;
-use common::console::{console_server_with, token};
+use common::console::{console_server, token};
+use common::images::{image_host, png};
 use common::programs::{Guard, free_port, require, wait_listening};
 use common::start;
 use fantoccini::{Client, ClientBuilder, Locator};
-
-/// Where the test's image server serves anchor images; the console maps `oss://anchors/` there.
-static IMAGES: OnceLock<String> = OnceLock::new();
-
-const ANCHOR_SVG: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" width="240" height="240"><rect width="240" height="240" fill="#dfe8f5"/><circle cx="120" cy="95" r="55" fill="#f2c9a0"/><rect x="50" y="160" width="140" height="70" rx="30" fill="#3b5b8c"/><circle cx="100" cy="90" r="6"/><circle cx="140" cy="90" r="6"/><path d="M100 120 q20 15 40 0" stroke="#000" fill="none" stroke-width="4"/></svg>"##;
 
 /// Answers every request with `body`, for as long as the test runs.
 fn serve_fixed(content_type: &'static str, body: String) -> SocketAddr {
@@ -43,11 +40,6 @@ fn serve_fixed(content_type: &'static str, body: String) -> SocketAddr {
         }
     });
     addr
-}
-
-/// Serves the anchor image.
-fn image_server() -> SocketAddr {
-    serve_fixed("image/svg+xml", ANCHOR_SVG.to_owned())
 }
 
 /// Another site: its one page posts a sign-in form to the console as soon as it loads, with
@@ -172,14 +164,7 @@ async fn screenshot(client: &Client, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reviewer_inspector_and_admin_do_their_work_in_a_real_browser() {
-    let images = image_server();
-    IMAGES
-        .set(format!("oss://anchors/=http://{images}/anchors/"))
-        .expect("once");
-    let (server, mut pdp, _admin) = console_server_with(|args| {
-        args.console_image_prefixes = IMAGES.get().cloned().into_iter().collect();
-    })
-    .await;
+    let (server, mut pdp, _admin) = console_server().await;
     let console = format!("http://{}", server.console_addr.expect("console"));
     let (_driver, webdriver) = chromedriver();
     let profile = tempfile::tempdir().expect("profile");
@@ -228,22 +213,20 @@ async fn reviewer_inspector_and_admin_do_their_work_in_a_real_browser() {
     assert_eq!(loaded, serde_json::json!(true), "the anchor image shows");
     screenshot(&client, "review").await;
     client
-        .find(Locator::Css("input[name=verdict][value=approve]"))
+        .find(Locator::Css("button[data-key=a]"))
         .await
-        .expect("approve")
-        .click()
-        .await
-        .expect("choose approve");
-    client
-        .find(Locator::Css("form.verdict button"))
-        .await
-        .expect("submit")
+        .expect("approve & next")
         .click()
         .await
         .expect("record verdict");
-    wait_for_text(&client, "Verdict recorded.").await;
+    // Nothing else waits: back to the queue, which says what was recorded.
+    wait_for_text(&client, "Verdict recorded. Anchor image a1 · approved").await;
     // The filing's history now starts with this verdict.
-    wait_for_text(&client, "<td>revision 2, APPROVED</td>").await;
+    client
+        .goto(&format!("{console}/review/anchor/a1"))
+        .await
+        .expect("filing");
+    wait_for_text(&client, "<td>Revision 2 · approved</td>").await;
     let admitted = pdp.authorize(start()).await.expect("start").into_inner();
     assert_eq!(
         admitted.decision,
@@ -330,5 +313,238 @@ async fn reviewer_inspector_and_admin_do_their_work_in_a_real_browser() {
         !seen.contains("Lift the freeze"),
         "a reviewer cannot lift a freeze"
     );
+    client.close().await.expect("close the browser");
+}
+
+/// Presses `key` on the keyboard (WebDriver key actions: what a person's key press does).
+async fn press(client: &Client, key: char) {
+    use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+    let keys = KeyActions::new("keyboard".into())
+        .then(KeyAction::Down { value: key })
+        .then(KeyAction::Up { value: key });
+    client.perform_actions(keys).await.expect("key press");
+}
+
+/// (document width, viewport width, viewport height) of the page shown.
+async fn page_size(client: &Client) -> (u64, u64, u64) {
+    let size = client
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth, window.innerHeight];",
+            vec![],
+        )
+        .await
+        .expect("page size");
+    let n = |i: usize| size[i].as_u64().expect("a number");
+    (n(0), n(1), n(2))
+}
+
+async fn anchor_state(admin: &mut common::bearer::Admin, id: &str) -> i32 {
+    admin
+        .get_registration(proto::GetRegistrationRequest {
+            kind: proto::RegistrationKind::Anchor as i32,
+            id: id.into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .registration
+        .expect("registration")
+        .review_status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewers_morning_with_the_keyboard_bulk_approval_and_a_swapped_image() {
+    let (server, mut pdp, mut admin) = console_server().await;
+    let console = format!("http://{}", server.console_addr.expect("console"));
+    // The queue: a1 (pending from the set-up) and 60 more anchors, each with its own picture.
+    for i in 1..=60u8 {
+        let id = format!("k-{i:03}");
+        image_host().put(
+            &format!("{id}.png"),
+            "image/png",
+            png(512, [40 + i * 3, 120, 200 - i * 2]),
+        );
+        pdp.register(proto::RegisterRequest {
+            request_id: String::new(),
+            record: Some(proto::register_request::Record::Anchor(
+                common::anchor_record(&id, "m1", "p1", proto::ImageStyle::RealisticHuman),
+            )),
+            expected_revision: None,
+        })
+        .await
+        .expect("register");
+    }
+    let (_driver, webdriver) = chromedriver();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&webdriver, profile.path()).await;
+    client.set_window_size(1366, 768).await.expect("1366×768");
+    sign_in(&client, &console, "reviewer").await;
+    client
+        .goto(&format!("{console}/review?kind=anchor"))
+        .await
+        .expect("queue");
+    wait_for_text(&client, "61 pending").await;
+
+    // Keyboard only: j opens the first filing, then a approves it and opens the next.
+    let mut keys = 0;
+    press(&client, 'j').await;
+    keys += 1;
+    wait_for_text(&client, "<h1>Anchor image a1</h1>").await;
+    // Above the fold at 1366×768: the whole image and the approve button.
+    let fold = client
+        .execute(
+            "const b = document.querySelector('button[data-key=a]').getBoundingClientRect();
+             const i = document.querySelector('img.anchor').getBoundingClientRect();
+             return [b.bottom, i.bottom, i.width, window.innerHeight];",
+            vec![],
+        )
+        .await
+        .expect("layout");
+    let at = |i: usize| fold[i].as_f64().expect("a number");
+    assert!(
+        at(0) <= at(3) && at(1) <= at(3) && at(2) >= 400.0,
+        "approve button bottom {}, image bottom {} (width {}), viewport height {}",
+        at(0),
+        at(1),
+        at(2),
+        at(3)
+    );
+    screenshot(&client, "fast-path").await;
+    let mut approved = vec!["a1".to_owned()];
+    approved.extend((1..=49).map(|i| format!("k-{i:03}")));
+    for (n, id) in approved.iter().enumerate() {
+        press(&client, 'a').await;
+        keys += 1;
+        wait_for_text(
+            &client,
+            &format!("Verdict recorded. Anchor image {id} · approved"),
+        )
+        .await;
+        if n + 1 < approved.len() {
+            wait_for_text(
+                &client,
+                &format!("<h1>Anchor image {}</h1>", approved[n + 1]),
+            )
+            .await;
+        }
+    }
+    for id in &approved {
+        assert_eq!(
+            anchor_state(&mut admin, id).await,
+            proto::ReviewStatus::Approved as i32,
+            "{id}"
+        );
+    }
+    let per_filing = keys as f64 / approved.len() as f64;
+    println!(
+        "keyboard: {keys} keys for {} filings ({per_filing:.2} per filing), no clicks",
+        approved.len()
+    );
+    assert!(
+        per_filing <= 3.0,
+        "{keys} keys for {} filings",
+        approved.len()
+    );
+
+    // The other 11 at once: select the page, approve, confirm once (3 clicks).
+    client
+        .goto(&format!("{console}/review?kind=anchor"))
+        .await
+        .expect("queue");
+    wait_for_text(&client, "11 pending").await;
+    for css in ["#pick-all", "form.bulk button[type=submit]"] {
+        client
+            .find(Locator::Css(css))
+            .await
+            .expect(css)
+            .click()
+            .await
+            .expect(css);
+    }
+    wait_for_text(&client, "Approve them (11)").await;
+    client
+        .find(Locator::Css("form.bulk button[type=submit]"))
+        .await
+        .expect("confirm")
+        .click()
+        .await
+        .expect("confirm");
+    wait_for_text(&client, "11 / 11 approved").await;
+    for i in 50..=60 {
+        assert_eq!(
+            anchor_state(&mut admin, &format!("k-{i:03}")).await,
+            proto::ReviewStatus::Approved as i32,
+            "k-{i:03}"
+        );
+    }
+
+    // k-055's picture is swapped at the same reference after its approval: the reviewer who
+    // opens it sees it back in review (and a START with it would be refused).
+    image_host().put("k-055.png", "image/png", png(512, [10, 10, 10]));
+    client
+        .goto(&format!("{console}/review/anchor/k-055"))
+        .await
+        .expect("k-055");
+    wait_for_text(&client, "<p class=\"state\">pending review").await;
+    assert_eq!(
+        anchor_state(&mut admin, "k-055").await,
+        proto::ReviewStatus::PendingReview as i32
+    );
+
+    // Every page fits both sizes in both languages without sideways scrolling: the
+    // reviewer's, then the admin's.
+    let pages: [(&str, &[(&str, &str)]); 2] = [
+        (
+            "reviewer",
+            &[
+                ("queue", "/review"),
+                ("filing", "/review/anchor/k-055"),
+                ("live", "/live"),
+                ("account", "/accounts?merchant=m1"),
+                ("catalog", "/catalog"),
+            ],
+        ),
+        (
+            "admin",
+            &[
+                ("log", "/log?merchant=m1"),
+                ("account", "/accounts?merchant=m1"),
+            ],
+        ),
+    ];
+    for (role, paths) in pages {
+        if role == "admin" {
+            client
+                .goto(&format!("{console}/lang/en"))
+                .await
+                .expect("English");
+            sign_out(&client).await;
+            sign_in(&client, &console, role).await;
+        }
+        for (lang, width, height) in [
+            ("en", 1366, 768),
+            ("zh", 1366, 768),
+            ("en", 390, 844),
+            ("zh", 390, 844),
+        ] {
+            client.set_window_size(width, height).await.expect("size");
+            client
+                .goto(&format!("{console}/lang/{lang}"))
+                .await
+                .expect("language");
+            for (name, path) in paths {
+                client.goto(&format!("{console}{path}")).await.expect(path);
+                wait_for_text(&client, "</main>").await;
+                let (document, viewport, _) = page_size(&client).await;
+                assert!(
+                    document <= viewport,
+                    "{path} at {width}×{height} ({lang}, {role}) scrolls sideways: {document} > {viewport}"
+                );
+                if matches!(*name, "queue" | "filing") {
+                    screenshot(&client, &format!("{name}-{width}x{height}-{lang}")).await;
+                }
+            }
+        }
+    }
     client.close().await.expect("close the browser");
 }

@@ -360,7 +360,7 @@ async fn the_console_serves_tls_and_signs_in_a_certificate_whose_subject_has_a_c
     let filing = console(None, "GET", "/review/anchor/a1", Some(&cookie), "");
     assert!(
         filing.body
-            .contains("<td>ReviewFiling · console</td><td>rev-1 (reviewer, console)</td><td>revision 2, APPROVED</td>"),
+            .contains("<td>ReviewFiling · console</td><td>rev-1 (reviewer, console)</td><td>Revision 2 · approved</td>"),
         "{}",
         filing.body
     );

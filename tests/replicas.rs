@@ -80,6 +80,7 @@ async fn a_filing_made_on_one_replica_is_admitted_on_another_and_a_report_on_one
             note: String::new(),
             expected_revision: None,
             approval_expires_at: None,
+            image_sha256: None,
         })
         .await
         .expect("review")
@@ -222,6 +223,7 @@ async fn racing_reports_on_three_replicas_penalize_once_and_a_revoke_seen_by_all
             note: "image changed".into(),
             expected_revision: None,
             approval_expires_at: None,
+            image_sha256: None,
         })
         .await
         .expect("revoke")

@@ -270,6 +270,7 @@ async fn r8_holds_before_an_approval_expires() {
                 seconds: (T0 + 30 * DAY_MS) / 1000,
                 nanos: 0,
             }),
+            image_sha256: None,
         })
         .await
         .expect("approve with expiry");
@@ -296,6 +297,7 @@ async fn r8_broken_once_the_approval_has_expired() {
                 seconds: (T0 + 30 * DAY_MS) / 1000,
                 nanos: 0,
             }),
+            image_sha256: None,
         })
         .await
         .expect("approve with expiry");
@@ -453,6 +455,7 @@ async fn e2_applied_by_a_live_recheck_after_an_approval_expires() {
                 seconds: (T0 + DAY_MS) / 1000,
                 nanos: 0,
             }),
+            image_sha256: None,
         })
         .await
         .expect("approve with expiry");

@@ -266,6 +266,12 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
                         .as_ref()
                         .map(|ts| convert::millis("approval_expires_at", ts))
                         .transpose()?,
+                    seen_image_sha256: req
+                        .image_sha256
+                        .as_deref()
+                        .map(|hash| convert::sha256_hex_field("image_sha256", hash))
+                        .transpose()?,
+                    image: None,
                 })
             })()
             .map_err(status)?;

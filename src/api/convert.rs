@@ -66,6 +66,21 @@ pub fn optional_id(field: &str, value: &str) -> Result<Option<String>, PdpError>
 }
 
 /// Free text: bounded, no control characters (they end up in logs and terminals).
+/// A SHA-256 in lower-case hex (64 characters), as `Review.image_sha256` gives it.
+pub fn sha256_hex_field(field: &str, value: &str) -> Result<String, PdpError> {
+    if value.len() != 64
+        || !value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(PdpError::invalid(
+            field,
+            "a SHA-256 in lower-case hex (64 characters of 0-9a-f)",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
 pub fn text(field: &str, value: &str, max: usize) -> Result<String, PdpError> {
     if value.len() > max {
         return Err(PdpError::invalid(
@@ -412,6 +427,7 @@ pub fn registration_to_proto(r: &domain::Registration) -> proto::Registration {
             note: review.note.clone(),
             reviewed_at: Some(timestamp(review.reviewed_at)),
             approval_expires_at: review.approval_expires_at.map(timestamp),
+            image_sha256: review.image_sha256.clone().unwrap_or_default(),
         }),
         created_at: Some(timestamp(r.created_at)),
         updated_at: Some(timestamp(r.updated_at)),

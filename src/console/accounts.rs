@@ -104,7 +104,7 @@ pub async fn account(
                 }
             }
             h2 { (lang.t("filings")) }
-            table { tbody {
+            div.scroll { table { tbody {
                 @for f in &filings {
                     tr {
                         td { (lang.t(f.kind().name())) }
@@ -112,7 +112,7 @@ pub async fn account(
                         td { (lang.value(f.review_status.policy_name())) }
                     }
                 }
-            } }
+            } } }
             h2 { (lang.t("live_board")) }
             ul { @for s in &sessions { li { a href=(format!("/live/{}", s.id)) { (s.id) } " — " (s.room_id) } } }
             @if may(&session, READ_LOG) {
@@ -184,11 +184,11 @@ pub struct LogQuery {
 /// The time range a search's `since` and `until` fields give; an `until` without seconds
 /// takes in its whole minute, as the viewer means "up to 21:00" to include 21:00:30.
 fn search_range(since: &str, until: &str) -> Result<std::ops::RangeInclusive<Millis>, String> {
-    let since = super::review::parse_expiry(since)
+    let since = super::filing::parse_expiry(since)
         .map_err(|e| e.replace("expires", "since"))?
         .unwrap_or(Millis::MIN);
     let until =
-        match super::review::parse_expiry(until).map_err(|e| e.replace("expires", "until"))? {
+        match super::filing::parse_expiry(until).map_err(|e| e.replace("expires", "until"))? {
             Some(at) if until.trim().len() == "2026-11-28T21:00".len() => at + 59_999,
             Some(at) => at,
             None => Millis::MAX,

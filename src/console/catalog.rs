@@ -31,7 +31,7 @@ pub async fn catalog(State(console): State<Arc<Console>>, headers: HeaderMap) ->
     let features = filings(&console, &[Kind::AiFeature], |_| true);
     let body = html! {
         h2 { (lang.t("providers")) }
-        table { tbody {
+        div.scroll { table { tbody {
             @for p in &providers {
                 @let listed = p.provider_listing.as_ref().is_some_and(|l| l.listed);
                 tr {
@@ -48,9 +48,9 @@ pub async fn catalog(State(console): State<Arc<Console>>, headers: HeaderMap) ->
                     }
                 }
             }
-        } }
+        } } }
         h2 { (lang.t("ai_features")) }
-        table { tbody {
+        div.scroll { table { tbody {
             @for f in &features {
                 @let (assessed, number) = f.ai_feature_clearance.as_ref().map_or((false, ""), |c| (c.security_assessment_passed, c.filing_number.as_str()));
                 tr {
@@ -69,7 +69,7 @@ pub async fn catalog(State(console): State<Arc<Console>>, headers: HeaderMap) ->
                     }
                 }
             }
-        } }
+        } } }
     };
     page::layout(lang, Some(&session), lang.t("catalog"), body).into_response()
 }

@@ -46,7 +46,7 @@ pub async fn board(State(console): State<Arc<Console>>, headers: HeaderMap) -> R
     let now = console.pdp.now();
     let body = html! {
         p { (live.len()) " " (lang.t("live_now")) }
-        table.board {
+        div.scroll { table.board {
             thead { tr {
                 th { (lang.t("session")) } th { (lang.t("merchant")) } th { (lang.t("room")) }
                 th { (lang.t("anchor")) } th { (lang.t("driver")) } th { (lang.t("gateway")) }
@@ -70,7 +70,7 @@ pub async fn board(State(console): State<Arc<Console>>, headers: HeaderMap) -> R
                     }
                 }
             }
-        }
+        } }
     };
     page::layout(lang, Some(&session), lang.t("live_board"), body).into_response()
 }
@@ -78,7 +78,7 @@ pub async fn board(State(console): State<Arc<Console>>, headers: HeaderMap) -> R
 /// A decision-log table, each deny with its explanation.
 pub fn records_table(lang: Lang, records: &[LogRecord]) -> Markup {
     html! {
-        table.log {
+        div.scroll { table.log {
             thead { tr {
                 th { (lang.t("time")) } th { (lang.t("action")) } th { (lang.t("caller")) }
                 th { (lang.t("merchant")) } th { (lang.t("session")) } th { (lang.t("decision")) }
@@ -112,7 +112,7 @@ pub fn records_table(lang: Lang, records: &[LogRecord]) -> Markup {
                     }
                 }
             }
-        }
+        } }
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod accounts;
 mod catalog;
+mod filing;
 mod guard;
 mod live;
 mod page;
@@ -37,8 +38,6 @@ use session::Session;
 pub struct Console {
     pdp: Arc<Pdp>,
     auth: Arc<Authenticator>,
-    /// `FROM=TO` prefixes that turn a stored image reference into an http(s) URL.
-    image_prefixes: Vec<(String, String)>,
     /// The console is reached over TLS: cookies say `Secure`, responses carry HSTS.
     secure_cookies: bool,
     /// Failed sign-ins by source and credential.
@@ -46,40 +45,12 @@ pub struct Console {
 }
 
 impl Console {
-    pub fn new(
-        pdp: Arc<Pdp>,
-        auth: Arc<Authenticator>,
-        image_prefixes: &[String],
-        secure_cookies: bool,
-    ) -> Result<Arc<Console>, String> {
-        let mut prefixes = Vec::new();
-        for spec in image_prefixes {
-            let (from, to) = spec
-                .split_once('=')
-                .ok_or_else(|| format!("{spec}: expected FROM=https://..."))?;
-            if !(to.starts_with("https://") || to.starts_with("http://")) {
-                return Err(format!("{spec}: the target must be an http(s) URL prefix"));
-            }
-            prefixes.push((from.to_owned(), to.to_owned()));
-        }
-        Ok(Arc::new(Console {
+    pub fn new(pdp: Arc<Pdp>, auth: Arc<Authenticator>, secure_cookies: bool) -> Arc<Console> {
+        Arc::new(Console {
             pdp,
             auth,
-            image_prefixes: prefixes,
             secure_cookies,
             throttle: guard::SignInThrottle::default(),
-        }))
-    }
-
-    /// The image URL a stored reference maps to, if it is (or maps to) http(s).
-    fn image_url(&self, reference: &str) -> Option<String> {
-        if reference.starts_with("https://") || reference.starts_with("http://") {
-            return Some(reference.to_owned());
-        }
-        self.image_prefixes.iter().find_map(|(from, to)| {
-            reference
-                .strip_prefix(from.as_str())
-                .map(|rest| format!("{to}{rest}"))
         })
     }
 }
@@ -196,10 +167,13 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/catalog", get(catalog::catalog))
         .route("/catalog/provider/{id}", post(catalog::set_listing))
         .route("/catalog/ai-feature/{id}", post(catalog::set_ai_filing))
+        .route("/review/bulk", post(review::bulk))
         .route(
             "/review/{kind}/{id}",
-            get(review::filing).post(review::verdict),
+            get(filing::filing).post(filing::verdict),
         )
+        .route("/review/{kind}/{id}/image", get(filing::image))
+        .route("/review/{kind}/{id}/claim", post(filing::claim))
         .route(
             "/static/console.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }),

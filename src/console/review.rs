@@ -1,12 +1,14 @@
-//! The reviewer's pages: the queue of pending anchors, drivers and rooms, each filing with its
-//! image, and the verdict form (PolicyAdmin/ReviewFiling behind the same roles).
+//! The reviewer's queue: pending anchors, drivers and rooms with thumbnails, searched, sorted
+//! and claimed, and bulk approval with one confirmation (each filing still its own verdict).
+//! One filing's page and its verdict are in `filing.rs`.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 
 use super::guard::StrictForm;
@@ -14,37 +16,120 @@ use super::page::{self, Lang};
 use super::session::Session;
 use super::{Access, Console, access, csrf_ok, may};
 use crate::domain::{
-    Kind, LogRecord, Millis, RecordBody, Registration, ReviewCommand, ReviewStatus, Verdict,
+    Kind, RecordBody, Registration, ReviewClaim, ReviewCommand, ReviewStatus, Verdict,
 };
 use crate::error::PdpError;
 use crate::service::Origin;
 
-const LIST: &str = "/anchorpdp.v1.PolicyAdmin/ListRegistrations";
-const REVIEW: &str = "/anchorpdp.v1.PolicyAdmin/ReviewFiling";
-const REVIEWED_KINDS: [Kind; 3] = [Kind::Anchor, Kind::Driver, Kind::Room];
+pub(super) const LIST: &str = "/anchorpdp.v1.PolicyAdmin/ListRegistrations";
+pub(super) const REVIEW: &str = "/anchorpdp.v1.PolicyAdmin/ReviewFiling";
+pub(super) const REVIEWED_KINDS: [Kind; 3] = [Kind::Anchor, Kind::Driver, Kind::Room];
 
-#[derive(serde::Deserialize)]
-pub struct QueueFilter {
-    #[serde(default)]
-    kind: String,
-    #[serde(default)]
-    merchant: String,
-    /// Which page of `QUEUE_PAGE` rows, from 0.
-    #[serde(default)]
-    page: usize,
+/// Rows per queue page.
+const QUEUE_PAGE: usize = 50;
+/// Filings one bulk approval may carry.
+const BULK_MAX: usize = QUEUE_PAGE;
+/// How long a claim holds: a reviewer's look at one filing, with room to spare.
+pub(super) const CLAIM_MS: i64 = 15 * 60_000;
+
+pub(super) fn kind_named(name: &str) -> Option<Kind> {
+    REVIEWED_KINDS.into_iter().find(|k| k.name() == name)
 }
 
-/// Rows per queue page: the oldest come first, and a reviewer works from the top.
-const QUEUE_PAGE: usize = 200;
-/// Changes a filing's history shows, and how many log records it looks through for them.
-const HISTORY_RECORDS: usize = 100;
-const HISTORY_SCAN: usize = 1_000_000;
-/// How far before a filing's creation its history is looked for: replicas' clocks differ
-/// by a little.
-const CLOCK_SLACK_MS: i64 = 60_000;
+/// Which filings the queue shows and in which order; carried from the queue to each filing
+/// (and through "& next") so that a reviewer works through the list they chose.
+#[derive(serde::Deserialize, Default, Clone)]
+pub struct QueueFilter {
+    /// One kind, or all when empty.
+    #[serde(default)]
+    pub kind: String,
+    /// Part of an id, a name or a merchant id (any case).
+    #[serde(default)]
+    pub q: String,
+    /// `oldest` (the default), `newest`, `name` or `merchant`.
+    #[serde(default)]
+    pub sort: String,
+}
 
-fn kind_named(name: &str) -> Option<Kind> {
-    REVIEWED_KINDS.into_iter().find(|k| k.name() == name)
+impl QueueFilter {
+    pub fn from_map(map: &HashMap<String, String>) -> QueueFilter {
+        let field = |name: &str| map.get(name).cloned().unwrap_or_default();
+        QueueFilter {
+            kind: field("kind"),
+            q: field("q"),
+            sort: field("sort"),
+        }
+    }
+
+    /// The filter as query pairs, empty ones left out.
+    pub fn pairs(&self) -> Vec<(&'static str, &str)> {
+        [("kind", &self.kind), ("q", &self.q), ("sort", &self.sort)]
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k, v.as_str()))
+            .collect()
+    }
+
+    /// `path` with the filter (and `extra`) as its query.
+    pub fn link(&self, path: &str, extra: &[(&str, &str)]) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in self.pairs().into_iter().chain(extra.iter().copied()) {
+            query.append_pair(k, v);
+        }
+        let query = query.finish();
+        if query.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{query}")
+        }
+    }
+
+    fn kinds(&self) -> Vec<Kind> {
+        match kind_named(&self.kind) {
+            Some(kind) => vec![kind],
+            None => REVIEWED_KINDS.to_vec(),
+        }
+    }
+
+    fn matches(&self, filing: &Registration) -> bool {
+        let q = self.q.trim().to_lowercase();
+        q.is_empty()
+            || filing.id.to_lowercase().contains(&q)
+            || display_name(&filing.body).to_lowercase().contains(&q)
+            || filing
+                .body
+                .owner()
+                .is_some_and(|o| o.to_lowercase().contains(&q))
+    }
+
+    /// The queue's order; ties broken by kind and id so that it is total.
+    pub fn compare(&self, a: &Registration, b: &Registration) -> Ordering {
+        let first = match self.sort.as_str() {
+            "newest" => b.created_at.cmp(&a.created_at),
+            "name" => display_name(&a.body)
+                .to_lowercase()
+                .cmp(&display_name(&b.body).to_lowercase()),
+            "merchant" => a
+                .body
+                .owner()
+                .cmp(&b.body.owner())
+                .then(a.created_at.cmp(&b.created_at)),
+            _ => a.created_at.cmp(&b.created_at),
+        };
+        first
+            .then(a.kind().name().cmp(b.kind().name()))
+            .then(a.id.cmp(&b.id))
+    }
+
+    /// Every pending filing the filter selects, in its order: read from the in-memory view
+    /// that decisions read (no disk reads, no decoding).
+    pub fn pending(&self, console: &Console) -> Vec<Registration> {
+        let keep =
+            |r: &Registration| r.review_status == ReviewStatus::PendingReview && self.matches(r);
+        let mut filings = filings(console, &self.kinds(), keep);
+        filings.sort_by(|a, b| self.compare(a, b));
+        filings
+    }
 }
 
 /// Every filing of `kinds` that `keep` accepts, oldest first: read from the in-memory view
@@ -61,92 +146,24 @@ pub(super) fn filings(
         .1
 }
 
-pub async fn queue(
-    State(console): State<Arc<Console>>,
-    headers: HeaderMap,
-    Query(filter): Query<QueueFilter>,
-) -> Response {
-    let lang = Lang::of(&headers);
-    let session = match access(&console, &headers, LIST).await {
-        Access::Granted(session) => session,
-        Access::Refused(response) => return response,
-    };
-    let kinds: Vec<Kind> = match kind_named(&filter.kind) {
-        Some(kind) => vec![kind],
-        None => REVIEWED_KINDS.to_vec(),
-    };
-    let merchant = filter.merchant.trim();
-    let pending = |r: &Registration| {
-        r.review_status == ReviewStatus::PendingReview
-            && (merchant.is_empty() || r.body.owner() == Some(merchant))
-    };
-    // Only the page shown is copied out of the view; the count is of all pending. A page past
-    // the end shows the last one.
-    let store = console.pdp.store();
-    let mut page_no = filter.page;
-    let (mut count, mut shown) = store.registrations_page(
-        &kinds,
-        pending,
-        page_no.saturating_mul(QUEUE_PAGE),
-        QUEUE_PAGE,
-    );
-    let pages = count.div_ceil(QUEUE_PAGE).max(1);
-    if page_no >= pages {
-        page_no = pages - 1;
-        (count, shown) =
-            store.registrations_page(&kinds, pending, page_no * QUEUE_PAGE, QUEUE_PAGE);
-    }
-    let link = |page: usize| {
-        form_urlencoded::Serializer::new(String::from("/review?"))
-            .append_pair("kind", &filter.kind)
-            .append_pair("merchant", &filter.merchant)
-            .append_pair("page", &page.to_string())
-            .finish()
-    };
-    let body = html! {
-        form.filter method="get" action="/review" {
-            label { (lang.t("kind")) " "
-                select name="kind" {
-                    option value="" { (lang.t("all")) }
-                    @for kind in REVIEWED_KINDS {
-                        option value=(kind.name()) selected[filter.kind == kind.name()] { (lang.t(kind.name())) }
-                    }
-                }
-            }
-            label { (lang.t("merchant")) " " input type="text" name="merchant" value=(filter.merchant); }
-            button type="submit" { (lang.t("filter")) }
-        }
-        p { (count) " " (lang.t("pending")) }
-        @if count == 0 {
-            (page::message(lang.t("empty_queue")))
-        } @else {
-            table.queue {
-                thead { tr { th { (lang.t("kind")) } th { (lang.t("id")) } th { (lang.t("owner")) } th { (lang.t("name")) } th { (lang.t("filed")) } } }
-                tbody {
-                    @for filing in shown {
-                        tr {
-                            td { (lang.t(filing.kind().name())) }
-                            td { a href=(format!("/review/{}/{}", filing.kind().name(), filing.id)) { (filing.id) } }
-                            td { (filing.body.owner().unwrap_or("")) }
-                            td { (display_name(&filing.body)) }
-                            td { (page::time(filing.created_at)) }
-                        }
-                    }
-                }
-            }
-            @if pages > 1 {
-                p.pages {
-                    @if page_no > 0 { a href=(link(page_no - 1)) { "←" } " " }
-                    (page_no + 1) " / " (pages)
-                    @if page_no + 1 < pages { " " a href=(link(page_no + 1)) { "→" } }
-                }
-            }
-        }
-    };
-    page::layout(lang, Some(&session), lang.t("review_queue"), body).into_response()
+pub(super) fn claim_key(filing: &Registration) -> String {
+    format!("{}/{}", filing.kind().name(), filing.id)
 }
 
-fn display_name(body: &RecordBody) -> &str {
+/// The claims in force now; none if they cannot be read (a claim only guides).
+pub(super) fn claims(console: &Console) -> HashMap<String, ReviewClaim> {
+    let now = console.pdp.now();
+    console
+        .pdp
+        .store()
+        .filing_claims(now)
+        .unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read review claims");
+            HashMap::new()
+        })
+}
+
+pub(super) fn display_name(body: &RecordBody) -> &str {
     match body {
         RecordBody::Anchor { display_name, .. }
         | RecordBody::Driver { display_name, .. }
@@ -157,204 +174,162 @@ fn display_name(body: &RecordBody) -> &str {
     }
 }
 
-/// A filing's history, newest first: each change the decision log holds for it (the filing,
-/// each revision, each verdict), found by the change its record carries. Only the log's
-/// records from the filing's creation on are read.
-fn history(console: &Console, filing: &Registration) -> Result<Vec<LogRecord>, PdpError> {
-    let change = format!("{} {} revision ", filing.kind().name(), filing.id);
-    let since = filing.created_at.saturating_sub(CLOCK_SLACK_MS);
-    console
-        .pdp
-        .store()
-        .newest_log(
-            since..=Millis::MAX,
-            &[&change],
-            |r| r.change.starts_with(&change),
-            HISTORY_RECORDS,
-            HISTORY_SCAN,
-        )
-        .map(|(records, _)| records)
-}
-
-/// The history table: when, what, who, the revision and state it led to, and the note.
-fn history_table(lang: Lang, filing: &Registration, records: &[LogRecord]) -> Markup {
-    let prefix = format!("{} {} ", filing.kind().name(), filing.id);
-    // Revision 1 is the filing itself: without it, retention took the earliest changes.
-    let whole = records
-        .last()
-        .is_some_and(|r| r.change.starts_with(&format!("{prefix}revision 1,")));
+/// A filing's thumbnail (anchors have images), served by the console.
+pub(super) fn thumbnail(filing: &Registration) -> Markup {
     html! {
-        h2 { (lang.t("history")) }
-        @if records.is_empty() {
-            p { (lang.t("history_none")) }
-        } @else {
-            table.log {
-                thead { tr {
-                    th { (lang.t("time")) } th { (lang.t("action")) } th { (lang.t("caller")) }
-                    th { (lang.t("change")) } th { (lang.t("note")) }
-                } }
-                tbody {
-                    @for r in records {
-                        tr {
-                            td { (page::time(r.at)) }
-                            td { (r.action) " · " (r.entry_point) }
-                            td { (r.caller) }
-                            td { (r.change.strip_prefix(prefix.as_str()).unwrap_or(&r.change)) }
-                            td { @if let Some(note) = r.request.get("note").and_then(|n| n.as_str()) { (note) } }
-                        }
-                    }
-                }
-            }
-            @if !whole { p { (lang.t("history_partial")) } }
+        @if filing.kind() == Kind::Anchor {
+            img.thumb src=(format!("/review/anchor/{}/image", filing.id)) alt="" loading="lazy" width="56" height="56";
         }
     }
 }
 
-/// A filing's fields, its image, its review history and the verdict form.
-fn filing_page(
-    console: &Console,
-    lang: Lang,
-    session: &Session,
-    filing: &Registration,
-    notice: Option<&str>,
-    kept_note: &str,
-) -> Markup {
-    let csrf = session.csrf.as_str();
-    // Only the verdicts this filing's state takes, and only for a role that may give them.
-    let verdicts: &[(&str, &str)] = if !may(session, REVIEW) {
-        &[]
-    } else {
-        match filing.review_status {
-            ReviewStatus::PendingReview => &[("approve", "approve"), ("reject", "reject")],
-            ReviewStatus::Approved => &[("revoke", "revoke")],
-            _ => &[],
-        }
-    };
-    let history = history(console, filing);
-    let verdict_at = |v: Verdict| match v {
-        Verdict::Approve => lang.t("approve"),
-        Verdict::Reject => lang.t("reject"),
-        Verdict::Revoke => lang.t("revoke"),
-    };
+/// "claimed by X" for a claim held by another, "claimed by you" for one's own.
+pub(super) fn claim_badge(lang: Lang, session: &Session, claim: Option<&ReviewClaim>) -> Markup {
     html! {
-        @if let Some(notice) = notice { p.notice { (notice) } }
-        dl {
-            dt { (lang.t("kind")) } dd { (lang.t(filing.kind().name())) }
-            dt { (lang.t("id")) } dd { (filing.id) }
-            dt { (lang.t("name")) } dd { (display_name(&filing.body)) }
-            dt { (lang.t("owner")) } dd { (filing.body.owner().unwrap_or("")) }
-            @match &filing.body {
-                RecordBody::Anchor { provider_id, image_style, image_reference, .. } => {
-                    dt { (lang.t("provider")) }
-                    dd {
-                        (provider_id) " — "
-                        @match console.pdp.get_registration(Kind::Provider, provider_id).ok().and_then(|p| p.provider_listing) {
-                            Some(listing) if listing.listed => { (lang.t("listed")) }
-                            _ => { (lang.t("not_listed")) }
-                        }
-                    }
-                    dt { (lang.t("image_style")) } dd { (lang.value(image_style.policy_name())) }
-                    dt { (lang.t("image")) }
-                    dd {
-                        @match console.image_url(image_reference) {
-                            Some(url) => { img.anchor src=(url) alt=(image_reference); br; code { (image_reference) } }
-                            None => { code { (image_reference) } " — " (lang.t("no_image")) }
-                        }
-                    }
-                }
-                RecordBody::Driver { identity_reference, .. } => {
-                    dt { (lang.t("identity")) } dd { code { (identity_reference) } }
-                }
-                _ => {}
+        @if let Some(claim) = claim {
+            @if claim.by == session.caller_name() {
+                span.claim.mine { (lang.t("claimed_by_you")) }
+            } @else {
+                span.claim { (lang.t("claimed_by")) " " (claim.by) }
             }
-            dt { (lang.t("filed")) } dd { (page::time(filing.created_at)) }
-            dt { (lang.t("state")) } dd { (lang.value(filing.review_status.policy_name())) }
-            dt { (lang.t("revision")) } dd { (filing.revision) }
-            dt { (lang.t("last_verdict")) }
-            dd {
-                @match &filing.last_review {
-                    Some(review) => {
-                        (verdict_at(review.verdict)) " — " (review.reviewer) ", " (page::time(review.reviewed_at))
-                        @if !review.note.is_empty() { " — " q { (review.note) } }
-                    }
-                    None => { (lang.t("none_yet")) }
-                }
-            }
-        }
-        @if !verdicts.is_empty() {
-            form.verdict method="post" action=(format!("/review/{}/{}", filing.kind().name(), filing.id)) {
-                input type="hidden" name="csrf" value=(csrf);
-                input type="hidden" name="expected_revision" value=(filing.revision);
-                fieldset {
-                    legend { (lang.t("verdict")) }
-                    @for (value, key) in verdicts {
-                        label { input type="radio" name="verdict" value=(value) required; " " (lang.t(key)) }
-                    }
-                }
-                label { (lang.t("note")) textarea name="note" maxlength="512" { (kept_note) } }
-                @if filing.review_status == ReviewStatus::PendingReview {
-                    label { (lang.t("expires")) input type="datetime-local" name="expires"; }
-                }
-                button type="submit" { (lang.t("submit")) }
-            }
-        }
-        @match &history {
-            Ok(records) => { (history_table(lang, filing, records)) }
-            Err(e) => { h2 { (lang.t("history")) } p.notice { (lang.t("history_unreadable")) " " (e) } }
         }
     }
 }
 
-pub async fn filing(
+#[derive(serde::Deserialize)]
+pub struct QueueQuery {
+    #[serde(flatten)]
+    filter: QueueFilter,
+    /// Which page of `QUEUE_PAGE` rows, from 0.
+    #[serde(default)]
+    page: usize,
+    /// The filing a fast-path verdict was given on when no filing came after it.
+    #[serde(default)]
+    done: String,
+}
+
+pub async fn queue(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
-    Path((kind, id)): Path<(String, String)>,
-    Query(query): Query<HashMap<String, String>>,
+    Query(query): Query<QueueQuery>,
 ) -> Response {
     let lang = Lang::of(&headers);
     let session = match access(&console, &headers, LIST).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
-    let Some(kind) = kind_named(&kind) else {
-        return (StatusCode::NOT_FOUND, "no such kind of filing").into_response();
+    let filter = &query.filter;
+    let pending = filter.pending(&console);
+    let claims = claims(&console);
+    let pages = pending.len().div_ceil(QUEUE_PAGE).max(1);
+    // A page past the end shows the last one.
+    let page_no = query.page.min(pages - 1);
+    let shown = &pending[(page_no * QUEUE_PAGE).min(pending.len())
+        ..((page_no + 1) * QUEUE_PAGE).min(pending.len())];
+    let page_link = |page: usize| filter.link("/review", &[("page", &page.to_string())]);
+    let bulk = may(&session, REVIEW);
+    // The first filing not claimed by another: where "start" (and the j key) leads.
+    let start = pending.iter().find(|f| {
+        claims
+            .get(&claim_key(f))
+            .is_none_or(|c| c.by == session.caller_name())
+    });
+    let body = html! {
+        @if !query.done.is_empty() { p.notice role="status" { (super::filing::done_notice(&console, lang, &query.done)) " " (lang.t("queue_done")) } }
+        form.filter method="get" action="/review" {
+            label { (lang.t("kind"))
+                select name="kind" {
+                    option value="" { (lang.t("all")) }
+                    @for kind in REVIEWED_KINDS {
+                        option value=(kind.name()) selected[filter.kind == kind.name()] { (lang.t(kind.name())) }
+                    }
+                }
+            }
+            label { (lang.t("search")) input type="search" name="q" value=(filter.q) placeholder=(lang.t("search_hint")); }
+            label { (lang.t("sort"))
+                select name="sort" {
+                    @for (value, key) in [("oldest", "sort_oldest"), ("newest", "sort_newest"), ("name", "sort_name"), ("merchant", "sort_merchant")] {
+                        option value=(value) selected[filter.sort == value || (filter.sort.is_empty() && value == "oldest")] { (lang.t(key)) }
+                    }
+                }
+            }
+            button type="submit" { (lang.t("filter")) }
+        }
+        p {
+            (pending.len()) " " (lang.t("pending"))
+            @if let Some(first) = start {
+                " · " a.start data-key="j" href=(filter.link(&format!("/review/{}/{}", first.kind().name(), first.id), &[])) { (lang.t("start_reviewing")) " (j)" }
+            }
+        }
+        @if pending.is_empty() {
+            (page::message(lang.t("empty_queue")))
+        } @else {
+            form.bulk method="post" action="/review/bulk" {
+                input type="hidden" name="csrf" value=(session.csrf);
+                div.scroll {
+                    table.queue {
+                        thead { tr {
+                            @if bulk { th { input type="checkbox" id="pick-all" title=(lang.t("select_page")); } }
+                            th { (lang.t("image")) } th { (lang.t("kind")) } th { (lang.t("id")) } th { (lang.t("owner")) }
+                            th { (lang.t("name")) } th { (lang.t("filed")) } th { (lang.t("claim")) }
+                        } }
+                        tbody {
+                            @for filing in shown {
+                                tr {
+                                    @if bulk {
+                                        td { input type="checkbox" class="pick" name=(format!("pick.{}", claim_key(filing))) value=(filing.revision) aria-label=(filing.id); }
+                                    }
+                                    td { (thumbnail(filing)) }
+                                    td { (lang.t(filing.kind().name())) }
+                                    td { a href=(filter.link(&format!("/review/{}/{}", filing.kind().name(), filing.id), &[])) { (filing.id) } }
+                                    td { (filing.body.owner().unwrap_or("")) }
+                                    td { (display_name(&filing.body)) }
+                                    td { (page::time(filing.created_at)) }
+                                    td { (claim_badge(lang, &session, claims.get(&claim_key(filing)))) }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if bulk { button type="submit" { (lang.t("approve_selected")) } }
+            }
+            @if pages > 1 {
+                p.pages {
+                    @if page_no > 0 { a href=(page_link(0)) { "« " (lang.t("first_page")) } " " a href=(page_link(page_no - 1)) { "← " (lang.t("previous")) } " " }
+                    (page_no + 1) " / " (pages)
+                    @if page_no + 1 < pages { " " a href=(page_link(page_no + 1)) { (lang.t("next")) " →" } " " a href=(page_link(pages - 1)) { (lang.t("last_page")) " »" } }
+                }
+            }
+        }
     };
-    let filing = match console.pdp.get_registration(kind, &id) {
-        Ok(filing) => filing,
-        Err(PdpError::NotFound(e)) => return (StatusCode::NOT_FOUND, e).into_response(),
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-    };
-    let notice = query.contains_key("recorded").then(|| lang.t("recorded"));
-    let body = filing_page(&console, lang, &session, &filing, notice, "");
-    page::layout(
-        lang,
-        Some(&session),
-        &format!("{} {}", lang.t(kind.name()), filing.id),
-        body,
-    )
-    .into_response()
+    page::layout(lang, Some(&session), lang.t("review_queue"), body).into_response()
 }
 
-/// `2026-12-01T09:30` (a datetime-local field, read as UTC) in Unix milliseconds.
-pub(super) fn parse_expiry(value: &str) -> Result<Option<i64>, String> {
-    let value = value.trim();
-    if value.is_empty() {
-        return Ok(None);
+/// The filings a bulk form picked: `pick.<kind>/<id>` = the revision seen.
+fn picked(form: &HashMap<String, String>) -> Result<Vec<(Kind, String, u64)>, String> {
+    let mut picks = Vec::new();
+    for (name, value) in form {
+        let Some(filing) = name.strip_prefix("pick.") else {
+            continue;
+        };
+        let (kind, id) = filing
+            .split_once('/')
+            .and_then(|(kind, id)| Some((kind_named(kind)?, id)))
+            .ok_or_else(|| format!("{name}: not a filing"))?;
+        let revision = value
+            .parse()
+            .map_err(|_| format!("{name}: the revision is not a number"))?;
+        picks.push((kind, id.to_owned(), revision));
     }
-    humantime::parse_rfc3339_weak(&format!("{}:00Z", value.replace('T', " ")))
-        .or_else(|_| humantime::parse_rfc3339_weak(&format!("{}Z", value.replace('T', " "))))
-        .map_err(|e| format!("expires: {e}"))
-        .and_then(|t| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map_err(|e| format!("expires: {e}"))
-        })
-        .map(|d| Some(d.as_millis() as i64))
+    picks.sort();
+    Ok(picks)
 }
 
-pub async fn verdict(
+/// Bulk approval: the first post shows what was picked and asks once; the confirmed post
+/// approves each filing as its own verdict, at the revision the reviewer saw.
+pub async fn bulk(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
-    Path((kind, id)): Path<(String, String)>,
     StrictForm(form): StrictForm,
 ) -> Response {
     let lang = Lang::of(&headers);
@@ -362,94 +337,159 @@ pub async fn verdict(
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
-    let Some(kind) = kind_named(&kind) else {
-        return (StatusCode::NOT_FOUND, "no such kind of filing").into_response();
-    };
-    let note = form.get("note").cloned().unwrap_or_default();
-    // The filing's page as it is now, with `notice` and the typed note kept.
-    let filing_again = |status: StatusCode, notice: &str| {
-        let filing = console.pdp.get_registration(kind, &id)?;
-        Ok::<_, PdpError>(
-            (
-                status,
-                page::layout(
-                    lang,
-                    Some(&session),
-                    &format!("{} {}", lang.t(kind.name()), filing.id),
-                    filing_page(&console, lang, &session, &filing, Some(notice), &note),
-                ),
-            )
-                .into_response(),
+    let refused = |status: StatusCode, why: &str| {
+        (
+            status,
+            page::layout(
+                lang,
+                Some(&session),
+                lang.t("approve_selected"),
+                html! { p.notice { (lang.t("verdict_not_recorded")) " " (why) } p { a href="/review" { (lang.t("review_queue")) } } },
+            ),
         )
-    };
-    // A verdict not recorded comes back as the filing's page, saying why.
-    let not_recorded = |status: StatusCode, why: &str| {
-        filing_again(status, &format!("{} {why}", lang.t("verdict_not_recorded")))
-            .unwrap_or_else(|e| (status, format!("{why} ({e})")).into_response())
+            .into_response()
     };
     if !csrf_ok(&session, &form) {
-        // A form from before a second sign-in: nothing changes, the note is kept.
-        return not_recorded(StatusCode::FORBIDDEN, lang.t("form_expired"));
+        return refused(StatusCode::FORBIDDEN, lang.t("form_expired"));
     }
-    let verdict = match form.get("verdict").map(String::as_str) {
-        Some("approve") => Verdict::Approve,
-        Some("reject") => Verdict::Reject,
-        Some("revoke") => Verdict::Revoke,
-        _ => {
-            return not_recorded(
-                StatusCode::BAD_REQUEST,
-                "verdict: approve, reject or revoke",
-            );
+    let picks = match picked(&form) {
+        Ok(picks) if picks.is_empty() => {
+            return refused(StatusCode::BAD_REQUEST, lang.t("none_selected"));
         }
+        Ok(picks) if picks.len() > BULK_MAX => {
+            return refused(StatusCode::BAD_REQUEST, &format!("at most {BULK_MAX}"));
+        }
+        Ok(picks) => picks,
+        Err(e) => return refused(StatusCode::BAD_REQUEST, &e),
     };
+    let note = form.get("note").cloned().unwrap_or_default();
     if note.len() > 512 {
-        return not_recorded(StatusCode::BAD_REQUEST, "note: at most 512 bytes");
+        return refused(StatusCode::BAD_REQUEST, "note: at most 512 bytes");
     }
-    let expected_revision = match form.get("expected_revision").map(|r| r.parse::<u64>()) {
-        Some(Ok(revision)) => Some(revision),
-        Some(Err(_)) => {
-            return not_recorded(StatusCode::BAD_REQUEST, "expected_revision: a number");
-        }
-        None => None,
-    };
-    let approval_expires_at = match parse_expiry(form.get("expires").map_or("", String::as_str)) {
-        Ok(at) => at,
-        Err(e) => return not_recorded(StatusCode::BAD_REQUEST, &e),
-    };
-    let command = ReviewCommand {
-        kind,
-        id: id.clone(),
-        verdict,
-        reviewer: session.caller.name.clone(),
-        note: note.clone(),
-        expected_revision,
-        approval_expires_at,
-    };
-    let origin = Origin {
-        request_id: None,
-        entry_point: "console",
-        gateway_id: String::new(),
-        caller: session.caller_name(),
-        request: serde_json::json!({
-            "kind": kind.name(),
-            "id": id,
-            "verdict": form.get("verdict"),
-            "note": note,
-            "expected_revision": expected_revision,
-            "approval_expires_at": approval_expires_at,
-        }),
-    };
-    match console.pdp.review(&origin, &command).await {
-        Ok(_) => Redirect::to(&format!("/review/{}/{}?recorded", kind.name(), id)).into_response(),
-        Err(PdpError::Aborted(_)) => {
-            // Someone else's verdict or change landed first: show the filing as it is now.
-            filing_again(StatusCode::CONFLICT, lang.t("conflict"))
-                .unwrap_or_else(|e| (StatusCode::CONFLICT, e.to_string()).into_response())
-        }
-        Err(PdpError::NotFound(e)) => (StatusCode::NOT_FOUND, e).into_response(),
-        Err(e @ (PdpError::InvalidArgument { .. } | PdpError::FailedPrecondition(_))) => {
-            not_recorded(StatusCode::BAD_REQUEST, &e.to_string())
-        }
-        Err(e) => not_recorded(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    if form.get("confirm").map(String::as_str) != Some("yes") {
+        return confirm_page(&console, lang, &session, &picks)
+            .await
+            .into_response();
     }
+    let mut outcomes = Vec::with_capacity(picks.len());
+    for (kind, id, revision) in &picks {
+        let command = ReviewCommand {
+            kind: *kind,
+            id: id.clone(),
+            verdict: Verdict::Approve,
+            reviewer: session.caller.name.clone(),
+            note: note.clone(),
+            expected_revision: Some(*revision),
+            approval_expires_at: None,
+            seen_image_sha256: form.get(&format!("sha.{}/{id}", kind.name())).cloned(),
+            image: None,
+        };
+        let origin = Origin {
+            request_id: None,
+            entry_point: "console",
+            gateway_id: String::new(),
+            caller: session.caller_name(),
+            request: serde_json::json!({
+                "kind": kind.name(),
+                "id": id,
+                "verdict": "approve",
+                "note": note,
+                "expected_revision": revision,
+                "bulk": picks.len(),
+            }),
+        };
+        let outcome = match console.pdp.review(&origin, &command).await {
+            Ok(filing) => Ok(filing.revision),
+            Err(PdpError::Aborted(why)) => Err(format!("{} {why}", lang.t("conflict"))),
+            Err(e) => Err(e.to_string()),
+        };
+        outcomes.push((*kind, id.clone(), outcome));
+    }
+    let approved = outcomes.iter().filter(|(_, _, o)| o.is_ok()).count();
+    let status = if approved == outcomes.len() {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
+    let body = html! {
+        p.notice { (approved) " / " (outcomes.len()) " " (lang.t("bulk_approved")) }
+        div.scroll {
+            table.queue {
+                thead { tr { th { (lang.t("kind")) } th { (lang.t("id")) } th { (lang.t("outcome")) } } }
+                tbody {
+                    @for (kind, id, outcome) in &outcomes {
+                        tr {
+                            td { (lang.t(kind.name())) }
+                            td { a href=(format!("/review/{}/{id}", kind.name())) { (id) } }
+                            td {
+                                @match outcome {
+                                    Ok(revision) => { (lang.value("APPROVED")) " · " (lang.t("revision")) " " (revision) }
+                                    Err(why) => { span.error { (lang.t("verdict_not_recorded")) " " (why) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        p { a data-key="j" href="/review" { (lang.t("review_queue")) " (j)" } }
+    };
+    (
+        status,
+        page::layout(lang, Some(&session), lang.t("approve_selected"), body),
+    )
+        .into_response()
+}
+
+/// The one confirmation of a bulk approval: what will be approved, each with its image (and
+/// that image's hash, so that an image changed before the confirmation is not approved).
+async fn confirm_page(
+    console: &Console,
+    lang: Lang,
+    session: &Session,
+    picks: &[(Kind, String, u64)],
+) -> Markup {
+    let mut filings = Vec::with_capacity(picks.len());
+    for pick in picks {
+        let filing = console.pdp.get_registration(pick.0, &pick.1).ok();
+        let seen = match &filing {
+            Some(filing) => super::filing::image_of(console, filing)
+                .await
+                .and_then(Result::ok)
+                .map(|image| image.sha256.clone()),
+            None => None,
+        };
+        filings.push((filing, seen, pick));
+    }
+    let body = html! {
+        p.notice { (lang.t("bulk_confirm")) " " (picks.len()) }
+        form.bulk method="post" action="/review/bulk" {
+            input type="hidden" name="csrf" value=(session.csrf);
+            input type="hidden" name="confirm" value="yes";
+            div.scroll {
+                table.queue {
+                    thead { tr { th { (lang.t("image")) } th { (lang.t("kind")) } th { (lang.t("id")) } th { (lang.t("owner")) } th { (lang.t("name")) } } }
+                    tbody {
+                        @for (filing, seen, (kind, id, revision)) in &filings {
+                            tr {
+                                td {
+                                    input type="hidden" name=(format!("pick.{}/{id}", kind.name())) value=(revision);
+                                    @if let Some(sha) = seen { input type="hidden" name=(format!("sha.{}/{id}", kind.name())) value=(sha); }
+                                    @if let Some(filing) = filing { (thumbnail(filing)) }
+                                }
+                                td { (lang.t(kind.name())) }
+                                td { (id) }
+                                td { @if let Some(f) = filing { (f.body.owner().unwrap_or("")) } }
+                                td { @if let Some(f) = filing { (display_name(&f.body)) } }
+                            }
+                        }
+                    }
+                }
+            }
+            label { (lang.t("note")) textarea name="note" maxlength="512" rows="2" {} }
+            button type="submit" autofocus { (lang.t("bulk_confirm_button")) " (" (picks.len()) ")" }
+            " " a href="/review" { (lang.t("cancel")) }
+        }
+    };
+    page::layout(lang, Some(session), lang.t("approve_selected"), body)
 }

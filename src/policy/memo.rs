@@ -134,6 +134,7 @@ mod tests {
                     2 => Some(T + 1),
                     _ => None,
                 },
+                image_sha256: None,
             }),
             created_at: 0,
             updated_at: 0,

@@ -158,13 +158,18 @@ pub async fn open(args: &ServeArgs, clock: Arc<dyn Clock>) -> Result<Arc<Pdp>, S
         args.decision_log_queue,
         args.decision_log_overflow,
     );
-    Ok(Arc::new(Pdp::new(
-        store,
-        Arc::new(policies),
-        clock,
-        Duration::from_secs(args.recheck_secs),
-        log,
-    )))
+    let images = crate::images::ImageSource::new(&args.console_image_prefixes)
+        .map_err(StartError::Console)?;
+    Ok(Arc::new(
+        Pdp::new(
+            store,
+            Arc::new(policies),
+            clock,
+            Duration::from_secs(args.recheck_secs),
+            log,
+        )
+        .with_images(images),
+    ))
 }
 
 /// The policy directory to serve, and how to name it in the log: `--policies` when given or
@@ -294,18 +299,18 @@ pub async fn serve(
             listener.local_addr().map_err(StartError::Hooks)?,
             listener,
             console_tls(args)?,
-            crate::console::Console::new(
-                pdp.clone(),
-                auth.clone(),
-                &args.console_image_prefixes,
-                args.tls_cert.is_some(),
-            )
-            .map_err(StartError::Console)?,
+            crate::console::Console::new(pdp.clone(), auth.clone(), args.tls_cert.is_some()),
             args.hook_limits(),
             stop_when(stopped.clone()),
         ))),
         None => None,
     };
+    let image_check = pdp.images().is_some().then(|| {
+        tokio::spawn(crate::service::image_check::run(
+            pdp.clone(),
+            Duration::from_secs(args.image_recheck_secs),
+        ))
+    });
     let dropper = (!controls.is_empty())
         .then(|| tokio::spawn(crate::gateway::nginx_control::run(pdp.clone(), controls)));
     let signal = tokio::spawn(async move {
@@ -351,6 +356,9 @@ pub async fn serve(
         && let Err(e) = console.await
     {
         tracing::error!(error = %e, "console listener task failed");
+    }
+    if let Some(image_check) = image_check {
+        image_check.abort();
     }
     if let Some(dropper) = dropper {
         dropper.abort();

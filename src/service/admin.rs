@@ -4,8 +4,8 @@
 
 use super::{Origin, Pdp};
 use crate::domain::{
-    Account, Discovery, Enforced, Kind, MerchantScope, Millis, Penalty, RecordBody, Registration,
-    ReviewCommand, Session, SessionState, Trigger, Verdict, WriteOutcome,
+    Account, Discovery, Enforced, ImageBinding, Kind, MerchantScope, Millis, Penalty, RecordBody,
+    Registration, ReviewCommand, Session, SessionState, Trigger, Verdict, WriteOutcome,
 };
 use crate::error::PdpError;
 use crate::policy::Violation;
@@ -175,7 +175,9 @@ impl Pdp {
         origin: &Origin,
         cmd: &ReviewCommand,
     ) -> Result<Registration, PdpError> {
-        let cmd = &reviewed_by_caller(origin, cmd);
+        let mut cmd = reviewed_by_caller(origin, cmd);
+        cmd.image = self.image_to_approve(&cmd).await?;
+        let cmd = &cmd;
         let now = self.now();
         let record_id = super::new_id();
         let record =
@@ -195,6 +197,99 @@ impl Pdp {
                 .await;
         }
         Ok(answer.value)
+    }
+
+    /// The image an approval of an anchor binds to: fetched now, and refused (ABORTED) if the
+    /// reviewer saw other bytes. None for other verdicts and kinds, and when no images are
+    /// fetched. An approval whose image cannot be fetched is not given (fail closed).
+    async fn image_to_approve(
+        &self,
+        cmd: &ReviewCommand,
+    ) -> Result<Option<ImageBinding>, PdpError> {
+        if cmd.verdict != Verdict::Approve || cmd.kind != Kind::Anchor {
+            return Ok(None);
+        }
+        let Some(images) = &self.images else {
+            return match cmd.seen_image_sha256 {
+                Some(_) => Err(PdpError::FailedPrecondition(
+                    "image_sha256: this server fetches no images (no --console-image-prefix)"
+                        .into(),
+                )),
+                None => Ok(None),
+            };
+        };
+        let reference = match self.store.get_registration(Kind::Anchor, &cmd.id)? {
+            Some(Registration {
+                body: RecordBody::Anchor {
+                    image_reference, ..
+                },
+                ..
+            }) => image_reference,
+            // apply_review answers for a missing filing.
+            _ => return Ok(None),
+        };
+        let image = images.fetch(&reference).await.map_err(|e| {
+            PdpError::FailedPrecondition(format!(
+                "anchor {}: its image cannot be checked, so it is not approved: {e}",
+                cmd.id
+            ))
+        })?;
+        if let Some(seen) = &cmd.seen_image_sha256
+            && *seen != image.sha256
+        {
+            return Err(PdpError::Aborted(format!(
+                "anchor {}: the image changed since it was shown (sha256 {seen}, now {})",
+                cmd.id, image.sha256
+            )));
+        }
+        Ok(Some(ImageBinding {
+            reference,
+            sha256: image.sha256.clone(),
+        }))
+    }
+
+    /// An approved anchor's image at `reference` was fetched and hashed to `seen_sha256`: if
+    /// the approval is bound to other bytes, the anchor goes back to review and its live
+    /// sessions are re-checked. True if it went back.
+    pub async fn image_seen(
+        &self,
+        id: &str,
+        reference: &str,
+        seen_sha256: &str,
+    ) -> Result<bool, PdpError> {
+        let now = self.now();
+        let record_id = super::new_id();
+        let origin = Origin {
+            request_id: None,
+            entry_point: "image-check",
+            gateway_id: String::new(),
+            caller: "anchor-pdp".into(),
+            request: serde_json::json!({
+                "id": id,
+                "image_reference": reference,
+                "image_sha256": seen_sha256,
+                "note": "the image changed since it was approved",
+            }),
+        };
+        let record = |r: &Registration| {
+            self.registration_record(&origin, "ImageChanged", now, &record_id, r)
+        };
+        let outcome = self
+            .store
+            .image_changed(id, reference, seen_sha256, now, &record)
+            .await?;
+        if outcome.changed {
+            metrics::counter!("anchor_pdp_images_changed_total").increment(1);
+            tracing::warn!(
+                anchor = id,
+                reference,
+                seen_sha256,
+                "an approved image changed: back to review"
+            );
+            self.recheck_sessions_using(Kind::Anchor, id, "a changed anchor image", &record_id)
+                .await;
+        }
+        Ok(outcome.changed)
     }
 
     pub async fn set_provider_listing(
@@ -550,6 +645,8 @@ mod tests {
             note: note.into(),
             expected_revision: None,
             approval_expires_at: None,
+            seen_image_sha256: None,
+            image: None,
         };
         for (reviewer, note, kept) in [
             ("ops-1", "", ""),

@@ -7,6 +7,7 @@
 //! Either way the record is durable before the answer leaves.
 
 mod admin;
+pub mod image_check;
 mod published_policy;
 mod record;
 mod sweep;
@@ -140,6 +141,8 @@ pub struct Pdp {
     /// up to this long between a decision and its commit, where a racing write can land.
     /// Unset in production; the guards must hold either way.
     commit_delay: Option<Duration>,
+    /// Where anchor images are fetched from, if anywhere: approvals bind to their hash.
+    images: Option<Arc<crate::images::ImageSource>>,
 }
 
 /// Counts a penalty an enforcement applied.
@@ -188,7 +191,18 @@ impl Pdp {
             recheck_after,
             log,
             commit_delay,
+            images: None,
         }
+    }
+
+    /// Fetches anchor images from `images`: approvals bind to their SHA-256.
+    pub fn with_images(mut self, images: Option<Arc<crate::images::ImageSource>>) -> Self {
+        self.images = images;
+        self
+    }
+
+    pub fn images(&self) -> Option<&Arc<crate::images::ImageSource>> {
+        self.images.as_ref()
     }
 
     /// The injected pause between a decision and its commit, if any (see `commit_delay`).

@@ -8,9 +8,11 @@
 //! hash>/<expires at>/<hash>`). Sign-ins stored before the indexes are indexed by the first
 //! sign-in after them (`console-indexed` then says so).
 
+use std::collections::HashMap;
+
 use super::Store;
-use super::tx::{console_key, tx_put};
-use crate::domain::{ConsoleSignIn, Millis};
+use super::tx::{console_key, tx_get, tx_put};
+use crate::domain::{ConsoleSignIn, Kind, Millis, ReviewClaim};
 use crate::error::PdpError;
 
 /// Expired sign-ins removed per sign-in, at most: the clean-up stays small.
@@ -20,6 +22,12 @@ pub const SESSIONS_PER_CREDENTIAL: usize = 5;
 const BY_EXPIRY: &str = "console-exp/";
 const BY_CREDENTIAL: &str = "console-by/";
 const INDEXED: &str = "console-indexed";
+/// Reviewers' claims, `claim/<kind>/<id>`.
+const CLAIMS: &str = "claim/";
+
+fn claim_key(kind: Kind, id: &str) -> String {
+    format!("{CLAIMS}{}/{id}", kind.name())
+}
 
 fn credential_hash(credential: &str) -> String {
     crate::domain::sha256_hex(credential)
@@ -184,9 +192,143 @@ impl Store {
     }
 }
 
+/// Who claimed a filing, when refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claimed {
+    /// The claim now in force is the caller's.
+    Yours(ReviewClaim),
+    /// Someone else's claim is in force.
+    Theirs(ReviewClaim),
+}
+
+impl Store {
+    /// Claims a filing for `by` until `until`, unless another's claim is in force at `now`.
+    /// Claims that lapsed are removed with it (a batch at most).
+    pub async fn claim_filing(
+        &self,
+        kind: Kind,
+        id: &str,
+        by: &str,
+        until: Millis,
+        now: Millis,
+    ) -> Result<Claimed, PdpError> {
+        let lapsed: Vec<String> = self
+            .scan(CLAIMS, "claim0", usize::MAX)?
+            .into_iter()
+            .filter(|(key, bytes)| {
+                super::tx::decode::<ReviewClaim>(key, bytes).map_or(true, |c| c.until <= now)
+            })
+            .map(|(key, _)| key)
+            .take(PRUNE_BATCH)
+            .collect();
+        let key = claim_key(kind, id);
+        let claim = ReviewClaim {
+            by: by.to_owned(),
+            until,
+        };
+        self.transact(&|tx| {
+            if let Some(held) = tx_get::<ReviewClaim>(tx, &key)?
+                && held.until > now
+                && held.by != by
+            {
+                return Ok(Claimed::Theirs(held));
+            }
+            for old in lapsed.iter().filter(|old| **old != key) {
+                tx.remove(old)?;
+            }
+            tx_put(tx, &key, &claim)?;
+            Ok(Claimed::Yours(claim.clone()))
+        })
+        .await
+    }
+
+    /// The claims in force at `now`, by `kind/id`.
+    pub fn filing_claims(&self, now: Millis) -> Result<HashMap<String, ReviewClaim>, PdpError> {
+        let mut claims = HashMap::new();
+        for (key, bytes) in self.scan(CLAIMS, "claim0", usize::MAX)? {
+            let claim: ReviewClaim = super::tx::decode(&key, &bytes)?;
+            if claim.until > now {
+                claims.insert(key[CLAIMS.len()..].to_owned(), claim);
+            }
+        }
+        Ok(claims)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claim_holds_against_others_until_it_lapses() {
+        let temp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&temp.path().join("data")).unwrap_or_else(|e| panic!("{e}"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let claim = |id: &str, by: &str, until, now| {
+            runtime
+                .block_on(store.claim_filing(Kind::Anchor, id, by, until, now))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let mine = |by: &str, until| ReviewClaim {
+            by: by.into(),
+            until,
+        };
+        assert_eq!(
+            claim("a1", "rev-1", 100, 0),
+            Claimed::Yours(mine("rev-1", 100))
+        );
+        assert_eq!(
+            claim("a1", "rev-2", 150, 50),
+            Claimed::Theirs(mine("rev-1", 100))
+        );
+        assert_eq!(
+            claim("a1", "rev-1", 160, 60),
+            Claimed::Yours(mine("rev-1", 160)),
+            "renewed"
+        );
+        assert_eq!(
+            claim("a2", "rev-2", 120, 60),
+            Claimed::Yours(mine("rev-2", 120))
+        );
+        let in_force = |now| {
+            let mut claims: Vec<(String, String)> = store
+                .filing_claims(now)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_iter()
+                .map(|(filing, c)| (filing, c.by))
+                .collect();
+            claims.sort();
+            claims
+        };
+        assert_eq!(
+            in_force(100),
+            [
+                ("anchor/a1".into(), "rev-1".into()),
+                ("anchor/a2".into(), "rev-2".into())
+            ]
+        );
+        assert_eq!(in_force(130), [("anchor/a1".into(), "rev-1".into())]);
+        // A lapsed claim is another's to take, and is pruned by the next claim.
+        assert_eq!(
+            claim("a1", "rev-2", 300, 200),
+            Claimed::Yours(mine("rev-2", 300))
+        );
+        assert_eq!(
+            claim("a3", "rev-1", 400, 200),
+            Claimed::Yours(mine("rev-1", 400))
+        );
+        assert_eq!(
+            store
+                .scan(CLAIMS, "claim0", usize::MAX)
+                .map(|keys| keys.len())
+                .ok(),
+            Some(2),
+            "a2's lapsed claim is gone"
+        );
+    }
 
     #[test]
     fn a_sign_in_removes_those_expired_and_keeps_the_rest() {

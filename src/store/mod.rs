@@ -15,6 +15,7 @@
 
 mod backup;
 mod console;
+pub use console::Claimed;
 mod disk;
 mod etcd_store;
 mod fault;
@@ -580,6 +581,28 @@ impl Store {
             Ok(outcome)
         })
         .await
+    }
+
+    /// An approved anchor's image seen with `seen_sha256` at `reference`: back to review if
+    /// that is not the image approved (`domain::apply_image_change`), in one guarded write.
+    pub async fn image_changed(
+        &self,
+        id: &str,
+        reference: &str,
+        seen_sha256: &str,
+        now: Millis,
+        record: &(dyn Fn(&Registration) -> LogRecord + Sync),
+    ) -> Result<WriteOutcome, PdpError> {
+        let answer = self
+            .update_registration(
+                Kind::Anchor,
+                id,
+                |current| domain::apply_image_change(current, id, reference, seen_sha256, now),
+                None,
+                record,
+            )
+            .await?;
+        Ok(answer.value)
     }
 
     #[allow(clippy::too_many_arguments)]

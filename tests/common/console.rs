@@ -2,6 +2,8 @@
 //! a pending anchor a1 with a hostile display name, and approved d1 and r1.
 #![allow(dead_code)]
 
+use std::net::{SocketAddr, TcpStream};
+
 use anchor_pdp::api::auth::hash_token;
 use anchor_pdp::proto::{self, register_request::Record};
 
@@ -13,8 +15,7 @@ pub fn token(role: &str) -> String {
 
 pub async fn console_server() -> (TestServer, super::bearer::Pdp, super::bearer::Admin) {
     console_server_with(|args| {
-        args.console_image_prefixes =
-            vec!["oss://anchors/=https://cdn.example.com/anchors/".into()];
+        args.console_image_prefixes = vec![super::images::image_host().prefix()];
     })
     .await
 }
@@ -173,6 +174,47 @@ pub fn exchange(
         headers,
         body: body.to_owned(),
     })
+}
+
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let stream = TcpStream::connect(addr).expect("connect console");
+    exchange(stream, method, path, headers, body).expect("an HTTP reply")
+}
+
+pub fn form(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+/// Signs in with `role`'s token; returns the cookie header value and the CSRF token.
+pub fn sign_in(addr: SocketAddr, role: &str) -> (String, String) {
+    let reply = http(
+        addr,
+        "POST",
+        "/sign-in",
+        &[],
+        &form(&[("token", &token(role))]),
+    );
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    let set = reply
+        .header("set-cookie")
+        .expect("a session cookie")
+        .to_owned();
+    for part in ["HttpOnly", "SameSite=Strict", "Max-Age=28800", "Path=/"] {
+        assert!(set.contains(part), "{set}");
+    }
+    let cookie = set.split(';').next().expect("cookie").to_owned();
+    let page = http(addr, "GET", "/review", &[("Cookie", &cookie)], "");
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = csrf_of(&page.body);
+    (cookie, csrf)
 }
 
 /// The CSRF token a console page's forms carry.

@@ -7,6 +7,7 @@ pub mod console;
 pub mod disk_full;
 pub mod etcd;
 pub mod hooks;
+pub mod images;
 pub mod jepsen;
 pub mod programs;
 pub mod replica;
@@ -244,6 +245,7 @@ impl TestServer {
                 note: String::new(),
                 expected_revision: None,
                 approval_expires_at: None,
+                image_sha256: None,
             })
             .await
             .expect("review");

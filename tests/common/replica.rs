@@ -130,6 +130,7 @@ pub fn approve(kind: proto::RegistrationKind, id: &str) -> proto::ReviewFilingRe
         note: String::new(),
         expected_revision: None,
         approval_expires_at: None,
+        image_sha256: None,
     }
 }
 
