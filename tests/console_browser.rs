@@ -66,7 +66,9 @@ fn chromedriver() -> (Guard, String) {
     let port = free_port();
     let dir = tempfile::tempdir().expect("dir");
     let log = dir.path().join("chromedriver.log");
+    // The browser lives in Shanghai: the console must show and read times in its zone.
     let child = Command::new(require("chromedriver"))
+        .env("TZ", "Asia/Shanghai")
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log"))
@@ -384,6 +386,9 @@ async fn a_reviewers_morning_with_the_keyboard_bulk_approval_and_a_swapped_image
         .await
         .expect("queue");
     wait_for_text(&client, "61 pending").await;
+    // Times in the browser's zone, which the header names; filed at 00:00 UTC is 08:00 there.
+    wait_for_text(&client, "Times: Asia/Shanghai (UTC+08:00)").await;
+    wait_for_text(&client, ">1 Jan 2026 08:00:00</time>").await;
 
     // Keyboard only: j opens the first filing, then a approves it and opens the next.
     let mut keys = 0;
@@ -540,6 +545,9 @@ async fn a_reviewers_morning_with_the_keyboard_bulk_approval_and_a_swapped_image
                     document <= viewport,
                     "{path} at {width}×{height} ({lang}, {role}) scrolls sideways: {document} > {viewport}"
                 );
+                if *name == "queue" && lang == "zh" {
+                    wait_for_text(&client, ">2026年1月1日 08:00:00</time>").await;
+                }
                 if matches!(*name, "queue" | "filing") {
                     screenshot(&client, &format!("{name}-{width}x{height}-{lang}")).await;
                 }

@@ -11,7 +11,8 @@ use maud::html;
 
 use super::guard::StrictForm;
 use super::live::records_table;
-use super::page::{self, Lang};
+use super::page;
+use super::viewer::Viewer;
 use super::{Access, Console, access, csrf_ok, csrf_refused, may};
 use crate::domain::{Kind, Millis, RecordBody};
 use crate::error::PdpError;
@@ -35,7 +36,8 @@ pub async fn account(
     headers: HeaderMap,
     Query(query): Query<AccountQuery>,
 ) -> Response {
-    let lang = Lang::of(&headers);
+    let viewer = Viewer::of(&headers);
+    let lang = viewer.lang;
     let session = match access(&console, &headers, GET_ACCOUNT).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
@@ -82,18 +84,18 @@ pub async fn account(
                 dd.freeze {
                     @match account.frozen_at(now) {
                         Some(until) => {
-                            (page::time(until)) " — " ((until - now).max(0) / 3_600_000) " h " (lang.t("left"))
+                            (viewer.time(until)) " — " ((until - now).max(0) / 3_600_000) " h " (lang.t("left"))
                         }
                         None => { (lang.t("not_frozen")) }
                     }
                 }
                 @if let Some(last) = &account.last_penalty {
                     dt { (lang.t("last_penalty")) }
-                    dd { (last.penalty.name()) " — " (last.rule_ids.join(", ")) ", " (page::time(last.applied_at))
+                    dd { (last.penalty.name()) " — " (last.rule_ids.join(", ")) ", " (viewer.time(last.applied_at))
                         " — " a href=(format!("/live/{}", last.session_id)) { (last.session_id) } }
                 }
                 @if let Some(lift) = &account.freeze_lifted {
-                    dt { (lang.t("lifted")) } dd { (lift.operator) ", " (page::time(lift.lifted_at)) " — " q { (lift.reason) } }
+                    dt { (lang.t("lifted")) } dd { (lift.operator) ", " (viewer.time(lift.lifted_at)) " — " q { (lift.reason) } }
                 }
             }
             @if account.frozen_at(now).is_some() && may(&session, LIFT) {
@@ -122,7 +124,7 @@ pub async fn account(
             (page::message(lang.t("no_merchant")))
         }
     };
-    page::layout(lang, Some(&session), lang.t("accounts"), body).into_response()
+    page::layout(&viewer, Some(&session), lang.t("accounts"), body).into_response()
 }
 
 pub async fn lift(
@@ -183,16 +185,17 @@ pub struct LogQuery {
 
 /// The time range a search's `since` and `until` fields give; an `until` without seconds
 /// takes in its whole minute, as the viewer means "up to 21:00" to include 21:00:30.
-fn search_range(since: &str, until: &str) -> Result<std::ops::RangeInclusive<Millis>, String> {
-    let since = super::filing::parse_expiry(since)
-        .map_err(|e| e.replace("expires", "since"))?
-        .unwrap_or(Millis::MIN);
-    let until =
-        match super::filing::parse_expiry(until).map_err(|e| e.replace("expires", "until"))? {
-            Some(at) if until.trim().len() == "2026-11-28T21:00".len() => at + 59_999,
-            Some(at) => at,
-            None => Millis::MAX,
-        };
+fn search_range(
+    viewer: &Viewer,
+    since: &str,
+    until: &str,
+) -> Result<std::ops::RangeInclusive<Millis>, String> {
+    let since = viewer.parse_local("since", since)?.unwrap_or(Millis::MIN);
+    let until = match viewer.parse_local("until", until)? {
+        Some(at) if until.trim().len() == "2026-11-28T21:00".len() => at + 59_999,
+        Some(at) => at,
+        None => Millis::MAX,
+    };
     if since > until {
         return Err("until: before since".to_owned());
     }
@@ -204,12 +207,13 @@ pub async fn log(
     headers: HeaderMap,
     Query(query): Query<LogQuery>,
 ) -> Response {
-    let lang = Lang::of(&headers);
+    let viewer = Viewer::of(&headers);
+    let lang = viewer.lang;
     let session = match access(&console, &headers, READ_LOG).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
-    let during = match search_range(&query.since, &query.until) {
+    let during = match search_range(&viewer, &query.since, &query.until) {
         Ok(during) => during,
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
@@ -257,7 +261,7 @@ pub async fn log(
         p { (records.len()) " " (lang.t("records")) " · " (lang.t("newest_first"))
             @if records.len() >= LOG_RECORDS { " · " (lang.t("log_more")) } }
         @if cut_short { p.notice { (lang.t("log_cut_short")) } }
-        (records_table(lang, &records))
+        (records_table(&viewer, &records))
     };
-    page::layout(lang, Some(&session), lang.t("decision_log"), body).into_response()
+    page::layout(&viewer, Some(&session), lang.t("decision_log"), body).into_response()
 }

@@ -10,8 +10,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 
 use super::guard::StrictForm;
-use super::page::{self, Lang};
+use super::page;
 use super::review::filings;
+use super::viewer::Viewer;
 use super::{Access, Console, access, csrf_ok, csrf_refused, may};
 use crate::domain::Kind;
 use crate::error::PdpError;
@@ -22,7 +23,8 @@ const LISTING: &str = "/anchorpdp.v1.PolicyAdmin/SetProviderListing";
 const AI_FILING: &str = "/anchorpdp.v1.PolicyAdmin/SetAiFeatureFiling";
 
 pub async fn catalog(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let lang = Lang::of(&headers);
+    let viewer = Viewer::of(&headers);
+    let lang = viewer.lang;
     let session = match access(&console, &headers, LIST).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
@@ -71,7 +73,7 @@ pub async fn catalog(State(console): State<Arc<Console>>, headers: HeaderMap) ->
             }
         } } }
     };
-    page::layout(lang, Some(&session), lang.t("catalog"), body).into_response()
+    page::layout(&viewer, Some(&session), lang.t("catalog"), body).into_response()
 }
 
 fn origin(session: &super::session::Session, request: serde_json::Value) -> Origin {

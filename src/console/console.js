@@ -38,8 +38,21 @@ document.addEventListener("keydown", function (e) {
   });
 })();
 
-// Shows every <time> in the viewer's time zone; the UTC time stays in its tooltip.
-document.querySelectorAll("time[datetime]").forEach(function (el) {
-  var ms = Number(el.getAttribute("datetime"));
-  if (!isNaN(ms)) { el.textContent = new Date(ms).toLocaleString(); }
-});
+// The viewer's time zone, for the server to show and read every time in: kept in the `tz`
+// cookie; a page shown before the server knew it (or after it changed) is shown again.
+(function () {
+  var zone = "";
+  try { zone = Intl.DateTimeFormat().resolvedOptions().timeZone || ""; } catch (e) { return; }
+  if (!/^[A-Za-z0-9_+\-\/]{1,64}$/.test(zone)) { return; }
+  var current = (document.cookie.match(/(?:^|; )tz=([^;]*)/) || [])[1];
+  if (current === zone) { return; }
+  document.cookie = "tz=" + zone + "; Path=/; SameSite=Strict; Max-Age=31536000" +
+    (location.protocol === "https:" ? "; Secure" : "");
+  // Once per tab at most: a browser that keeps no cookies is not reloaded forever.
+  var reloaded = false;
+  try { reloaded = sessionStorage.getItem("tz-reloaded") === zone; } catch (e) { reloaded = true; }
+  if (!reloaded && document.querySelector("time[datetime], input[type=datetime-local]")) {
+    try { sessionStorage.setItem("tz-reloaded", zone); } catch (e) { return; }
+    location.reload();
+  }
+})();

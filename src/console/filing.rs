@@ -16,6 +16,7 @@ use super::review::{
     CLAIM_MS, LIST, QueueFilter, REVIEW, claim_badge, claim_key, claims, display_name, kind_named,
 };
 use super::session::Session;
+use super::viewer::Viewer;
 use super::{Access, Console, access, csrf_ok, may};
 use crate::domain::{
     Kind, LogRecord, Millis, RecordBody, Registration, ReviewClaim, ReviewCommand, ReviewStatus,
@@ -159,7 +160,8 @@ fn change_text(lang: Lang, filing: &Registration, change: &str) -> String {
 }
 
 /// The history table: when, what, who, the revision and state it led to, and the note.
-fn history_table(lang: Lang, filing: &Registration, records: &[LogRecord]) -> Markup {
+fn history_table(viewer: &Viewer, filing: &Registration, records: &[LogRecord]) -> Markup {
+    let lang = viewer.lang;
     let first = format!("{} {} revision 1,", filing.kind().name(), filing.id);
     // Revision 1 is the filing itself: without it, retention took the earliest changes.
     let whole = records.last().is_some_and(|r| r.change.starts_with(&first));
@@ -177,7 +179,7 @@ fn history_table(lang: Lang, filing: &Registration, records: &[LogRecord]) -> Ma
                     tbody {
                         @for r in records {
                             tr {
-                                td { (page::time(r.at)) }
+                                td { (viewer.time(r.at)) }
                                 td { (r.action) " · " (r.entry_point) }
                                 td { (r.caller) }
                                 td { (change_text(lang, filing, &r.change)) }
@@ -241,12 +243,13 @@ struct Shown<'a> {
 /// its fields, claim and history.
 fn filing_page(
     console: &Console,
-    lang: Lang,
+    viewer: &Viewer,
     session: &Session,
     filing: &Registration,
     shown: &Shown,
     image: Option<&Result<Arc<Image>, ImageError>>,
 ) -> Markup {
+    let lang = viewer.lang;
     let me = session.caller_name();
     let csrf = session.csrf.as_str();
     let may_review = may(session, REVIEW);
@@ -345,12 +348,12 @@ fn filing_page(
                 }
                 _ => {}
             }
-            dt { (lang.t("filed")) } dd { (page::time(filing.created_at)) }
+            dt { (lang.t("filed")) } dd { (viewer.time(filing.created_at)) }
             dt { (lang.t("last_verdict")) }
             dd {
                 @match &filing.last_review {
                     Some(review) => {
-                        (verdict_at(review.verdict)) " — " (review.reviewer) ", " (page::time(review.reviewed_at))
+                        (verdict_at(review.verdict)) " — " (review.reviewer) ", " (viewer.time(review.reviewed_at))
                         @if !review.note.is_empty() { " — " q { (review.note) } }
                         @if let Some(sha) = &review.image_sha256 { " — SHA-256 " code.hash title=(sha) { (&sha[..sha.len().min(16)]) "…" } }
                     }
@@ -359,7 +362,7 @@ fn filing_page(
             }
         }
         @match &history {
-            Ok(records) => { (history_table(lang, filing, records)) }
+            Ok(records) => { (history_table(viewer, filing, records)) }
             Err(e) => { h2 { (lang.t("history")) } p.notice { (lang.t("history_unreadable")) " " (e) } }
         }
     }
@@ -368,7 +371,7 @@ fn filing_page(
 /// The filing's page, as an answer with `status`.
 async fn page_answer(
     console: &Console,
-    lang: Lang,
+    viewer: &Viewer,
     session: &Session,
     filing: &Registration,
     status: StatusCode,
@@ -378,14 +381,14 @@ async fn page_answer(
     // Seeing the image may have sent an approved anchor back to review: show it as it is now.
     let now = console.pdp.get_registration(filing.kind(), &filing.id).ok();
     let filing = now.as_ref().unwrap_or(filing);
-    let title = format!("{} {}", lang.t(filing.kind().name()), filing.id);
+    let title = format!("{} {}", viewer.lang.t(filing.kind().name()), filing.id);
     (
         status,
         page::layout(
-            lang,
+            viewer,
             Some(session),
             &title,
-            filing_page(console, lang, session, filing, &shown, image.as_ref()),
+            filing_page(console, viewer, session, filing, &shown, image.as_ref()),
         ),
     )
         .into_response()
@@ -397,7 +400,8 @@ pub async fn filing(
     Path((kind, id)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let lang = Lang::of(&headers);
+    let viewer = Viewer::of(&headers);
+    let lang = viewer.lang;
     let session = match access(&console, &headers, LIST).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
@@ -420,7 +424,7 @@ pub async fn filing(
     let filter = QueueFilter::from_map(&query);
     page_answer(
         &console,
-        lang,
+        &viewer,
         &session,
         &filing,
         StatusCode::OK,
@@ -451,22 +455,6 @@ pub(super) fn done_notice(console: &Console, lang: Lang, done: &str) -> String {
     }
 }
 
-/// `2026-12-01T09:30` (a datetime-local field, read as UTC) in Unix milliseconds.
-pub(super) fn parse_expiry(value: &str) -> Result<Option<i64>, String> {
-    let value = value.trim();
-    if value.is_empty() {
-        return Ok(None);
-    }
-    humantime::parse_rfc3339_weak(&format!("{}:00Z", value.replace('T', " ")))
-        .or_else(|_| humantime::parse_rfc3339_weak(&format!("{}Z", value.replace('T', " "))))
-        .map_err(|e| format!("expires: {e}"))
-        .and_then(|t| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map_err(|e| format!("expires: {e}"))
-        })
-        .map(|d| Some(d.as_millis() as i64))
-}
-
 /// Claims `filing` for the session; the claim in force answers (another's, if theirs holds).
 async fn claim_for(
     console: &Console,
@@ -488,7 +476,8 @@ pub async fn claim(
     Path((kind, id)): Path<(String, String)>,
     StrictForm(form): StrictForm,
 ) -> Response {
-    let lang = Lang::of(&headers);
+    let viewer = Viewer::of(&headers);
+    let lang = viewer.lang;
     let session = match access(&console, &headers, REVIEW).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
@@ -516,7 +505,7 @@ pub async fn claim(
     };
     page_answer(
         &console,
-        lang,
+        &viewer,
         &session,
         &filing,
         status,
@@ -535,7 +524,8 @@ pub async fn verdict(
     Path((kind, id)): Path<(String, String)>,
     StrictForm(form): StrictForm,
 ) -> Response {
-    let lang = Lang::of(&headers);
+    let viewer = Viewer::of(&headers);
+    let lang = viewer.lang;
     let session = match access(&console, &headers, REVIEW).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
@@ -551,7 +541,7 @@ pub async fn verdict(
             Ok(filing) => {
                 page_answer(
                     &console,
-                    lang,
+                    &viewer,
                     &session,
                     &filing,
                     status,
@@ -595,10 +585,11 @@ pub async fn verdict(
         }
         None => None,
     };
-    let approval_expires_at = match parse_expiry(form.get("expires").map_or("", String::as_str)) {
-        Ok(at) => at,
-        Err(e) => return not_recorded(StatusCode::BAD_REQUEST, &e).await,
-    };
+    let approval_expires_at =
+        match viewer.parse_local("expires", form.get("expires").map_or("", String::as_str)) {
+            Ok(at) => at,
+            Err(e) => return not_recorded(StatusCode::BAD_REQUEST, &e).await,
+        };
     let seen_image_sha256 = form.get("image_sha256").filter(|s| !s.is_empty()).cloned();
     let command = ReviewCommand {
         kind,

@@ -11,6 +11,7 @@ use maud::{Markup, html};
 
 use super::guard::StrictForm;
 use super::page::{self, Lang};
+use super::viewer::Viewer;
 use super::{Access, Console, access, csrf_ok, csrf_refused};
 use crate::domain::{LogRecord, Penalty, SessionState};
 use crate::error::PdpError;
@@ -34,7 +35,8 @@ pub fn penalty_text(lang: Lang, penalty: Penalty) -> &'static str {
 }
 
 pub async fn board(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let lang = Lang::of(&headers);
+    let viewer = Viewer::of(&headers);
+    let lang = viewer.lang;
     let session = match access(&console, &headers, LIST).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
@@ -59,11 +61,11 @@ pub async fn board(State(console): State<Arc<Console>>, headers: HeaderMap) -> R
                         td { a href=(format!("/live/{}", s.id)) { (s.id) } }
                         td { a href=(format!("/accounts?merchant={}", s.merchant_id)) { (s.merchant_id) } }
                         td { (s.room_id) } td { (s.anchor_id) } td { (s.driver_id) } td { (s.gateway_id) }
-                        td { (page::time(s.started_at)) }
+                        td { (viewer.time(s.started_at)) }
                         td { ((now - s.started_at).max(0) / 60_000) " min" }
                         td.last-check {
                             @match console.pdp.last_check(&s.id) {
-                                Some(at) => { (page::time(at)) " · " ((now - at).max(0) / 1000) " s" }
+                                Some(at) => { (viewer.time(at)) " · " ((now - at).max(0) / 1000) " s" }
                                 None => { span title=(lang.t("not_checked_here")) { "—" } }
                             }
                         }
@@ -72,11 +74,12 @@ pub async fn board(State(console): State<Arc<Console>>, headers: HeaderMap) -> R
             }
         } }
     };
-    page::layout(lang, Some(&session), lang.t("live_board"), body).into_response()
+    page::layout(&viewer, Some(&session), lang.t("live_board"), body).into_response()
 }
 
 /// A decision-log table, each deny with its explanation.
-pub fn records_table(lang: Lang, records: &[LogRecord]) -> Markup {
+pub fn records_table(viewer: &Viewer, records: &[LogRecord]) -> Markup {
+    let lang = viewer.lang;
     html! {
         div.scroll { table.log {
             thead { tr {
@@ -87,7 +90,7 @@ pub fn records_table(lang: Lang, records: &[LogRecord]) -> Markup {
             tbody {
                 @for r in records {
                     tr {
-                        td { (page::time(r.at)) }
+                        td { (viewer.time(r.at)) }
                         td { (r.action) " · " (r.entry_point) }
                         td { (r.caller) }
                         td { (r.merchant_id) }
@@ -128,7 +131,8 @@ pub async fn session_page(
     Path(id): Path<String>,
     Query(query): Query<ReportQuery>,
 ) -> Response {
-    let lang = Lang::of(&headers);
+    let viewer = Viewer::of(&headers);
+    let lang = viewer.lang;
     let session = match access(&console, &headers, GET).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
@@ -166,9 +170,9 @@ pub async fn session_page(
             dt { (lang.t("anchor")) } dd { (live.anchor_id) }
             dt { (lang.t("driver")) } dd { (live.driver_id) }
             dt { (lang.t("gateway")) } dd { (live.gateway_id) }
-            dt { (lang.t("started")) } dd { (page::time(live.started_at)) }
+            dt { (lang.t("started")) } dd { (viewer.time(live.started_at)) }
             @if let Some(closed) = live.closed_at {
-                dt { (lang.t("closed")) } dd { (page::time(closed)) " — " (live.close_reason) }
+                dt { (lang.t("closed")) } dd { (viewer.time(closed)) " — " (live.close_reason) }
             }
         }
         @if live.state == SessionState::Active && super::may(&session, REPORT) {
@@ -190,10 +194,10 @@ pub async fn session_page(
             }
         }
         h2 { (lang.t("decisions")) }
-        (records_table(lang, &records))
+        (records_table(&viewer, &records))
     };
     page::layout(
-        lang,
+        &viewer,
         Some(&session),
         &format!("{} {}", lang.t("session"), live.id),
         body,
@@ -208,7 +212,8 @@ pub async fn report(
     Path(id): Path<String>,
     StrictForm(form): StrictForm,
 ) -> Response {
-    let lang = Lang::of(&headers);
+    let viewer = Viewer::of(&headers);
+    let lang = viewer.lang;
     let session = match access(&console, &headers, REPORT).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
@@ -255,7 +260,8 @@ pub async fn report(
                 button type="submit" { (lang.t("confirm_report")) }
             }
         };
-        return page::layout(lang, Some(&session), lang.t("confirm_title"), body).into_response();
+        return page::layout(&viewer, Some(&session), lang.t("confirm_title"), body)
+            .into_response();
     }
     let origin = Origin {
         request_id: None,

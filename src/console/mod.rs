@@ -16,6 +16,7 @@ mod live;
 mod page;
 mod review;
 pub mod session;
+mod viewer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,8 +32,8 @@ use crate::api::auth::{Authenticator, Credential, Role, may_call};
 use crate::net::{ClientCertificate, PeerAddr};
 use crate::service::{Origin, Pdp};
 use guard::StrictForm;
-use page::Lang;
 use session::Session;
+use viewer::Viewer;
 
 /// What every console request can reach.
 pub struct Console {
@@ -215,7 +216,8 @@ enum Access {
 }
 
 async fn access(console: &Console, headers: &HeaderMap, method: &str) -> Access {
-    let lang = Lang::of(headers);
+    let viewer = Viewer::of(headers);
+    let lang = viewer.lang;
     let Some(session) = session_of(console, headers).await else {
         return Access::Refused(Redirect::to("/sign-in").into_response());
     };
@@ -224,7 +226,7 @@ async fn access(console: &Console, headers: &HeaderMap, method: &str) -> Access 
             (
                 StatusCode::FORBIDDEN,
                 page::layout(
-                    lang,
+                    &viewer,
                     Some(&session),
                     lang.t("forbidden_title"),
                     page::message(lang.t("forbidden")),
@@ -286,7 +288,8 @@ async fn sign_in_page(
     headers: HeaderMap,
     Query(query): Query<SignInQuery>,
 ) -> Response {
-    let lang = Lang::of(&headers);
+    let viewer = Viewer::of(&headers);
+    let lang = viewer.lang;
     let caller = certificate
         .as_ref()
         .and_then(|Extension(ClientCertificate(subject))| console.auth.certificate_caller(subject));
@@ -298,7 +301,7 @@ async fn sign_in_page(
             },
         );
     page::layout(
-        lang,
+        &viewer,
         None,
         lang.t("sign_in"),
         page::sign_in(

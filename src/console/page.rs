@@ -4,7 +4,7 @@ use axum::http::{HeaderMap, header};
 use maud::{DOCTYPE, Markup, html};
 
 use super::session::Session;
-use crate::domain::Millis;
+use super::viewer::Viewer;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lang {
@@ -200,8 +200,8 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ),
     (
         "expires",
-        "Approval expires (UTC, optional)",
-        "审核有效期至(UTC,可选)",
+        "Approval expires (optional; your time zone)",
+        "审核有效期至(可选,按您的时区)",
     ),
     ("submit", "Record the verdict", "提交审核结论"),
     ("recorded", "Verdict recorded.", "审核结论已记录。"),
@@ -279,8 +279,14 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("decision", "Decision", "决策"),
     ("rules", "Rules", "规则"),
     ("outcome", "Outcome", "结果"),
-    ("since", "Since (UTC)", "起始时间(UTC)"),
-    ("until", "Until (UTC)", "截止时间(UTC)"),
+    ("since", "Since (your time zone)", "起始时间(按您的时区)"),
+    ("until", "Until (your time zone)", "截止时间(按您的时区)"),
+    ("zone", "Times:", "时区:"),
+    (
+        "zone_hint",
+        "Every time on these pages is shown, and every time you type is read, in this time zone (your browser's).",
+        "本控制台显示的所有时间、以及您输入的所有时间,均按此时区(您浏览器的时区)。",
+    ),
     ("newest_first", "newest first", "最新的在前"),
     (
         "log_more",
@@ -383,34 +389,6 @@ impl Lang {
     }
 }
 
-/// A time as UTC text, which the console's script shows in the viewer's time zone (UTC stays
-/// in the tooltip).
-pub fn time(ms: Millis) -> Markup {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    let utc = format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    );
-    html! { time datetime=(format!("{ms}")) title=(utc) { (utc) } }
-}
-
-/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 pub fn message(text: &str) -> Markup {
     html! { p.message { (text) } }
 }
@@ -454,7 +432,8 @@ fn nav_links(session: Option<&Session>) -> Vec<(&'static str, &'static str)> {
         .collect()
 }
 
-pub fn layout(lang: Lang, session: Option<&Session>, title: &str, body: Markup) -> Markup {
+pub fn layout(viewer: &Viewer, session: Option<&Session>, title: &str, body: Markup) -> Markup {
+    let lang = viewer.lang;
     html! {
         (DOCTYPE)
         html lang=(lang.code()) {
@@ -479,6 +458,7 @@ pub fn layout(lang: Lang, session: Option<&Session>, title: &str, body: Markup) 
                     span.lang {
                         a href="/lang/en" { "English" } " · " a href="/lang/zh" { "中文" }
                     }
+                    span.zone title=(lang.t("zone_hint")) { (lang.t("zone")) " " (viewer.zone_label()) }
                     @if let Some(session) = session {
                         form.sign-out method="post" action="/sign-out" {
                             span { (session.caller.name) " (" (session.caller.role.name()) ")" }
@@ -539,11 +519,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn times_are_utc_text_and_every_text_has_both_languages() {
-        assert_eq!(
-            time(1_767_225_600_000).into_string(),
-            "<time datetime=\"1767225600000\" title=\"2026-01-01 00:00:00 UTC\">2026-01-01 00:00:00 UTC</time>"
-        );
+    fn every_text_has_both_languages() {
         for (key, en, zh) in TEXTS.iter().chain(VALUES) {
             assert!(!en.is_empty() && !zh.is_empty(), "{key}");
         }

@@ -14,6 +14,7 @@ use maud::{Markup, html};
 use super::guard::StrictForm;
 use super::page::{self, Lang};
 use super::session::Session;
+use super::viewer::Viewer;
 use super::{Access, Console, access, csrf_ok, may};
 use crate::domain::{
     Kind, RecordBody, Registration, ReviewClaim, ReviewCommand, ReviewStatus, Verdict,
@@ -213,7 +214,8 @@ pub async fn queue(
     headers: HeaderMap,
     Query(query): Query<QueueQuery>,
 ) -> Response {
-    let lang = Lang::of(&headers);
+    let viewer = Viewer::of(&headers);
+    let lang = viewer.lang;
     let session = match access(&console, &headers, LIST).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
@@ -284,7 +286,7 @@ pub async fn queue(
                                     td { a href=(filter.link(&format!("/review/{}/{}", filing.kind().name(), filing.id), &[])) { (filing.id) } }
                                     td { (filing.body.owner().unwrap_or("")) }
                                     td { (display_name(&filing.body)) }
-                                    td { (page::time(filing.created_at)) }
+                                    td { (viewer.time(filing.created_at)) }
                                     td { (claim_badge(lang, &session, claims.get(&claim_key(filing)))) }
                                 }
                             }
@@ -302,7 +304,7 @@ pub async fn queue(
             }
         }
     };
-    page::layout(lang, Some(&session), lang.t("review_queue"), body).into_response()
+    page::layout(&viewer, Some(&session), lang.t("review_queue"), body).into_response()
 }
 
 /// The filings a bulk form picked: `pick.<kind>/<id>` = the revision seen.
@@ -332,7 +334,8 @@ pub async fn bulk(
     headers: HeaderMap,
     StrictForm(form): StrictForm,
 ) -> Response {
-    let lang = Lang::of(&headers);
+    let viewer = Viewer::of(&headers);
+    let lang = viewer.lang;
     let session = match access(&console, &headers, REVIEW).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
@@ -341,7 +344,7 @@ pub async fn bulk(
         (
             status,
             page::layout(
-                lang,
+                &viewer,
                 Some(&session),
                 lang.t("approve_selected"),
                 html! { p.notice { (lang.t("verdict_not_recorded")) " " (why) } p { a href="/review" { (lang.t("review_queue")) } } },
@@ -367,7 +370,7 @@ pub async fn bulk(
         return refused(StatusCode::BAD_REQUEST, "note: at most 512 bytes");
     }
     if form.get("confirm").map(String::as_str) != Some("yes") {
-        return confirm_page(&console, lang, &session, &picks)
+        return confirm_page(&console, &viewer, &session, &picks)
             .await
             .into_response();
     }
@@ -436,7 +439,7 @@ pub async fn bulk(
     };
     (
         status,
-        page::layout(lang, Some(&session), lang.t("approve_selected"), body),
+        page::layout(&viewer, Some(&session), lang.t("approve_selected"), body),
     )
         .into_response()
 }
@@ -445,10 +448,11 @@ pub async fn bulk(
 /// that image's hash, so that an image changed before the confirmation is not approved).
 async fn confirm_page(
     console: &Console,
-    lang: Lang,
+    viewer: &Viewer,
     session: &Session,
     picks: &[(Kind, String, u64)],
 ) -> Markup {
+    let lang = viewer.lang;
     let mut filings = Vec::with_capacity(picks.len());
     for pick in picks {
         let filing = console.pdp.get_registration(pick.0, &pick.1).ok();
@@ -491,5 +495,5 @@ async fn confirm_page(
             " " a href="/review" { (lang.t("cancel")) }
         }
     };
-    page::layout(lang, Some(session), lang.t("approve_selected"), body)
+    page::layout(viewer, Some(session), lang.t("approve_selected"), body)
 }
