@@ -833,8 +833,17 @@ async fn a_filing_shows_its_history_the_board_its_last_check_and_the_log_a_time_
     );
     assert!(!later.contains("Register · "), "{later}");
     let backwards = search("since=2026-01-01T00%3A02&until=2026-01-01T00%3A01");
+    // Said in the page, above the search form that keeps what was typed.
     assert_eq!(backwards.status, 400, "{}", backwards.body);
-    assert_eq!(backwards.body, "until: before since");
+    assert!(
+        backwards.body.contains(
+            "<p class=\"notice\" role=\"alert\">The log was not searched: until: before since</p>"
+        ) && backwards
+            .body
+            .contains("name=\"since\" value=\"2026-01-01T00:02\""),
+        "{}",
+        backwards.body
+    );
 
     // A sign-in holds only while its token is configured, and for 8 hours.
     let clock = server.clock.clone();
@@ -1294,4 +1303,113 @@ async fn a_verdict_not_recorded_comes_back_in_the_page_with_its_note() {
         "{}",
         refused.body
     );
+}
+
+/// A form of any page that does not do what it asked comes back as that page: in the layout,
+/// in the viewer's language, saying why, with what was typed kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_forms_refusal_comes_back_in_its_page_translated_with_what_was_typed() {
+    let (server, mut pdp, mut admin) = console_server().await;
+    let addr = server.console_addr.expect("console");
+    admin
+        .review_filing(proto::ReviewFilingRequest {
+            kind: proto::RegistrationKind::Anchor as i32,
+            id: "a1".into(),
+            verdict: proto::Verdict::Approve as i32,
+            reviewer: "admin-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("approve a1");
+    let live = pdp.authorize(start()).await.expect("start").into_inner();
+    assert_eq!(live.decision, proto::Decision::Allow as i32, "{live:?}");
+    let (cookie, csrf) = sign_in(addr, "admin");
+    let chinese = format!("{cookie}; lang=zh");
+    let post = |path: &str, fields: &[(&str, &str)]| {
+        http(addr, "POST", path, &[("Cookie", &chinese)], &form(fields))
+    };
+    let in_layout = |reply: &Reply, status: u16, notice: &str, kept: &str| {
+        assert_eq!(reply.status, status, "{}", reply.body);
+        for part in ["<header>", "<nav>", notice, kept] {
+            assert!(reply.body.contains(part), "{part}: {}", reply.body);
+        }
+    };
+
+    // The catalog: an AI filing number too long; the typed number stays in its field.
+    pdp.register(proto::RegisterRequest {
+        request_id: String::new(),
+        record: Some(Record::AiFeature(proto::AiFeature {
+            id: "voice-clone".into(),
+            display_name: String::new(),
+        })),
+        expected_revision: None,
+    })
+    .await
+    .expect("feature");
+    let long = "F".repeat(130);
+    let catalog = post(
+        "/catalog/ai-feature/voice-clone",
+        &[
+            ("csrf", &csrf),
+            ("assessed", "true"),
+            ("filing_number", &long),
+        ],
+    );
+    in_layout(
+        &catalog,
+        400,
+        "未做任何更改: filing_number: at most 128 bytes",
+        &format!("name=\"filing_number\" value=\"{long}\""),
+    );
+    // A provider that is not registered: the refusal names it, in the catalog.
+    let refused = post(
+        "/catalog/provider/nobody",
+        &[("csrf", &csrf), ("listed", "true")],
+    );
+    in_layout(&refused, 404, "未做任何更改: ", "<h2>服务商</h2>");
+
+    // A report with a rule the active set does not have: the session's page, rule and note kept.
+    let report = post(
+        &format!("/live/{}/report", live.session_id),
+        &[
+            ("csrf", &csrf),
+            ("rule_id", "R99"),
+            ("note", "seen at 10:02"),
+        ],
+    );
+    in_layout(
+        &report,
+        400,
+        "未做任何更改: rule_id: R99 is not a rule of the active set",
+        ">seen at 10:02</textarea>",
+    );
+
+    // A lift from before the last sign-in: the account's page, the reason kept.
+    let lift = post(
+        "/accounts/m1/lift",
+        &[("csrf", "stale"), ("reason", "appeal upheld")],
+    );
+    in_layout(
+        &lift,
+        403,
+        "未做任何更改: 此表单早于您最近一次登录",
+        "<h1>商家账户</h1>",
+    );
+    let empty = post("/accounts/m1/lift", &[("csrf", &csrf), ("reason", " ")]);
+    in_layout(
+        &empty,
+        400,
+        "未做任何更改: reason: 1-512 bytes",
+        "<h1>商家账户</h1>",
+    );
+
+    // An unknown filing is a page of the console too, not bare text.
+    let unknown = http(
+        addr,
+        "GET",
+        "/review/anchor/nobody",
+        &[("Cookie", &chinese)],
+        "",
+    );
+    in_layout(&unknown, 404, "nobody", "返回控制台");
 }

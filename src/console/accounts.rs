@@ -12,8 +12,9 @@ use maud::html;
 use super::guard::StrictForm;
 use super::live::records_table;
 use super::page;
+use super::session::Session;
 use super::viewer::Viewer;
-use super::{Access, Console, access, csrf_ok, csrf_refused, may};
+use super::{Access, Console, access, csrf_ok, error_page, may, not_done, status_of};
 use crate::domain::{Kind, Millis, RecordBody};
 use crate::error::PdpError;
 use crate::service::Origin;
@@ -37,12 +38,24 @@ pub async fn account(
     Query(query): Query<AccountQuery>,
 ) -> Response {
     let viewer = Viewer::of(&headers);
-    let lang = viewer.lang;
     let session = match access(&console, &headers, GET_ACCOUNT).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
-    let merchant_id = query.merchant.trim().to_owned();
+    account_page(&console, &viewer, &session, query.merchant.trim(), None, "")
+}
+
+/// A merchant's account, with `notice` above it and a refused lift's typed reason kept.
+fn account_page(
+    console: &Console,
+    viewer: &Viewer,
+    session: &Session,
+    merchant_id: &str,
+    notice: Option<(StatusCode, &str)>,
+    kept_reason: &str,
+) -> Response {
+    let lang = viewer.lang;
+    let merchant_id = merchant_id.to_owned();
     let now = console.pdp.now();
     let found = if merchant_id.is_empty() {
         None
@@ -50,11 +63,11 @@ pub async fn account(
         match console.pdp.get_account(&merchant_id) {
             Ok(found) => Some(found),
             Err(PdpError::NotFound(_)) => None,
-            Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+            Err(e) => return error_page(viewer, session, status_of(&e), &e.to_string()),
         }
     };
     let filings = if found.is_some() {
-        super::review::filings(&console, &[Kind::Anchor, Kind::Driver, Kind::Room], |r| {
+        super::review::filings(console, &[Kind::Anchor, Kind::Driver, Kind::Room], |r| {
             r.body.owner() == Some(merchant_id.as_str())
         })
     } else {
@@ -68,6 +81,7 @@ pub async fn account(
         .filter(|s| s.merchant_id == merchant_id)
         .collect();
     let body = html! {
+        @if let Some((_, notice)) = notice { p.notice role="alert" { (notice) } }
         form.filter method="get" action="/accounts" {
             label { (lang.t("merchant")) " " input type="text" name="merchant" value=(merchant_id); }
             button type="submit" { (lang.t("open")) }
@@ -98,10 +112,10 @@ pub async fn account(
                     dt { (lang.t("lifted")) } dd { (lift.operator) ", " (viewer.time(lift.lifted_at)) " — " q { (lift.reason) } }
                 }
             }
-            @if account.frozen_at(now).is_some() && may(&session, LIFT) {
+            @if account.frozen_at(now).is_some() && may(session, LIFT) {
                 form.verdict method="post" action=(format!("/accounts/{}/lift", merchant.id)) {
                     input type="hidden" name="csrf" value=(session.csrf);
-                    label { (lang.t("reason")) textarea name="reason" required maxlength="512" {} }
+                    label { (lang.t("reason")) textarea name="reason" required maxlength="512" { (kept_reason) } }
                     button type="submit" { (lang.t("lift")) }
                 }
             }
@@ -117,14 +131,18 @@ pub async fn account(
             } } }
             h2 { (lang.t("live_board")) }
             ul { @for s in &sessions { li { a href=(format!("/live/{}", s.id)) { (s.id) } " — " (s.room_id) } } }
-            @if may(&session, READ_LOG) {
+            @if may(session, READ_LOG) {
                 p { a href=(format!("/log?merchant={}", merchant.id)) { (lang.t("merchant_log")) } }
             }
         } @else if !merchant_id.is_empty() {
             (page::message(lang.t("no_merchant")))
         }
     };
-    page::layout(&viewer, Some(&session), lang.t("accounts"), body).into_response()
+    (
+        notice.map_or(StatusCode::OK, |(status, _)| status),
+        page::layout(viewer, Some(session), lang.t("accounts"), body),
+    )
+        .into_response()
 }
 
 pub async fn lift(
@@ -133,19 +151,31 @@ pub async fn lift(
     Path(merchant): Path<String>,
     StrictForm(form): StrictForm,
 ) -> Response {
+    let viewer = Viewer::of(&headers);
+    let lang = viewer.lang;
     let session = match access(&console, &headers, LIFT).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
+    let typed = form.get("reason").map(String::as_str).unwrap_or_default();
+    // A lift not made comes back as the account, saying why, with the reason kept.
+    let refused = |status: StatusCode, why: &str| {
+        let notice = not_done(lang, why);
+        account_page(
+            &console,
+            &viewer,
+            &session,
+            &merchant,
+            Some((status, &notice)),
+            typed,
+        )
+    };
     if !csrf_ok(&session, &form) {
-        return csrf_refused();
+        return refused(StatusCode::FORBIDDEN, lang.t("form_expired"));
     }
-    let reason = form
-        .get("reason")
-        .map(|r| r.trim().to_owned())
-        .unwrap_or_default();
+    let reason = typed.trim().to_owned();
     if reason.is_empty() || reason.len() > 512 {
-        return (StatusCode::BAD_REQUEST, "reason: 1-512 bytes").into_response();
+        return refused(StatusCode::BAD_REQUEST, "reason: 1-512 bytes");
     }
     let origin = Origin {
         request_id: None,
@@ -160,8 +190,7 @@ pub async fn lift(
         .await
     {
         Ok(_) => Redirect::to(&format!("/accounts?merchant={merchant}")).into_response(),
-        Err(PdpError::NotFound(e)) => (StatusCode::NOT_FOUND, e).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => refused(status_of(&e), &e.to_string()),
     }
 }
 
@@ -213,10 +242,8 @@ pub async fn log(
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
-    let during = match search_range(&viewer, &query.since, &query.until) {
-        Ok(during) => during,
-        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
-    };
+    // A range that cannot be read is said above the search form, which keeps what was typed.
+    let range = search_range(&viewer, &query.since, &query.until);
     let keep = |r: &crate::domain::LogRecord| {
         (query.merchant.is_empty() || r.merchant_id == query.merchant)
             && (query.session.is_empty() || r.session_id == query.session)
@@ -233,16 +260,21 @@ pub async fn log(
         .filter(|text| !text.is_empty())
         .map(String::as_str)
         .collect();
-    let (records, cut_short) =
-        match console
-            .pdp
-            .store()
-            .newest_log(during, &contains, keep, LOG_RECORDS, LOG_SCAN)
-        {
-            Ok(found) => found,
-            Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-        };
+    let (status, refused, (records, cut_short)) = match range {
+        Ok(during) => {
+            match console
+                .pdp
+                .store()
+                .newest_log(during, &contains, keep, LOG_RECORDS, LOG_SCAN)
+            {
+                Ok(found) => (StatusCode::OK, None, found),
+                Err(e) => (status_of(&e), Some(e.to_string()), (Vec::new(), false)),
+            }
+        }
+        Err(why) => (StatusCode::BAD_REQUEST, Some(why), (Vec::new(), false)),
+    };
     let body = html! {
+        @if let Some(why) = refused { p.notice role="alert" { (lang.t("log_unread")) " " (why) } }
         form.filter method="get" action="/log" {
             label { (lang.t("merchant")) input type="text" name="merchant" value=(query.merchant); }
             label { (lang.t("session")) input type="text" name="session" value=(query.session); }
@@ -263,5 +295,9 @@ pub async fn log(
         @if cut_short { p.notice { (lang.t("log_cut_short")) } }
         (records_table(&viewer, &records))
     };
-    page::layout(&viewer, Some(&session), lang.t("decision_log"), body).into_response()
+    (
+        status,
+        page::layout(&viewer, Some(&session), lang.t("decision_log"), body),
+    )
+        .into_response()
 }

@@ -17,7 +17,7 @@ use super::review::{
 };
 use super::session::Session;
 use super::viewer::Viewer;
-use super::{Access, Console, access, csrf_ok, may};
+use super::{Access, Console, access, csrf_ok, error_page, may, status_of};
 use crate::domain::{
     Kind, LogRecord, Millis, RecordBody, Registration, ReviewClaim, ReviewCommand, ReviewStatus,
     Verdict,
@@ -407,12 +407,16 @@ pub async fn filing(
         Access::Refused(response) => return response,
     };
     let Some(kind) = kind_named(&kind) else {
-        return (StatusCode::NOT_FOUND, "no such kind of filing").into_response();
+        return error_page(
+            &viewer,
+            &session,
+            StatusCode::NOT_FOUND,
+            "no such kind of filing",
+        );
     };
     let filing = match console.pdp.get_registration(kind, &id) {
         Ok(filing) => filing,
-        Err(PdpError::NotFound(e)) => return (StatusCode::NOT_FOUND, e).into_response(),
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => return error_page(&viewer, &session, status_of(&e), &e.to_string()),
     };
     // "& next" says which filing it recorded a verdict on.
     let done = query
@@ -483,13 +487,17 @@ pub async fn claim(
         Access::Refused(response) => return response,
     };
     let Some(kind) = kind_named(&kind) else {
-        return (StatusCode::NOT_FOUND, "no such kind of filing").into_response();
+        return error_page(
+            &viewer,
+            &session,
+            StatusCode::NOT_FOUND,
+            "no such kind of filing",
+        );
     };
     let filter = QueueFilter::from_map(&form);
     let filing = match console.pdp.get_registration(kind, &id) {
         Ok(filing) => filing,
-        Err(PdpError::NotFound(e)) => return (StatusCode::NOT_FOUND, e).into_response(),
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => return error_page(&viewer, &session, status_of(&e), &e.to_string()),
     };
     let (status, notice) = if !csrf_ok(&session, &form) {
         (StatusCode::FORBIDDEN, lang.t("form_expired").to_owned())
@@ -531,7 +539,12 @@ pub async fn verdict(
         Access::Refused(response) => return response,
     };
     let Some(kind) = kind_named(&kind) else {
-        return (StatusCode::NOT_FOUND, "no such kind of filing").into_response();
+        return error_page(
+            &viewer,
+            &session,
+            StatusCode::NOT_FOUND,
+            "no such kind of filing",
+        );
     };
     let note = form.get("note").cloned().unwrap_or_default();
     let filter = QueueFilter::from_map(&form);
@@ -553,7 +566,7 @@ pub async fn verdict(
                 )
                 .await
             }
-            Err(e) => (status, format!("{notice} ({e})")).into_response(),
+            Err(e) => error_page(&viewer, &session, status, &format!("{notice} ({e})")),
         };
     // A verdict not recorded comes back as the filing's page, saying why.
     let not_recorded = async |status: StatusCode, why: &str| {
@@ -645,7 +658,9 @@ pub async fn verdict(
             )
             .await
         }
-        Err(PdpError::NotFound(e)) => (StatusCode::NOT_FOUND, e).into_response(),
+        Err(e @ PdpError::NotFound(_)) => {
+            error_page(&viewer, &session, StatusCode::NOT_FOUND, &e.to_string())
+        }
         Err(e @ (PdpError::InvalidArgument { .. } | PdpError::FailedPrecondition(_))) => {
             not_recorded(StatusCode::BAD_REQUEST, &e.to_string()).await
         }

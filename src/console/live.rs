@@ -11,10 +11,10 @@ use maud::{Markup, html};
 
 use super::guard::StrictForm;
 use super::page::{self, Lang};
+use super::session::Session;
 use super::viewer::Viewer;
-use super::{Access, Console, access, csrf_ok, csrf_refused};
+use super::{Access, Console, access, csrf_ok, error_page, not_done, status_of};
 use crate::domain::{LogRecord, Penalty, SessionState};
-use crate::error::PdpError;
 use crate::service::Origin;
 
 const LIST: &str = "/anchorpdp.v1.PolicyAdmin/ListLiveSessions";
@@ -43,7 +43,7 @@ pub async fn board(State(console): State<Arc<Console>>, headers: HeaderMap) -> R
     };
     let live = match console.pdp.live_sessions() {
         Ok(live) => live,
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => return error_page(&viewer, &session, status_of(&e), &e.to_string()),
     };
     let now = console.pdp.now();
     let body = html! {
@@ -132,23 +132,48 @@ pub async fn session_page(
     Query(query): Query<ReportQuery>,
 ) -> Response {
     let viewer = Viewer::of(&headers);
-    let lang = viewer.lang;
     let session = match access(&console, &headers, GET).await {
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
-    let live = match console.pdp.get_session(&id) {
-        Ok(live) => live,
-        Err(PdpError::NotFound(e)) => return (StatusCode::NOT_FOUND, e).into_response(),
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    let reported = query.reported.is_some().then(|| viewer.lang.t("reported"));
+    let shown = Shown {
+        status: StatusCode::OK,
+        notice: reported,
+        rule_id: "",
+        note: "",
     };
-    let records = if super::may(&session, READ_LOG) {
+    live_page(&console, &viewer, &session, &id, shown)
+}
+
+/// What a session's page shows besides the session: a notice, and a refused report's rule and
+/// note kept.
+struct Shown<'a> {
+    status: StatusCode,
+    notice: Option<&'a str>,
+    rule_id: &'a str,
+    note: &'a str,
+}
+
+fn live_page(
+    console: &Console,
+    viewer: &Viewer,
+    session: &Session,
+    id: &str,
+    shown: Shown,
+) -> Response {
+    let lang = viewer.lang;
+    let live = match console.pdp.get_session(id) {
+        Ok(live) => live,
+        Err(e) => return error_page(viewer, session, status_of(&e), &e.to_string()),
+    };
+    let records = if super::may(session, READ_LOG) {
         console
             .pdp
             .store()
             .newest_log(
                 crate::domain::Millis::MIN..=crate::domain::Millis::MAX,
-                &[&id],
+                &[id],
                 |r| r.session_id == id,
                 SESSION_RECORDS,
                 SESSION_SCAN,
@@ -162,7 +187,7 @@ pub async fn session_page(
     let mut rules: Vec<_> = policies.rules().collect();
     rules.sort_by_key(|r| r.order);
     let body = html! {
-        @if query.reported.is_some() { p.notice { (lang.t("reported")) } }
+        @if let Some(notice) = shown.notice { p.notice role="status" { (notice) } }
         dl {
             dt { (lang.t("state")) } dd { (lang.value(&format!("{:?}", live.state).to_uppercase())) }
             dt { (lang.t("merchant")) } dd { a href=(format!("/accounts?merchant={}", live.merchant_id)) { (live.merchant_id) } }
@@ -175,34 +200,37 @@ pub async fn session_page(
                 dt { (lang.t("closed")) } dd { (viewer.time(closed)) " — " (live.close_reason) }
             }
         }
-        @if live.state == SessionState::Active && super::may(&session, REPORT) {
+        @if live.state == SessionState::Active && super::may(session, REPORT) {
             form.verdict method="post" action=(format!("/live/{}/report", live.id)) {
                 input type="hidden" name="csrf" value=(session.csrf);
                 label { (lang.t("rule"))
                     select name="rule_id" required {
                         @for rule in &rules {
                             @if rule.penalty != Penalty::None || rule.id.starts_with('R') {
-                                option value=(rule.id) {
+                                option value=(rule.id) selected[rule.id == shown.rule_id] {
                                     (rule.id) " — " (match lang { Lang::En => &rule.message_en, Lang::Zh => &rule.message_zh })
                                 }
                             }
                         }
                     }
                 }
-                label { (lang.t("note")) textarea name="note" maxlength="512" {} }
+                label { (lang.t("note")) textarea name="note" maxlength="512" { (shown.note) } }
                 button type="submit" { (lang.t("report")) }
             }
         }
         h2 { (lang.t("decisions")) }
-        (records_table(&viewer, &records))
+        (records_table(viewer, &records))
     };
-    page::layout(
-        &viewer,
-        Some(&session),
-        &format!("{} {}", lang.t("session"), live.id),
-        body,
+    (
+        shown.status,
+        page::layout(
+            viewer,
+            Some(session),
+            &format!("{} {}", lang.t("session"), live.id),
+            body,
+        ),
     )
-    .into_response()
+        .into_response()
 }
 
 /// Step one shows what the report will do; step two (`confirm=yes`) does it.
@@ -218,26 +246,33 @@ pub async fn report(
         Access::Granted(session) => session,
         Access::Refused(response) => return response,
     };
-    if !csrf_ok(&session, &form) {
-        return csrf_refused();
-    }
     let rule_id = form.get("rule_id").cloned().unwrap_or_default();
     let note = form.get("note").cloned().unwrap_or_default();
+    // A report not made comes back as the session's page, saying why, rule and note kept.
+    let refused = |status: StatusCode, why: &str| {
+        let notice = not_done(lang, why);
+        let shown = Shown {
+            status,
+            notice: Some(&notice),
+            rule_id: &rule_id,
+            note: &note,
+        };
+        live_page(&console, &viewer, &session, &id, shown)
+    };
+    if !csrf_ok(&session, &form) {
+        return refused(StatusCode::FORBIDDEN, lang.t("form_expired"));
+    }
     if note.len() > 512 {
-        return (StatusCode::BAD_REQUEST, "note: at most 512 bytes").into_response();
+        return refused(StatusCode::BAD_REQUEST, "note: at most 512 bytes");
     }
     let policies = console.pdp.policies();
     let Some(rule) = policies.rule(&rule_id) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            format!("rule_id: {rule_id} is not a rule of the active set"),
-        )
-            .into_response();
+        let why = format!("rule_id: {rule_id} is not a rule of the active set");
+        return refused(StatusCode::BAD_REQUEST, &why);
     };
     let live = match console.pdp.get_session(&id) {
         Ok(live) => live,
-        Err(PdpError::NotFound(e)) => return (StatusCode::NOT_FOUND, e).into_response(),
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => return refused(status_of(&e), &e.to_string()),
     };
     if form.get("confirm").map(String::as_str) != Some("yes") {
         let penalty = if live.penalty_applied.is_some() {
@@ -276,10 +311,6 @@ pub async fn report(
         .await
     {
         Ok(_) => Redirect::to(&format!("/live/{id}?reported=1")).into_response(),
-        Err(PdpError::NotFound(e)) => (StatusCode::NOT_FOUND, e).into_response(),
-        Err(e @ (PdpError::InvalidArgument { .. } | PdpError::FailedPrecondition(_))) => {
-            (StatusCode::BAD_REQUEST, e.to_string()).into_response()
-        }
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => refused(status_of(&e), &e.to_string()),
     }
 }

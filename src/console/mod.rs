@@ -29,6 +29,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
 use crate::api::auth::{Authenticator, Credential, Role, may_call};
+use crate::error::PdpError;
 use crate::net::{ClientCertificate, PeerAddr};
 use crate::service::{Origin, Pdp};
 use guard::StrictForm;
@@ -249,11 +250,36 @@ fn csrf_ok(session: &Session, form: &HashMap<String, String>) -> bool {
         .is_some_and(|token| session::same_token(token, &session.csrf))
 }
 
-/// The answer to a form without its session's CSRF token: nothing changes.
-fn csrf_refused() -> Response {
+/// The status a change that was not made answers with.
+fn status_of(e: &PdpError) -> StatusCode {
+    match e {
+        PdpError::NotFound(_) => StatusCode::NOT_FOUND,
+        PdpError::InvalidArgument { .. } | PdpError::FailedPrecondition(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        PdpError::Aborted(_) => StatusCode::CONFLICT,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// "Nothing was changed: `why`", in the viewer's language: the notice a page shows when a form
+/// posted from it did not do what it asked.
+fn not_done(lang: page::Lang, why: &str) -> String {
+    format!("{} {why}", lang.t("not_done"))
+}
+
+/// An error as a page of the console (in the layout, translated, with a way on) rather than
+/// bare text: for what has no page of its own to come back to (an unknown filing, say).
+fn error_page(viewer: &Viewer, session: &Session, status: StatusCode, why: &str) -> Response {
+    let lang = viewer.lang;
     (
-        StatusCode::FORBIDDEN,
-        "the form's CSRF token is missing or wrong",
+        status,
+        page::layout(
+            viewer,
+            Some(session),
+            lang.t("error_title"),
+            maud::html! { p.notice role="alert" { (why) } p { a href="/" { (lang.t("home")) } } },
+        ),
     )
         .into_response()
 }
@@ -446,17 +472,24 @@ async fn sign_out(
     let Some(session) = session_of(&console, &headers).await else {
         return Redirect::to("/sign-in").into_response();
     };
+    let viewer = Viewer::of(&headers);
     if !csrf_ok(&session, &form) {
-        return csrf_refused();
+        return error_page(
+            &viewer,
+            &session,
+            StatusCode::FORBIDDEN,
+            viewer.lang.t("form_expired"),
+        );
     }
     if let Some(cookie) = cookie_of(&headers)
         && let Err(e) = session::end(console.pdp.store(), cookie).await
     {
-        return (
+        return error_page(
+            &viewer,
+            &session,
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("cannot sign out now: {e}"),
-        )
-            .into_response();
+            &format!("cannot sign out now: {e}"),
+        );
     }
     let source = peer.map_or_else(String::new, |Extension(PeerAddr(p))| p.ip().to_string());
     log_sign_in(

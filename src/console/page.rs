@@ -51,8 +51,8 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ),
     (
         "form_expired",
-        "this form is from before your last sign-in. Your note is kept below: submit again.",
-        "此表单早于您最近一次登录。备注已保留在下方，请重新提交。",
+        "this form is from before your last sign-in (what you typed is kept): submit it again.",
+        "此表单早于您最近一次登录(已保留您输入的内容),请重新提交。",
     ),
     ("sign_in", "Sign in", "登录"),
     ("sign_out", "Sign out", "退出"),
@@ -282,6 +282,10 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("since", "Since (your time zone)", "起始时间(按您的时区)"),
     ("until", "Until (your time zone)", "截止时间(按您的时区)"),
     ("zone", "Times:", "时区:"),
+    ("not_done", "Nothing was changed:", "未做任何更改:"),
+    ("log_unread", "The log was not searched:", "未能检索日志:"),
+    ("error_title", "Not done", "未完成"),
+    ("home", "Back to the console", "返回控制台"),
     (
         "zone_hint",
         "Every time on these pages is shown, and every time you type is read, in this time zone (your browser's).",
