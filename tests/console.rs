@@ -23,7 +23,9 @@ async fn sign_in_takes_a_console_role_and_every_page_carries_the_security_header
     assert_eq!(page.status, 200);
     let csp = page.header("content-security-policy").expect("CSP");
     assert!(
-        csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        csp.contains("default-src 'none'")
+            && csp.contains("frame-ancestors 'none'")
+            && csp.contains("img-src 'self';"),
         "{csp}"
     );
     assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
@@ -134,6 +136,17 @@ async fn a_reviewer_sees_the_pending_anchor_with_its_image_and_approves_it_for_s
             image.header("x-image-sha256")
         ),
         (200, Some("image/png"), Some(default_sha.as_str()))
+    );
+    // Served sandboxed (an image cannot run anything even if opened as a page), kept a minute.
+    assert_eq!(
+        (
+            image.header("content-security-policy"),
+            image.header("cache-control")
+        ),
+        (
+            Some("default-src 'none'; sandbox"),
+            Some("private, max-age=60")
+        )
     );
     let unsigned = http(addr, "GET", "/review/anchor/a1/image", &[], "");
     assert_eq!(

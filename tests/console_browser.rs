@@ -540,6 +540,21 @@ async fn a_reviewers_morning_with_the_keyboard_bulk_approval_and_a_swapped_image
             for (name, path) in paths {
                 client.goto(&format!("{console}{path}")).await.expect(path);
                 wait_for_text(&client, "</main>").await;
+                if lang == "zh" {
+                    // Every value is named in Chinese, none as the wire spells it (PENDING_REVIEW).
+                    let raw = client
+                        .execute(
+                            "return (document.body.innerText.match(/\\b[A-Z]{2,}_[A-Z_]{2,}\\b/g) || []).join(' ');",
+                            vec![],
+                        )
+                        .await
+                        .expect("text");
+                    assert_eq!(
+                        raw,
+                        serde_json::json!(""),
+                        "{path} ({role}) shows wire names"
+                    );
+                }
                 let (document, viewport, _) = page_size(&client).await;
                 assert!(
                     document <= viewport,

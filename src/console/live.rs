@@ -95,9 +95,9 @@ pub fn records_table(viewer: &Viewer, records: &[LogRecord]) -> Markup {
                         td { (r.caller) }
                         td { (r.merchant_id) }
                         td { @if !r.session_id.is_empty() { a href=(format!("/live/{}", r.session_id)) { (r.session_id) } } }
-                        td { @match r.allowed { Some(true) => { "ALLOW" } Some(false) => { "DENY" } None => {} } }
+                        td { @match r.allowed { Some(true) => { (lang.value("ALLOW")) } Some(false) => { (lang.value("DENY")) } None => {} } }
                         td { (r.rule_ids.join(", ")) }
-                        td { (r.enforcement) " " (r.outcome)
+                        td { @if !r.enforcement.is_empty() { (lang.value(&r.enforcement)) " " } (r.outcome)
                             @if let Some(p) = r.penalty_applied { " · " (p.name()) } }
                     }
                     @if let (Some(false), Some(explanation)) = (r.allowed, &r.explanation) {

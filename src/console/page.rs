@@ -39,6 +39,13 @@ const VALUES: &[(&str, &str, &str)] = &[
     ("ACTIVE", "live", "直播中"),
     ("SHUTDOWN", "shut down", "已关停"),
     ("ENDED", "ended", "已结束"),
+    // Decisions and enforcements in the decision log; English keeps the wire words operators
+    // grep for.
+    ("ALLOW", "ALLOW", "允许"),
+    ("DENY", "DENY", "拒绝"),
+    ("NONE", "no enforcement", "无需处置"),
+    ("REFUSE_START", "start refused", "拒绝开播"),
+    ("SHUT_DOWN", "shut down", "已关停"),
 ];
 
 /// Every text the console shows, in English and Chinese.
