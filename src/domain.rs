@@ -465,6 +465,14 @@ impl Registration {
         self.body.kind()
     }
 
+    /// The image hash an approved anchor's approval is bound to, if any.
+    pub fn bound_image(&self) -> Option<&str> {
+        if self.review_status != ReviewStatus::Approved {
+            return None;
+        }
+        self.last_review.as_ref()?.image_sha256.as_deref()
+    }
+
     /// The approval's expiry, if the record is approved with one.
     pub fn approval_expires_at(&self) -> Option<Millis> {
         if self.review_status != ReviewStatus::Approved {

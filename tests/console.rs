@@ -164,6 +164,7 @@ async fn a_reviewer_sees_the_pending_anchor_with_its_image_and_approves_it_for_s
     assert_eq!(refused.decision, proto::Decision::Deny as i32);
     let approve = [
         ("verdict", "approve"),
+        ("image_sha256", common::images::default_sha()),
         ("expected_revision", "1"),
         ("note", "looks right"),
     ];
@@ -696,6 +697,7 @@ async fn a_filing_shows_its_history_the_board_its_last_check_and_the_log_a_time_
         &[("Cookie", &reviewer)],
         &form(&[
             ("verdict", "approve"),
+            ("image_sha256", common::images::default_sha()),
             ("note", "face matches the licence"),
             ("expected_revision", "2"),
             ("csrf", &reviewer_csrf),
@@ -1172,6 +1174,7 @@ async fn nav_and_verdict_forms_follow_the_role_and_the_filings_state() {
         &[("Cookie", &reviewer)],
         &form(&[
             ("verdict", "approve"),
+            ("image_sha256", common::images::default_sha()),
             ("expected_revision", "1"),
             ("csrf", &csrf),
         ]),
@@ -1283,6 +1286,7 @@ async fn a_verdict_not_recorded_comes_back_in_the_page_with_its_note() {
         &[("Cookie", &cookie)],
         &form(&[
             ("verdict", "approve"),
+            ("image_sha256", common::images::default_sha()),
             ("expected_revision", "1"),
             ("note", note),
             ("csrf", &stale_csrf),

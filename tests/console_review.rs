@@ -99,8 +99,9 @@ async fn images_come_only_through_the_console_and_a_swapped_image_sends_the_anch
         let reply = image(id);
         assert_eq!(reply.status, status, "{id}: {}", reply.body);
         assert!(reply.body.contains(why), "{id}: {}", reply.body);
-        // Its filing page says why there is no image, and an approval is refused: an image
-        // that cannot be checked is not approved.
+        // Its filing page says why there is no image and offers no approval; an approval is
+        // refused all the same, from the console (no image was seen) and over gRPC (the
+        // server cannot fetch it): an image that cannot be checked is not approved.
         let page = http(
             addr,
             "GET",
@@ -109,6 +110,7 @@ async fn images_come_only_through_the_console_and_a_swapped_image_sends_the_anch
             "",
         );
         assert!(page.body.contains(why), "{id}: {}", page.body);
+        assert!(!page.body.contains("data-key=\"a\""), "{id}: {}", page.body);
         let approve = http(
             addr,
             "POST",
@@ -124,9 +126,24 @@ async fn images_come_only_through_the_console_and_a_swapped_image_sends_the_anch
         assert!(
             approve
                 .body
-                .contains("its image cannot be checked, so it is not approved"),
+                .contains("its image was not shown, so it cannot be approved"),
             "{id}: {}",
             approve.body
+        );
+        let over_grpc = admin
+            .review_filing(proto::ReviewFilingRequest {
+                kind: proto::RegistrationKind::Anchor as i32,
+                id: id.into(),
+                verdict: proto::Verdict::Approve as i32,
+                reviewer: "reviewer-1".into(),
+                ..Default::default()
+            })
+            .await;
+        let (code, message) = common::code(over_grpc);
+        assert_eq!(code, tonic::Code::FailedPrecondition, "{id}: {message}");
+        assert!(
+            message.contains("its image cannot be checked, so it is not approved"),
+            "{id}: {message}"
         );
         assert_eq!(
             review_status(&mut admin, id).await.review_status,
@@ -139,6 +156,15 @@ async fn images_come_only_through_the_console_and_a_swapped_image_sends_the_anch
     assert_eq!(seen.status, 200);
     let red = seen.header("x-image-sha256").expect("hash").to_owned();
     assert_eq!(red, anchor_pdp::domain::sha256_hex(png(64, [200, 30, 30])));
+    // An image asked for as another version than it now is: refused, not shown.
+    let other = http(
+        addr,
+        "GET",
+        "/review/anchor/a-swap/image?v=0000000000000000",
+        &[("Cookie", &cookie)],
+        "",
+    );
+    assert_eq!(other.status, 409, "{}", other.body);
     // A hash the image does not have is refused over gRPC (ABORTED), as from a stale page.
     let stale = admin
         .review_filing(proto::ReviewFilingRequest {
@@ -228,6 +254,30 @@ async fn images_come_only_through_the_console_and_a_swapped_image_sends_the_anch
         (record.entry_point.as_str(), record.change.as_str()),
         ("image-check", "anchor a-swap revision 3, PENDING_REVIEW")
     );
+
+    // A retried approval gets its first answer, even once its image cannot be fetched.
+    host.put("retry.png", "image/png", png(32, [9, 9, 9]));
+    register_anchor(&mut pdp, "a-retry", "oss://anchors/retry.png").await;
+    let approve = || proto::ReviewFilingRequest {
+        kind: proto::RegistrationKind::Anchor as i32,
+        id: "a-retry".into(),
+        verdict: proto::Verdict::Approve as i32,
+        reviewer: "reviewer-1".into(),
+        request_id: "approve-a-retry".into(),
+        ..Default::default()
+    };
+    let first = admin
+        .review_filing(approve())
+        .await
+        .expect("approve")
+        .into_inner();
+    host.put("retry.png", "image/svg+xml", b"<svg/>".to_vec());
+    let again = admin
+        .review_filing(approve())
+        .await
+        .expect("the retry")
+        .into_inner();
+    assert_eq!(again.registration, first.registration);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,6 +331,7 @@ async fn approve_and_next_passes_filings_claimed_by_others_and_bulk_approval_ask
         let mut fields = vec![
             ("verdict", "approve"),
             ("expected_revision", "1"),
+            ("image_sha256", common::images::default_sha()),
             ("csrf", &csrf),
         ];
         fields.extend_from_slice(filter);
@@ -346,14 +397,15 @@ async fn approve_and_next_passes_filings_claimed_by_others_and_bulk_approval_ask
     }
     assert!(!landed.body.contains("data-key=\"k\""), "{}", landed.body);
 
-    // Bulk: the first post only asks; nothing changes until it is confirmed.
-    let picks = [
+    // Bulk: the first post only asks; nothing changes until it is confirmed. q-02 is claimed
+    // by the admin, q-06 picked at a revision it does not have.
+    let mut fields = vec![
+        ("pick.anchor/q-02", "1"),
         ("pick.anchor/q-04", "1"),
         ("pick.anchor/q-05", "1"),
         ("pick.anchor/q-06", "7"),
+        ("csrf", csrf.as_str()),
     ];
-    let mut fields = picks.to_vec();
-    fields.push(("csrf", &csrf));
     let asked = http(
         addr,
         "POST",
@@ -362,13 +414,33 @@ async fn approve_and_next_passes_filings_claimed_by_others_and_bulk_approval_ask
         &form(&fields),
     );
     assert_eq!(asked.status, 200, "{}", asked.body);
-    assert!(asked.body.contains("Approve them (3)"), "{}", asked.body);
-    for id in ["q-04", "q-05", "q-06"] {
+    assert!(asked.body.contains("Approve them (4)"), "{}", asked.body);
+    for id in ["q-02", "q-04", "q-05", "q-06"] {
         assert_eq!(
             review_status(&mut admin, id).await.review_status,
             proto::ReviewStatus::PendingReview as i32,
             "{id}: not before the confirmation"
         );
+    }
+    // The confirmation shows each image at the hash it carries for the approval.
+    let sha = common::images::default_sha();
+    assert!(
+        asked
+            .body
+            .contains(&format!("name=\"sha.anchor/q-04\" value=\"{sha}\""))
+            && asked.body.contains(&format!(
+                "src=\"/review/anchor/q-04/image?v={}\"",
+                &sha[..16]
+            )),
+        "{}",
+        asked.body
+    );
+    let shas: Vec<String> = ["q-02", "q-04", "q-05", "q-06"]
+        .iter()
+        .map(|id| format!("sha.anchor/{id}"))
+        .collect();
+    for name in &shas {
+        fields.push((name.as_str(), sha));
     }
     fields.push(("confirm", "yes"));
     let confirmed = http(
@@ -378,19 +450,17 @@ async fn approve_and_next_passes_filings_claimed_by_others_and_bulk_approval_ask
         &[("Cookie", &reviewer)],
         &form(&fields),
     );
-    // q-06 was picked at a revision it does not have: not approved, and the page says so.
+    // Neither q-02 nor q-06 is approved, and the page says why.
     assert_eq!(confirmed.status, 409, "{}", confirmed.body);
-    assert!(
-        confirmed.body.contains("2 / 3 approved"),
-        "{}",
-        confirmed.body
-    );
-    assert!(
-        confirmed.body.contains("expected revision 7"),
-        "{}",
-        confirmed.body
-    );
+    for said in [
+        "2 / 4 approved",
+        "expected revision 7",
+        "Claimed by admin-1 (admin, console)",
+    ] {
+        assert!(confirmed.body.contains(said), "{said}: {}", confirmed.body);
+    }
     for (id, status) in [
+        ("q-02", proto::ReviewStatus::PendingReview),
         ("q-04", proto::ReviewStatus::Approved),
         ("q-05", proto::ReviewStatus::Approved),
         ("q-06", proto::ReviewStatus::PendingReview),
@@ -410,7 +480,7 @@ async fn approve_and_next_passes_filings_claimed_by_others_and_bulk_approval_ask
         .into_inner();
     let mut bulk = Vec::new();
     while let Some(record) = records.message().await.expect("record") {
-        if record.request.contains("\"bulk\":3") {
+        if record.request.contains("\"bulk\":4") {
             assert_eq!(record.caller, "reviewer-1 (reviewer, console)");
             bulk.push(record.change);
         }
@@ -422,5 +492,25 @@ async fn approve_and_next_passes_filings_claimed_by_others_and_bulk_approval_ask
             "anchor q-04 revision 2, APPROVED",
             "anchor q-05 revision 2, APPROVED"
         ]
+    );
+    // Without the hash of the image seen (a page whose image did not load), no approval.
+    let unseen = http(
+        addr,
+        "POST",
+        "/review/anchor/q-03",
+        &[("Cookie", &reviewer)],
+        &form(&[
+            ("verdict", "approve"),
+            ("expected_revision", "1"),
+            ("csrf", &csrf),
+        ]),
+    );
+    assert_eq!(unseen.status, 400, "{}", unseen.body);
+    assert!(
+        unseen
+            .body
+            .contains("its image was not shown, so it cannot be approved"),
+        "{}",
+        unseen.body
     );
 }

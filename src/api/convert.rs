@@ -65,7 +65,6 @@ pub fn optional_id(field: &str, value: &str) -> Result<Option<String>, PdpError>
     }
 }
 
-/// Free text: bounded, no control characters (they end up in logs and terminals).
 /// A SHA-256 in lower-case hex (64 characters), as `Review.image_sha256` gives it.
 pub fn sha256_hex_field(field: &str, value: &str) -> Result<String, PdpError> {
     if value.len() != 64
@@ -81,6 +80,7 @@ pub fn sha256_hex_field(field: &str, value: &str) -> Result<String, PdpError> {
     Ok(value.to_owned())
 }
 
+/// Free text: bounded, no control characters (they end up in logs and terminals).
 pub fn text(field: &str, value: &str, max: usize) -> Result<String, PdpError> {
     if value.len() > max {
         return Err(PdpError::invalid(

@@ -14,14 +14,12 @@ use super::live::records_table;
 use super::page;
 use super::session::Session;
 use super::viewer::Viewer;
-use super::{Access, Console, access, csrf_ok, error_page, may, not_done, status_of};
+use super::{Access, Console, READ_LOG, access, csrf_ok, error_page, may, not_done, status_of};
 use crate::domain::{Kind, Millis, RecordBody};
 use crate::error::PdpError;
-use crate::service::Origin;
 
 const GET_ACCOUNT: &str = "/anchorpdp.v1.PolicyAdmin/GetAccount";
 const LIFT: &str = "/anchorpdp.v1.PolicyAdmin/LiftFreeze";
-const READ_LOG: &str = "/anchorpdp.v1.PolicyAdmin/ReadDecisionLog";
 /// Records a log search shows, and how many it looks through for them.
 const LOG_RECORDS: usize = 500;
 const LOG_SCAN: usize = 1_000_000;
@@ -177,13 +175,10 @@ pub async fn lift(
     if reason.is_empty() || reason.len() > 512 {
         return refused(StatusCode::BAD_REQUEST, "reason: 1-512 bytes");
     }
-    let origin = Origin {
-        request_id: None,
-        entry_point: "console",
-        gateway_id: String::new(),
-        caller: session.caller_name(),
-        request: serde_json::json!({ "merchant_id": merchant, "reason": reason }),
-    };
+    let origin = super::origin(
+        &session,
+        serde_json::json!({ "merchant_id": merchant, "reason": reason }),
+    );
     match console
         .pdp
         .lift_freeze(&origin, &merchant, &session.caller.name, &reason)

@@ -11,14 +11,12 @@ use maud::{Markup, html};
 
 use super::guard::StrictForm;
 use super::page;
-use super::review::filings;
+use super::review::{LIST, filings};
 use super::session::Session;
 use super::viewer::Viewer;
-use super::{Access, Console, access, csrf_ok, may, not_done, status_of};
+use super::{Access, Console, access, csrf_ok, may, not_done, origin, status_of};
 use crate::domain::Kind;
-use crate::service::Origin;
 
-const LIST: &str = "/anchorpdp.v1.PolicyAdmin/ListRegistrations";
 const LISTING: &str = "/anchorpdp.v1.PolicyAdmin/SetProviderListing";
 const AI_FILING: &str = "/anchorpdp.v1.PolicyAdmin/SetAiFeatureFiling";
 
@@ -97,16 +95,6 @@ pub async fn catalog(State(console): State<Arc<Console>>, headers: HeaderMap) ->
         Access::Refused(response) => return response,
     };
     catalog_page(&console, &viewer, &session, None, None).into_response()
-}
-
-fn origin(session: &Session, request: serde_json::Value) -> Origin {
-    Origin {
-        request_id: None,
-        entry_point: "console",
-        gateway_id: String::new(),
-        caller: session.caller_name(),
-        request,
-    }
 }
 
 /// A change not made comes back as the catalog, saying why, with what was typed kept.

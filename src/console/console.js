@@ -4,7 +4,7 @@
 // Keys: the element whose data-key is the key pressed is clicked (a button submits its form,
 // a link is followed). j/k next/previous, a/r approve/reject & next, v full-size image.
 document.addEventListener("keydown", function (e) {
-  if (e.ctrlKey || e.metaKey || e.altKey || e.isComposing) { return; }
+  if (e.ctrlKey || e.metaKey || e.altKey || e.isComposing || !/^[jkarv]$/.test(e.key)) { return; }
   var t = e.target;
   if (t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName))) { return; }
   var figure = document.getElementById("image");
@@ -48,10 +48,12 @@ document.addEventListener("keydown", function (e) {
   if (current === zone) { return; }
   document.cookie = "tz=" + zone + "; Path=/; SameSite=Strict; Max-Age=31536000" +
     (location.protocol === "https:" ? "; Secure" : "");
-  // Once per tab at most: a browser that keeps no cookies is not reloaded forever.
+  // Only when the zone was unknown (a changed one shows from the next page on), and once per
+  // tab at most: a browser that keeps no cookies is not reloaded forever. (A page answering a
+  // form always comes after the sign-in page set the cookie, so no form is posted again.)
   var reloaded = false;
   try { reloaded = sessionStorage.getItem("tz-reloaded") === zone; } catch (e) { reloaded = true; }
-  if (!reloaded && document.querySelector("time[datetime], input[type=datetime-local]")) {
+  if (!current && !reloaded && document.querySelector("time[datetime], input[type=datetime-local]")) {
     try { sessionStorage.setItem("tz-reloaded", zone); } catch (e) { return; }
     location.reload();
   }

@@ -24,7 +24,6 @@ use crate::domain::{
 };
 use crate::error::PdpError;
 use crate::images::{Image, ImageError};
-use crate::service::Origin;
 use crate::store::Claimed;
 
 /// Changes a filing's history shows, and how many log records it looks through for them.
@@ -34,11 +33,22 @@ const HISTORY_SCAN: usize = 1_000_000;
 /// by a little.
 const CLOCK_SLACK_MS: i64 = 60_000;
 
-/// An anchor's image as the server fetched it (recently): None for other kinds and when the
-/// server fetches no images.
+/// How an image shown is fetched.
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Fetch {
+    /// Fetched now if the anchor's approval is bound to an image (its page checks it afresh);
+    /// otherwise from the recent fetches.
+    CheckingApproval,
+    /// From the recent fetches (the `<img>` of a page just rendered, thumbnails).
+    Recent,
+}
+
+/// An anchor's image as the server fetched it: None for other kinds and when the server
+/// fetches no images. An approved anchor seen with other bytes goes back to review at once.
 pub(super) async fn image_of(
     console: &Console,
     filing: &Registration,
+    fetch: Fetch,
 ) -> Option<Result<Arc<Image>, ImageError>> {
     let RecordBody::Anchor {
         image_reference, ..
@@ -47,48 +57,44 @@ pub(super) async fn image_of(
         return None;
     };
     let images = console.pdp.images()?;
-    // An approved anchor's image is checked afresh each time it is looked at; a pending one
-    // may come from the recent fetches (the queue's thumbnails, the previous page).
-    let bound = filing.review_status == ReviewStatus::Approved
-        && filing
-            .last_review
-            .as_ref()
-            .is_some_and(|r| r.image_sha256.is_some());
-    let image = if bound {
+    let bound = filing.bound_image();
+    let image = if bound.is_some() && fetch == Fetch::CheckingApproval {
         images.fetch(image_reference).await
     } else {
         images.recent(image_reference).await
     };
-    if let Ok(image) = &image {
-        noticed(console, filing, image_reference, image).await;
-    }
-    Some(image)
-}
-
-/// An approved anchor whose image is seen to differ from the approved one goes back to review
-/// at once, not only at the next re-check.
-async fn noticed(console: &Console, filing: &Registration, reference: &str, image: &Image) {
-    let bound = filing
-        .last_review
-        .as_ref()
-        .and_then(|r| r.image_sha256.as_deref());
-    if filing.review_status == ReviewStatus::Approved
-        && bound.is_some_and(|bound| bound != image.sha256)
+    if let (Ok(image), Some(bound)) = (&image, bound)
+        && bound != image.sha256
         && let Err(error) = console
             .pdp
-            .image_seen(&filing.id, reference, &image.sha256)
+            .image_seen(&filing.id, image_reference, &image.sha256)
             .await
     {
         tracing::error!(anchor = %filing.id, %error, "cannot send a changed image back to review");
     }
+    Some(image)
+}
+
+/// A shortened hash to show (and to version an image's URL with).
+pub(super) fn short(sha256: &str) -> &str {
+    sha256.get(..16).unwrap_or(sha256)
 }
 
 /// `GET /review/anchor/{id}/image`: the anchor's image, fetched by the server from its
 /// configured prefix and checked; the browser never contacts the image's host.
+#[derive(serde::Deserialize)]
+pub struct ImageQuery {
+    /// The start of the hash the page that shows the image was rendered with: other bytes are
+    /// refused (409), so no one decides on pixels other than those the hash names.
+    #[serde(default)]
+    v: String,
+}
+
 pub async fn image(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
     Path((kind, id)): Path<(String, String)>,
+    Query(query): Query<ImageQuery>,
 ) -> Response {
     if let Access::Refused(response) = access(&console, &headers, LIST).await {
         return response;
@@ -101,12 +107,17 @@ pub async fn image(
         Err(PdpError::NotFound(e)) => return (StatusCode::NOT_FOUND, e).into_response(),
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     };
-    match image_of(&console, &filing).await {
+    match image_of(&console, &filing, Fetch::Recent).await {
         None => (StatusCode::NOT_FOUND, "this server fetches no images").into_response(),
         Some(Err(e @ (ImageError::NotMapped(_) | ImageError::BadPath { .. }))) => {
             (StatusCode::NOT_FOUND, e.to_string()).into_response()
         }
         Some(Err(e)) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+        Some(Ok(image)) if !image.sha256.starts_with(&query.v) => (
+            StatusCode::CONFLICT,
+            "the image changed since the page was shown: reload the page",
+        )
+            .into_response(),
         Some(Ok(image)) => (
             [
                 (header::CONTENT_TYPE, image.content_type.to_owned()),
@@ -228,7 +239,7 @@ fn neighbours(
     }
 }
 
-fn filing_path(filing: &Registration) -> String {
+pub(super) fn filing_path(filing: &Registration) -> String {
     format!("/review/{}/{}", filing.kind().name(), filing.id)
 }
 
@@ -269,10 +280,10 @@ fn filing_page(
                 figure.image id="image" {
                     @match image {
                         Some(Ok(image)) => {
-                            img.anchor id="anchor-image" src=(format!("/review/anchor/{}/image?v={}", filing.id, &image.sha256[..16])) alt=(image_reference);
+                            img.anchor id="anchor-image" src=(format!("/review/anchor/{}/image?v={}", filing.id, short(&image.sha256))) alt=(image_reference);
                             figcaption {
                                 code { (image_reference) } br;
-                                "SHA-256 " code.hash title=(image.sha256) { (&image.sha256[..16]) "…" }
+                                "SHA-256 " code.hash title=(image.sha256) { (short(&image.sha256)) "…" }
                                 " · " button.link type="button" id="zoom" data-key="v" { (lang.t("zoom")) " (v)" }
                             }
                         }
@@ -307,7 +318,10 @@ fn filing_page(
                         @if pending {
                             label { (lang.t("expires")) input type="datetime-local" name="expires"; }
                             div.buttons {
-                                button.approve type="submit" name="verdict" value="approve" data-key="a" { (lang.t("approve_next")) " (a)" }
+                                // An anchor whose image could not be shown cannot be approved.
+                                @if !matches!(image, Some(Err(_))) {
+                                    button.approve type="submit" name="verdict" value="approve" data-key="a" { (lang.t("approve_next")) " (a)" }
+                                }
                                 button.reject type="submit" name="verdict" value="reject" data-key="r" { (lang.t("reject_next")) " (r)" }
                             }
                         } @else {
@@ -355,7 +369,7 @@ fn filing_page(
                     Some(review) => {
                         (verdict_at(review.verdict)) " — " (review.reviewer) ", " (viewer.time(review.reviewed_at))
                         @if !review.note.is_empty() { " — " q { (review.note) } }
-                        @if let Some(sha) = &review.image_sha256 { " — SHA-256 " code.hash title=(sha) { (&sha[..sha.len().min(16)]) "…" } }
+                        @if let Some(sha) = &review.image_sha256 { " — SHA-256 " code.hash title=(sha) { (short(sha)) "…" } }
                     }
                     None => { (lang.t("none_yet")) }
                 }
@@ -377,7 +391,7 @@ async fn page_answer(
     status: StatusCode,
     shown: Shown<'_>,
 ) -> Response {
-    let image = image_of(console, filing).await;
+    let image = image_of(console, filing, Fetch::CheckingApproval).await;
     // Seeing the image may have sent an approved anchor back to review: show it as it is now.
     let now = console.pdp.get_registration(filing.kind(), &filing.id).ok();
     let filing = now.as_ref().unwrap_or(filing);
@@ -472,6 +486,30 @@ async fn claim_for(
         .store()
         .claim_filing(kind, id, &session.caller_name(), now + CLAIM_MS, now)
         .await
+}
+
+/// The next filing after `after` that is not claimed by another, claimed now for the
+/// session: one claimed by someone else meanwhile is passed by (a few tries, then the queue).
+async fn next_claimed(
+    console: &Console,
+    session: &Session,
+    filter: &QueueFilter,
+    after: &Registration,
+) -> Option<Registration> {
+    let mut after = after.clone();
+    for _ in 0..5 {
+        let next = neighbours(console, filter, &after, &session.caller_name()).next?;
+        match claim_for(console, session, next.kind(), &next.id).await {
+            Ok(Claimed::Yours(_)) => return Some(next),
+            Ok(Claimed::Theirs(_)) => after = next,
+            Err(error) => {
+                // A claim only guides: go on without it.
+                tracing::warn!(%error, "cannot claim the next filing");
+                return Some(next);
+            }
+        }
+    }
+    None
 }
 
 pub async fn claim(
@@ -603,7 +641,21 @@ pub async fn verdict(
             Ok(at) => at,
             Err(e) => return not_recorded(StatusCode::BAD_REQUEST, &e).await,
         };
-    let seen_image_sha256 = form.get("image_sha256").filter(|s| !s.is_empty()).cloned();
+    let seen_image_sha256 = match form.get("image_sha256").filter(|s| !s.is_empty()) {
+        Some(seen) => match crate::api::convert::sha256_hex_field("image_sha256", seen) {
+            Ok(seen) => Some(seen),
+            Err(e) => return not_recorded(StatusCode::BAD_REQUEST, &e.to_string()).await,
+        },
+        None => None,
+    };
+    // An approval binds to the image the reviewer saw: without one shown, none is given.
+    if verdict == Verdict::Approve
+        && kind == Kind::Anchor
+        && console.pdp.images().is_some()
+        && seen_image_sha256.is_none()
+    {
+        return not_recorded(StatusCode::BAD_REQUEST, lang.t("image_not_seen")).await;
+    }
     let command = ReviewCommand {
         kind,
         id: id.clone(),
@@ -615,12 +667,9 @@ pub async fn verdict(
         seen_image_sha256: seen_image_sha256.clone(),
         image: None,
     };
-    let origin = Origin {
-        request_id: None,
-        entry_point: "console",
-        gateway_id: String::new(),
-        caller: session.caller_name(),
-        request: serde_json::json!({
+    let origin = super::origin(
+        &session,
+        serde_json::json!({
             "kind": kind.name(),
             "id": id,
             "verdict": form.get("verdict"),
@@ -629,7 +678,7 @@ pub async fn verdict(
             "approval_expires_at": approval_expires_at,
             "image_sha256": seen_image_sha256,
         }),
-    };
+    );
     match console.pdp.review(&origin, &command).await {
         Ok(filing) if verdict == Verdict::Revoke => {
             Redirect::to(&filter.link(&filing_path(&filing), &[("recorded", "")])).into_response()
@@ -637,15 +686,9 @@ pub async fn verdict(
         Ok(filing) => {
             // The fast path: on to the next filing not claimed by another, claimed now.
             let done = format!("{}/{id}", kind.name());
-            let next = neighbours(&console, &filter, &filing, &session.caller_name()).next;
-            match next {
-                Some(next) => {
-                    if let Err(error) = claim_for(&console, &session, next.kind(), &next.id).await {
-                        tracing::warn!(%error, "cannot claim the next filing");
-                    }
-                    Redirect::to(&filter.link(&filing_path(&next), &[("done", &done)]))
-                        .into_response()
-                }
+            match next_claimed(&console, &session, &filter, &filing).await {
+                Some(next) => Redirect::to(&filter.link(&filing_path(&next), &[("done", &done)]))
+                    .into_response(),
                 None => Redirect::to(&filter.link("/review", &[("done", &done)])).into_response(),
             }
         }

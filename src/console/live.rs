@@ -13,14 +13,12 @@ use super::guard::StrictForm;
 use super::page::{self, Lang};
 use super::session::Session;
 use super::viewer::Viewer;
-use super::{Access, Console, access, csrf_ok, error_page, not_done, status_of};
+use super::{Access, Console, READ_LOG, access, csrf_ok, error_page, not_done, status_of};
 use crate::domain::{LogRecord, Penalty, SessionState};
-use crate::service::Origin;
 
 const LIST: &str = "/anchorpdp.v1.PolicyAdmin/ListLiveSessions";
 const GET: &str = "/anchorpdp.v1.PolicyAdmin/GetSession";
 const REPORT: &str = "/anchorpdp.v1.PolicyAdmin/ReportViolation";
-const READ_LOG: &str = "/anchorpdp.v1.PolicyAdmin/ReadDecisionLog";
 /// Decision-log records a session page shows, and how many it looks through for them.
 const SESSION_RECORDS: usize = 200;
 const SESSION_SCAN: usize = 200_000;
@@ -298,13 +296,10 @@ pub async fn report(
         return page::layout(&viewer, Some(&session), lang.t("confirm_title"), body)
             .into_response();
     }
-    let origin = Origin {
-        request_id: None,
-        entry_point: "console",
-        gateway_id: String::new(),
-        caller: session.caller_name(),
-        request: serde_json::json!({ "session_id": id, "rule_id": rule_id, "note": note }),
-    };
+    let origin = super::origin(
+        &session,
+        serde_json::json!({ "session_id": id, "rule_id": rule_id, "note": note }),
+    );
     match console
         .pdp
         .report_violation(&origin, &id, &rule_id, &session.caller.name, &note)

@@ -253,6 +253,21 @@ fn csrf_ok(session: &Session, form: &HashMap<String, String>) -> bool {
         .is_some_and(|token| session::same_token(token, &session.csrf))
 }
 
+/// The method the decision-log pages stand for.
+const READ_LOG: &str = "/anchorpdp.v1.PolicyAdmin/ReadDecisionLog";
+
+/// Where a change asked from the console comes from: the session's caller, with `request` as
+/// the decision log records it.
+fn origin(session: &Session, request: serde_json::Value) -> Origin {
+    Origin {
+        request_id: None,
+        entry_point: "console",
+        gateway_id: String::new(),
+        caller: session.caller_name(),
+        request,
+    }
+}
+
 /// The status a change that was not made answers with.
 fn status_of(e: &PdpError) -> StatusCode {
     match e {
@@ -261,6 +276,8 @@ fn status_of(e: &PdpError) -> StatusCode {
             StatusCode::BAD_REQUEST
         }
         PdpError::Aborted(_) => StatusCode::CONFLICT,
+        PdpError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+        PdpError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     }
 }

@@ -290,6 +290,11 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("until", "Until (your time zone)", "截止时间(按您的时区)"),
     ("zone", "Times:", "时区:"),
     ("not_done", "Nothing was changed:", "未做任何更改:"),
+    (
+        "image_not_seen",
+        "its image was not shown, so it cannot be approved (reload the page).",
+        "其图片未能显示,因此不能通过(请刷新页面)。",
+    ),
     ("log_unread", "The log was not searched:", "未能检索日志:"),
     ("error_title", "Not done", "未完成"),
     ("home", "Back to the console", "返回控制台"),

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use maud::{Markup, html};
 
+use super::filing::{Fetch, image_of};
 use super::guard::StrictForm;
 use super::page::{self, Lang};
 use super::session::Session;
@@ -20,7 +22,6 @@ use crate::domain::{
     Kind, RecordBody, Registration, ReviewClaim, ReviewCommand, ReviewStatus, Verdict,
 };
 use crate::error::PdpError;
-use crate::service::Origin;
 
 pub(super) const LIST: &str = "/anchorpdp.v1.PolicyAdmin/ListRegistrations";
 pub(super) const REVIEW: &str = "/anchorpdp.v1.PolicyAdmin/ReviewFiling";
@@ -30,6 +31,8 @@ pub(super) const REVIEWED_KINDS: [Kind; 3] = [Kind::Anchor, Kind::Driver, Kind::
 const QUEUE_PAGE: usize = 50;
 /// Filings one bulk approval may carry.
 const BULK_MAX: usize = QUEUE_PAGE;
+/// Images fetched, or approvals given, at once by one bulk approval.
+const AT_ONCE: usize = 8;
 /// How long a claim holds: a reviewer's look at one filing, with room to spare.
 pub(super) const CLAIM_MS: i64 = 15 * 60_000;
 
@@ -156,7 +159,7 @@ pub(super) fn filings(
 }
 
 pub(super) fn claim_key(filing: &Registration) -> String {
-    format!("{}/{}", filing.kind().name(), filing.id)
+    crate::store::claimed_filing(filing.kind(), &filing.id)
 }
 
 /// The claims in force now; none if they cannot be read (a claim only guides).
@@ -184,10 +187,19 @@ pub(super) fn display_name(body: &RecordBody) -> &str {
 }
 
 /// A filing's thumbnail (anchors have images), served by the console.
-pub(super) fn thumbnail(filing: &Registration) -> Markup {
+/// `version`: the hash the page was rendered with, when it was (the image must still be it).
+pub(super) fn thumbnail(filing: &Registration, version: Option<&str>) -> Markup {
+    let src = match version {
+        Some(sha) => format!(
+            "/review/anchor/{}/image?v={}",
+            filing.id,
+            super::filing::short(sha)
+        ),
+        None => format!("/review/anchor/{}/image", filing.id),
+    };
     html! {
         @if filing.kind() == Kind::Anchor {
-            img.thumb src=(format!("/review/anchor/{}/image", filing.id)) alt="" loading="lazy" width="56" height="56";
+            img.thumb src=(src) alt="" loading="lazy" width="56" height="56";
         }
     }
 }
@@ -268,7 +280,7 @@ pub async fn queue(
         p {
             (pending.len()) " " (lang.t("pending"))
             @if let Some(first) = start {
-                " · " a.start data-key="j" href=(filter.link(&format!("/review/{}/{}", first.kind().name(), first.id), &[])) { (lang.t("start_reviewing")) " (j)" }
+                " · " a.start data-key="j" href=(filter.link(&super::filing::filing_path(first), &[])) { (lang.t("start_reviewing")) " (j)" }
             }
         }
         @if pending.is_empty() {
@@ -289,9 +301,9 @@ pub async fn queue(
                                     @if bulk {
                                         td { input type="checkbox" class="pick" name=(format!("pick.{}", claim_key(filing))) value=(filing.revision) aria-label=(filing.id); }
                                     }
-                                    td { (thumbnail(filing)) }
+                                    td { (thumbnail(filing, None)) }
                                     td { (lang.t(filing.kind().name())) }
-                                    td { a href=(filter.link(&format!("/review/{}/{}", filing.kind().name(), filing.id), &[])) { (filing.id) } }
+                                    td { a href=(filter.link(&super::filing::filing_path(filing), &[])) { (filing.id) } }
                                     td { (filing.body.owner().unwrap_or("")) }
                                     td { (display_name(&filing.body)) }
                                     td { (viewer.time(filing.created_at)) }
@@ -382,25 +394,32 @@ pub async fn bulk(
             .await
             .into_response();
     }
-    let mut outcomes = Vec::with_capacity(picks.len());
-    for (kind, id, revision) in &picks {
+    // Each filing is its own verdict, a few at once (each approval of an anchor fetches its
+    // image); one claimed by another reviewer, or whose image was not shown, is not approved.
+    let claims = claims(&console);
+    let me = session.caller_name();
+    let approve = |(kind, id, revision): &(Kind, String, u64)| {
+        let (kind, revision) = (*kind, *revision);
+        let claimed = claims
+            .get(&crate::store::claimed_filing(kind, id))
+            .filter(|c| c.by != me)
+            .map(|c| format!("{} {}", lang.t("claimed_by"), c.by));
+        let seen = form.get(&format!("sha.{}/{id}", kind.name())).cloned();
+        let unseen = kind == Kind::Anchor && console.pdp.images().is_some() && seen.is_none();
         let command = ReviewCommand {
-            kind: *kind,
+            kind,
             id: id.clone(),
             verdict: Verdict::Approve,
             reviewer: session.caller.name.clone(),
             note: note.clone(),
-            expected_revision: Some(*revision),
+            expected_revision: Some(revision),
             approval_expires_at: None,
-            seen_image_sha256: form.get(&format!("sha.{}/{id}", kind.name())).cloned(),
+            seen_image_sha256: seen,
             image: None,
         };
-        let origin = Origin {
-            request_id: None,
-            entry_point: "console",
-            gateway_id: String::new(),
-            caller: session.caller_name(),
-            request: serde_json::json!({
+        let origin = super::origin(
+            &session,
+            serde_json::json!({
                 "kind": kind.name(),
                 "id": id,
                 "verdict": "approve",
@@ -408,14 +427,26 @@ pub async fn bulk(
                 "expected_revision": revision,
                 "bulk": picks.len(),
             }),
-        };
-        let outcome = match console.pdp.review(&origin, &command).await {
-            Ok(filing) => Ok(filing.revision),
-            Err(PdpError::Aborted(why)) => Err(format!("{} {why}", lang.t("conflict"))),
-            Err(e) => Err(e.to_string()),
-        };
-        outcomes.push((*kind, id.clone(), outcome));
-    }
+        );
+        let console = &console;
+        async move {
+            let outcome = match (claimed, unseen) {
+                (Some(claimed), _) => Err(claimed),
+                (None, true) => Err(lang.t("image_not_seen").to_owned()),
+                (None, false) => match console.pdp.review(&origin, &command).await {
+                    Ok(filing) => Ok(filing.revision),
+                    Err(PdpError::Aborted(why)) => Err(format!("{} {why}", lang.t("conflict"))),
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            (kind, command.id, outcome)
+        }
+    };
+    let each: Vec<_> = picks.iter().map(approve).collect();
+    let outcomes: Vec<_> = futures_util::stream::iter(each)
+        .buffered(AT_ONCE)
+        .collect()
+        .await;
     let approved = outcomes.iter().filter(|(_, _, o)| o.is_ok()).count();
     let status = if approved == outcomes.len() {
         StatusCode::OK
@@ -452,6 +483,26 @@ pub async fn bulk(
         .into_response()
 }
 
+/// A picked filing as the confirmation shows it: the filing and the hash of its image.
+async fn shown<'a>(
+    console: &Console,
+    pick: &'a (Kind, String, u64),
+) -> (
+    Option<Registration>,
+    Option<String>,
+    &'a (Kind, String, u64),
+) {
+    let filing = console.pdp.get_registration(pick.0, &pick.1).ok();
+    let seen = match &filing {
+        Some(filing) => image_of(console, filing, Fetch::Recent)
+            .await
+            .and_then(Result::ok)
+            .map(|image| image.sha256.clone()),
+        None => None,
+    };
+    (filing, seen, pick)
+}
+
 /// The one confirmation of a bulk approval: what will be approved, each with its image (and
 /// that image's hash, so that an image changed before the confirmation is not approved).
 async fn confirm_page(
@@ -461,18 +512,12 @@ async fn confirm_page(
     picks: &[(Kind, String, u64)],
 ) -> Markup {
     let lang = viewer.lang;
-    let mut filings = Vec::with_capacity(picks.len());
-    for pick in picks {
-        let filing = console.pdp.get_registration(pick.0, &pick.1).ok();
-        let seen = match &filing {
-            Some(filing) => super::filing::image_of(console, filing)
-                .await
-                .and_then(Result::ok)
-                .map(|image| image.sha256.clone()),
-            None => None,
-        };
-        filings.push((filing, seen, pick));
-    }
+    // Built first: a closure inside the stream would not be Send for every lifetime.
+    let each: Vec<_> = picks.iter().map(|pick| shown(console, pick)).collect();
+    let filings: Vec<_> = futures_util::stream::iter(each)
+        .buffered(AT_ONCE)
+        .collect()
+        .await;
     let body = html! {
         p.notice { (lang.t("bulk_confirm")) " " (picks.len()) }
         form.bulk method="post" action="/review/bulk" {
@@ -487,7 +532,7 @@ async fn confirm_page(
                                 td {
                                     input type="hidden" name=(format!("pick.{}/{id}", kind.name())) value=(revision);
                                     @if let Some(sha) = seen { input type="hidden" name=(format!("sha.{}/{id}", kind.name())) value=(sha); }
-                                    @if let Some(filing) = filing { (thumbnail(filing)) }
+                                    @if let Some(filing) = filing { (thumbnail(filing, seen.as_deref())) }
                                 }
                                 td { (lang.t(kind.name())) }
                                 td { (id) }

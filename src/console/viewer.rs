@@ -88,8 +88,9 @@ impl Viewer {
     }
 
     /// A datetime-local field's `2026-12-01T09:30` (seconds optional) in the viewer's zone, as
-    /// Unix milliseconds; empty is None. A time a clock change skips or repeats is taken as
-    /// the earlier of its readings (jiff's "compatible" rule).
+    /// Unix milliseconds; empty is None. A time a clock change repeats is its earlier reading,
+    /// one it skips is read with the offset from before the change (jiff's "compatible" rule,
+    /// as RFC 5545 and the browsers' Temporal do).
     pub fn parse_local(&self, field: &str, value: &str) -> Result<Option<Millis>, String> {
         let value = value.trim();
         if value.is_empty() {

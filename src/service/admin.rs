@@ -176,10 +176,17 @@ impl Pdp {
         cmd: &ReviewCommand,
     ) -> Result<Registration, PdpError> {
         let mut cmd = reviewed_by_caller(origin, cmd);
-        cmd.image = self.image_to_approve(&cmd).await?;
-        let cmd = &cmd;
         let now = self.now();
         let record_id = super::new_id();
+        // A retry gets its first answer: no image is fetched for it (that could refuse it).
+        let retry = match Self::request(origin, &record_id, now) {
+            Some(request) => self.store.has_answered(&request)?,
+            None => false,
+        };
+        if !retry {
+            cmd.image = self.image_to_approve(&cmd).await?;
+        }
+        let cmd = &cmd;
         let record =
             |r: &Registration| self.registration_record(origin, "ReviewFiling", now, &record_id, r);
         let request = Self::request(origin, &record_id, now);

@@ -9,31 +9,30 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use super::Pdp;
-use crate::domain::{Kind, RecordBody, Registration, ReviewStatus};
+use crate::domain::{Kind, RecordBody};
 
 /// Images fetched at once: enough to hide a slow store, few enough not to hammer it.
 const FETCHES_AT_ONCE: usize = 8;
 
 /// The anchors to re-check: approved, bound to an image hash. (id, reference, bound hash).
 fn bound_anchors(pdp: &Pdp) -> Vec<(String, String, String)> {
-    let bound = |r: &Registration| {
-        r.review_status == ReviewStatus::Approved
-            && r.last_review
-                .as_ref()
-                .is_some_and(|review| review.image_sha256.is_some())
-    };
     pdp.store()
-        .registrations_page(&[Kind::Anchor], bound, 0, usize::MAX)
+        .registrations_page(
+            &[Kind::Anchor],
+            |r| r.bound_image().is_some(),
+            0,
+            usize::MAX,
+        )
         .1
         .into_iter()
-        .filter_map(|r| match (r.body, r.last_review) {
-            (
+        .filter_map(|r| {
+            let bound = r.bound_image()?.to_owned();
+            match r.body {
                 RecordBody::Anchor {
                     image_reference, ..
-                },
-                Some(review),
-            ) => Some((r.id, image_reference, review.image_sha256?)),
-            _ => None,
+                } => Some((r.id, image_reference, bound)),
+                _ => None,
+            }
         })
         .collect()
 }

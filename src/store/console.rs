@@ -25,8 +25,19 @@ const INDEXED: &str = "console-indexed";
 /// Reviewers' claims, `claim/<kind>/<id>`.
 const CLAIMS: &str = "claim/";
 
+/// A claim's key, `claim/` + `claimed_filing`.
 fn claim_key(kind: Kind, id: &str) -> String {
-    format!("{CLAIMS}{}/{id}", kind.name())
+    format!("{CLAIMS}{}", claimed_filing(kind, id))
+}
+
+/// How `filing_claims` names a claimed filing: `<kind>/<id>`.
+pub fn claimed_filing(kind: Kind, id: &str) -> String {
+    format!("{}/{id}", kind.name())
+}
+
+/// Whether a stored claim lapsed by `now` (one that cannot be read counts as lapsed).
+fn lapsed_at(key: &str, bytes: &[u8], now: Millis) -> bool {
+    super::tx::decode::<ReviewClaim>(key, bytes).map_or(true, |c| c.until <= now)
 }
 
 fn credential_hash(credential: &str) -> String {
@@ -215,9 +226,7 @@ impl Store {
         let lapsed: Vec<String> = self
             .scan(CLAIMS, "claim0", usize::MAX)?
             .into_iter()
-            .filter(|(key, bytes)| {
-                super::tx::decode::<ReviewClaim>(key, bytes).map_or(true, |c| c.until <= now)
-            })
+            .filter(|(key, bytes)| lapsed_at(key, bytes, now))
             .map(|(key, _)| key)
             .take(PRUNE_BATCH)
             .collect();
@@ -233,8 +242,13 @@ impl Store {
             {
                 return Ok(Claimed::Theirs(held));
             }
+            // Removed only if still lapsed: another reviewer may have claimed it meanwhile.
             for old in lapsed.iter().filter(|old| **old != key) {
-                tx.remove(old)?;
+                if let Some(bytes) = tx.get(old)?
+                    && lapsed_at(old, &bytes, now)
+                {
+                    tx.remove(old)?;
+                }
             }
             tx_put(tx, &key, &claim)?;
             Ok(Claimed::Yours(claim.clone()))
@@ -246,8 +260,10 @@ impl Store {
     pub fn filing_claims(&self, now: Millis) -> Result<HashMap<String, ReviewClaim>, PdpError> {
         let mut claims = HashMap::new();
         for (key, bytes) in self.scan(CLAIMS, "claim0", usize::MAX)? {
-            let claim: ReviewClaim = super::tx::decode(&key, &bytes)?;
-            if claim.until > now {
+            // One that cannot be read is as if lapsed (the next claim removes it).
+            if let Ok(claim) = super::tx::decode::<ReviewClaim>(&key, &bytes)
+                && claim.until > now
+            {
                 claims.insert(key[CLAIMS.len()..].to_owned(), claim);
             }
         }

@@ -15,7 +15,7 @@
 
 mod backup;
 mod console;
-pub use console::Claimed;
+pub use console::{Claimed, claimed_filing};
 mod disk;
 mod etcd_store;
 mod fault;
@@ -361,6 +361,11 @@ impl Store {
     /// `transact`, for a write the caller may have named: the first attempt keeps its answer
     /// in the same transaction as its change, and a retry gets that answer and changes
     /// nothing.
+    /// Whether `request` was answered already (a retry: its first answer is replayed).
+    pub fn has_answered(&self, request: &Request) -> Result<bool, PdpError> {
+        Ok(self.read_raw(&request.key)?.is_some())
+    }
+
     async fn transact_once<T>(
         &self,
         request: Option<&Request>,

@@ -65,6 +65,12 @@ pub fn default_png() -> &'static [u8] {
     DEFAULT.get_or_init(|| png(1024, [0xf2, 0xc9, 0xa0]))
 }
 
+/// The default image's SHA-256: what a reviewer who saw it approves.
+pub fn default_sha() -> &'static str {
+    static SHA: OnceLock<String> = OnceLock::new();
+    SHA.get_or_init(|| anchor_pdp::domain::sha256_hex(default_png()))
+}
+
 pub fn image_host() -> &'static ImageHost {
     static HOST: OnceLock<ImageHost> = OnceLock::new();
     HOST.get_or_init(|| {
