@@ -33,6 +33,42 @@ pub fn install() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// `/healthz` (liveness) and `/readyz` (readiness) for Kubernetes-style HTTP probes, beside
+/// `/metrics`. Liveness: the process answers (restart it only if this fails). Readiness: what
+/// gRPC health reports SERVING for (`follow_store_health` in the server): the store can write,
+/// which on etcd includes being current with a quorum; the policies are loaded by then (a
+/// server does not start without them). 503 with the reason while not ready.
+pub fn probes(pdp: std::sync::Arc<crate::service::Pdp>) -> axum::Router {
+    use axum::http::StatusCode;
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let pdp = pdp.clone();
+                async move {
+                    let store = pdp.store();
+                    let policies = pdp.policies();
+                    let problem = store.write_failure();
+                    let status = if problem.is_none() {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    let body = serde_json::json!({
+                        "ready": problem.is_none(),
+                        "problem": problem,
+                        "store": store.backend_name(),
+                        "replica": store.replica(),
+                        "revision": store.revision(),
+                        "policies": policies.version(),
+                    });
+                    (status, axum::Json(body))
+                }
+            }),
+        )
+}
+
 /// The `/metrics` route: the live-session gauge is read when scraped, the rest as recorded.
 pub fn router(pdp: std::sync::Arc<crate::service::Pdp>, handle: PrometheusHandle) -> axum::Router {
     axum::Router::new().route(

@@ -257,8 +257,18 @@ async fn losing_one_member_changes_nothing_losing_two_fails_closed_and_quorum_ba
     // Room for the steps between losing the quorum and the LIVE re-check below on a loaded
     // 2-core machine (3 s proved too tight in CI with other clusters running).
     options.configure = Some(|args| args.etcd_max_staleness_ms = 6000);
+    options.metrics = true;
     let mut a = TestServer::admitted_with(options).await;
     let live_session = a.start_session_in("r1").await;
+    let metrics = a.metrics_addr.expect("metrics");
+    let probe =
+        move |path: &'static str| common::hooks::http(metrics, "GET", path, "text/plain", "");
+    let (status, ready) = probe("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert!(
+        ready.contains("\"ready\":true") && ready.contains("\"store\":\"etcd\""),
+        "{ready}"
+    );
 
     // One member down: a quorum of two remains; writes and decisions go on (a write that
     // arrives during the election waits for it).
@@ -312,6 +322,14 @@ async fn losing_one_member_changes_nothing_losing_two_fails_closed_and_quorum_ba
         serving,
         tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
     );
+    // The HTTP probes say the same: alive, not ready, and why.
+    let (status, ready) = probe("/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(
+        ready.contains("\"ready\":false") && ready.contains("quorum"),
+        "{ready}"
+    );
+    assert_eq!(probe("/healthz").await, (200, "ok\n".to_owned()));
     tokio::time::sleep(Duration::from_millis(6000)).await;
     let stale = a.authorize(live(&live_session)).await;
     assert_eq!(decision(&stale), proto::Decision::Deny, "{stale:?}");
@@ -333,6 +351,12 @@ async fn losing_one_member_changes_nothing_losing_two_fails_closed_and_quorum_ba
             std::time::Instant::now() < deadline,
             "no recovery: {response:?}"
         );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Ready again once the store's probe write (every second) is durable.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while probe("/readyz").await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready again");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

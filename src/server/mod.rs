@@ -283,8 +283,9 @@ pub async fn serve(
     {
         Some((listener, handle)) => {
             let addr = listener.local_addr().map_err(StartError::Hooks)?;
-            tracing::info!(%addr, "metrics listening (HTTP, /metrics)");
-            let app = crate::metrics::router(pdp.clone(), handle);
+            tracing::info!(%addr, "metrics listening (HTTP: /metrics, /healthz, /readyz)");
+            let app = crate::metrics::router(pdp.clone(), handle)
+                .merge(crate::metrics::probes(pdp.clone()));
             Some(tokio::spawn(crate::net::serve_http(
                 listener,
                 app,
