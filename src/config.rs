@@ -183,6 +183,24 @@ pub struct ServeArgs {
     )]
     pub hook_secrets: Vec<String>,
 
+    /// An OvenMediaEngine gateway's AdmissionWebhooks secret, as GATEWAY=SECRET (its
+    /// `<SecretKey>`; at least 16 bytes): admissions must carry a matching X-OME-Signature.
+    /// The secret itself, since an HMAC needs it: prefer the environment or a file readable by
+    /// the service only. Repeat, or comma-separate in the environment.
+    #[arg(
+        long = "ome-secret",
+        env = "ANCHOR_PDP_OME_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub ome_secrets: Vec<String>,
+
+    /// Refuse viewers on the ingest servers that ask for them too (MediaMTX `read` and
+    /// `playback`, OvenMediaEngine `outgoing`); by default they are admitted (the rules govern
+    /// broadcasting, not watching).
+    #[arg(long, env = "ANCHOR_PDP_DENY_PLAYBACK")]
+    pub deny_playback: bool,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless set).
     #[arg(long, env = "ANCHOR_PDP_METRICS_LISTEN", value_parser = parse_listen)]
     pub metrics_listen: Option<SocketAddr>,

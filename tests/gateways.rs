@@ -246,6 +246,165 @@ async fn srs_publish_and_unpublish() {
     assert_eq!(session.state, proto::SessionState::Ended as i32);
 }
 
+// ---- MediaMTX ----
+
+#[tokio::test]
+async fn mediamtx_publish_read_and_unready() {
+    let mut s = hooked().await;
+    let http_addr = s.http_addr.expect("http");
+    let claims = "anchor=a1&driver=d1&livestream_type=EVENT_LIVESTREAM&drive_mode=REAL_PERSON";
+    let auth = |body: String| async move {
+        http(
+            http_addr,
+            "POST",
+            "/mediamtx/mtx-1/auth",
+            "application/json",
+            &body,
+        )
+        .await
+    };
+    let (status, body) = auth(mediamtx_body("publish", "r1", "conn-1", claims)).await;
+    assert_eq!(status, 200, "{body}");
+    let session_id = json(&body)["session_id"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+
+    // The same rules: a pre-recorded "live" broadcast is refused with its reason (any non-2xx
+    // refuses in MediaMTX).
+    let recorded = "anchor=a1&driver=d1&livestream_type=EVENT_LIVESTREAM&drive_mode=PRE_RECORDED";
+    let (status, body) = auth(mediamtx_body("publish", "r1", "conn-2", recorded)).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(rules(&json(&body)), ["R3"]);
+    // A path that is no filed room, a claim given twice: refused, recorded as GATEWAY.
+    let (status, body) = auth(mediamtx_body("publish", "nowhere", "conn-3", claims)).await;
+    assert_eq!(
+        (status, rules(&json(&body))),
+        (403, vec!["GATEWAY".to_owned()]),
+        "{body}"
+    );
+    // Viewers are admitted (no --deny-playback); the API is not the PDP's to admit.
+    let (status, _) = auth(mediamtx_body("read", "r1", "viewer-1", "")).await;
+    assert_eq!(status, 200);
+    let (status, body) = auth(mediamtx_body("api", "", "", "")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("authHTTPExclude"), "{body}");
+
+    // runOnUnready ends the path's broadcast.
+    let (status, body) = http(
+        http_addr,
+        "POST",
+        "/mediamtx/mtx-1/unready",
+        "application/json",
+        r#"{"path":"r1","id":"conn-1"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["ended"], session_id.as_str());
+    let session = s.session(&session_id).await;
+    assert_eq!(session.state, proto::SessionState::Ended as i32);
+}
+
+// ---- OvenMediaEngine ----
+
+const OME_SECRET: &str = "ome-1-shared-secret";
+
+#[tokio::test]
+async fn ome_admission_is_signed_starts_rechecks_and_closes() {
+    let mut s = TestServer::admitted_with(Options {
+        http: true,
+        configure: Some(|args| args.ome_secrets = vec![format!("ome-1={OME_SECRET}")]),
+        ..Options::default()
+    })
+    .await;
+    let http_addr = s.http_addr.expect("http");
+    let admit = |body: String, signature: Option<String>| async move {
+        let signature = signature.unwrap_or_else(|| {
+            anchor_pdp::gateway::ome::sign(OME_SECRET.as_bytes(), body.as_bytes())
+        });
+        let (status, reply) = http_with(
+            http_addr,
+            "POST",
+            "/ome/ome-1/admission",
+            "application/json",
+            &[("X-OME-Signature", &signature)],
+            &body,
+        )
+        .await;
+        (status, json(&reply))
+    };
+    let url = "rtmp://127.0.0.1:1935/app/r1?anchor=a1&driver=d1&livestream_type=EVENT_LIVESTREAM&drive_mode=REAL_PERSON";
+
+    // A body signed with another secret is refused before anything is decided.
+    let body = ome_body("incoming", "opening", url, 40000);
+    let forged = anchor_pdp::gateway::ome::sign(b"not-the-shared-secret", body.as_bytes());
+    let (status, reply) = admit(body.clone(), Some(forged)).await;
+    assert_eq!(
+        (status, &reply["allowed"]),
+        (401, &serde_json::json!(false)),
+        "{reply}"
+    );
+
+    // Opening: a START, admitted for the re-check interval (OME asks again after it).
+    let (status, reply) = admit(body.clone(), None).await;
+    assert_eq!(
+        (status, &reply["allowed"]),
+        (200, &serde_json::json!(true)),
+        "{reply}"
+    );
+    assert_eq!(reply["lifetime"], 30_000, "{reply}");
+    let session_id = reply["decision"]["session_id"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    // The same client and stream again while live: a LIVE re-check of that session.
+    let (_, again) = admit(body.clone(), None).await;
+    assert_eq!(again["allowed"], true, "{again}");
+    assert_eq!(again["decision"]["session_id"], session_id.as_str());
+    assert_ne!(
+        again["decision"]["decision_id"], reply["decision"]["decision_id"],
+        "a decision of its own, not the START's answer replayed"
+    );
+
+    // Broken rules: not allowed, with the reasons OME logs.
+    let recorded = ome_body(
+        "incoming",
+        "opening",
+        "rtmp://127.0.0.1:1935/app/r1?anchor=a1&driver=d1&livestream_type=EVENT_LIVESTREAM&drive_mode=PRE_RECORDED",
+        40001,
+    );
+    let (status, reply) = admit(recorded, None).await;
+    assert_eq!(
+        (status, &reply["allowed"]),
+        (200, &serde_json::json!(false)),
+        "{reply}"
+    );
+    assert!(
+        reply["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("R3: ")),
+        "{reply}"
+    );
+    // Viewers are admitted.
+    let (_, viewer) = admit(
+        ome_body(
+            "outgoing",
+            "opening",
+            "webrtc://127.0.0.1:3333/app/r1",
+            50000,
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(viewer["allowed"], true, "{viewer}");
+
+    // Closing: the session ends, and OME gets {}.
+    let (status, reply) = admit(ome_body("incoming", "closing", url, 40000), None).await;
+    assert_eq!((status, reply), (200, serde_json::json!({})));
+    let session = s.session(&session_id).await;
+    assert_eq!(session.state, proto::SessionState::Ended as i32);
+}
+
 // ---- Envoy ext_authz ----
 
 fn check(phase: Option<&str>, headers: &[(&str, &str)]) -> CheckRequest {
@@ -513,6 +672,32 @@ fn readme_gateway_configs_are_the_ones_the_tests_run() {
     assert!(
         srs.contains("/srs/srs-1/on_publish?pdp_secret=SRS_1_SECRET;")
             && srs.contains("/srs/srs-1/on_unpublish?pdp_secret=SRS_1_SECRET;")
+    );
+    // MediaMTX and OME: the README's configuration names the routes the tests post to, and
+    // the runOnUnready command sends the body the handler reads.
+    let mediamtx = readme_block("yaml", "### MediaMTX");
+    for line in [
+        "authMethod: http",
+        "authHTTPAddress: http://127.0.0.1:8080/mediamtx/mtx-1/auth?pdp_secret=MTX_1_SECRET",
+        "- action: api",
+        "-d '{\"path\":\"'$MTX_PATH'\",\"id\":\"'$MTX_SOURCE_ID'\"}'",
+        "http://127.0.0.1:8080/mediamtx/mtx-1/unready?pdp_secret=MTX_1_SECRET",
+    ] {
+        assert!(
+            mediamtx.lines().any(|l| l.trim() == line),
+            "{line}: {mediamtx}"
+        );
+    }
+    let unready_body = r#"{"path":"'$MTX_PATH'","id":"'$MTX_SOURCE_ID'"}"#
+        .replace("'$MTX_PATH'", "r1")
+        .replace("'$MTX_SOURCE_ID'", "conn-1");
+    let parsed: serde_json::Value = serde_json::from_str(&unready_body).expect("JSON");
+    assert_eq!(parsed["path"], "r1");
+    let ome = readme_block("xml", "### OvenMediaEngine");
+    assert!(
+        ome.contains("<ControlServerUrl>http://127.0.0.1:8080/ome/ome-1/admission?pdp_secret=OME_1_SECRET</ControlServerUrl>")
+            && ome.contains("<SecretKey>OME_1_SHARED_SECRET</SecretKey>"),
+        "{ome}"
     );
 }
 

@@ -1,5 +1,5 @@
-//! Streaming gateways' native ways of asking: nginx-rtmp and SRS HTTP hooks (an HTTP listener
-//! of its own, off unless configured), Envoy's ext_authz gRPC check (on the gRPC port), and
+//! Streaming gateways' native ways of asking: nginx-rtmp, SRS, MediaMTX and OvenMediaEngine
+//! HTTP hooks (an HTTP listener of its own, off unless configured), Envoy's ext_authz gRPC check (on the gRPC port), and
 //! pushing cuts to nginx-rtmp's control endpoint. Each maps the gateway's request to an
 //! Authorize and its answer back; anything it cannot map denies.
 //!
@@ -9,8 +9,10 @@
 //! against the store like any Authorize.
 
 pub mod envoy;
+pub mod mediamtx;
 pub mod nginx;
 pub mod nginx_control;
+pub mod ome;
 pub mod secrets;
 pub mod srs;
 
@@ -268,10 +270,25 @@ pub fn hook_refusal(error: &PdpError) -> Response {
 }
 
 /// The HTTP hook listener's routes, each behind its gateway's secret.
-pub fn hooks_router(pdp: Arc<Pdp>, secrets: Arc<secrets::HookSecrets>) -> Router {
+/// What the ingest servers that post JSON (MediaMTX, OvenMediaEngine) need besides the PDP.
+#[derive(Default)]
+pub struct GatewayOptions {
+    /// Admit viewers (MediaMTX `read`/`playback`, OME `outgoing`); `--deny-playback` refuses.
+    pub allow_playback: bool,
+    pub ome_secrets: ome::OmeSecrets,
+}
+
+pub fn hooks_router(
+    pdp: Arc<Pdp>,
+    secrets: Arc<secrets::HookSecrets>,
+    options: Arc<GatewayOptions>,
+) -> Router {
     Router::new()
         .merge(nginx::routes())
         .merge(srs::routes())
+        .merge(mediamtx::routes())
+        .merge(ome::routes())
+        .layer(axum::Extension(options))
         .with_state(pdp)
         .layer(axum::middleware::from_fn_with_state(
             secrets,

@@ -267,7 +267,8 @@ pub async fn serve(
         Some(listener) => {
             let addr = listener.local_addr().map_err(StartError::Hooks)?;
             tracing::info!(%addr, "gateway hooks listening (HTTP)");
-            let app = crate::gateway::hooks_router(pdp.clone(), secrets.clone());
+            let options = Arc::new(trust::gateway_options(args)?);
+            let app = crate::gateway::hooks_router(pdp.clone(), secrets.clone(), options);
             let until = stop_when(stopped.clone());
             let limits = args.hook_limits();
             Some(tokio::spawn(crate::net::serve_http(

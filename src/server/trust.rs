@@ -74,6 +74,17 @@ pub(super) fn hook_secrets(args: &ServeArgs) -> Result<HookSecrets, StartError> 
     HookSecrets::from_specs(&args.hook_secrets).map_err(StartError::Auth)
 }
 
+/// What the JSON-posting ingest servers' hooks need: OME's secrets and the playback choice.
+pub(super) fn gateway_options(
+    args: &ServeArgs,
+) -> Result<crate::gateway::GatewayOptions, StartError> {
+    Ok(crate::gateway::GatewayOptions {
+        allow_playback: !args.deny_playback,
+        ome_secrets: crate::gateway::ome::OmeSecrets::from_specs(&args.ome_secrets)
+            .map_err(StartError::Auth)?,
+    })
+}
+
 /// With no caller authentication, every caller is an admin, and without hook secrets anyone
 /// who reaches the hooks is a gateway: refuse to listen beyond loopback in either case.
 pub fn check_exposure(

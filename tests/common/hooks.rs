@@ -1,4 +1,5 @@
-//! Gateway hooks as nginx-rtmp and SRS send them: the wire exchange and captured bodies.
+//! Gateway hooks as nginx-rtmp, SRS, MediaMTX and OvenMediaEngine send them: the wire
+//! exchange and captured bodies.
 
 use std::net::SocketAddr;
 
@@ -12,9 +13,25 @@ pub async fn http(
     content_type: &str,
     body: &str,
 ) -> (u16, String) {
+    http_with(addr, method, path, content_type, &[], body).await
+}
+
+/// `http` with more headers (OME's X-OME-Signature).
+pub async fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let request = format!(
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: Close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n{extra}Content-Length: {}\r\nConnection: Close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.expect("write");
@@ -77,6 +94,43 @@ pub fn srs_body(action: &str, stream: &str, param: &str) -> String {
         "param": param,
         "stream_url": format!("/live/{stream}"),
         "stream_id": "vid-124q9y3"
+    })
+    .to_string()
+}
+
+/// MediaMTX's authentication request (as its documentation gives it) for `action` on `path`.
+pub fn mediamtx_body(action: &str, path: &str, id: &str, query: &str) -> String {
+    serde_json::json!({
+        "user": "",
+        "password": "",
+        "token": "",
+        "ip": "127.0.0.1",
+        "action": action,
+        "path": path,
+        "protocol": "rtsp",
+        "id": id,
+        "query": query
+    })
+    .to_string()
+}
+
+/// OvenMediaEngine's admission request (as its documentation gives it).
+pub fn ome_body(direction: &str, status: &str, url: &str, port: u16) -> String {
+    serde_json::json!({
+        "client": {
+            "address": "127.0.0.1",
+            "port": port,
+            "real_ip": "127.0.0.1",
+            "user_agent": "obs-studio"
+        },
+        "request": {
+            "direction": direction,
+            "protocol": "rtmp",
+            "status": status,
+            "url": url,
+            "new_url": url,
+            "time": "2026-12-07T09:00:00.000Z"
+        }
     })
     .to_string()
 }
