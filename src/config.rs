@@ -62,6 +62,17 @@ pub enum Command {
     /// Restore a backup into an empty store: sled in `--data-dir`, or `--store etcd` with its
     /// endpoints and prefix (the same flags as `serve`). Stop the servers of that store first.
     Restore(Box<RestoreArgs>),
+    /// The settings `serve` would run with.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print every setting of `serve` given these flags (and --config, and the environment),
+    /// as a config file, each with where it came from (flag, env, file, default); secrets
+    /// redacted.
+    Show(Box<ServeArgs>),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -139,6 +150,12 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// A TOML file of settings, each key a long flag of `serve` (`listen = "0.0.0.0:50051"`,
+    /// `token = ["..."]`). A flag beats the environment, which beats the file, which beats
+    /// the default; `anchor-pdp config show` prints what is in force and where it came from.
+    #[arg(long, env = "ANCHOR_PDP_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Address to listen on for gRPC.
     #[arg(long, env = "ANCHOR_PDP_LISTEN", default_value = "127.0.0.1:50051",
           value_parser = parse_listen)]

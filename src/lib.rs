@@ -58,6 +58,8 @@ pub mod clock;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
+pub mod config_file;
+#[cfg(feature = "server")]
 pub mod console;
 #[cfg(feature = "server")]
 pub mod decision_log;

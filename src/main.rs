@@ -7,16 +7,30 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use anchor_pdp::clock::{Clock, SystemClock};
-use anchor_pdp::config::{Cli, Command, LogFormat, PolicyCommand, TokenCommand};
+use anchor_pdp::config::{Cli, Command, ConfigCommand, LogFormat, PolicyCommand, TokenCommand};
 use anchor_pdp::policy::{self, PolicyHandle};
 use anchor_pdp::policy_suite;
 
 fn main() -> ExitCode {
+    // Before anything else (it sets environment variables): --config's settings, which the
+    // command line and the environment then override.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let applied = match anchor_pdp::config_file::apply(&args) {
+        Ok(applied) => applied,
+        Err(e) => {
+            eprintln!("anchor-pdp: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
         // The policy tools print their own results; keep the server's logs out of them.
-        Command::Policy(_) | Command::Token(_) | Command::Backup(_) | Command::Restore(_) => "warn",
+        Command::Policy(_)
+        | Command::Token(_)
+        | Command::Backup(_)
+        | Command::Restore(_)
+        | Command::Config(_) => "warn",
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
@@ -44,6 +58,18 @@ fn main() -> ExitCode {
                 Err(e) => {
                     // Once, as a log event: the log is stderr, and a shipper reads it as such.
                     tracing::error!("anchor-pdp cannot start: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Config(ConfigCommand::Show(_)) => {
+            match anchor_pdp::config_file::show(applied.as_ref()) {
+                Ok(shown) => {
+                    print!("{shown}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("anchor-pdp: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -32,6 +32,7 @@ fn pdp() -> Command {
         "ANCHOR_PDP_POLICIES",
         "ANCHOR_PDP_RECHECK_SECS",
         "ANCHOR_PDP_MAX_MESSAGE_BYTES",
+        "ANCHOR_PDP_CONFIG",
     ] {
         command.env_remove(var);
     }
@@ -363,6 +364,76 @@ fn flags_and_env_configure_it_and_signals_stop_it_gracefully_keeping_data() {
     let status = server.wait();
     assert!(status.success(), "{status}:\n{}", server.log());
     assert!(server.log().contains("SIGINT"), "{}", server.log());
+}
+
+/// A config file: its settings serve, a flag and the environment beat it, `config show` says
+/// where each came from (secrets redacted), and a wrong key refuses with its file and line.
+#[test]
+fn a_config_file_sets_what_flags_and_env_do_not_and_config_show_says_which() {
+    let temp = tempfile::tempdir().expect("temp");
+    let data = temp.path().join("store");
+    let port = free_port();
+    let config = temp.path().join("anchor-pdp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "# /etc/anchor-pdp/config.toml\nlisten = \"127.0.0.1:{port}\"\ndata-dir = {data:?}\npolicies = {:?}\nrecheck-secs = 45\nmax-message-bytes = 65536\ntoken = [\"ops-1:admin:{}\"]\n",
+            common::repo_policies(),
+            anchor_pdp::api::auth::hash_token("ops-token-0123456789abcdef")
+        ),
+    )
+    .expect("config");
+    let shown = pdp()
+        .args(["config", "show", "--config"])
+        .arg(&config)
+        .args(["--recheck-secs", "20"])
+        .env("ANCHOR_PDP_MAX_MESSAGE_BYTES", "131072")
+        .output()
+        .expect("config show");
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    for line in [
+        &format!("listen = \"127.0.0.1:{port}\"  # file"),
+        "recheck-secs = \"20\"  # flag",
+        "max-message-bytes = \"131072\"  # env",
+        "token = \"<1 redacted>\"  # file",
+        "store = \"sled\"  # default",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line}:\n{text}");
+    }
+    assert!(!text.contains("sha256:"), "no secret is shown:\n{text}");
+
+    // The file alone configures the server.
+    let mut server = Running::spawn(
+        pdp().arg("serve").arg("--config").arg(&config),
+        temp.path().join("serve.log"),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    server.wait_listening(addr);
+    server.signal("TERM");
+    assert!(server.wait().success(), "{}", server.log());
+    assert!(data.exists(), "the file's data-dir was used");
+
+    // A key that is no flag: refused before anything starts, naming the file and line.
+    std::fs::write(&config, "listen = \"127.0.0.1:1\"\n\nrechek-secs = 5\n").expect("config");
+    let refused = pdp()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .expect("serve");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:3: unknown key `rechek-secs`",
+            config.display()
+        )),
+        "{stderr}"
+    );
 }
 
 /// Appends `policy` to a copy of the shipped rules and returns the stderr of a refused start

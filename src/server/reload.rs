@@ -63,6 +63,17 @@ pub(super) fn reload_on_sighup(pdp: Arc<Pdp>) -> Option<tokio::task::JoinHandle<
             while hangups.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading policies");
                 reload_in_background(&pdp, "SIGHUP").await;
+                // Everything else in the config file is read at start: say what changed.
+                match crate::config_file::changed_since_start() {
+                    Some(Ok(changed)) if !changed.is_empty() => tracing::warn!(
+                        changed = %changed.join(", "),
+                        "SIGHUP: the config file changed settings that take effect only at a restart"
+                    ),
+                    Some(Err(error)) => {
+                        tracing::error!(%error, "SIGHUP: the config file cannot be read")
+                    }
+                    _ => {}
+                }
             }
         })),
         Err(e) => {
