@@ -121,28 +121,3 @@ async fn counters_move_by_exactly_what_the_traffic_did() {
     );
     assert!(delta(&before, &after, "anchor_pdp_decision_log_bytes_total") > 0.0);
 }
-
-/// Kubernetes-style probes beside /metrics: alive, and ready with what it is serving.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn liveness_and_readiness_answer_over_http() {
-    let s = TestServer::admitted_with(Options {
-        metrics: true,
-        ..Options::default()
-    })
-    .await;
-    let addr = s.metrics_addr.expect("metrics listener");
-    assert_eq!(
-        http(addr, "GET", "/healthz", "text/plain", "").await,
-        (200, "ok\n".to_owned())
-    );
-    let (status, body) = http(addr, "GET", "/readyz", "text/plain", "").await;
-    assert_eq!(status, 200, "{body}");
-    let ready: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    assert_eq!(ready["ready"], true, "{ready}");
-    assert_eq!(ready["problem"], serde_json::Value::Null, "{ready}");
-    assert_eq!(ready["store"], "sled", "{ready}");
-    assert!(
-        ready["policies"].as_str().is_some_and(|v| !v.is_empty()),
-        "{ready}"
-    );
-}

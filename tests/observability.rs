@@ -1,0 +1,125 @@
+//! The PDP as operators watch it, each test with a server of its own in a binary apart from
+//! tests/metrics.rs (whose exact counter deltas share the process's one recorder): HTTP
+//! liveness and readiness probes, and a real Prometheus scraping the metrics listener.
+
+mod common;
+
+use common::hooks::http;
+use common::programs;
+use common::*;
+
+/// Kubernetes-style probes beside /metrics: alive, and ready with what it is serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_and_readiness_answer_over_http() {
+    let s = TestServer::admitted_with(Options {
+        metrics: true,
+        ..Options::default()
+    })
+    .await;
+    let addr = s.metrics_addr.expect("metrics listener");
+    assert_eq!(
+        http(addr, "GET", "/healthz", "text/plain", "").await,
+        (200, "ok\n".to_owned())
+    );
+    let (status, body) = http(addr, "GET", "/readyz", "text/plain", "").await;
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["problem"], serde_json::Value::Null, "{ready}");
+    assert_eq!(ready["store"], "sled", "{ready}");
+    assert!(
+        ready["policies"].as_str().is_some_and(|v| !v.is_empty()),
+        "{ready}"
+    );
+}
+
+/// A real Prometheus (Debian's) scrapes the metrics listener: the target is up with no scrape
+/// error (the exposition is accepted by the real parser, not only by ours), and its query API
+/// returns the PDP's series with the values the traffic made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_metrics_and_answers_for_them() {
+    let mut s = TestServer::admitted_with(Options {
+        metrics: true,
+        ..Options::default()
+    })
+    .await;
+    let session = s.start_session().await;
+    assert_allowed(&s.authorize(live(&session)).await);
+    let target = s.metrics_addr.expect("metrics listener");
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: anchor-pdp\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .expect("config");
+    let port = programs::free_port();
+    let log = dir.path().join("prometheus.log");
+    let child = std::process::Command::new(programs::require("prometheus"))
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start prometheus");
+    let mut prometheus = programs::Guard {
+        child,
+        log: log.clone(),
+        dir: None,
+    };
+    let api: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    programs::wait_listening(api, "prometheus", &mut prometheus.child, &log);
+    let query = |q: &'static str| async move {
+        let (status, body) = http(
+            api,
+            "GET",
+            &format!("/api/v1/query?query={q}"),
+            "text/plain",
+            "",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let reply: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        reply["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    // Scraped at least once: `up` is 1 and the series are there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let live_sessions = loop {
+        let found = query("anchor_pdp_live_sessions").await;
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prometheus never scraped the PDP:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    assert_eq!(live_sessions[0]["value"][1], "1", "{live_sessions:?}");
+    let up = query("up").await;
+    assert_eq!(up[0]["value"][1], "1", "{up:?}");
+    let (_, targets) = http(api, "GET", "/api/v1/targets", "text/plain", "").await;
+    let targets: serde_json::Value = serde_json::from_str(&targets).expect("JSON");
+    let active = &targets["data"]["activeTargets"][0];
+    assert_eq!(
+        (&active["health"], &active["lastError"]),
+        (&serde_json::json!("up"), &serde_json::json!("")),
+        "{active}"
+    );
+    let decisions = query("anchor_pdp_authorize_seconds_count").await;
+    let counted: f64 = decisions
+        .iter()
+        .filter_map(|r| r["value"][1].as_str()?.parse::<f64>().ok())
+        .sum();
+    assert!(counted >= 2.0, "START and LIVE counted: {decisions:?}");
+}
