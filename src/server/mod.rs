@@ -385,6 +385,7 @@ pub async fn serve(
 
 /// Binds the configured address and serves until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs, clock: Arc<dyn Clock>) -> Result<(), StartError> {
+    let shutdown = shutdown_signal();
     let auth = authenticator(&args)?;
     check_exposure_quietly(&args, &auth, &hook_secrets(&args)?)?;
     tls_config(&args)?;
@@ -452,35 +453,41 @@ pub async fn run(args: ServeArgs, clock: Arc<dyn Clock>) -> Result<(), StartErro
         },
         pdp,
         &args,
-        shutdown_signal(),
+        shutdown,
     )
     .await
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
+/// SIGTERM or SIGINT, as a future. The handlers are registered when this is called, not when
+/// it is first awaited: `run` calls it before any listener is bound, so a signal that arrives
+/// once the server can be reached stops it gracefully instead of killing it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let terminate = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            let (mut terminate, mut interrupt) = match (terminate, interrupt) {
+                (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM and SIGINT");
+                    return std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+                _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("Ctrl-C: shutting down");
+        } else {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT: shutting down"),
-        () = terminate => tracing::info!("SIGTERM: shutting down"),
     }
 }
 
