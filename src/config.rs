@@ -218,6 +218,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ANCHOR_PDP_DENY_PLAYBACK")]
     pub deny_playback: bool,
 
+    /// Send traces over OTLP/gRPC to this collector (`http://127.0.0.1:4317`); off unless set.
+    /// Every gRPC call is a span `rpc` with its method and, for Authorize, its decision id.
+    #[arg(long, env = "ANCHOR_PDP_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless set).
     #[arg(long, env = "ANCHOR_PDP_METRICS_LISTEN", value_parser = parse_listen)]
     pub metrics_listen: Option<SocketAddr>,

@@ -85,6 +85,8 @@ pub mod server;
 pub mod service;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
+pub mod telemetry;
 
 /// Generated protobuf types and gRPC stubs for `anchorpdp.v1`.
 pub mod proto {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
 
 use anchor_pdp::clock::{Clock, SystemClock};
 use anchor_pdp::config::{Cli, Command, ConfigCommand, LogFormat, PolicyCommand, TokenCommand};
@@ -34,13 +35,6 @@ fn main() -> ExitCode {
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -51,7 +45,68 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
+    // Traces over OTLP when asked for: built on the runtime, where its gRPC channel runs.
+    let otlp_endpoint = match &cli.command {
+        Command::Serve(args) => args.otlp_endpoint.clone(),
+        _ => None,
+    };
+    let traces = match otlp_endpoint {
+        Some(endpoint) => {
+            let _runtime = runtime.enter();
+            match anchor_pdp::telemetry::otlp(&endpoint) {
+                Ok(traces) => Some(traces),
+                Err(e) => {
+                    eprintln!("anchor-pdp: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => None,
+    };
+    let (text, json) = match cli.log_format {
+        LogFormat::Text => (
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            ),
+            None,
+        ),
+        LogFormat::Json => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .json()
+                    .flatten_event(true),
+            ),
+        ),
+    };
+    let otlp = traces
+        .as_ref()
+        .map(|(_, tracer)| tracing_opentelemetry::layer().with_tracer(tracer.clone()));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(otlp)
+        .init();
+    let exit = run(cli.command, &runtime, applied.as_ref());
+    if let Some((provider, _)) = traces {
+        // What is still queued goes out before the process ends.
+        if let Err(e) = provider.shutdown() {
+            eprintln!("anchor-pdp: traces not all sent: {e}");
+        }
+    }
+    exit
+}
+
+fn run(
+    command: Command,
+    runtime: &tokio::runtime::Runtime,
+    applied: Option<&anchor_pdp::config_file::Applied>,
+) -> ExitCode {
+    match command {
         Command::Serve(args) => {
             match runtime.block_on(anchor_pdp::server::run(*args, Arc::new(SystemClock))) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -62,18 +117,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Config(ConfigCommand::Show(_)) => {
-            match anchor_pdp::config_file::show(applied.as_ref()) {
-                Ok(shown) => {
-                    print!("{shown}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("anchor-pdp: {e}");
-                    ExitCode::FAILURE
-                }
+        Command::Config(ConfigCommand::Show(_)) => match anchor_pdp::config_file::show(applied) {
+            Ok(shown) => {
+                print!("{shown}");
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("anchor-pdp: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Policy(PolicyCommand::Validate { dir }) => validate(&dir),
         Command::Policy(PolicyCommand::Export { dir }) => match policy::builtin::export(&dir) {
             Ok(files) => {

@@ -123,3 +123,111 @@ async fn a_real_prometheus_scrapes_the_metrics_and_answers_for_them() {
         .sum();
     assert!(counted >= 2.0, "START and LIVE counted: {decisions:?}");
 }
+
+/// An OTLP/gRPC trace receiver made from the protocol's own types: keeps every span sent.
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Receiver
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
+        for resource in request.into_inner().resource_spans {
+            for scope in resource.scope_spans {
+                spans.extend(scope.spans);
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+fn attribute(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref()?.value.as_ref())
+        .and_then(|v| match v {
+            Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
+}
+
+/// With --otlp-endpoint, each gRPC call is a span sent over OTLP; an Authorize's carries its
+/// decision id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_calls_are_traced_over_otlp_with_their_decision_id() {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let collector = listener.local_addr().expect("addr");
+    let service =
+        opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(
+            receiver.clone(),
+        );
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let port = programs::free_port();
+    let endpoint = format!("http://{collector}");
+    let mut server = serve_sled(
+        &dir.path().join("data"),
+        port,
+        &dir.path().join("pdp.log"),
+        &["--otlp-endpoint", &endpoint],
+    );
+    let mut pdp =
+        anchor_pdp::PolicyDecisionPointClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("connect");
+    let answer = pdp
+        .authorize(start())
+        .await
+        .expect("authorize")
+        .into_inner();
+    assert!(!answer.decision_id.is_empty());
+    // Stopped gracefully, the server sends what it still holds before it exits.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert!(
+        server
+            .wait_exit(std::time::Duration::from_secs(20))
+            .is_some(),
+        "the server did not stop"
+    );
+    let spans = receiver
+        .spans
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let authorize = spans
+        .iter()
+        .find(|s| attribute(s, "decision_id").as_deref() == Some(answer.decision_id.as_str()))
+        .unwrap_or_else(|| panic!("no span with decision id {}: {spans:?}", answer.decision_id));
+    assert_eq!(authorize.name, "rpc");
+    assert_eq!(
+        attribute(authorize, "method").as_deref(),
+        Some("/anchorpdp.v1.PolicyDecisionPoint/Authorize")
+    );
+}
