@@ -218,6 +218,12 @@ pub struct ServeArgs {
     #[arg(long, env = "ANCHOR_PDP_DENY_PLAYBACK")]
     pub deny_playback: bool,
 
+    /// What to log: a level (`info`, `debug`) or per-module directives
+    /// (`anchor_pdp=debug,info`); RUST_LOG, when set, wins. Default `info`. A SIGHUP applies a
+    /// new value from the config file.
+    #[arg(long, env = "ANCHOR_PDP_LOG_LEVEL")]
+    pub log_level: Option<String>,
+
     /// Send traces over OTLP/gRPC to this collector (`http://127.0.0.1:4317`); off unless set.
     /// Every gRPC call is a span `rpc` with its method and, for Authorize, its decision id.
     #[arg(long, env = "ANCHOR_PDP_OTLP_ENDPOINT")]

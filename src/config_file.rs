@@ -148,6 +148,24 @@ pub fn apply(args: &[OsString]) -> Result<Option<Applied>, String> {
     };
     let settings = read(&path)?;
     let _ = STARTED_WITH.set((path.clone(), settings.clone()));
+    // The live settings the file decides: given neither on the command line nor in the
+    // environment (a SIGHUP re-reads only the file).
+    let flags = serve_flags();
+    let on_command_line = |key: &str| {
+        args.iter().any(|a| {
+            let a = a.to_string_lossy();
+            a == format!("--{key}") || a.starts_with(&format!("--{key}="))
+        })
+    };
+    let decided: Vec<String> = LIVE_KEYS
+        .iter()
+        .filter(|key| {
+            let env = flags.get(**key).map(|f| f.env.as_str()).unwrap_or_default();
+            !on_command_line(key) && std::env::var_os(env).is_none()
+        })
+        .map(|key| key.to_string())
+        .collect();
+    let _ = FILE_DECIDES.set(decided);
     let mut from_file = Vec::new();
     for (key, env, value) in settings {
         if std::env::var_os(&env).is_none() {
@@ -160,14 +178,51 @@ pub fn apply(args: &[OsString]) -> Result<Option<Applied>, String> {
     Ok(Some(Applied { path, from_file }))
 }
 
+/// Settings a SIGHUP applies from the config file without a restart.
+pub const LIVE_KEYS: [&str; 4] = ["token", "hook-secret", "ome-secret", "log-level"];
+
+/// Of `LIVE_KEYS`, those the config file decides (set neither by flag nor environment).
+static FILE_DECIDES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// A live setting: its key and values.
+pub type LiveSetting = (String, Vec<String>);
+
+/// The live settings as the config file gives them now, for the keys it decides: (key, its
+/// values; none when the file no longer sets it). None without a config file.
+pub fn live_settings() -> Option<Result<Vec<LiveSetting>, String>> {
+    let (path, _) = STARTED_WITH.get()?;
+    let decided = FILE_DECIDES.get()?;
+    Some(read(path).map(|now| {
+        decided
+            .iter()
+            .map(|key| {
+                let values = now
+                    .iter()
+                    .find(|(k, _, _)| k == key)
+                    .map(|(_, _, value)| {
+                        value
+                            .split(',')
+                            .filter(|v| !v.is_empty())
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (key.clone(), values)
+            })
+            .collect()
+    }))
+}
+
 /// The file and its settings as the process started with them (for SIGHUP's report).
 static STARTED_WITH: std::sync::OnceLock<(PathBuf, Vec<Setting>)> = std::sync::OnceLock::new();
 
-/// The keys whose values in the config file differ from those the process started with (a
-/// SIGHUP reloads the policies only: these need a restart). None without a config file.
+/// The keys whose values in the config file differ from those the process started with and
+/// that a SIGHUP does not apply (it applies the policies and `LIVE_KEYS`): these need a
+/// restart. None without a config file.
 pub fn changed_since_start() -> Option<Result<Vec<String>, String>> {
     let (path, started) = STARTED_WITH.get()?;
     Some(read(path).map(|now| {
+        let live = FILE_DECIDES.get().cloned().unwrap_or_default();
         let mut changed: Vec<String> = now
             .iter()
             .filter(|setting| !started.contains(setting))
@@ -181,6 +236,8 @@ pub fn changed_since_start() -> Option<Result<Vec<String>, String>> {
             .collect();
         changed.sort();
         changed.dedup();
+        // Those a SIGHUP applies are not restart business.
+        changed.retain(|key| !live.contains(key));
         changed
     }))
 }

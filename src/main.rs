@@ -33,8 +33,31 @@ fn main() -> ExitCode {
         | Command::Restore(_)
         | Command::Config(_) => "warn",
     };
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // RUST_LOG wins; else --log-level (which a SIGHUP may change); else the command's default.
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let reloadable = from_env.is_none();
+    let log_level = match &cli.command {
+        Command::Serve(args) => args.log_level.clone(),
+        _ => None,
+    };
+    let filter = match (from_env, log_level) {
+        (Some(filter), _) => filter,
+        (None, Some(level)) => match EnvFilter::try_new(&level) {
+            Ok(filter) => filter,
+            Err(e) => {
+                eprintln!("anchor-pdp: --log-level {level:?}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => EnvFilter::new(default_level),
+    };
+    let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(filter);
+    if reloadable {
+        anchor_pdp::telemetry::set_log_filter_reload(Box::new(move |directives: &str| {
+            let filter = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+            filter_handle.reload(filter).map_err(|e| e.to_string())
+        }));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -436,6 +436,103 @@ fn a_config_file_sets_what_flags_and_env_do_not_and_config_show_says_which() {
     );
 }
 
+/// A SIGHUP applies the config file's tokens and log level without a restart, refuses to drop
+/// every token, and names what needs a restart.
+#[test]
+fn sighup_applies_the_config_files_tokens_and_names_what_needs_a_restart() {
+    let temp = tempfile::tempdir().expect("temp");
+    let port = free_port();
+    let config = temp.path().join("anchor-pdp.toml");
+    let hash = |token: &str| anchor_pdp::api::auth::hash_token(token);
+    let (first, second) = (
+        "first-token-0123456789abcdef",
+        "second-token-0123456789abcdef",
+    );
+    let write = |tokens: &[&str], recheck: u32| {
+        let tokens: Vec<String> = tokens
+            .iter()
+            .map(|t| format!("\"ops-1:admin:{}\"", hash(t)))
+            .collect();
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\ndata-dir = {:?}\npolicies = {:?}\nlog-level = \"info\"\nrecheck-secs = {recheck}\ntoken = [{}]\n",
+                temp.path().join("store"),
+                common::repo_policies(),
+                tokens.join(", ")
+            ),
+        )
+        .expect("config");
+    };
+    write(&[first], 30);
+    let mut server = Running::spawn(
+        pdp().arg("serve").arg("--config").arg(&config),
+        temp.path().join("serve.log"),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    server.wait_listening(addr);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let code_with = |token: &str| {
+        runtime.block_on(async {
+            let (_, mut admin) = common::bearer::clients(addr, Some(token)).await;
+            let asked = admin
+                .get_account(proto::GetAccountRequest {
+                    merchant_id: "m1".into(),
+                })
+                .await;
+            asked.err().map_or(tonic::Code::Ok, |status| status.code())
+        })
+    };
+    assert_eq!(
+        code_with(first),
+        tonic::Code::NotFound,
+        "the first token is an admin"
+    );
+    assert_eq!(code_with(second), tonic::Code::Unauthenticated);
+
+    // Each SIGHUP's live settings end with the log level's.
+    let applied = |times: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.log().matches("key=\"log-level\"").count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "no SIGHUP applied:\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // The second token replaces the first; the re-check interval needs a restart.
+    write(&[second], 45);
+    server.signal("HUP");
+    applied(1);
+    assert_eq!(
+        code_with(first),
+        tonic::Code::Unauthenticated,
+        "{}",
+        server.log()
+    );
+    assert_eq!(code_with(second), tonic::Code::NotFound);
+    assert!(
+        server.log().contains("take effect only at a restart")
+            && server.log().contains("recheck-secs"),
+        "{}",
+        server.log()
+    );
+    // No token at all would make every caller an admin: refused, the second token stays.
+    write(&[], 45);
+    server.signal("HUP");
+    applied(2);
+    assert!(
+        server.log().contains("no token would be left"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(code_with(second), tonic::Code::NotFound);
+    server.signal("TERM");
+    assert!(server.wait().success(), "{}", server.log());
+}
+
 /// Appends `policy` to a copy of the shipped rules and returns the stderr of a refused start
 /// and the 1-based line the appended text starts on.
 fn refused_start(policy: &str) -> (String, usize) {

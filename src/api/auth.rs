@@ -159,7 +159,8 @@ const ANONYMOUS_CREDENTIAL: &str = "anonymous";
 /// The configured tokens and certificate subjects.
 #[derive(Default)]
 pub struct Authenticator {
-    tokens: Vec<TokenEntry>,
+    /// Replaced whole by a SIGHUP after the config file's tokens changed (`replace_tokens`).
+    tokens: std::sync::RwLock<Vec<TokenEntry>>,
     /// Client-certificate subject CN → caller (mTLS).
     subjects: std::collections::HashMap<String, Caller>,
 }
@@ -218,9 +219,35 @@ impl Authenticator {
             });
         }
         Ok(Authenticator {
-            tokens,
+            tokens: std::sync::RwLock::new(tokens),
             subjects: Default::default(),
         })
+    }
+
+    fn tokens(&self) -> std::sync::RwLockReadGuard<'_, Vec<TokenEntry>> {
+        // A writer never panics while holding it (it only swaps the vector in).
+        self.tokens.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the tokens with `specs` (a SIGHUP after the config file's changed); returns how
+    /// many there are now. Refused, the old ones kept, if `specs` is invalid or would leave the
+    /// server with no caller authentication while it has some: it may listen beyond loopback,
+    /// which only a restart re-checks.
+    pub fn replace_tokens(&self, specs: &[String]) -> Result<usize, String> {
+        let new = Authenticator::from_specs(specs)?
+            .tokens
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        if new.is_empty() && self.subjects.is_empty() && self.enabled() {
+            return Err(
+                "no token would be left, so every caller would be an admin: refused \
+                        (restart to run without authentication)"
+                    .into(),
+            );
+        }
+        let count = new.len();
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = new;
+        Ok(count)
     }
 
     /// Adds `CN:ROLE` mappings for verified client certificates.
@@ -281,14 +308,14 @@ impl Authenticator {
 
     /// The caller of the token whose SHA-256 is `digest`, compared in constant time.
     fn token_caller(&self, digest: &[u8; 32]) -> Option<Caller> {
-        self.tokens
+        self.tokens()
             .iter()
             .find(|entry| same(&entry.digest, digest))
             .map(|entry| entry.caller.clone())
     }
 
     pub fn enabled(&self) -> bool {
-        !self.tokens.is_empty() || !self.subjects.is_empty()
+        !self.tokens().is_empty() || !self.subjects.is_empty()
     }
 
     /// The caller a verified client certificate (its subject CN) or, failing that, an
@@ -302,7 +329,7 @@ impl Authenticator {
             return Ok(caller.clone());
         }
         match (certificate_cn, authorization) {
-            (Some(cn), None) if self.tokens.is_empty() => Err(Status::unauthenticated(format!(
+            (Some(cn), None) if self.tokens().is_empty() => Err(Status::unauthenticated(format!(
                 "client certificate subject {cn:?} has no role"
             ))),
             _ => self.authenticate(authorization),

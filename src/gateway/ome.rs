@@ -51,7 +51,8 @@ pub fn routes() -> Router<Arc<Pdp>> {
 /// Each OME gateway's shared secret (HMAC needs the secret itself, not a hash of it).
 #[derive(Default)]
 pub struct OmeSecrets {
-    by_gateway: HashMap<String, Vec<u8>>,
+    /// Replaced whole by a SIGHUP after the config file's secrets changed (`replace`).
+    by_gateway: std::sync::RwLock<HashMap<String, Vec<u8>>>,
 }
 
 impl OmeSecrets {
@@ -75,7 +76,29 @@ impl OmeSecrets {
                 return Err(format!("--ome-secret {gateway} is given twice"));
             }
         }
-        Ok(OmeSecrets { by_gateway })
+        Ok(OmeSecrets {
+            by_gateway: std::sync::RwLock::new(by_gateway),
+        })
+    }
+
+    /// Replaces the secrets with `specs`; returns how many there are now. Refused, the old
+    /// ones kept, if invalid or if it would leave admissions unsigned while they are not.
+    pub fn replace(&self, specs: &[String]) -> Result<usize, String> {
+        let new = OmeSecrets::from_specs(specs)?
+            .by_gateway
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut by_gateway = self.by_gateway.write().unwrap_or_else(|e| e.into_inner());
+        if new.is_empty() && !by_gateway.is_empty() {
+            return Err(
+                "no OME secret would be left, so admissions would go unsigned: refused \
+                        (restart to run without them)"
+                    .into(),
+            );
+        }
+        let count = new.len();
+        *by_gateway = new;
+        Ok(count)
     }
 
     /// Whether `body` is signed by `gateway`'s secret. With no OME secret configured at all,
@@ -87,11 +110,11 @@ impl OmeSecrets {
         body: &[u8],
         signature: Option<&str>,
     ) -> Result<(), String> {
-        if self.by_gateway.is_empty() {
+        let by_gateway = self.by_gateway.read().unwrap_or_else(|e| e.into_inner());
+        if by_gateway.is_empty() {
             return Ok(());
         }
-        let secret = self
-            .by_gateway
+        let secret = by_gateway
             .get(gateway)
             .ok_or_else(|| format!("gateway {gateway:?} has no OME secret configured"))?;
         let signature = signature.ok_or("no X-OME-Signature")?;

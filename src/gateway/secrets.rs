@@ -20,7 +20,8 @@ pub const SECRET_PARAM: &str = "pdp_secret";
 /// Each gateway's hook secret, by SHA-256.
 #[derive(Default)]
 pub struct HookSecrets {
-    by_gateway: HashMap<String, [u8; 32]>,
+    /// Replaced whole by a SIGHUP after the config file's secrets changed (`replace`).
+    by_gateway: std::sync::RwLock<HashMap<String, [u8; 32]>>,
 }
 
 impl HookSecrets {
@@ -44,16 +45,42 @@ impl HookSecrets {
                 return Err(format!("--hook-secret {gateway} is given twice"));
             }
         }
-        Ok(HookSecrets { by_gateway })
+        Ok(HookSecrets {
+            by_gateway: std::sync::RwLock::new(by_gateway),
+        })
+    }
+
+    fn by_gateway(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, [u8; 32]>> {
+        self.by_gateway.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn enabled(&self) -> bool {
-        !self.by_gateway.is_empty()
+        !self.by_gateway().is_empty()
+    }
+
+    /// Replaces the secrets with `specs`; returns how many there are now. Refused, the old
+    /// ones kept, if invalid or if it would leave the hooks open while they are not.
+    pub fn replace(&self, specs: &[String]) -> Result<usize, String> {
+        let new = HookSecrets::from_specs(specs)?
+            .by_gateway
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        if new.is_empty() && self.enabled() {
+            return Err(
+                "no hook secret would be left, so anyone could call the hooks: refused \
+                        (restart to run without them)"
+                    .into(),
+            );
+        }
+        let count = new.len();
+        *self.by_gateway.write().unwrap_or_else(|e| e.into_inner()) = new;
+        Ok(count)
     }
 
     /// Whether `secret` is `gateway`'s.
     fn admits(&self, gateway: &str, secret: Option<&str>) -> Result<(), (StatusCode, String)> {
-        let Some(expected) = self.by_gateway.get(gateway) else {
+        let by_gateway = self.by_gateway();
+        let Some(expected) = by_gateway.get(gateway) else {
             return Err((
                 StatusCode::FORBIDDEN,
                 format!("gateway {gateway:?} has no hook secret configured"),

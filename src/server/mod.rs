@@ -198,6 +198,7 @@ pub async fn serve(
         .map_err(StartError::NginxControl)?;
     let auth = Arc::new(authenticator(args)?);
     let secrets = Arc::new(hook_secrets(args)?);
+    let gateway_options = Arc::new(trust::gateway_options(args)?);
     check_exposure(args, &auth, &secrets)?;
     let tls = tls_config(args)?;
     let max_message = usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX);
@@ -258,7 +259,14 @@ pub async fn serve(
     } else {
         None
     };
-    let sighup = reload_on_sighup(pdp.clone());
+    let sighup = reload_on_sighup(
+        pdp.clone(),
+        reload::Live {
+            auth: auth.clone(),
+            hook_secrets: secrets.clone(),
+            gateway: gateway_options.clone(),
+        },
+    );
 
     let stop_when = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
@@ -267,8 +275,8 @@ pub async fn serve(
         Some(listener) => {
             let addr = listener.local_addr().map_err(StartError::Hooks)?;
             tracing::info!(%addr, "gateway hooks listening (HTTP)");
-            let options = Arc::new(trust::gateway_options(args)?);
-            let app = crate::gateway::hooks_router(pdp.clone(), secrets.clone(), options);
+            let app =
+                crate::gateway::hooks_router(pdp.clone(), secrets.clone(), gateway_options.clone());
             let until = stop_when(stopped.clone());
             let limits = args.hook_limits();
             Some(tokio::spawn(crate::net::serve_http(

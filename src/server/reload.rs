@@ -55,14 +55,65 @@ pub(super) fn watch_policies(
     Ok((watcher, task))
 }
 
+/// What a SIGHUP may change besides the policies: the callers' tokens, the hooks' secrets,
+/// OME's secrets and the log filter, from the config file.
+pub(super) struct Live {
+    pub auth: Arc<crate::api::auth::Authenticator>,
+    pub hook_secrets: Arc<crate::gateway::secrets::HookSecrets>,
+    pub gateway: Arc<crate::gateway::GatewayOptions>,
+}
+
+impl Live {
+    /// Applies the config file's live settings; each applied or refused is logged.
+    fn apply(&self) {
+        let settings = match crate::config_file::live_settings() {
+            None => return,
+            Some(Err(error)) => {
+                tracing::error!(%error, "SIGHUP: the config file cannot be read; nothing changed");
+                return;
+            }
+            Some(Ok(settings)) => settings,
+        };
+        for (key, values) in settings {
+            let applied = match key.as_str() {
+                "token" => self
+                    .auth
+                    .replace_tokens(&values)
+                    .map(|n| format!("{n} tokens")),
+                "hook-secret" => self
+                    .hook_secrets
+                    .replace(&values)
+                    .map(|n| format!("{n} hook secrets")),
+                "ome-secret" => self
+                    .gateway
+                    .ome_secrets
+                    .replace(&values)
+                    .map(|n| format!("{n} OME secrets")),
+                "log-level" => {
+                    let level = values.first().map_or("info", String::as_str);
+                    crate::telemetry::reload_log_filter(level).map(|()| level.to_owned())
+                }
+                _ => continue,
+            };
+            match applied {
+                Ok(now) => tracing::info!(key, now = %now, "SIGHUP: applied from the config file"),
+                Err(error) => {
+                    tracing::error!(key, %error, "SIGHUP: not applied; the old setting stays")
+                }
+            }
+        }
+    }
+}
+
 #[cfg(unix)]
-pub(super) fn reload_on_sighup(pdp: Arc<Pdp>) -> Option<tokio::task::JoinHandle<()>> {
+pub(super) fn reload_on_sighup(pdp: Arc<Pdp>, live: Live) -> Option<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::hangup()) {
         Ok(mut hangups) => Some(tokio::spawn(async move {
             while hangups.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading policies");
                 reload_in_background(&pdp, "SIGHUP").await;
+                live.apply();
                 // Everything else in the config file is read at start: say what changed.
                 match crate::config_file::changed_since_start() {
                     Some(Ok(changed)) if !changed.is_empty() => tracing::warn!(
@@ -84,6 +135,6 @@ pub(super) fn reload_on_sighup(pdp: Arc<Pdp>) -> Option<tokio::task::JoinHandle<
 }
 
 #[cfg(not(unix))]
-pub(super) fn reload_on_sighup(_pdp: Arc<Pdp>) -> Option<tokio::task::JoinHandle<()>> {
+pub(super) fn reload_on_sighup(_pdp: Arc<Pdp>, _live: Live) -> Option<tokio::task::JoinHandle<()>> {
     None
 }
