@@ -74,6 +74,7 @@ fn the_debian_package_installs_serves_as_its_unit_and_purges_cleanly() {
         "./usr/bin/anchor-pdp",
         "./lib/systemd/system/anchor-pdp.service",
         "./etc/anchor-pdp/config.toml",
+        "./usr/share/doc/anchor-pdp/anchor-pdp.cdx.json",
     ] {
         assert!(
             contents.contains(file),
@@ -95,6 +96,34 @@ fn the_debian_package_installs_serves_as_its_unit_and_purges_cleanly() {
         policies > 0,
         "the built-in rules are in /etc/anchor-pdp/policies"
     );
+    // The SBOM: CycloneDX, the binary's dependencies with their purls, no dev-only crates.
+    let sbom: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("/usr/share/doc/anchor-pdp/anchor-pdp.cdx.json").expect("SBOM"),
+    )
+    .expect("SBOM JSON");
+    assert_eq!(sbom["bomFormat"], "CycloneDX");
+    let components: Vec<&str> = sbom["components"]
+        .as_array()
+        .expect("components")
+        .iter()
+        .filter_map(|c| c["purl"].as_str())
+        .collect();
+    for shipped in [
+        "pkg:cargo/sled@",
+        "pkg:cargo/tonic@",
+        "pkg:cargo/cedar-policy@",
+    ] {
+        assert!(
+            components.iter().any(|p| p.starts_with(shipped)),
+            "{shipped}"
+        );
+    }
+    for dev_only in ["pkg:cargo/fantoccini@", "pkg:cargo/plotters@"] {
+        assert!(
+            !components.iter().any(|p| p.starts_with(dev_only)),
+            "{dev_only}"
+        );
+    }
     let conffiles = run(Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", "anchor-pdp"]));
     assert!(
         conffiles.contains("/etc/anchor-pdp/config.toml"),
