@@ -14,7 +14,9 @@ COPY . .
 RUN cargo build --release --locked --bin anchor-pdp
 
 FROM debian:bookworm-slim
-RUN useradd --system --home-dir /var/lib/anchor-pdp --shell /usr/sbin/nologin anchor-pdp \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --home-dir /var/lib/anchor-pdp --shell /usr/sbin/nologin anchor-pdp \
     && install -d -o anchor-pdp -g anchor-pdp -m 0750 /var/lib/anchor-pdp
 COPY --from=build /src/target/release/anchor-pdp /usr/bin/anchor-pdp
 COPY packaging/debian/config.toml /etc/anchor-pdp/config.toml

@@ -218,6 +218,13 @@ pub struct ServeArgs {
     #[arg(long, env = "ANCHOR_PDP_DENY_PLAYBACK")]
     pub deny_playback: bool,
 
+    /// Seconds an OvenMediaEngine publish is admitted for (its `lifetime`): OME then ends the
+    /// connection and the publisher's reconnect is decided afresh (a new START). Off unless
+    /// set: OME asks again only at the next connection.
+    #[arg(long, env = "ANCHOR_PDP_OME_LIFETIME_SECS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub ome_lifetime_secs: Option<u64>,
+
     /// What to log: a level (`info`, `debug`) or per-module directives
     /// (`anchor_pdp=debug,info`); RUST_LOG, when set, wins. Default `info`. A SIGHUP applies a
     /// new value from the config file.

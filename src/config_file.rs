@@ -192,19 +192,23 @@ pub type LiveSetting = (String, Vec<String>);
 pub fn live_settings() -> Option<Result<Vec<LiveSetting>, String>> {
     let (path, _) = STARTED_WITH.get()?;
     let decided = FILE_DECIDES.get()?;
+    let flags = serve_flags();
     Some(read(path).map(|now| {
         decided
             .iter()
             .map(|key| {
+                let list = flags.get(key.as_str()).is_some_and(|f| f.list);
                 let values = now
                     .iter()
                     .find(|(k, _, _)| k == key)
-                    .map(|(_, _, value)| {
-                        value
+                    .map(|(_, _, value)| match list {
+                        true => value
                             .split(',')
                             .filter(|v| !v.is_empty())
                             .map(str::to_owned)
-                            .collect()
+                            .collect(),
+                        // One value (log directives hold commas of their own).
+                        false => vec![value.clone()],
                     })
                     .unwrap_or_default();
                 (key.clone(), values)
@@ -242,8 +246,9 @@ pub fn changed_since_start() -> Option<Result<Vec<String>, String>> {
     }))
 }
 
-/// Flags whose values are secrets: shown as how many, never what.
-const SECRET_FLAGS: [&str; 3] = ["token", "hook-secret", "ome-secret"];
+/// Flags whose values are secrets: shown as how many, never what (with every flag whose
+/// environment value clap hides).
+const SECRET_FLAGS: [&str; 4] = ["token", "hook-secret", "ome-secret", "etcd-password"];
 
 /// `config show`: every `serve` setting as a config file would give it, with its source.
 pub fn show(applied: Option<&Applied>) -> Result<String, String> {
@@ -285,7 +290,7 @@ pub fn show(applied: Option<&Applied>) -> Result<String, String> {
             .get_raw(id)
             .map(|raw| raw.map(|v| v.to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
-        let shown_value = if SECRET_FLAGS.contains(&long) {
+        let shown_value = if SECRET_FLAGS.contains(&long) || arg.is_hide_env_values_set() {
             format!("\"<{} redacted>\"", values.len())
         } else if arg.get_value_delimiter().is_some() {
             format!(

@@ -17,11 +17,11 @@ pub fn set_log_filter_reload(reload: FilterReload) {
     let _ = LOG_FILTER.set(reload);
 }
 
-/// Replaces the log filter with `directives`.
-pub fn reload_log_filter(directives: &str) -> Result<(), String> {
+/// Replaces the log filter with `directives`; false (nothing done) when RUST_LOG sets it.
+pub fn reload_log_filter(directives: &str) -> Result<bool, String> {
     match LOG_FILTER.get() {
-        Some(reload) => reload(directives),
-        None => Err("the log filter is RUST_LOG's, which a SIGHUP does not change".into()),
+        Some(reload) => reload(directives).map(|()| true),
+        None => Ok(false),
     }
 }
 

@@ -377,7 +377,7 @@ fn a_config_file_sets_what_flags_and_env_do_not_and_config_show_says_which() {
     std::fs::write(
         &config,
         format!(
-            "# /etc/anchor-pdp/config.toml\nlisten = \"127.0.0.1:{port}\"\ndata-dir = {data:?}\npolicies = {:?}\nrecheck-secs = 45\nmax-message-bytes = 65536\ntoken = [\"ops-1:admin:{}\"]\n",
+            "# /etc/anchor-pdp/config.toml\nlisten = \"127.0.0.1:{port}\"\ndata-dir = {data:?}\npolicies = {:?}\nrecheck-secs = 45\nmax-message-bytes = 65536\ntoken = [\"ops-1:admin:{}\"]\netcd-password = \"etcd-s3cret\"\n",
             common::repo_policies(),
             anchor_pdp::api::auth::hash_token("ops-token-0123456789abcdef")
         ),
@@ -402,10 +402,14 @@ fn a_config_file_sets_what_flags_and_env_do_not_and_config_show_says_which() {
         "max-message-bytes = \"131072\"  # env",
         "token = \"<1 redacted>\"  # file",
         "store = \"sled\"  # default",
+        "etcd-password = \"<1 redacted>\"  # file",
     ] {
         assert!(text.lines().any(|l| l == line), "{line}:\n{text}");
     }
-    assert!(!text.contains("sha256:"), "no secret is shown:\n{text}");
+    assert!(
+        !text.contains("sha256:") && !text.contains("etcd-s3cret"),
+        "no secret is shown:\n{text}"
+    );
 
     // The file alone configures the server.
     let mut server = Running::spawn(

@@ -263,7 +263,9 @@ async fn mediamtx_publish_read_and_unready() {
         )
         .await
     };
-    let (status, body) = auth(mediamtx_body("publish", "r1", "conn-1", claims)).await;
+    // An RTMP client's credentials for MediaMTX ride in the same query: not claims.
+    let with_credentials = format!("{claims}&user=cam-1&pass=hunter2");
+    let (status, body) = auth(mediamtx_body("publish", "r1", "conn-1", &with_credentials)).await;
     assert_eq!(status, 200, "{body}");
     let session_id = json(&body)["session_id"]
         .as_str()
@@ -313,7 +315,10 @@ const OME_SECRET: &str = "ome-1-shared-secret";
 async fn ome_admission_is_signed_starts_rechecks_and_closes() {
     let mut s = TestServer::admitted_with(Options {
         http: true,
-        configure: Some(|args| args.ome_secrets = vec![format!("ome-1={OME_SECRET}")]),
+        configure: Some(|args| {
+            args.ome_secrets = vec![format!("ome-1={OME_SECRET}")];
+            args.ome_lifetime_secs = Some(30);
+        }),
         ..Options::default()
     })
     .await;

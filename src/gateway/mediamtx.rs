@@ -38,6 +38,10 @@ use crate::service::{Origin, Pdp};
 
 pub const PROTOCOL: &str = "mediamtx";
 
+/// Query arguments that carry a client's credentials for MediaMTX (RTMP `user`/`pass`, a JWT):
+/// not claims, and never recorded.
+const CREDENTIAL_KEYS: [&str; 4] = ["user", "pass", "jwt", "token"];
+
 pub fn routes() -> Router<Arc<Pdp>> {
     Router::new()
         .route("/mediamtx/{gateway}/auth", post(auth))
@@ -79,11 +83,14 @@ impl AuthRequest {
         })
     }
 
-    /// The publisher's claims, from the publish URL's query.
+    /// The publisher's claims, from the publish URL's query (less the credentials clients put
+    /// there for MediaMTX itself).
     pub fn claims(&self) -> Result<Claims, PdpError> {
         let mut claims = Claims::default();
         for (key, value) in form_urlencoded::parse(self.query.as_bytes()) {
-            claims.set(&key, &value)?;
+            if !CREDENTIAL_KEYS.contains(&key.as_ref()) {
+                claims.set(&key, &value)?;
+            }
         }
         Ok(claims)
     }
@@ -98,6 +105,20 @@ fn origin(gateway: &str, body: &[u8]) -> Origin {
         if let Some(value) = request.get_mut(secret).filter(|v| v.as_str() != Some("")) {
             *value = json!("<redacted>");
         }
+    }
+    if let Some(query) = request.get_mut("query")
+        && let Some(text) = query.as_str()
+    {
+        let mut kept = form_urlencoded::Serializer::new(String::new());
+        for (key, value) in form_urlencoded::parse(text.as_bytes()) {
+            let value = if CREDENTIAL_KEYS.contains(&key.as_ref()) {
+                "<redacted>".into()
+            } else {
+                value
+            };
+            kept.append_pair(&key, &value);
+        }
+        *query = json!(kept.finish());
     }
     origin.request = request;
     origin

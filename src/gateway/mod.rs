@@ -276,6 +276,9 @@ pub struct GatewayOptions {
     /// Admit viewers (MediaMTX `read`/`playback`, OME `outgoing`); `--deny-playback` refuses.
     pub allow_playback: bool,
     pub ome_secrets: ome::OmeSecrets,
+    /// OME's `lifetime` for an admitted publish (`--ome-lifetime-secs`): OME ends the
+    /// connection then, and the publisher's reconnect is decided afresh. None: no limit.
+    pub ome_lifetime: Option<std::time::Duration>,
 }
 
 pub fn hooks_router(

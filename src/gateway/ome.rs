@@ -7,8 +7,11 @@
 //! - `incoming` + `opening` is a publish: the URL's last two segments are the app and the
 //!   stream (the room), its query the publisher's claims (for SRT, the URL inside `streamid`).
 //!   With no live session for that client and stream it is a START; with one, a LIVE re-check.
-//!   An admission carries `lifetime` = the re-check interval: OME ends it then and the
-//!   publisher's reconnect is asked again.
+//!   With `--ome-lifetime-secs`, an admission carries that `lifetime`: OME ends the connection
+//!   then and the publisher's reconnect is decided afresh. Otherwise a live stream is cut
+//!   through OME's API, driven by `WatchEnforcements`.
+//! - With `--ome-secret` for no gateway, admissions are taken unsigned (like the hooks without
+//!   `--hook-secret`: on loopback only).
 //! - `outgoing` (playback) is admitted unless `--deny-playback`.
 //! - `closing` ends the client's session on that stream and is answered `{}`.
 //!
@@ -277,7 +280,7 @@ async fn admission(
             close(&pdp, &gateway, &admission, origin).await;
             (StatusCode::OK, axum::Json(json!({}))).into_response()
         }
-        ("incoming", "opening") => open(&pdp, &gateway, &admission, origin).await,
+        ("incoming", "opening") => open(&pdp, &options, &gateway, &admission, origin).await,
         (direction, status) => refused(format!(
             "unknown direction {direction:?} or status {status:?}"
         )),
@@ -285,7 +288,13 @@ async fn admission(
 }
 
 /// A publish: START, or LIVE if this client's broadcast of that stream is live already.
-async fn open(pdp: &Arc<Pdp>, gateway: &str, admission: &Admission, origin: Origin) -> Response {
+async fn open(
+    pdp: &Arc<Pdp>,
+    options: &GatewayOptions,
+    gateway: &str,
+    admission: &Admission,
+    origin: Origin,
+) -> Response {
     let planned = (|| {
         let gateway = convert::id("gateway", gateway)?;
         let stream = admission.stream()?;
@@ -313,12 +322,9 @@ async fn open(pdp: &Arc<Pdp>, gateway: &str, admission: &Admission, origin: Orig
     };
     match super::decide(pdp, origin, phase, command).await {
         Ok(outcome) if outcome.decision.allowed => {
-            let lifetime_ms = outcome
-                .recheck_after
-                .map_or(0, |after| after.as_millis() as u64);
             let mut body = json!({ "allowed": true, "reason": "ALLOW" });
-            if lifetime_ms > 0 {
-                body["lifetime"] = json!(lifetime_ms);
+            if let Some(lifetime) = options.ome_lifetime {
+                body["lifetime"] = json!(lifetime.as_millis() as u64);
             }
             body["decision"] = decision_json(&outcome);
             (StatusCode::OK, axum::Json(body)).into_response()

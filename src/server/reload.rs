@@ -91,7 +91,10 @@ impl Live {
                     .map(|n| format!("{n} OME secrets")),
                 "log-level" => {
                     let level = values.first().map_or("info", String::as_str);
-                    crate::telemetry::reload_log_filter(level).map(|()| level.to_owned())
+                    crate::telemetry::reload_log_filter(level).map(|applied| match applied {
+                        true => level.to_owned(),
+                        false => "unchanged: RUST_LOG sets the filter".to_owned(),
+                    })
                 }
                 _ => continue,
             };

@@ -80,6 +80,7 @@ pub(super) fn gateway_options(
 ) -> Result<crate::gateway::GatewayOptions, StartError> {
     Ok(crate::gateway::GatewayOptions {
         allow_playback: !args.deny_playback,
+        ome_lifetime: args.ome_lifetime_secs.map(std::time::Duration::from_secs),
         ome_secrets: crate::gateway::ome::OmeSecrets::from_specs(&args.ome_secrets)
             .map_err(StartError::Auth)?,
     })
