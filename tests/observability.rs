@@ -75,6 +75,16 @@ async fn a_real_prometheus_scrapes_the_metrics_and_answers_for_them() {
     };
     let api: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     programs::wait_listening(api, "prometheus", &mut prometheus.child, &log);
+    // Listening comes before ready (its storage opens meanwhile): queries answer 503 till then.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while http(api, "GET", "/-/ready", "text/plain", "").await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prometheus never got ready:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let query = |q: &'static str| async move {
         let (status, body) = http(
             api,
