@@ -340,20 +340,6 @@ async fn page_size(client: &Client) -> (u64, u64, u64) {
     (n(0), n(1), n(2))
 }
 
-async fn anchor_state(admin: &mut common::bearer::Admin, id: &str) -> i32 {
-    admin
-        .get_registration(proto::GetRegistrationRequest {
-            kind: proto::RegistrationKind::Anchor as i32,
-            id: id.into(),
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .registration
-        .expect("registration")
-        .review_status
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reviewers_morning_with_the_keyboard_bulk_approval_and_a_swapped_image() {
     let (server, mut pdp, mut admin) = console_server().await;
@@ -435,7 +421,7 @@ async fn a_reviewers_morning_with_the_keyboard_bulk_approval_and_a_swapped_image
     }
     for id in &approved {
         assert_eq!(
-            anchor_state(&mut admin, id).await,
+            common::console::anchor(&mut admin, id).await.review_status,
             proto::ReviewStatus::Approved as i32,
             "{id}"
         );
@@ -477,7 +463,9 @@ async fn a_reviewers_morning_with_the_keyboard_bulk_approval_and_a_swapped_image
     wait_for_text(&client, "11 / 11 approved").await;
     for i in 50..=60 {
         assert_eq!(
-            anchor_state(&mut admin, &format!("k-{i:03}")).await,
+            common::console::anchor(&mut admin, &format!("k-{i:03}"))
+                .await
+                .review_status,
             proto::ReviewStatus::Approved as i32,
             "k-{i:03}"
         );
@@ -492,7 +480,9 @@ async fn a_reviewers_morning_with_the_keyboard_bulk_approval_and_a_swapped_image
         .expect("k-055");
     wait_for_text(&client, "<p class=\"state\">pending review").await;
     assert_eq!(
-        anchor_state(&mut admin, "k-055").await,
+        common::console::anchor(&mut admin, "k-055")
+            .await
+            .review_status,
         proto::ReviewStatus::PendingReview as i32
     );
 

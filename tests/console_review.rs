@@ -7,7 +7,7 @@
 mod common;
 
 use anchor_pdp::proto::{self, register_request::Record};
-use common::console::{console_server_with, form, http, sign_in};
+use common::console::{anchor, console_server_with, form, http, sign_in};
 use common::images::{image_host, png};
 use common::start;
 
@@ -26,19 +26,6 @@ async fn register_anchor(pdp: &mut common::bearer::Pdp, id: &str, reference: &st
     })
     .await
     .expect("register the anchor");
-}
-
-async fn review_status(admin: &mut common::bearer::Admin, id: &str) -> proto::Registration {
-    admin
-        .get_registration(proto::GetRegistrationRequest {
-            kind: proto::RegistrationKind::Anchor as i32,
-            id: id.into(),
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .registration
-        .expect("registration")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +133,7 @@ async fn images_come_only_through_the_console_and_a_swapped_image_sends_the_anch
             "{id}: {message}"
         );
         assert_eq!(
-            review_status(&mut admin, id).await.review_status,
+            anchor(&mut admin, id).await.review_status,
             proto::ReviewStatus::PendingReview as i32
         );
     }
@@ -195,7 +182,7 @@ async fn images_come_only_through_the_console_and_a_swapped_image_sends_the_anch
         ]),
     );
     assert_eq!(approve.status, 303, "{}", approve.body);
-    let approved = review_status(&mut admin, "a-swap").await;
+    let approved = anchor(&mut admin, "a-swap").await;
     assert_eq!(approved.review_status, proto::ReviewStatus::Approved as i32);
     assert_eq!(
         approved
@@ -218,7 +205,7 @@ async fn images_come_only_through_the_console_and_a_swapped_image_sends_the_anch
     host.put("swap-1.png", "image/png", png(64, [30, 30, 200]));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let back = loop {
-        let now = review_status(&mut admin, "a-swap").await;
+        let now = anchor(&mut admin, "a-swap").await;
         if now.review_status != proto::ReviewStatus::Approved as i32
             || std::time::Instant::now() > deadline
         {
@@ -417,7 +404,7 @@ async fn approve_and_next_passes_filings_claimed_by_others_and_bulk_approval_ask
     assert!(asked.body.contains("Approve them (4)"), "{}", asked.body);
     for id in ["q-02", "q-04", "q-05", "q-06"] {
         assert_eq!(
-            review_status(&mut admin, id).await.review_status,
+            anchor(&mut admin, id).await.review_status,
             proto::ReviewStatus::PendingReview as i32,
             "{id}: not before the confirmation"
         );
@@ -465,7 +452,7 @@ async fn approve_and_next_passes_filings_claimed_by_others_and_bulk_approval_ask
         ("q-05", proto::ReviewStatus::Approved),
         ("q-06", proto::ReviewStatus::PendingReview),
     ] {
-        let filing = review_status(&mut admin, id).await;
+        let filing = anchor(&mut admin, id).await;
         assert_eq!(filing.review_status, status as i32, "{id}");
     }
     // Each approval is its own verdict in the decision log, under the reviewer.

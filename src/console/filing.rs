@@ -219,9 +219,9 @@ fn neighbours(
     filter: &QueueFilter,
     filing: &Registration,
     me: &str,
+    claims: &HashMap<String, ReviewClaim>,
 ) -> Neighbours {
     let pending = filter.pending(console);
-    let claims = claims(console);
     let free = |f: &&Registration| {
         claim_key(f) != claim_key(filing) && claims.get(&claim_key(f)).is_none_or(|c| c.by == me)
     };
@@ -264,8 +264,10 @@ fn filing_page(
     let me = session.caller_name();
     let csrf = session.csrf.as_str();
     let may_review = may(session, REVIEW);
-    let around = neighbours(console, shown.filter, filing, &me);
-    let claim = claims(console).remove(&claim_key(filing));
+    // The claims are read once for the page: its neighbours and its own.
+    let mut claims = claims(console);
+    let around = neighbours(console, shown.filter, filing, &me, &claims);
+    let claim = claims.remove(&claim_key(filing));
     let history = history(console, filing);
     let verdict_at = |v: Verdict| match v {
         Verdict::Approve => lang.t("approve"),
@@ -498,7 +500,8 @@ async fn next_claimed(
 ) -> Option<Registration> {
     let mut after = after.clone();
     for _ in 0..5 {
-        let next = neighbours(console, filter, &after, &session.caller_name()).next?;
+        let claims = claims(console);
+        let next = neighbours(console, filter, &after, &session.caller_name(), &claims).next?;
         match claim_for(console, session, next.kind(), &next.id).await {
             Ok(Claimed::Yours(_)) => return Some(next),
             Ok(Claimed::Theirs(_)) => after = next,

@@ -98,9 +98,8 @@ impl AuthRequest {
 
 /// The record of a MediaMTX request: as sent, without the credentials a client gave.
 fn origin(gateway: &str, body: &[u8]) -> Origin {
-    let mut origin = super::hook_origin(PROTOCOL, gateway, &[]);
-    let mut request: serde_json::Value = serde_json::from_slice(body)
-        .unwrap_or_else(|_| json!({ "body": String::from_utf8_lossy(body) }));
+    let mut origin = super::json_hook_origin(PROTOCOL, gateway, body);
+    let request = &mut origin.request;
     for secret in ["password", "token"] {
         if let Some(value) = request.get_mut(secret).filter(|v| v.as_str() != Some("")) {
             *value = json!("<redacted>");
@@ -120,7 +119,6 @@ fn origin(gateway: &str, body: &[u8]) -> Origin {
         }
         *query = json!(kept.finish());
     }
-    origin.request = request;
     origin
 }
 

@@ -185,6 +185,15 @@ pub fn hook_origin(entry_point: &'static str, gateway: &str, form: &[u8]) -> Ori
     }
 }
 
+/// The record origin of a hook that posts JSON (SRS, MediaMTX, OvenMediaEngine): the body as
+/// sent, or as text if it is not JSON.
+pub fn json_hook_origin(protocol: &'static str, gateway: &str, body: &[u8]) -> Origin {
+    let mut origin = hook_origin(protocol, gateway, &[]);
+    origin.request = serde_json::from_slice(body)
+        .unwrap_or_else(|_| json!({ "body": String::from_utf8_lossy(body) }));
+    origin
+}
+
 /// Decides a gateway's request and records it. A request that cannot be mapped to a decision is
 /// a recorded deny too (rule `GATEWAY`). The decision runs to its end even if the gateway hangs
 /// up meanwhile.

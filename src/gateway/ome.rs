@@ -362,12 +362,8 @@ async fn close(pdp: &Arc<Pdp>, gateway: &str, admission: &Admission, origin: Ori
     }
 }
 
-/// OME posts JSON: the record keeps it as sent.
 fn origin(gateway: &str, body: &[u8]) -> Origin {
-    let mut origin = super::hook_origin(PROTOCOL, gateway, &[]);
-    origin.request = serde_json::from_slice(body)
-        .unwrap_or_else(|_| json!({ "body": String::from_utf8_lossy(body) }));
-    origin
+    super::json_hook_origin(PROTOCOL, gateway, body)
 }
 
 #[cfg(test)]

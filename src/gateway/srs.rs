@@ -145,12 +145,8 @@ async fn on_publish(
     }
 }
 
-/// SRS posts JSON: the record keeps it as sent (or as text if it is not JSON).
 fn origin(gateway: &str, body: &[u8]) -> Origin {
-    let mut origin = super::hook_origin(PROTOCOL, gateway, &[]);
-    origin.request = serde_json::from_slice(body)
-        .unwrap_or_else(|_| json!({ "body": String::from_utf8_lossy(body) }));
-    origin
+    super::json_hook_origin(PROTOCOL, gateway, body)
 }
 
 async fn on_unpublish(

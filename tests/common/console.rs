@@ -225,3 +225,17 @@ pub fn csrf_of(page: &str) -> String {
         .unwrap_or_else(|| panic!("no CSRF token on the page: {page}"))
         .to_owned()
 }
+
+/// An anchor as stored now.
+pub async fn anchor(admin: &mut super::bearer::Admin, id: &str) -> proto::Registration {
+    admin
+        .get_registration(proto::GetRegistrationRequest {
+            kind: proto::RegistrationKind::Anchor as i32,
+            id: id.into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .registration
+        .expect("registration")
+}
