@@ -114,6 +114,8 @@ async fn main() -> Result<()> {
                         image_style: proto::ImageStyle::RealisticHuman as i32,
                         image_reference: format!("oss://anchors/pending{i:06}.png"),
                         display_name: format!("Pending anchor {i}"),
+                        likeness_of: String::new(),
+                        consent_id: String::new(),
                     })),
                     expected_revision: None,
                 })

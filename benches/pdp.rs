@@ -66,6 +66,8 @@ async fn population(
             image_style: style as i32,
             image_reference: format!("oss://pa{i}"),
             display_name: String::new(),
+            likeness_of: String::new(),
+            consent_id: String::new(),
         })))
         .await?;
         pdp.register(register(Record::Driver(proto::Driver {
@@ -304,6 +306,7 @@ async fn main() -> Result<()> {
         livestream_type: domain::LivestreamType::DailyMarketing,
         drive_mode: domain::DriveMode::RealPerson,
         ai_features: &[],
+        labels: None,
     };
     let now = direct.now();
     let iterations = 20_000u32;

@@ -64,6 +64,8 @@ fn merchant(i: u64) -> [Registration; 4] {
                 image_style: ImageStyle::RealisticHuman,
                 image_reference: format!("oss://anchors/{i}.png"),
                 display_name: format!("Anchor {i}"),
+                likeness_of: String::new(),
+                consent_id: String::new(),
             },
             ReviewStatus::Approved,
         ),

@@ -145,7 +145,16 @@ pub enum PolicyCommand {
     Export {
         /// Where to write it (created if missing).
         dir: PathBuf,
+        /// Also write the files of this rule pack (repeatable): `labels` adds L1, L2 and C1
+        /// (AI-content labels and likeness consent). Packs are off unless exported or named
+        /// in the directory's packs.toml.
+        #[arg(long = "with", value_name = "PACK", value_parser = parse_pack)]
+        with: Vec<&'static crate::policy::packs::Pack>,
     },
+}
+
+fn parse_pack(name: &str) -> Result<&'static crate::policy::packs::Pack, String> {
+    crate::policy::packs::find(name)
 }
 
 #[derive(Debug, Clone, Args)]

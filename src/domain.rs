@@ -51,16 +51,19 @@ pub enum Kind {
     Driver,
     Room,
     AiFeature,
+    /// The separate consent of a real person whose face or voice an anchor clones (C1).
+    Consent,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Merchant,
         Kind::Provider,
         Kind::Anchor,
         Kind::Driver,
         Kind::Room,
         Kind::AiFeature,
+        Kind::Consent,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,12 +74,17 @@ impl Kind {
             Kind::Driver => "driver",
             Kind::Room => "room",
             Kind::AiFeature => "ai_feature",
+            Kind::Consent => "consent",
         }
     }
 
-    /// Anchor image, driver and room filings are the three parts of admission (R7).
+    /// Anchor image, driver and room filings are the three parts of admission (R7); a
+    /// likeness consent is reviewed the same way (C1).
     pub fn needs_review(self) -> bool {
-        matches!(self, Kind::Anchor | Kind::Driver | Kind::Room)
+        matches!(
+            self,
+            Kind::Anchor | Kind::Driver | Kind::Room | Kind::Consent
+        )
     }
 }
 
@@ -204,6 +212,50 @@ impl DriveMode {
     }
 }
 
+/// Where a broadcast shows its explicit AI-content label (the label rule pack, L1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LabelKind {
+    /// Not reported.
+    #[default]
+    None,
+    /// Burned into the video itself.
+    Overlay,
+    /// Shown by the player or live-room interface beside the video.
+    Interface,
+}
+
+impl LabelKind {
+    pub const ALL: [LabelKind; 3] = [LabelKind::None, LabelKind::Overlay, LabelKind::Interface];
+
+    /// The inverse of `policy_name`.
+    pub fn from_policy_name(name: &str) -> Option<LabelKind> {
+        Self::ALL.into_iter().find(|v| v.policy_name() == name)
+    }
+
+    pub fn policy_name(self) -> &'static str {
+        match self {
+            LabelKind::None => "NONE",
+            LabelKind::Overlay => "OVERLAY",
+            LabelKind::Interface => "INTERFACE",
+        }
+    }
+}
+
+/// What a gateway observes of a broadcast's AI-content labels: the explicit label viewers see
+/// and the implicit one in the stream's metadata. Read only by a policy set that names them
+/// (the label rule pack).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LabelReport {
+    /// The explicit "AI-generated" label is shown to viewers now.
+    pub label_shown: bool,
+    /// Where it is shown.
+    pub label_kind: LabelKind,
+    /// The stream carries an implicit label (a metadata or C2PA-style manifest).
+    pub implicit_label: bool,
+    /// The provider id the implicit label names; empty when there is none.
+    pub implicit_label_provider: String,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReviewStatus {
     NotRequired,
@@ -248,6 +300,9 @@ pub enum Verdict {
 /// What a rule brings when it is found broken in a live broadcast.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Penalty {
+    /// Denied at start; found live, the broadcast goes on and the decision carries the rule
+    /// as a warning. Ranked lowest: any other broken rule outweighs it.
+    WarningOnly,
     /// Denied or shut down, nothing more.
     None,
     /// Shut down + 7-day freeze.
@@ -257,9 +312,10 @@ pub enum Penalty {
 }
 
 impl Penalty {
-    /// The spelling used in policy annotations and test suites: none, E1, E2.
+    /// The spelling used in policy annotations and test suites: warning, none, E1, E2.
     pub fn parse(value: &str) -> Option<Penalty> {
         match value {
+            "warning" => Some(Penalty::WarningOnly),
             "none" => Some(Penalty::None),
             "E1" => Some(Penalty::E1),
             "E2" => Some(Penalty::E2),
@@ -269,6 +325,7 @@ impl Penalty {
 
     pub fn name(self) -> &'static str {
         match self {
+            Penalty::WarningOnly => "warning",
             Penalty::None => "none",
             Penalty::E1 => "E1",
             Penalty::E2 => "E2",
@@ -302,6 +359,13 @@ pub enum RecordBody {
         image_style: ImageStyle,
         image_reference: String,
         display_name: String,
+        /// The real person whose face or voice the anchor is cloned from (an identity
+        /// reference); empty for a likeness of no real person.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        likeness_of: String,
+        /// The consent filing of that person; empty when there is none.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        consent_id: String,
     },
     Driver {
         owner_merchant_id: String,
@@ -315,6 +379,15 @@ pub enum RecordBody {
     AiFeature {
         display_name: String,
     },
+    /// A real person's separate consent to an anchor cloning their face or voice.
+    Consent {
+        owner_merchant_id: String,
+        /// Who consents: an identity reference, as an anchor's `likeness_of` names them.
+        person_reference: String,
+        /// Where the signed consent is kept (a document reference, never the document).
+        consent_reference: String,
+        display_name: String,
+    },
 }
 
 impl RecordBody {
@@ -326,6 +399,7 @@ impl RecordBody {
             RecordBody::Driver { .. } => Kind::Driver,
             RecordBody::Room { .. } => Kind::Room,
             RecordBody::AiFeature { .. } => Kind::AiFeature,
+            RecordBody::Consent { .. } => Kind::Consent,
         }
     }
 
@@ -340,6 +414,9 @@ impl RecordBody {
             }
             | RecordBody::Room {
                 owner_merchant_id, ..
+            }
+            | RecordBody::Consent {
+                owner_merchant_id, ..
             } => Some(owner_merchant_id),
             _ => None,
         }
@@ -351,8 +428,16 @@ impl RecordBody {
         if let Some(owner) = self.owner() {
             refs.push((Kind::Merchant, owner, "owner_merchant_id"));
         }
-        if let RecordBody::Anchor { provider_id, .. } = self {
+        if let RecordBody::Anchor {
+            provider_id,
+            consent_id,
+            ..
+        } = self
+        {
             refs.push((Kind::Provider, provider_id.as_str(), "provider_id"));
+            if !consent_id.is_empty() {
+                refs.push((Kind::Consent, consent_id.as_str(), "consent_id"));
+            }
         }
         refs
     }
@@ -366,6 +451,8 @@ impl RecordBody {
                     provider_id: p1,
                     image_style: s1,
                     image_reference: i1,
+                    likeness_of: l1,
+                    consent_id: c1,
                     ..
                 },
                 RecordBody::Anchor {
@@ -373,9 +460,25 @@ impl RecordBody {
                     provider_id: p2,
                     image_style: s2,
                     image_reference: i2,
+                    likeness_of: l2,
+                    consent_id: c2,
                     ..
                 },
-            ) => o1 == o2 && p1 == p2 && s1 == s2 && i1 == i2,
+            ) => o1 == o2 && p1 == p2 && s1 == s2 && i1 == i2 && l1 == l2 && c1 == c2,
+            (
+                RecordBody::Consent {
+                    owner_merchant_id: o1,
+                    person_reference: p1,
+                    consent_reference: c1,
+                    ..
+                },
+                RecordBody::Consent {
+                    owner_merchant_id: o2,
+                    person_reference: p2,
+                    consent_reference: c2,
+                    ..
+                },
+            ) => o1 == o2 && p1 == p2 && c1 == c2,
             (
                 RecordBody::Driver {
                     owner_merchant_id: o1,
@@ -969,6 +1072,10 @@ pub struct Session {
     /// The START's idempotency key, if it carried one (a retry with it finds this session).
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// The AI-content labels last reported (by the START or a later LIVE check); a check
+    /// that reports none, and the PDP's own re-checks, decide on these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<LabelReport>,
 }
 
 /// The START an idempotency key admitted: a retry with the key is answered with it.
@@ -1106,6 +1213,8 @@ pub struct Discovery {
     /// What the check that found it observed, recorded on the session it closes.
     pub drive_mode: Option<DriveMode>,
     pub ai_features: BTreeSet<String>,
+    /// The labels it observed, if it observed any.
+    pub labels: Option<LabelReport>,
 }
 
 /// What enforcing a discovery did.
@@ -1145,6 +1254,9 @@ pub fn apply_discovery(
         session
             .ai_features
             .extend(discovery.ai_features.iter().cloned());
+        if discovery.labels.is_some() {
+            session.labels = discovery.labels.clone();
+        }
     }
     let mut penalty_applied = None;
     let mut warning_issued = false;
@@ -1198,6 +1310,8 @@ pub struct Facts {
     pub anchor: Option<Registration>,
     /// The anchor's provider, when the anchor is known.
     pub provider: Option<Registration>,
+    /// The anchor's likeness consent filing, when the anchor names one.
+    pub consent: Option<Registration>,
     pub driver: Option<Registration>,
     pub ai_features: Vec<(String, Option<Registration>)>,
 }
@@ -1213,6 +1327,8 @@ mod tests {
             image_style: style,
             image_reference: "img://1".into(),
             display_name: name.into(),
+            likeness_of: String::new(),
+            consent_id: String::new(),
         }
     }
 
@@ -1347,6 +1463,7 @@ mod tests {
             penalty_applied: None,
             stream: None,
             idempotency_key: None,
+            labels: None,
         }
     }
 
@@ -1363,6 +1480,7 @@ mod tests {
             at,
             drive_mode: None,
             ai_features: BTreeSet::new(),
+            labels: None,
         }
     }
 

@@ -151,23 +151,25 @@ fn run(
             }
         },
         Command::Policy(PolicyCommand::Validate { dir }) => validate(&dir),
-        Command::Policy(PolicyCommand::Export { dir }) => match policy::builtin::export(&dir) {
-            Ok(files) => {
-                for file in files {
-                    println!("{}", file.display());
+        Command::Policy(PolicyCommand::Export { dir, with }) => {
+            match policy::builtin::export(&dir, &with) {
+                Ok(files) => {
+                    for file in files {
+                        println!("{}", file.display());
+                    }
+                    println!(
+                        "built-in policy set written to {}; serve it with --policies {}",
+                        dir.display(),
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
                 }
-                println!(
-                    "built-in policy set written to {}; serve it with --policies {}",
-                    dir.display(),
-                    dir.display()
-                );
-                ExitCode::SUCCESS
+                Err(e) => {
+                    eprintln!("anchor-pdp: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("anchor-pdp: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Token(TokenCommand::Hash) => {
             let mut token = String::new();
             if let Err(e) = std::io::stdin().read_line(&mut token) {
@@ -244,7 +246,7 @@ async fn test(dir: &Path, junit: Option<&Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let files = match policy_suite::suite_files(dir) {
+    let files = match policy_suite::suites(dir) {
         Ok(files) => files,
         Err(e) => {
             eprintln!("anchor-pdp: no test suites: {e}");

@@ -12,14 +12,18 @@
 //!   merchants:   [{id: m1, tier: CHINESE_GOLD_SUPPLIER}]          # tier as in the policies
 //!   providers:   [{id: p1, listed: true}]
 //!   anchors:     [{id: a1, owner: m1, provider: p1, image_style: REALISTIC_HUMAN,
-//!                  review: APPROVED, approval_expires: 2026-02-01T00:00:00Z}]  # expiry optional
+//!                  review: APPROVED, approval_expires: 2026-02-01T00:00:00Z,   # expiry optional
+//!                  likeness_of: person-1, consent: c1}]   # optional: a cloned likeness
+//!   consents:    [{id: c1, owner: m1, person: person-1, review: APPROVED}]  # expiry optional
 //!   drivers:     [{id: d1, owner: m1, review: APPROVED}]
 //!   rooms:       [{id: r1, owner: m1, review: APPROVED}]
 //!   ai_features: [{id: voice-clone, security_assessment_passed: true, filing_number: GAI-1}]
 //!   accounts:    [{merchant: m1, frozen_until: 2026-01-05T00:00:00Z, warnings: 1}]
 //! defaults:                         # request fields every case starts from
 //!   {phase: START, merchant: m1, room: r1, anchor: a1, driver: d1,
-//!    livestream_type: DAILY_MARKETING, drive_mode: REAL_PERSON, ai_features: []}
+//!    livestream_type: DAILY_MARKETING, drive_mode: REAL_PERSON, ai_features: [],
+//!    label_shown: true, label_kind: OVERLAY,          # labels: any of the four sends a
+//!    implicit_label: true, implicit_label_provider: p1}   # report; none sends none
 //! cases:
 //!   - name: GGS is denied
 //!     now: 2026-01-02T00:00:00Z     # optional
@@ -28,11 +32,16 @@
 //!     expect:
 //!       decision: DENY              # ALLOW | DENY (required)
 //!       rules: [R1]                 # exactly these rules broken (any order); default []
-//!       penalty: none               # heaviest penalty the broken rules carry: none | E1 | E2
+//!       warnings: []                # exactly these warning-only rules broken at LIVE
+//!       penalty: none               # heaviest penalty the broken rules carry:
+//!                                   # warning | none | E1 | E2
 //!       enforcement: REFUSE_START   # optional: NONE | REFUSE_START | SHUT_DOWN
 //!       penalty_applied: none       # optional, LIVE: the penalty this decision applied
 //!       frozen_until: 2026-01-08T00:00:00Z   # optional: the freeze end the response states
 //! ```
+//!
+//! A policy directory's suites are its `tests/*.yaml` and the suites of the rule packs its
+//! `packs.toml` enables.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -43,8 +52,8 @@ use serde::Deserialize;
 
 use crate::clock::ManualClock;
 use crate::domain::{
-    self, Account, DriveMode, ImageStyle, LivestreamType, Millis, Penalty, RecordBody,
-    Registration, ReviewStatus, Session, SessionState, Tier,
+    self, Account, DriveMode, ImageStyle, LabelKind, LabelReport, LivestreamType, Millis, Penalty,
+    RecordBody, Registration, ReviewStatus, Session, SessionState, Tier,
 };
 use crate::policy::{Phase, PolicyBundle, PolicyHandle};
 use crate::service::{AuthorizeCommand, Enforcement, Pdp};
@@ -79,6 +88,18 @@ struct Fixtures {
     ai_features: Vec<AiFeatureFixture>,
     #[serde(default)]
     accounts: Vec<AccountFixture>,
+    #[serde(default)]
+    consents: Vec<ConsentFixture>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsentFixture {
+    id: String,
+    owner: String,
+    person: String,
+    review: String,
+    approval_expires: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +125,10 @@ struct AnchorFixture {
     image_style: String,
     review: String,
     approval_expires: Option<String>,
+    #[serde(default)]
+    likeness_of: String,
+    #[serde(default)]
+    consent: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +169,10 @@ struct RequestSpec {
     livestream_type: Option<String>,
     drive_mode: Option<String>,
     ai_features: Option<Vec<String>>,
+    label_shown: Option<bool>,
+    label_kind: Option<String>,
+    implicit_label: Option<bool>,
+    implicit_label_provider: Option<String>,
 }
 
 impl RequestSpec {
@@ -166,7 +195,39 @@ impl RequestSpec {
                 .ai_features
                 .clone()
                 .or_else(|| defaults.ai_features.clone()),
+            label_shown: self.label_shown.or(defaults.label_shown),
+            label_kind: self
+                .label_kind
+                .clone()
+                .or_else(|| defaults.label_kind.clone()),
+            implicit_label: self.implicit_label.or(defaults.implicit_label),
+            implicit_label_provider: self
+                .implicit_label_provider
+                .clone()
+                .or_else(|| defaults.implicit_label_provider.clone()),
         }
+    }
+
+    /// The label report, when any label observation is given.
+    fn labels(&self) -> Result<Option<LabelReport>, String> {
+        if self.label_shown.is_none()
+            && self.label_kind.is_none()
+            && self.implicit_label.is_none()
+            && self.implicit_label_provider.is_none()
+        {
+            return Ok(None);
+        }
+        Ok(Some(LabelReport {
+            label_shown: self.label_shown.unwrap_or(false),
+            label_kind: self
+                .label_kind
+                .as_deref()
+                .map(|v| parse("request.label_kind", v, LabelKind::from_policy_name))
+                .transpose()?
+                .unwrap_or_default(),
+            implicit_label: self.implicit_label.unwrap_or(false),
+            implicit_label_provider: self.implicit_label_provider.clone().unwrap_or_default(),
+        }))
     }
 }
 
@@ -186,6 +247,8 @@ struct Expect {
     decision: String,
     #[serde(default)]
     rules: Vec<String>,
+    #[serde(default)]
+    warnings: Vec<String>,
     penalty: Option<String>,
     enforcement: Option<String>,
     penalty_applied: Option<String>,
@@ -384,6 +447,8 @@ fn fixtures(f: &Fixtures, now: Millis) -> Result<(Vec<Registration>, Vec<Account
             )?,
             image_reference: format!("fixture://{}", a.id),
             display_name: String::new(),
+            likeness_of: a.likeness_of.clone(),
+            consent_id: a.consent.clone(),
         };
         records.push(filing(
             &a.id,
@@ -438,6 +503,21 @@ fn fixtures(f: &Fixtures, now: Millis) -> Result<(Vec<Registration>, Vec<Account
         });
         records.push(record);
     }
+    for c in &f.consents {
+        let body = RecordBody::Consent {
+            owner_merchant_id: c.owner.clone(),
+            person_reference: c.person.clone(),
+            consent_reference: format!("fixture://{}", c.id),
+            display_name: String::new(),
+        };
+        records.push(filing(
+            &c.id,
+            body,
+            &c.review,
+            c.approval_expires.as_ref(),
+            now,
+        )?);
+    }
     let mut accounts = Vec::new();
     for a in &f.accounts {
         let mut account = Account::new(&a.merchant);
@@ -486,6 +566,7 @@ fn command(spec: &RequestSpec) -> Result<AuthorizeCommand, String> {
         explain: false,
         stream: None,
         idempotency_key: None,
+        labels: spec.labels()?,
     })
 }
 
@@ -548,6 +629,7 @@ async fn run_case(
             penalty_applied: None,
             stream: None,
             idempotency_key: None,
+            labels: None,
         };
         let store = pdp.store();
         let facts = store
@@ -598,6 +680,17 @@ async fn run_case(
     got.sort_unstable();
     if want != got {
         problems.push(format!("rules: expected {want:?}, got {got:?}"));
+    }
+    let mut want: Vec<&str> = expect.warnings.iter().map(String::as_str).collect();
+    let mut got: Vec<&str> = decision
+        .warnings
+        .iter()
+        .map(|v| v.rule_id.as_str())
+        .collect();
+    want.sort_unstable();
+    got.sort_unstable();
+    if want != got {
+        problems.push(format!("warnings: expected {want:?}, got {got:?}"));
     }
     if let Some(penalty) = &expect.penalty {
         let want = parse("expect.penalty", penalty, Penalty::parse)?;
@@ -651,26 +744,58 @@ async fn run_case(
     }
 }
 
-/// The suite files of a policy directory, in name order.
-pub fn suite_files(policy_dir: &Path) -> Result<Vec<PathBuf>, String> {
+/// A suite to run: where it comes from, and its text (`None` when it cannot be read).
+pub struct SuiteSource {
+    pub file: PathBuf,
+    pub text: Result<String, String>,
+}
+
+/// The suites of a policy directory: its `tests/*.yaml` in name order, then those of the rule
+/// packs its `packs.toml` enables.
+pub fn suites(policy_dir: &Path) -> Result<Vec<SuiteSource>, String> {
     let dir = policy_dir.join("tests");
-    let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-        .collect();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    };
     files.sort();
-    Ok(files)
+    let mut suites: Vec<SuiteSource> = files
+        .into_iter()
+        .map(|file| SuiteSource {
+            text: std::fs::read_to_string(&file).map_err(|e| e.to_string()),
+            file,
+        })
+        .collect();
+    let packs = crate::policy::packs::enabled(policy_dir).map_err(|problems| {
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        shown.join("; ")
+    })?;
+    for pack in packs {
+        for (name, text) in pack.suites() {
+            suites.push(SuiteSource {
+                file: crate::policy::packs::display_path(pack, name),
+                text: Ok((*text).to_owned()),
+            });
+        }
+    }
+    if suites.is_empty() {
+        return Err(format!("{}: no *.yaml suite", dir.display()));
+    }
+    Ok(suites)
 }
 
 /// Runs every suite against `policies`; `on_result` sees each case as it finishes.
 pub async fn run(
     policies: Arc<PolicyHandle>,
-    files: &[PathBuf],
+    suites: &[SuiteSource],
     mut on_result: impl FnMut(&CaseResult),
 ) -> Report {
     let mut report = Report::default();
-    for file in files {
+    for SuiteSource { file, text } in suites {
         let stem = file
             .file_stem()
             .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
@@ -678,8 +803,8 @@ pub async fn run(
             on_result(&result);
             report.results.push(result);
         };
-        let loaded = std::fs::read_to_string(file)
-            .map_err(|e| e.to_string())
+        let loaded = text
+            .clone()
             .and_then(|text| serde_norway::from_str::<Suite>(&text).map_err(|e| e.to_string()))
             .and_then(|suite| {
                 let now = time("now", &suite.now)?;

@@ -683,6 +683,8 @@ async fn a_filing_shows_its_history_the_board_its_last_check_and_the_log_a_time_
             image_style: proto::ImageStyle::RealisticHuman as i32,
             image_reference: "oss://anchors/a1-v2.png".into(),
             display_name: "Anchor One".into(),
+            likeness_of: String::new(),
+            consent_id: String::new(),
         })),
         expected_revision: None,
     })

@@ -21,6 +21,8 @@ async fn register_anchor(pdp: &mut common::bearer::Pdp, id: &str, reference: &st
             image_style: proto::ImageStyle::RealisticHuman as i32,
             image_reference: reference.into(),
             display_name: format!("Anchor {id}"),
+            likeness_of: String::new(),
+            consent_id: String::new(),
         })),
         expected_revision: None,
     })

@@ -67,6 +67,7 @@ fn any_request() -> impl Strategy<Value = proto::AuthorizeRequest> {
                     explain: false,
                     idempotency_key: String::new(),
                     min_revision: 0,
+                    labels: None,
                 }
             },
         )
@@ -113,6 +114,8 @@ fn admitted_pdp(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> Pdp
             image_style: domain::ImageStyle::RealisticHuman,
             image_reference: "x".into(),
             display_name: String::new(),
+            likeness_of: String::new(),
+            consent_id: String::new(),
         },
     ));
     records.push(approved(

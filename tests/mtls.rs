@@ -289,6 +289,8 @@ async fn the_console_serves_tls_and_signs_in_a_certificate_whose_subject_has_a_c
             image_style: proto::ImageStyle::RealisticHuman as i32,
             image_reference: "oss://anchors/a1.png".into(),
             display_name: String::new(),
+            likeness_of: String::new(),
+            consent_id: String::new(),
         }),
     ] {
         ops.register(proto::RegisterRequest {

@@ -265,6 +265,8 @@ pub fn anchor(id: &str, owner: &str, provider: &str) -> Record {
         image_style: proto::ImageStyle::RealisticHuman as i32,
         image_reference: format!("oss://{id}"),
         display_name: String::new(),
+        likeness_of: String::new(),
+        consent_id: String::new(),
     })
 }
 

@@ -167,6 +167,7 @@ pub fn kind_from_proto(field: &str, raw: i32) -> Result<Kind, PdpError> {
         proto::RegistrationKind::Driver => Kind::Driver,
         proto::RegistrationKind::Room => Kind::Room,
         proto::RegistrationKind::AiFeature => Kind::AiFeature,
+        proto::RegistrationKind::Consent => Kind::Consent,
     })
 }
 
@@ -178,6 +179,7 @@ fn kind_to_proto(kind: Kind) -> proto::RegistrationKind {
         Kind::Driver => proto::RegistrationKind::Driver,
         Kind::Room => proto::RegistrationKind::Room,
         Kind::AiFeature => proto::RegistrationKind::AiFeature,
+        Kind::Consent => proto::RegistrationKind::Consent,
     }
 }
 
@@ -291,6 +293,50 @@ pub fn penalty_to_proto(p: domain::Penalty) -> proto::Penalty {
         domain::Penalty::None => proto::Penalty::None,
         domain::Penalty::E1 => proto::Penalty::E1ShutDownAndFreeze,
         domain::Penalty::E2 => proto::Penalty::E2WarnShutDownAndFreeze,
+        domain::Penalty::WarningOnly => proto::Penalty::WarningOnly,
+    }
+}
+
+/// Validates the AI-content label observations of an Authorize request.
+pub fn labels_from_proto(
+    labels: Option<&proto::LabelReport>,
+) -> Result<Option<domain::LabelReport>, PdpError> {
+    let Some(labels) = labels else {
+        return Ok(None);
+    };
+    let label_kind = match enum_field::<proto::LabelKind>("labels.label_kind", labels.label_kind)? {
+        proto::LabelKind::Unspecified => domain::LabelKind::None,
+        proto::LabelKind::Overlay => domain::LabelKind::Overlay,
+        proto::LabelKind::Interface => domain::LabelKind::Interface,
+    };
+    let provider = optional_id(
+        "labels.implicit_label_provider",
+        &labels.implicit_label_provider,
+    )?;
+    if provider.is_some() && !labels.implicit_label {
+        return Err(PdpError::invalid(
+            "labels.implicit_label_provider",
+            "names a provider, but implicit_label is false: report the implicit label it belongs to",
+        ));
+    }
+    Ok(Some(domain::LabelReport {
+        label_shown: labels.label_shown,
+        label_kind,
+        implicit_label: labels.implicit_label,
+        implicit_label_provider: provider.unwrap_or_default(),
+    }))
+}
+
+pub fn labels_to_proto(labels: &domain::LabelReport) -> proto::LabelReport {
+    proto::LabelReport {
+        label_shown: labels.label_shown,
+        label_kind: match labels.label_kind {
+            domain::LabelKind::None => proto::LabelKind::Unspecified,
+            domain::LabelKind::Overlay => proto::LabelKind::Overlay,
+            domain::LabelKind::Interface => proto::LabelKind::Interface,
+        } as i32,
+        implicit_label: labels.implicit_label,
+        implicit_label_provider: labels.implicit_label_provider.clone(),
     }
 }
 
@@ -307,7 +353,7 @@ pub fn record_from_proto(
     let record = record.ok_or_else(|| {
         PdpError::invalid(
             "record",
-            "required: one of merchant, provider, anchor, driver, room, ai_feature",
+            "required: one of merchant, provider, anchor, driver, room, ai_feature, consent",
         )
     })?;
     Ok(match record {
@@ -324,8 +370,15 @@ pub fn record_from_proto(
                 display_name: text("provider.display_name", &p.display_name, MAX_NAME_LEN)?,
             },
         ),
-        Record::Anchor(a) => (
-            id("anchor.id", &a.id)?,
+        Record::Anchor(a) => (id("anchor.id", &a.id)?, {
+            let likeness_of = text("anchor.likeness_of", &a.likeness_of, MAX_REFERENCE_LEN)?;
+            let consent_id = optional_id("anchor.consent_id", &a.consent_id)?.unwrap_or_default();
+            if !consent_id.is_empty() && likeness_of.is_empty() {
+                return Err(PdpError::invalid(
+                    "anchor.consent_id",
+                    "set without likeness_of: a consent is for the real person the anchor is cloned from; name them in likeness_of",
+                ));
+            }
             domain::RecordBody::Anchor {
                 owner_merchant_id: id("anchor.owner_merchant_id", &a.owner_merchant_id)?,
                 provider_id: id("anchor.provider_id", &a.provider_id)?,
@@ -336,8 +389,10 @@ pub fn record_from_proto(
                     MAX_REFERENCE_LEN,
                 )?,
                 display_name: text("anchor.display_name", &a.display_name, MAX_NAME_LEN)?,
-            },
-        ),
+                likeness_of,
+                consent_id,
+            }
+        }),
         Record::Driver(d) => (
             id("driver.id", &d.id)?,
             domain::RecordBody::Driver {
@@ -363,6 +418,23 @@ pub fn record_from_proto(
                 display_name: text("ai_feature.display_name", &f.display_name, MAX_NAME_LEN)?,
             },
         ),
+        Record::Consent(c) => (
+            id("consent.id", &c.id)?,
+            domain::RecordBody::Consent {
+                owner_merchant_id: id("consent.owner_merchant_id", &c.owner_merchant_id)?,
+                person_reference: required_text(
+                    "consent.person_reference",
+                    &c.person_reference,
+                    MAX_REFERENCE_LEN,
+                )?,
+                consent_reference: required_text(
+                    "consent.consent_reference",
+                    &c.consent_reference,
+                    MAX_REFERENCE_LEN,
+                )?,
+                display_name: text("consent.display_name", &c.display_name, MAX_NAME_LEN)?,
+            },
+        ),
     })
 }
 
@@ -384,6 +456,8 @@ fn record_to_proto(id: &str, body: &domain::RecordBody) -> proto::registration::
             image_style,
             image_reference,
             display_name,
+            likeness_of,
+            consent_id,
         } => Record::Anchor(proto::VirtualAnchor {
             id,
             owner_merchant_id,
@@ -391,6 +465,8 @@ fn record_to_proto(id: &str, body: &domain::RecordBody) -> proto::registration::
             image_style: image_style_to_proto(image_style) as i32,
             image_reference,
             display_name,
+            likeness_of,
+            consent_id,
         }),
         domain::RecordBody::Driver {
             owner_merchant_id,
@@ -413,6 +489,18 @@ fn record_to_proto(id: &str, body: &domain::RecordBody) -> proto::registration::
         domain::RecordBody::AiFeature { display_name } => {
             Record::AiFeature(proto::AiFeature { id, display_name })
         }
+        domain::RecordBody::Consent {
+            owner_merchant_id,
+            person_reference,
+            consent_reference,
+            display_name,
+        } => Record::Consent(proto::LikenessConsent {
+            id,
+            owner_merchant_id,
+            person_reference,
+            consent_reference,
+            display_name,
+        }),
     }
 }
 
@@ -496,6 +584,7 @@ pub fn session_to_proto(s: &domain::Session) -> proto::Session {
         penalty_applied: applied_penalty(s.penalty_applied),
         stream: s.stream.as_ref().map(stream_to_proto),
         last_checked_at: None,
+        labels: s.labels.as_ref().map(labels_to_proto),
     }
 }
 

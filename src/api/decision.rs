@@ -159,6 +159,11 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
                 .iter()
                 .map(convert::violation_to_proto)
                 .collect(),
+            warnings: decision
+                .warnings
+                .iter()
+                .map(convert::violation_to_proto)
+                .collect(),
             enforcement: enforcement as i32,
             penalty_applied: applied_penalty(outcome.penalty_applied),
             warning_issued: outcome.warning_issued,

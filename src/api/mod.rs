@@ -95,6 +95,7 @@ pub fn authorize_command(req: &proto::AuthorizeRequest) -> Result<AuthorizeComma
         explain: req.explain,
         stream: None,
         idempotency_key: optional_id("idempotency_key", &req.idempotency_key)?,
+        labels: convert::labels_from_proto(req.labels.as_ref())?,
     };
     match phase {
         Phase::Start => {

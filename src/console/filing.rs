@@ -733,6 +733,8 @@ mod tests {
                 image_style: crate::domain::ImageStyle::RealisticHuman,
                 image_reference: "oss://anchors/a1.png".into(),
                 display_name: "Mei".into(),
+                likeness_of: String::new(),
+                consent_id: String::new(),
             },
             provider_listing: None,
             ai_feature_clearance: None,

@@ -26,6 +26,7 @@ const SESSION_SCAN: usize = 200_000;
 /// What a penalty does, in the viewer's language.
 pub fn penalty_text(lang: Lang, penalty: Penalty) -> &'static str {
     match penalty {
+        Penalty::WarningOnly => lang.t("penalty_warning"),
         Penalty::None => lang.t("penalty_none"),
         Penalty::E1 => lang.t("penalty_e1"),
         Penalty::E2 => lang.t("penalty_e2"),

@@ -244,6 +244,11 @@ const TEXTS: &[(&str, &str, &str)] = &[
         "关停本场直播,不处罚",
     ),
     (
+        "penalty_warning",
+        "A warning only: the broadcast goes on",
+        "仅警告,直播继续",
+    ),
+    (
         "penalty_e1",
         "E1: shutdown and a 7-day livestream freeze",
         "E1:关停直播并冻结直播权限 7 天",

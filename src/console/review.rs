@@ -180,6 +180,7 @@ pub(super) fn display_name(body: &RecordBody) -> &str {
         RecordBody::Anchor { display_name, .. }
         | RecordBody::Driver { display_name, .. }
         | RecordBody::Room { display_name, .. }
+        | RecordBody::Consent { display_name, .. }
         | RecordBody::Merchant { display_name, .. }
         | RecordBody::Provider { display_name }
         | RecordBody::AiFeature { display_name } => display_name,

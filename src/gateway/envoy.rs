@@ -5,7 +5,10 @@
 //!   `gateway` (required) — the gateway id; `phase` — `start` (default), `live` or `end`.
 //! Claims, from request headers:
 //!   `x-pdp-room` (START), `x-pdp-anchor`, `x-pdp-driver`, `x-pdp-livestream-type`,
-//!   `x-pdp-drive-mode`, `x-pdp-ai-features` (comma-separated), `x-pdp-session` (LIVE, END).
+//!   `x-pdp-drive-mode`, `x-pdp-ai-features` (comma-separated), `x-pdp-session` (LIVE, END);
+//!   the AI-content labels (read by the label rule pack): `x-pdp-label-shown` (1/0),
+//!   `x-pdp-label-kind` (OVERLAY/INTERFACE), `x-pdp-implicit-label` (1/0),
+//!   `x-pdp-implicit-label-provider`. At LIVE, labels left out keep the session's last report.
 //! The merchant is the room's registered owner. Allow: `ok_response` adding `x-pdp-session-id`
 //! and `x-pdp-decision-id` to the upstream request (and the session id to the client's
 //! response). Deny, or anything that cannot be mapped: `denied_response` 403 with the reasons
@@ -88,6 +91,10 @@ fn map_check(pdp: &Pdp, request: &CheckRequest) -> Result<Mapped, PdpError> {
         ("x-pdp-livestream-type", "livestream_type"),
         ("x-pdp-drive-mode", "drive_mode"),
         ("x-pdp-ai-features", "ai_features"),
+        ("x-pdp-label-shown", "label_shown"),
+        ("x-pdp-label-kind", "label_kind"),
+        ("x-pdp-implicit-label", "implicit_label"),
+        ("x-pdp-implicit-label-provider", "implicit_label_provider"),
     ] {
         if let Some(value) = header(headers, name) {
             claims.set(key, value).map_err(as_header)?;
@@ -116,6 +123,7 @@ fn map_check(pdp: &Pdp, request: &CheckRequest) -> Result<Mapped, PdpError> {
             let mut command = AuthorizeCommand::live(session()?, gateway);
             command.livestream_type = claims.livestream_type;
             command.drive_mode = claims.drive_mode;
+            command.labels = claims.labels().map_err(as_header)?;
             command.ai_features = claims.ai_features;
             Ok(Mapped::Decide(Box::new(command)))
         }

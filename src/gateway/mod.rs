@@ -24,18 +24,24 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::api::convert;
-use crate::domain::{DriveMode, LivestreamType, Penalty, StreamRef};
+use crate::domain::{DriveMode, LabelKind, LabelReport, LivestreamType, Penalty, StreamRef};
 use crate::error::PdpError;
 use crate::policy::{Phase, Violation};
 use crate::service::{AuthorizeCommand, AuthorizeOutcome, Origin, Pdp, to_completion};
 
-/// The publisher's claims, as publish-URL arguments (nginx-rtmp, SRS `param`).
-pub const CLAIM_KEYS: [&str; 5] = [
+/// The publisher's claims, as publish-URL arguments (nginx-rtmp, SRS `param`). The label
+/// observations (`label_*`, `implicit_label*`) are decided on only by a policy set that reads
+/// them (the label rule pack).
+pub const CLAIM_KEYS: [&str; 9] = [
     "anchor",
     "driver",
     "livestream_type",
     "drive_mode",
     "ai_features",
+    "label_shown",
+    "label_kind",
+    "implicit_label",
+    "implicit_label_provider",
 ];
 
 /// What a publisher claims about its broadcast.
@@ -46,9 +52,60 @@ pub struct Claims {
     pub livestream_type: Option<LivestreamType>,
     pub drive_mode: Option<DriveMode>,
     pub ai_features: Vec<String>,
+    /// Set when any label observation is given; each one given at most once.
+    pub labels: Option<LabelReport>,
+    labels_given: Vec<&'static str>,
+}
+
+/// `1`/`true` or `0`/`false`.
+fn flag(key: &str, value: &str) -> Result<bool, PdpError> {
+    match value {
+        "1" | "true" => Ok(true),
+        "0" | "false" => Ok(false),
+        other => Err(PdpError::invalid(
+            key,
+            format!("{other:?} is not 1, true, 0 or false"),
+        )),
+    }
 }
 
 impl Claims {
+    /// Sets one label observation; a second one of the same name is ambiguous.
+    fn set_label(&mut self, key: &'static str, value: &str) -> Result<(), PdpError> {
+        if self.labels_given.contains(&key) {
+            return Err(PdpError::invalid(key, "given more than once"));
+        }
+        let labels = self.labels.get_or_insert_with(LabelReport::default);
+        match key {
+            "label_shown" => labels.label_shown = flag(key, value)?,
+            "label_kind" => {
+                labels.label_kind = LabelKind::from_policy_name(value)
+                    .filter(|kind| *kind != LabelKind::None)
+                    .ok_or_else(|| {
+                        PdpError::invalid(key, format!("{value:?} is not OVERLAY or INTERFACE"))
+                    })?
+            }
+            "implicit_label" => labels.implicit_label = flag(key, value)?,
+            _ => labels.implicit_label_provider = convert::id(key, value)?,
+        }
+        self.labels_given.push(key);
+        Ok(())
+    }
+
+    /// The label observations, if any was given, checked as a whole.
+    pub fn labels(&self) -> Result<Option<LabelReport>, PdpError> {
+        if let Some(labels) = &self.labels
+            && !labels.implicit_label
+            && !labels.implicit_label_provider.is_empty()
+        {
+            return Err(PdpError::invalid(
+                "implicit_label_provider",
+                "names a provider, but implicit_label is not 1: report the implicit label it belongs to",
+            ));
+        }
+        Ok(self.labels.clone())
+    }
+
     /// Sets one claim from its argument; a claim given twice is ambiguous and refused.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), PdpError> {
         let twice = || PdpError::invalid(key, "given more than once");
@@ -95,6 +152,10 @@ impl Claims {
                     return Err(PdpError::invalid(key, "too many features"));
                 }
             }
+            "label_shown" => self.set_label("label_shown", value)?,
+            "label_kind" => self.set_label("label_kind", value)?,
+            "implicit_label" => self.set_label("implicit_label", value)?,
+            "implicit_label_provider" => self.set_label("implicit_label_provider", value)?,
             other => {
                 return Err(PdpError::invalid(
                     other,
@@ -145,6 +206,7 @@ pub fn start_command(
     let idempotency_key = stream
         .as_ref()
         .map(|s| format!("{}:{}:{}/{}", s.protocol, s.client_id, s.app, s.name));
+    let labels = claims.labels()?;
     Ok(AuthorizeCommand {
         phase: Phase::Start,
         merchant_id: Some(merchant),
@@ -159,6 +221,7 @@ pub fn start_command(
         explain: false,
         stream,
         idempotency_key,
+        labels,
     })
 }
 

@@ -28,9 +28,14 @@ pub const FILES: &[(&str, &str)] = &[
     ),
 ];
 
-fn write(dir: &Path, overwrite: bool) -> Result<Vec<PathBuf>, String> {
+fn write(
+    dir: &Path,
+    packs: &[&super::packs::Pack],
+    overwrite: bool,
+) -> Result<Vec<PathBuf>, String> {
     let mut written = Vec::new();
-    for (name, text) in FILES {
+    let pack_files = packs.iter().flat_map(|p| p.files.iter());
+    for (name, text) in FILES.iter().chain(pack_files) {
         let path = dir.join(name);
         if !overwrite && path.exists() {
             return Err(format!(
@@ -48,21 +53,27 @@ fn write(dir: &Path, overwrite: bool) -> Result<Vec<PathBuf>, String> {
     Ok(written)
 }
 
-/// Writes the built-in set into `dir`, refusing to overwrite any file. Returns the files.
-pub fn export(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    if let Some((name, _)) = FILES.iter().find(|(name, _)| dir.join(name).exists()) {
+/// Writes the built-in set, and the files of `packs` beside it, into `dir`, refusing to
+/// overwrite any file. Returns the files.
+pub fn export(dir: &Path, packs: &[&super::packs::Pack]) -> Result<Vec<PathBuf>, String> {
+    let pack_files = packs.iter().flat_map(|p| p.files.iter());
+    if let Some((name, _)) = FILES
+        .iter()
+        .chain(pack_files)
+        .find(|(name, _)| dir.join(name).exists())
+    {
         return Err(format!(
             "{} exists; export into an empty or new directory",
             dir.join(name).display()
         ));
     }
-    write(dir, false)
+    write(dir, packs, false)
 }
 
 /// Writes the built-in set into `dir` (under the data directory), replacing what a previous
 /// start wrote there, so that it loads like any other directory.
 pub fn materialize(dir: &Path) -> Result<(), String> {
-    write(dir, true).map(|_| ())
+    write(dir, &[], true).map(|_| ())
 }
 
 #[cfg(test)]
@@ -73,11 +84,37 @@ mod tests {
     fn the_built_in_set_is_the_shipped_directory() {
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
         let temp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let files = export(temp.path()).unwrap_or_else(|e| panic!("{e}"));
+        let files = export(temp.path(), &[]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(files.len(), FILES.len());
         let built_in = crate::policy::load(temp.path()).unwrap_or_else(|e| panic!("{e}"));
         let on_disk = crate::policy::load(&shipped).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(built_in.version(), on_disk.version());
-        assert!(export(temp.path()).is_err(), "export never overwrites");
+        assert!(export(temp.path(), &[]).is_err(), "export never overwrites");
+    }
+
+    #[test]
+    fn a_pack_exported_loads_as_the_same_pack_enabled_by_name() {
+        let labels = crate::policy::packs::find("labels").unwrap_or_else(|e| panic!("{e}"));
+        let exported = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let files = export(exported.path(), &[labels]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(files.contains(&exported.path().join("labels.cedar")));
+        assert!(files.contains(&exported.path().join("tests/labels.yaml")));
+        let named = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        export(named.path(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(named.path().join("packs.toml"), "packs = [\"labels\"]\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let exported = crate::policy::load(exported.path()).unwrap_or_else(|e| panic!("{e}"));
+        let named = crate::policy::load(named.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(exported.version(), named.version());
+        let ids: Vec<_> = named.rules().map(|r| r.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "C1", "E3", "L1", "L2", "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9"
+            ]
+        );
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let off = crate::policy::load(&shipped).unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(off.version(), named.version());
     }
 }

@@ -5,7 +5,7 @@ use cedar_policy::{Authorizer, Decision as CedarDecision};
 
 use super::inputs::DecisionInputs;
 use super::load::PolicyBundle;
-use crate::domain::{DriveMode, Facts, LivestreamType, Millis, Penalty};
+use crate::domain::{DriveMode, Facts, LabelReport, LivestreamType, Millis, Penalty};
 
 /// The pseudo rule id of a failure to decide (fail closed).
 pub const PDP_RULE_ID: &str = "PDP";
@@ -32,6 +32,9 @@ pub struct Observation<'a> {
     pub livestream_type: LivestreamType,
     pub drive_mode: DriveMode,
     pub ai_features: &'a [String],
+    /// The AI-content labels reported; `None`: no report (no label shown, none in the
+    /// metadata).
+    pub labels: Option<&'a LabelReport>,
 }
 
 pub use crate::domain::Violation;
@@ -54,6 +57,8 @@ pub struct Decision {
     pub allowed: bool,
     /// Broken rules in policy order; a deny always has at least one.
     pub violations: Vec<Violation>,
+    /// At LIVE: broken warning-only rules, which let the broadcast go on.
+    pub warnings: Vec<Violation>,
     pub policy_version: String,
     /// Present when asked for.
     pub explanation: Option<Explanation>,
@@ -116,7 +121,7 @@ impl PolicyBundle {
         explain: bool,
         explain_denies: bool,
     ) -> Decision {
-        let inputs = DecisionInputs::new(facts, observation, now, self.reads_now);
+        let inputs = DecisionInputs::new(facts, observation, now, self.reads);
         if explain {
             // Explaining an allow renders what the memo does not keep; rare, so not memoized.
             return self.decide_inputs(&inputs, true, true);
@@ -139,7 +144,7 @@ impl PolicyBundle {
         observation: &Observation<'_>,
         now: Millis,
     ) -> Decision {
-        let inputs = DecisionInputs::new(facts, observation, now, self.reads_now);
+        let inputs = DecisionInputs::new(facts, observation, now, self.reads);
         self.decide_inputs(&inputs, false, true)
     }
 
@@ -160,6 +165,7 @@ impl PolicyBundle {
             Err(detail) => Decision {
                 allowed: false,
                 violations: vec![Violation::pdp_failure(&detail)],
+                warnings: Vec::new(),
                 policy_version: self.version().to_owned(),
                 explanation: explain_errors.then(|| Explanation {
                     errors: vec![detail],
@@ -176,24 +182,27 @@ impl PolicyBundle {
         explain_denies: bool,
     ) -> Result<Decision, String> {
         let inputs = decision_inputs.to_cedar(&self.types, explain)?;
-        let response =
-            Authorizer::new().is_authorized(&inputs.request, &self.set, &inputs.entities);
-        let mut violations: Vec<(usize, Violation)> = Vec::new();
-        for policy_id in response.diagnostics().reason() {
-            if let Some(rule) = self.rules.get(policy_id) {
-                violations.push((
-                    rule.order,
-                    Violation {
-                        rule_id: rule.id.clone(),
-                        message_en: rule.message_en.clone(),
-                        message_zh: rule.message_zh.clone(),
-                        penalty: rule.penalty,
-                    },
-                ));
-            }
+        // At LIVE, warning-only rules are decided apart: breaking one warns, the rest decide.
+        let split = decision_inputs.is_live() && self.has_warning_rules;
+        let set = if split { &self.live_set } else { &self.set };
+        let response = Authorizer::new().is_authorized(&inputs.request, set, &inputs.entities);
+        let mut violations = self.broken(&response);
+        let mut warnings = Vec::new();
+        if split {
+            let warned = Authorizer::new().is_authorized(
+                &inputs.request,
+                &self.warning_set,
+                &inputs.entities,
+            );
+            warnings = self.broken(&warned);
+            // A warning rule that cannot be evaluated might have been broken: fail closed.
+            violations.extend(
+                warned
+                    .diagnostics()
+                    .errors()
+                    .map(|e| Violation::pdp_failure(&e.to_string())),
+            );
         }
-        violations.sort_by_key(|(order, _)| *order);
-        let mut violations: Vec<Violation> = violations.into_iter().map(|(_, v)| v).collect();
         // Cedar skips a policy whose condition errors; a skipped forbid might have denied.
         for error in response.diagnostics().errors() {
             violations.push(Violation::pdp_failure(&error.to_string()));
@@ -233,9 +242,32 @@ impl PolicyBundle {
         Ok(Decision {
             allowed,
             violations,
+            warnings,
             policy_version: self.version().to_owned(),
             explanation,
         })
+    }
+
+    /// The rules a response's satisfied forbids enforce, in policy order.
+    fn broken(&self, response: &cedar_policy::Response) -> Vec<Violation> {
+        let mut broken: Vec<(usize, Violation)> = response
+            .diagnostics()
+            .reason()
+            .filter_map(|policy_id| self.rules.get(policy_id))
+            .map(|rule| {
+                (
+                    rule.order,
+                    Violation {
+                        rule_id: rule.id.clone(),
+                        message_en: rule.message_en.clone(),
+                        message_zh: rule.message_zh.clone(),
+                        penalty: rule.penalty,
+                    },
+                )
+            })
+            .collect();
+        broken.sort_by_key(|(order, _)| *order);
+        broken.into_iter().map(|(_, v)| v).collect()
     }
 }
 
@@ -291,6 +323,8 @@ mod tests {
                     image_style: domain::ImageStyle::RealisticHuman,
                     image_reference: "img".into(),
                     display_name: String::new(),
+                    likeness_of: String::new(),
+                    consent_id: String::new(),
                 },
             )),
             provider: Some(registration(
@@ -308,6 +342,7 @@ mod tests {
                 },
             )),
             ai_features: vec![],
+            consent: None,
         }
     }
 
@@ -316,6 +351,7 @@ mod tests {
         livestream_type: LivestreamType::DailyMarketing,
         drive_mode: DriveMode::RealPerson,
         ai_features: &[],
+        labels: None,
     };
 
     fn shipped() -> PolicyBundle {

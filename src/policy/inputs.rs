@@ -16,7 +16,8 @@ use cedar_policy::{
 };
 
 use super::decide::{Fact, Observation};
-use crate::domain::{Facts, Millis, RecordBody, Registration};
+use super::load::Reads;
+use crate::domain::{Facts, LabelReport, Millis, RecordBody, Registration};
 
 /// Entity type names, parsed once.
 pub(crate) struct EntityTypes {
@@ -25,6 +26,7 @@ pub(crate) struct EntityTypes {
     anchor: EntityTypeName,
     driver: EntityTypeName,
     room: EntityTypeName,
+    consent: EntityTypeName,
     broadcast: EntityUid,
 }
 
@@ -37,6 +39,7 @@ impl EntityTypes {
             anchor: name("AnchorPdp::Anchor")?,
             driver: name("AnchorPdp::Driver")?,
             room: name("AnchorPdp::Room")?,
+            consent: name("AnchorPdp::Consent")?,
             broadcast: EntityUid::from_type_name_and_id(
                 name("AnchorPdp::Action")?,
                 EntityId::new("Broadcast"),
@@ -75,6 +78,13 @@ impl Filing {
     }
 }
 
+/// An anchor's likeness consent filing, and whom it is for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ConsentInputs {
+    filing: Filing,
+    person: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ProviderInputs {
     id: String,
@@ -104,6 +114,12 @@ pub(crate) struct DecisionInputs {
     ai_features_filed: Vec<String>,
     /// The time itself, only for a policy set that reads it.
     now_ms: Option<Millis>,
+    /// The label observations, only for a policy set that reads them.
+    labels: Option<LabelReport>,
+    /// The anchor's likeness (`Some(None)`: of no real person), only for a set that reads it.
+    likeness_of: Option<Option<String>>,
+    /// The anchor's consent filing, when it names one and the set reads it.
+    consent: Option<ConsentInputs>,
 }
 
 impl DecisionInputs {
@@ -111,7 +127,7 @@ impl DecisionInputs {
         facts: &Facts,
         observation: &Observation<'_>,
         now: Millis,
-        policies_read_now: bool,
+        reads: Reads,
     ) -> DecisionInputs {
         let tier = match facts.merchant.as_ref().map(|m| &m.body) {
             Some(RecordBody::Merchant { tier, .. }) => tier.policy_name(),
@@ -138,6 +154,28 @@ impl DecisionInputs {
             ),
             _ => (None, None),
         };
+        let (likeness_of, consent_id) = match facts.anchor.as_ref().map(|a| &a.body) {
+            Some(RecordBody::Anchor {
+                likeness_of,
+                consent_id,
+                ..
+            }) => (
+                (!likeness_of.is_empty()).then(|| likeness_of.clone()),
+                (!consent_id.is_empty()).then_some(consent_id.as_str()),
+            ),
+            _ => (None, None),
+        };
+        let consent = consent_id
+            .filter(|_| reads.consent)
+            .map(|id| ConsentInputs {
+                filing: Filing::new(id, facts.consent.as_ref(), now),
+                person: match facts.consent.as_ref().map(|c| &c.body) {
+                    Some(RecordBody::Consent {
+                        person_reference, ..
+                    }) => Some(person_reference.clone()),
+                    _ => None,
+                },
+            });
         let cleared = |test: &dyn Fn(&Registration) -> bool| -> Vec<String> {
             facts
                 .ai_features
@@ -169,8 +207,17 @@ impl DecisionInputs {
             ai_features_filed: cleared(&|r| {
                 r.ai_feature_clearance.as_ref().is_some_and(|c| c.filed())
             }),
-            now_ms: policies_read_now.then_some(now),
+            now_ms: reads.now.then_some(now),
+            labels: reads
+                .labels
+                .then(|| observation.labels.cloned().unwrap_or_default()),
+            likeness_of: reads.consent.then_some(likeness_of),
+            consent,
         }
+    }
+
+    pub(crate) fn is_live(&self) -> bool {
+        self.phase == "LIVE"
     }
 
     /// The entities and request Cedar decides on, and (with `explain`) how they read.
@@ -208,6 +255,19 @@ impl DecisionInputs {
         if let Some(style) = self.image_style {
             anchor.string("image_style", style);
         }
+        if let Some(Some(person)) = &self.likeness_of {
+            anchor.string("likeness_of", person);
+        }
+        if let Some(consent) = &self.consent {
+            let consent_uid = uid(&types.consent, &consent.filing.id);
+            anchor.entity("consent", &consent_uid);
+            let mut attrs = Attrs::new(&consent_uid, explain);
+            filing_attrs(&mut attrs, types, &consent.filing);
+            if let Some(person) = &consent.person {
+                attrs.string("person", person);
+            }
+            entities.push(entity(attrs, consent_uid, &mut fact_log)?);
+        }
         entities.push(entity(anchor, anchor_uid.clone(), &mut fact_log)?);
         let entities = Entities::from_entities(entities, None)
             .map_err(|e| format!("cannot build entities: {e}"))?;
@@ -224,6 +284,12 @@ impl DecisionInputs {
         context.strings("ai_features", &self.ai_features);
         context.strings("ai_features_assessed", &self.ai_features_assessed);
         context.strings("ai_features_filed", &self.ai_features_filed);
+        if let Some(labels) = &self.labels {
+            context.bool("label_shown", labels.label_shown);
+            context.string("label_kind", labels.label_kind.policy_name());
+            context.bool("implicit_label", labels.implicit_label);
+            context.string("implicit_label_provider", &labels.implicit_label_provider);
+        }
         let context_facts = std::mem::take(&mut context.facts);
         let context =
             Context::from_pairs(context.map).map_err(|e| format!("cannot build context: {e}"))?;

@@ -70,17 +70,46 @@ pub struct RuleInfo {
     pub order: usize,
 }
 
+/// Which of the facts that only some policy sets use this set reads. A policy can only read
+/// an attribute by naming it, so a set whose text never names one is not given it: its
+/// decisions, explanations and memo keys stay what they were before the attribute existed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Reads {
+    /// `context.now_ms`: the time itself, which makes every decision's key unique.
+    pub(crate) now: bool,
+    /// The AI-content label observations (the label rule pack).
+    pub(crate) labels: bool,
+    /// The anchor's likeness and its consent filing (the label rule pack, C1).
+    pub(crate) consent: bool,
+}
+
+impl Reads {
+    fn of<'a>(texts: impl Iterator<Item = &'a str> + Clone) -> Reads {
+        let names = |words: &[&str]| texts.clone().any(|t| words.iter().any(|w| t.contains(w)));
+        Reads {
+            now: names(&["now_ms"]),
+            labels: names(&["label_shown", "label_kind", "implicit_label"]),
+            consent: names(&["likeness_of", "consent"]),
+        }
+    }
+}
+
 /// A validated policy set, ready to decide.
 pub struct PolicyBundle {
     pub(crate) set: PolicySet,
+    /// At LIVE: every policy but the warning-only rules, which go to `warning_set`, so that
+    /// breaking one warns and lets the broadcast go on.
+    pub(crate) live_set: PolicySet,
+    pub(crate) warning_set: PolicySet,
+    pub(crate) has_warning_rules: bool,
     pub(crate) rules: HashMap<PolicyId, RuleInfo>,
     rules_by_id: BTreeMap<String, RuleInfo>,
     version: String,
     pub(crate) types: super::inputs::EntityTypes,
-    /// Whether any policy may read `context.now_ms`. A policy can only read an attribute by
-    /// naming it, so a set whose text never says `now_ms` does not get the time, only the
-    /// conditions computed from it, and its decisions are memoized across time.
-    pub(crate) reads_now: bool,
+    /// What the policies may read beyond the 2023 facts. A set whose text never says
+    /// `now_ms` does not get the time, only the conditions computed from it, and its
+    /// decisions are memoized across time.
+    pub(crate) reads: Reads,
     pub(crate) memo: super::memo::Memo,
 }
 
@@ -101,7 +130,7 @@ impl PolicyBundle {
     }
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
@@ -193,7 +222,23 @@ fn rule_id_is_valid(id: &str) -> bool {
 /// Loads and validates every `*.cedarschema` and `*.cedar` file in `dir`.
 pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
     let mut problems = Vec::new();
-    let (schema_files, policy_files) = read_sources(dir, &mut problems);
+    let (schema_files, mut policy_files) = read_sources(dir, &mut problems);
+    match super::packs::enabled(dir) {
+        Ok(packs) => {
+            for pack in packs {
+                for (name, text) in pack.policies() {
+                    policy_files.push(SourceFile {
+                        path: super::packs::display_path(pack, name),
+                        text: (*text).to_owned(),
+                    });
+                }
+            }
+        }
+        Err(found) => problems.extend(found),
+    }
+    // By file name, so a pack enabled by name and the same pack exported into the directory
+    // load in the same order with the same version.
+    policy_files.sort_by(|a, b| (a.path.file_name(), &a.path).cmp(&(b.path.file_name(), &b.path)));
     let fail = |problems: Vec<PolicyProblem>| PolicyLoadError {
         dir: dir.to_owned(),
         problems,
@@ -242,6 +287,8 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
     };
 
     let mut set = PolicySet::new();
+    let mut live_set = PolicySet::new();
+    let mut warning_set = PolicySet::new();
     let mut rules = HashMap::new();
     let mut rules_by_id = BTreeMap::new();
     let mut origin: HashMap<PolicyId, (usize, usize)> = HashMap::new();
@@ -317,6 +364,7 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
                 problems.push(at(format!("duplicate rule id {rule_id} (also in {other})")));
                 continue;
             }
+            let mut warning_only = false;
             match policy.effect() {
                 Effect::Permit => permits += 1,
                 Effect::Forbid => {
@@ -327,7 +375,7 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
                             Some(p) => Some(p),
                             None => {
                                 problems.push(at(format!(
-                                    "rule {rule_id}: @penalty(\"{value}\") must be one of none, E1, E2"
+                                    "rule {rule_id}: @penalty(\"{value}\") must be one of warning, none, E1, E2"
                                 )));
                                 None
                             }
@@ -355,6 +403,7 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
                             missing.join(", ")
                         )));
                     }
+                    warning_only = penalty == Some(Penalty::WarningOnly);
                     if let (Some(penalty), Some(en), Some(zh)) = (penalty, message_en, message_zh) {
                         let info = RuleInfo {
                             id: rule_id.to_owned(),
@@ -369,8 +418,17 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
                 }
             }
             origin.insert(policy_id.clone(), (file_index, offset.unwrap_or(0)));
-            if let Err(e) = set.add(policy.new_id(policy_id)) {
-                problems.push(at(e.to_string()));
+            let policy = policy.new_id(policy_id);
+            let split = if warning_only {
+                &mut warning_set
+            } else {
+                &mut live_set
+            };
+            for target in [split, &mut set] {
+                if let Err(e) = target.add(policy.clone()) {
+                    problems.push(at(e.to_string()));
+                    break;
+                }
             }
         }
     }
@@ -442,13 +500,17 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
     }
     let digest = hasher.finalize();
     let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let has_warning_rules = warning_set.policies().next().is_some();
     Ok(PolicyBundle {
+        has_warning_rules,
         set,
+        live_set,
+        warning_set,
         rules,
         rules_by_id,
         version: format!("sha256:{hex}"),
         types,
-        reads_now: policy_files.iter().any(|f| f.text.contains("now_ms")),
+        reads: Reads::of(policy_files.iter().map(|f| f.text.as_str())),
         memo: super::memo::Memo::default(),
     })
 }

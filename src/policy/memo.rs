@@ -65,8 +65,9 @@ mod tests {
     use super::super::decide::{Observation, Phase};
     use super::super::load::PolicyBundle;
     use crate::domain::{
-        Account, AiFeatureClearance, DriveMode, Facts, ImageStyle, LivestreamType, Millis,
-        ProviderListing, RecordBody, Registration, ReviewInfo, ReviewStatus, Tier, Verdict,
+        Account, AiFeatureClearance, DriveMode, Facts, ImageStyle, LabelKind, LabelReport,
+        LivestreamType, Millis, ProviderListing, RecordBody, Registration, ReviewInfo,
+        ReviewStatus, Tier, Verdict,
     };
 
     /// The shipped R8 and E3 as they read before they were restated on the conditions computed
@@ -89,6 +90,12 @@ mod tests {
             "principal has frozen_until_ms && context.now_ms < principal.frozen_until_ms\n",
         ),
     ];
+
+    /// The label pack's C1 as it would read the time directly.
+    const CONSENT_TIME_READ_DIRECTLY: (&str, &str) = (
+        "context.anchor.consent has approval_expired && !context.anchor.consent.approval_expired",
+        "!(context.anchor.consent has approval_expires_ms && context.anchor.consent.approval_expires_ms <= context.now_ms)",
+    );
 
     const T: Millis = 1_000_000;
 
@@ -183,8 +190,28 @@ mod tests {
             },
             image_reference: "img".into(),
             display_name: String::new(),
+            // Cloned from a real person or not; naming a consent filing or not.
+            likeness_of: match dice.roll(8) {
+                0 => "person-1",
+                1 => "person-2",
+                _ => "",
+            }
+            .into(),
+            consent_id: dice.pick(&["", "c1", "c1", "c1"]).into(),
         };
         let anchor = filing(dice, "a1", body);
+        let body = RecordBody::Consent {
+            owner_merchant_id: owner(dice),
+            person_reference: dice.pick(&["person-1", "person-1", "person-2"]).into(),
+            consent_reference: "doc".into(),
+            display_name: String::new(),
+        };
+        let consent = match anchor.as_ref().map(|a| &a.body) {
+            Some(RecordBody::Anchor { consent_id, .. }) if !consent_id.is_empty() => {
+                filing(dice, consent_id, body)
+            }
+            _ => None,
+        };
         let provider = (dice.roll(40) > 0).then(|| Registration {
             id: provider_id.into(),
             revision: 1,
@@ -255,17 +282,30 @@ mod tests {
             account,
             room,
             provider: anchor.as_ref().and(provider),
+            consent,
             anchor,
             driver,
             ai_features,
         }
     }
 
-    #[test]
-    fn memoized_decisions_equal_the_original_rules_evaluated_fresh_on_100k_random_cases() {
+    /// The shipped rules, with the label pack or without it, memoized; and the same rules
+    /// reading the time directly, decided fresh.
+    fn memoized_and_original(with_labels: bool) -> (PolicyBundle, PolicyBundle) {
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-        let memoized = super::super::load(&shipped).unwrap_or_else(|e| panic!("{e}"));
-        assert!(!memoized.reads_now);
+        let memoized_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        crate::policy::builtin::materialize(memoized_dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        if with_labels {
+            std::fs::write(
+                memoized_dir.path().join("packs.toml"),
+                "packs = [\"labels\"]\n",
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let memoized = super::super::load(memoized_dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!memoized.reads.now);
+        assert_eq!(memoized.reads.labels, with_labels);
+        assert_eq!(memoized.reads.consent, with_labels);
         let temp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let mut rules =
             std::fs::read_to_string(shipped.join("rules.cedar")).unwrap_or_else(|e| panic!("{e}"));
@@ -282,8 +322,25 @@ mod tests {
             temp.path().join("anchor.cedarschema"),
         )
         .unwrap_or_else(|e| panic!("{e}"));
+        if with_labels {
+            let labels = crate::policy::packs::find("labels").unwrap_or_else(|e| panic!("{e}"));
+            let (name, text) = labels
+                .policies()
+                .next()
+                .unwrap_or_else(|| panic!("the pack has a policy file"));
+            let (restated, original) = CONSENT_TIME_READ_DIRECTLY;
+            assert!(text.contains(restated), "the pack's C1 changed: {restated}");
+            std::fs::write(temp.path().join(name), text.replace(restated, original))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
         let original = super::super::load(temp.path()).unwrap_or_else(|e| panic!("{e}"));
-        assert!(original.reads_now);
+        assert!(original.reads.now);
+        (memoized, original)
+    }
+
+    #[test]
+    fn memoized_decisions_equal_the_original_rules_evaluated_fresh_on_100k_random_cases() {
+        let (memoized, original) = memoized_and_original(false);
 
         // Two threads share the memo, as the server's workers do.
         let denies: usize = std::thread::scope(|scope| {
@@ -309,6 +366,31 @@ mod tests {
         );
     }
 
+    #[test]
+    fn with_the_label_pack_memoized_decisions_equal_fresh_ones_on_100k_random_cases() {
+        let (memoized, original) = memoized_and_original(true);
+        let denies: usize = std::thread::scope(|scope| {
+            let workers: Vec<_> = [0x0123_4567_89ab_cdef_u64, 0x7f4a_7c15_9e37_79b9]
+                .into_iter()
+                .map(|seed| {
+                    let (memoized, original) = (&memoized, &original);
+                    scope.spawn(move || differ(memoized, original, seed, 50_000))
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|_| panic!("a worker failed")))
+                .sum()
+        });
+        let (kept, hits, misses) = memoized.memo_stats();
+        assert_eq!(hits + misses, 100_000);
+        assert!(denies > 10_000 && denies < 90_000, "{denies} denies");
+        assert!(
+            hits > 10_000 && misses > 1_000,
+            "{hits} hits, {misses} misses, {kept} kept"
+        );
+    }
+
     /// Decides `cases` random cases both ways and fails on the first difference; returns the
     /// denies.
     fn differ(memoized: &PolicyBundle, original: &PolicyBundle, seed: u64, cases: usize) -> usize {
@@ -323,6 +405,17 @@ mod tests {
         for case in 0..cases {
             let facts = random_facts(&mut dice);
             let in_use = &features[dice.roll(features.len())];
+            // Mostly a compliant report; each part broken now and then; sometimes none at all.
+            let labels = (dice.roll(40) > 0).then(|| LabelReport {
+                label_shown: dice.roll(40) > 0,
+                label_kind: match dice.roll(40) {
+                    0 => LabelKind::None,
+                    1..=10 => LabelKind::Interface,
+                    _ => LabelKind::Overlay,
+                },
+                implicit_label: dice.roll(40) > 0,
+                implicit_label_provider: if dice.roll(40) == 0 { "" } else { "p1" }.into(),
+            });
             let observation = Observation {
                 phase: dice.pick(&[Phase::Start, Phase::Live]),
                 livestream_type: if dice.roll(20) == 0 {
@@ -336,13 +429,17 @@ mod tests {
                     DriveMode::RealPerson
                 },
                 ai_features: in_use,
+                labels: labels.as_ref(),
             };
             let now = dice.pick(&[T - 1, T, T + 1]);
             let cached = memoized.decide_for_the_record(&facts, &observation, now, false);
             let fresh = original.decide_uncached(&facts, &observation, now);
+            let warned = |d: &super::super::Decision| -> Vec<String> {
+                d.warnings.iter().map(|w| w.rule_id.clone()).collect()
+            };
             assert_eq!(
-                (cached.allowed, cached.rule_ids()),
-                (fresh.allowed, fresh.rule_ids()),
+                (cached.allowed, cached.rule_ids(), warned(&cached)),
+                (fresh.allowed, fresh.rule_ids(), warned(&fresh)),
                 "case {case} of seed {seed:#x}: {facts:#?} {observation:?} at {now}"
             );
             // A deny's explanation is always there, and comes from the decision's own inputs.

@@ -7,6 +7,7 @@ mod handle;
 mod inputs;
 mod load;
 mod memo;
+pub mod packs;
 mod published;
 mod values;
 

@@ -427,6 +427,14 @@ impl Pdp {
                 ),
             )
         })?;
+        if rule.penalty == Penalty::WarningOnly {
+            return Err(PdpError::invalid(
+                "rule_id",
+                format!(
+                    "{rule_id} only warns when found in a live broadcast, so a report cannot shut one down; the gateway's LIVE check carries it as a warning"
+                ),
+            ));
+        }
         let violation = Violation {
             rule_id: rule.id.clone(),
             message_en: rule.message_en.clone(),
@@ -472,6 +480,7 @@ impl Pdp {
                     at: now,
                     drive_mode: None,
                     ai_features: Default::default(),
+                    labels: None,
                 },
                 request.as_ref(),
                 &record,

@@ -19,8 +19,8 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::decision_log::DecisionLog;
 use crate::domain::{
-    Discovery, DriveMode, EnforcementEvent, Kind, LivestreamType, Millis, Penalty, Registration,
-    Session, SessionState, StreamRef, Trigger,
+    Discovery, DriveMode, EnforcementEvent, Kind, LabelReport, LivestreamType, Millis, Penalty,
+    Registration, Session, SessionState, StreamRef, Trigger,
 };
 use crate::error::PdpError;
 use crate::policy::{
@@ -66,6 +66,8 @@ pub struct AuthorizeCommand {
     pub stream: Option<StreamRef>,
     /// START only: a retry with the same key (from the same gateway) gets the first answer.
     pub idempotency_key: Option<String>,
+    /// The AI-content labels observed; `None` at LIVE keeps the session's latest report.
+    pub labels: Option<LabelReport>,
 }
 
 impl AuthorizeCommand {
@@ -86,6 +88,7 @@ impl AuthorizeCommand {
             explain: false,
             stream: None,
             idempotency_key: None,
+            labels: None,
         }
     }
 }
@@ -115,6 +118,7 @@ struct LiveCheck<'a> {
     livestream_type: Option<LivestreamType>,
     drive_mode: Option<DriveMode>,
     ai_features: &'a [String],
+    labels: Option<&'a LabelReport>,
     trigger: Trigger,
     discovered_by: &'a str,
     explain: bool,
@@ -326,6 +330,7 @@ impl Pdp {
         Decision {
             allowed: false,
             violations: vec![violation],
+            warnings: Vec::new(),
             policy_version: policies.version().to_owned(),
             explanation: None,
         }
@@ -422,6 +427,7 @@ impl Pdp {
             livestream_type,
             drive_mode,
             ai_features: &cmd.ai_features,
+            labels: cmd.labels.as_ref(),
         };
         let session = Session {
             id: new_id(),
@@ -440,6 +446,7 @@ impl Pdp {
             penalty_applied: None,
             stream: cmd.stream,
             idempotency_key: cmd.idempotency_key,
+            labels: cmd.labels.clone(),
         };
         // Decided on the view, committed only on the same facts: when the commit finds them
         // changed (a freeze, revoke or delisting landed between), it decides again on what it
@@ -542,6 +549,7 @@ impl Pdp {
                 Decision {
                     allowed: true,
                     violations: Vec::new(),
+                    warnings: Vec::new(),
                     policy_version: first.policy_version,
                     explanation: None,
                 },
@@ -657,6 +665,7 @@ impl Pdp {
                     livestream_type: cmd.livestream_type,
                     drive_mode: cmd.drive_mode,
                     ai_features: &cmd.ai_features,
+                    labels: cmd.labels.as_ref(),
                     trigger: Trigger::LiveCheck,
                     discovered_by: &discovered_by,
                     explain: cmd.explain,
@@ -719,6 +728,7 @@ impl Pdp {
         let mut features: BTreeSet<String> = session.ai_features.clone();
         features.extend(check.ai_features.iter().cloned());
         let feature_list: Vec<String> = features.iter().cloned().collect();
+        let labels = check.labels.or(session.labels.as_ref()).cloned();
         let view = match self.store.current().await {
             Ok(()) => self.store.facts(
                 &session.merchant_id,
@@ -742,6 +752,7 @@ impl Pdp {
             livestream_type,
             drive_mode,
             ai_features: &feature_list,
+            labels: labels.as_ref(),
         };
         for _ in 0..START_COMMIT_ROUNDS {
             let decision = policies.decide_for_the_record(&facts, &observation, now, check.explain);
@@ -749,7 +760,10 @@ impl Pdp {
             if decision.allowed {
                 let mut outcome = self.session_outcome(decision, Enforcement::None, &session, now);
                 outcome.recheck_after = Some(self.recheck_after);
-                if features == session.ai_features && drive_mode == session.drive_mode {
+                if features == session.ai_features
+                    && drive_mode == session.drive_mode
+                    && labels == session.labels
+                {
                     return self.unchanged(check.origin, check.cause_id, outcome).await;
                 }
                 let record = |_: &Session| {
@@ -768,6 +782,7 @@ impl Pdp {
                             let mut next = s.clone();
                             next.ai_features.extend(features.iter().cloned());
                             next.drive_mode = drive_mode;
+                            next.labels = labels.clone();
                             Ok(next)
                         },
                         None,
@@ -790,8 +805,14 @@ impl Pdp {
                 };
             }
 
-            let Shutdown { base, discovery } =
-                self.shutdown(shut_down(decision), &check, now, drive_mode, &features);
+            let Shutdown { base, discovery } = self.shutdown(
+                shut_down(decision),
+                &check,
+                now,
+                drive_mode,
+                &features,
+                &labels,
+            );
             let enforced_outcome =
                 |enforced: &crate::domain::Enforced| Self::enforced_outcome(&base, enforced, now);
             let record = |enforced: &crate::domain::Enforced| {
@@ -844,6 +865,7 @@ impl Pdp {
         now: Millis,
         drive_mode: DriveMode,
         features: &BTreeSet<String>,
+        labels: &Option<LabelReport>,
     ) -> Shutdown {
         let discovery = Discovery {
             id: if check.cause_id.is_empty() {
@@ -865,6 +887,7 @@ impl Pdp {
             at: now,
             drive_mode: Some(drive_mode),
             ai_features: features.clone(),
+            labels: labels.clone(),
         };
         Shutdown { base, discovery }
     }

@@ -48,6 +48,7 @@ impl<'a> Sweep<'a> {
             livestream_type: None,
             drive_mode: None,
             ai_features: &[],
+            labels: None,
             trigger: Trigger::Recheck,
             discovered_by: self.discovered_by,
             explain: false,
@@ -263,6 +264,7 @@ impl Pdp {
                 livestream_type: session.livestream_type,
                 drive_mode: session.drive_mode,
                 ai_features: &features,
+                labels: session.labels.as_ref(),
             };
             let decision = policies.decide_for_the_record(&facts, &observation, now, false);
             if decision.allowed {
@@ -294,7 +296,14 @@ impl Pdp {
             .map(|((session, _, decision), check)| {
                 let base =
                     self.session_outcome(decision.clone(), Enforcement::ShutDown, session, now);
-                self.shutdown(base, check, now, session.drive_mode, &session.ai_features)
+                self.shutdown(
+                    base,
+                    check,
+                    now,
+                    session.drive_mode,
+                    &session.ai_features,
+                    &session.labels,
+                )
             })
             .collect();
         let records: Vec<_> = shutdowns
@@ -362,6 +371,11 @@ impl Pdp {
                     Kind::Driver => s.driver_id == id,
                     Kind::Room => s.room_id == id,
                     Kind::AiFeature => s.ai_features.contains(id),
+                    Kind::Consent => matches!(
+                        store.get_registration(Kind::Anchor, &s.anchor_id),
+                        Ok(Some(Registration { body: RecordBody::Anchor { ref consent_id, .. }, .. }))
+                            if consent_id == id
+                    ),
                     Kind::Provider => matches!(
                         store.get_registration(Kind::Anchor, &s.anchor_id),
                         Ok(Some(Registration { body: RecordBody::Anchor { ref provider_id, .. }, .. }))

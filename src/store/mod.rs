@@ -1239,6 +1239,7 @@ mod tests {
             penalty_applied: None,
             stream: None,
             idempotency_key: None,
+            labels: None,
         }
     }
 
@@ -1403,6 +1404,7 @@ mod tests {
                 at,
                 drive_mode: None,
                 ai_features: BTreeSet::new(),
+                labels: None,
             };
             store
                 .enforce(&discovery("old-live", 6), None, &|_| test_record())

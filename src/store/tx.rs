@@ -170,6 +170,12 @@ pub fn tx_facts(tx: &dyn Tx, decided: &Facts) -> TxResult<Facts> {
         Some(RecordBody::Anchor { provider_id, .. }) => registration(Kind::Provider, provider_id)?,
         _ => None,
     };
+    let consent = match anchor.as_ref().map(|a| &a.body) {
+        Some(RecordBody::Anchor { consent_id, .. }) if !consent_id.is_empty() => {
+            registration(Kind::Consent, consent_id)?
+        }
+        _ => None,
+    };
     let mut ai_features = Vec::with_capacity(decided.ai_features.len());
     for (id, _) in &decided.ai_features {
         ai_features.push((id.clone(), registration(Kind::AiFeature, id)?));
@@ -184,6 +190,7 @@ pub fn tx_facts(tx: &dyn Tx, decided: &Facts) -> TxResult<Facts> {
         room: registration(Kind::Room, &decided.room_id)?,
         anchor,
         provider,
+        consent,
         driver: registration(Kind::Driver, &decided.driver_id)?,
         ai_features,
     })

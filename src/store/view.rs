@@ -190,6 +190,12 @@ impl FactsView {
             Some(RecordBody::Anchor { provider_id, .. }) => get(Kind::Provider, provider_id),
             _ => None,
         };
+        let consent = match anchor.as_ref().map(|a| &a.body) {
+            Some(RecordBody::Anchor { consent_id, .. }) if !consent_id.is_empty() => {
+                get(Kind::Consent, consent_id)
+            }
+            _ => None,
+        };
         Facts {
             merchant_id: merchant_id.to_owned(),
             room_id: room_id.to_owned(),
@@ -200,6 +206,7 @@ impl FactsView {
             room: get(Kind::Room, room_id),
             anchor,
             provider,
+            consent,
             driver: get(Kind::Driver, driver_id),
             ai_features: ai_features
                 .iter()

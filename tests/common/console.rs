@@ -65,6 +65,8 @@ pub async fn console_server_with(
             image_style: proto::ImageStyle::RealisticHuman as i32,
             image_reference: "oss://anchors/a1.png".into(),
             display_name: "<script>alert('a1')</script>".into(),
+            likeness_of: String::new(),
+            consent_id: String::new(),
         }),
         Record::Driver(proto::Driver {
             id: "d1".into(),

@@ -490,6 +490,8 @@ pub fn anchor_record(
         image_style: style as i32,
         image_reference: format!("oss://anchors/{id}.png"),
         display_name: format!("Anchor {id}"),
+        likeness_of: String::new(),
+        consent_id: String::new(),
     }
 }
 
@@ -509,6 +511,7 @@ pub fn start() -> proto::AuthorizeRequest {
         explain: false,
         idempotency_key: String::new(),
         min_revision: 0,
+        labels: None,
     }
 }
 
