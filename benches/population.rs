@@ -108,6 +108,7 @@ fn record(merchant: u64, at: i64) -> LogRecord {
         }),
         allowed: Some(true),
         rule_ids: vec![],
+        warning_rule_ids: vec![],
         enforcement: "NONE".into(),
         policy_version: "sha256:652765a64a907bd3".into(),
         outcome: "ok".into(),

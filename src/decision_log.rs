@@ -247,6 +247,7 @@ mod tests {
             request: serde_json::Value::Null,
             allowed: Some(true),
             rule_ids: vec![],
+            warning_rule_ids: vec![],
             enforcement: "NONE".into(),
             policy_version: "v".into(),
             outcome: "ok".into(),

@@ -1166,6 +1166,9 @@ pub struct LogRecord {
     /// For decisions: allowed or not.
     pub allowed: Option<bool>,
     pub rule_ids: Vec<String>,
+    /// For decisions at LIVE: the warning-only rules broken, which let the broadcast go on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warning_rule_ids: Vec<String>,
     /// `NONE`, `REFUSE_START`, `SHUT_DOWN`; empty for admin actions.
     pub enforcement: String,
     pub policy_version: String,

@@ -670,6 +670,7 @@ pub fn log_record_to_proto(r: &domain::LogRecord) -> proto::DecisionLogRecord {
             None => proto::Decision::Unspecified,
         } as i32,
         rule_ids: r.rule_ids.clone(),
+        warning_rule_ids: r.warning_rule_ids.clone(),
         enforcement: r.enforcement.clone(),
         policy_version: r.policy_version.clone(),
         outcome: r.outcome.clone(),

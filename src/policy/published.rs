@@ -1,5 +1,5 @@
 //! A policy set as one value, for publishing through the replicated store: every `*.cedar`
-//! and `*.cedarschema` file of a directory, by name. A replica unpacks a published set into a
+//! and `*.cedarschema` file of a directory, and its `packs.toml`, by name. A replica unpacks a published set into a
 //! directory of its own and loads it from there as from any other, so the version (a hash of
 //! names and texts) is the same on every replica.
 
@@ -9,7 +9,9 @@ use std::path::Path;
 fn is_policy_file(name: &str) -> bool {
     !name.contains(['/', '\\'])
         && !name.starts_with('.')
-        && (name.ends_with(".cedar") || name.ends_with(".cedarschema"))
+        && (name.ends_with(".cedar")
+            || name.ends_with(".cedarschema")
+            || name == super::packs::KEY_FILE)
 }
 
 /// The policy files of `dir`, as published bytes.

@@ -77,6 +77,7 @@ impl Pdp {
             request: origin.request.clone(),
             allowed: None,
             rule_ids: Vec::new(),
+            warning_rule_ids: Vec::new(),
             enforcement: String::new(),
             policy_version: self.policies().version().to_owned(),
             outcome: "ok".to_owned(),
@@ -110,6 +111,11 @@ impl Pdp {
             request: origin.request.clone(),
             allowed: Some(decision.allowed),
             rule_ids: decision.rule_ids(),
+            warning_rule_ids: decision
+                .warnings
+                .iter()
+                .map(|w| w.rule_id.clone())
+                .collect(),
             enforcement: enforcement_name(outcome.enforcement).to_owned(),
             policy_version: decision.policy_version.clone(),
             outcome: "ok".to_owned(),
