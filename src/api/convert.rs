@@ -304,11 +304,13 @@ pub fn labels_from_proto(
     let Some(labels) = labels else {
         return Ok(None);
     };
-    let label_kind = match enum_field::<proto::LabelKind>("labels.label_kind", labels.label_kind)? {
-        proto::LabelKind::Unspecified => domain::LabelKind::None,
-        proto::LabelKind::Overlay => domain::LabelKind::Overlay,
-        proto::LabelKind::Interface => domain::LabelKind::Interface,
-    };
+    // Not reported is a value here: a label nobody says is shown anywhere (L1 decides).
+    let label_kind =
+        match optional_enum::<proto::LabelKind>("labels.label_kind", labels.label_kind)? {
+            None | Some(proto::LabelKind::Unspecified) => domain::LabelKind::None,
+            Some(proto::LabelKind::Overlay) => domain::LabelKind::Overlay,
+            Some(proto::LabelKind::Interface) => domain::LabelKind::Interface,
+        };
     let provider = optional_id(
         "labels.implicit_label_provider",
         &labels.implicit_label_provider,
