@@ -177,3 +177,80 @@ async fn appended_publisher_arguments_cannot_change_identity() {
     );
     assert!(live_sessions(&mut s).await.is_empty());
 }
+
+/// The publish-URL arguments reporting a label burned into the video and an implicit label.
+const LABELLED: &str =
+    "&label_shown=1&label_kind=OVERLAY&implicit_label=1&implicit_label_provider=p1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_label_pack_an_unlabelled_stream_is_refused_and_one_that_drops_its_label_is_cut() {
+    let policies = tempfile::tempdir().expect("temp dir");
+    anchor_pdp::policy::builtin::materialize(policies.path()).expect("built-in set");
+    std::fs::write(policies.path().join("packs.toml"), "packs = [\"labels\"]\n").expect("packs");
+    let control_port = programs::free_port();
+    let mut s = TestServer::admitted_with(Options {
+        http: true,
+        nginx_control: vec![format!("edge-1=http://127.0.0.1:{control_port}/control")],
+        hook_secrets: vec![programs::hook_secret_spec("edge-1")],
+        policies: Some(policies.path().to_owned()),
+        ..Options::default()
+    })
+    .await;
+    // A cloned likeness with no consent filed.
+    let mut clone = anchor_record("a-clone", "m1", "p1", proto::ImageStyle::RealisticHuman);
+    clone.likeness_of = "person-1".into();
+    s.register(proto::register_request::Record::Anchor(clone))
+        .await;
+    s.approve(proto::RegistrationKind::Anchor, "a-clone").await;
+    let nginx = Nginx::start_with_control(s.http_addr.expect("hooks"), "edge-1", 1, control_port);
+
+    let mut unlabelled = nginx.publish(ADMITTED);
+    assert!(
+        unlabelled.wait_exit(Duration::from_secs(10)).is_some(),
+        "a stream reporting no label was admitted"
+    );
+    assert!(!unlabelled.exited().is_some_and(|s| s.success()));
+    let mut unconsented = nginx.publish(&format!(
+        "r1?anchor=a-clone&driver=d1&livestream_type=DAILY_MARKETING&drive_mode=REAL_PERSON{LABELLED}"
+    ));
+    assert!(
+        unconsented.wait_exit(Duration::from_secs(10)).is_some(),
+        "a cloned likeness without consent was admitted"
+    );
+    let refusals = s
+        .log(proto::ReadDecisionLogRequest {
+            merchant_id: "m1".into(),
+            ..Default::default()
+        })
+        .await;
+    let refused: Vec<Vec<String>> = refusals
+        .iter()
+        .filter(|r| r.action == "authorize" && r.entry_point == "nginx-rtmp")
+        .map(|r| r.rule_ids.clone())
+        .collect();
+    assert_eq!(refused, [vec!["L1", "L2"], vec!["C1"]]);
+
+    let mut labelled = nginx.publish(&format!("{ADMITTED}{LABELLED}"));
+    let session = admitted_session(&mut s, &mut labelled).await;
+    let reported = session.labels.clone().expect("labels recorded");
+    assert!(reported.label_shown && reported.implicit_label);
+    // Update intervals pass, each re-check deciding on the publisher's report: still live.
+    sleep(2_500).await;
+    assert!(labelled.exited().is_none(), "cut:\n{}", labelled.log());
+
+    // The label monitor sees the overlay gone and reports it: shut down, cut at once.
+    let mut check = live(&session.id);
+    check.gateway_id = "label-monitor".into();
+    check.labels = Some(proto::LabelReport {
+        label_shown: false,
+        ..reported
+    });
+    let shut = s.authorize(check).await;
+    assert_eq!(rule_ids(&shut), ["L1"]);
+    assert_eq!(enforcement(&shut), proto::Enforcement::ShutDown);
+    assert!(
+        labelled.wait_exit(Duration::from_secs(5)).is_some(),
+        "the stream that dropped its label was not cut:\n{}",
+        labelled.log()
+    );
+}
