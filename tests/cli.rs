@@ -819,3 +819,150 @@ fn sighup_reloads_the_policies() {
     server.signal("TERM");
     assert!(server.wait().success());
 }
+
+#[test]
+fn a_rule_pack_is_exported_or_named_in_packs_toml_and_its_suites_run_with_the_shipped_ones() {
+    let temp = tempfile::tempdir().expect("temp");
+    let exported = temp.path().join("exported");
+    let output = pdp()
+        .args(["policy", "export", "--with", "labels"])
+        .arg(&exported)
+        .output()
+        .expect("run");
+    assert!(output.status.success(), "{output:?}");
+    for file in ["labels.cedar", "tests/labels.yaml", "rules.cedar"] {
+        assert!(exported.join(file).is_file(), "{file} not exported");
+    }
+    let output = pdp()
+        .args(["policy", "validate"])
+        .arg(&exported)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("valid, 13 rules (L1 L2 C1 R1 R2 R3 R4 R5 R6 R7 R8 R9 E3)"),
+        "{stdout}"
+    );
+    let exported_version = stdout.rsplit("version ").next().map(str::to_owned);
+
+    // The same pack named in packs.toml: the same rules, in the same order, same version.
+    let named = temp.path().join("named");
+    copy_policies(&named);
+    std::fs::create_dir_all(named.join("tests")).expect("tests dir");
+    let suites = common::repo_policies().join("tests");
+    for entry in std::fs::read_dir(&suites).expect("suites") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(
+            &path,
+            named.join("tests").join(path.file_name().expect("name")),
+        )
+        .expect("copy suite");
+    }
+    std::fs::write(named.join("packs.toml"), "packs = [\"labels\"]\n").expect("packs.toml");
+    let output = pdp()
+        .args(["policy", "validate"])
+        .arg(&named)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        stdout.rsplit("version ").next().map(str::to_owned),
+        exported_version
+    );
+
+    // Its suite runs after the directory's own, and every one of them passes with it.
+    let output = pdp()
+        .args(["policy", "test"])
+        .arg(&named)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("PASS label rule pack (L1, L2, C1) :: L2 only warns while live"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("no case expects"), "{stdout}");
+    assert!(stdout.ends_with(" passed, 0 failed\n"), "{stdout}");
+
+    // A misspelled pack: refused with its place, by validate and by serve.
+    std::fs::write(
+        named.join("packs.toml"),
+        "# enabled packs\npacks = [\"lables\"]\n",
+    )
+    .expect("packs.toml");
+    let output = pdp()
+        .args(["policy", "validate"])
+        .arg(&named)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("packs.toml:2:10: unknown rule pack \"lables\" (known: labels)"),
+        "{stdout}"
+    );
+    let data = temp.path().join("data");
+    let output = pdp()
+        .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
+        .arg(&named)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started with an unknown pack");
+    assert!(stderr.contains("unknown rule pack \"lables\""), "{stderr}");
+
+    let output = pdp()
+        .args(["policy", "export", "--with", "lables"])
+        .arg(temp.path().join("other"))
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unknown rule pack \"lables\" (known: labels)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn with_no_pack_the_shipped_suites_pass_the_same_whether_or_not_labels_are_reported() {
+    let temp = tempfile::tempdir().expect("temp");
+    let plain = temp.path().join("plain");
+    copy_policies(&plain);
+    std::fs::create_dir_all(plain.join("tests")).expect("tests dir");
+    let suites = common::repo_policies().join("tests");
+    let mut stripped = 0;
+    for entry in std::fs::read_dir(&suites).expect("suites") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("suite");
+        // The suites as they were before the label pack: no label observations at all.
+        let without: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                !l.trim_start().starts_with("label_")
+                    && !l.trim_start().starts_with("implicit_label")
+            })
+            .collect();
+        stripped += text.lines().count() - without.len();
+        std::fs::write(
+            plain.join("tests").join(path.file_name().expect("name")),
+            without.join("\n") + "\n",
+        )
+        .expect("write suite");
+    }
+    assert_eq!(stripped, 12, "four label lines in each of the three suites");
+    let run = |dir: &Path| {
+        let output = pdp()
+            .args(["policy", "test"])
+            .arg(dir)
+            .output()
+            .expect("run");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "{stdout}");
+        stdout
+    };
+    assert_eq!(run(&plain), run(&common::repo_policies()));
+}
