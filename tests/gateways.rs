@@ -707,3 +707,146 @@ fn readme_gateway_configs_are_the_ones_the_tests_run() {
 }
 
 use common::programs;
+
+// ---- The label rule pack's observations, through SRS and Envoy ----
+
+#[tokio::test]
+async fn srs_and_envoy_carry_the_label_observations_to_the_label_pack() {
+    let policies = tempfile::tempdir().expect("temp dir");
+    anchor_pdp::policy::builtin::materialize(policies.path()).expect("built-in set");
+    std::fs::write(policies.path().join("packs.toml"), "packs = [\"labels\"]\n").expect("packs");
+    let mut s = TestServer::admitted_with(Options {
+        http: true,
+        policies: Some(policies.path().to_owned()),
+        ..Options::default()
+    })
+    .await;
+    let http_addr = s.http_addr.expect("http");
+    let srs = |param: &str| srs_body("on_publish", "r1", param);
+    let claims = "?anchor=a1&driver=d1&livestream_type=EVENT_LIVESTREAM&drive_mode=REAL_PERSON";
+
+    let (status, body) = http(
+        http_addr,
+        "POST",
+        "/srs/srs-1/on_publish",
+        "application/json",
+        &srs(claims),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(rules(&json(&body)), ["L1", "L2"]);
+    let interface = format!(
+        "{claims}&label_shown=true&label_kind=INTERFACE&implicit_label=1&implicit_label_provider=p1"
+    );
+    let (status, body) = http(
+        http_addr,
+        "POST",
+        "/srs/srs-1/on_publish",
+        "application/json",
+        &srs(&interface),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let session_id = json(&body)["session_id"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    let session = s.session(&session_id).await;
+    let labels = session.labels.expect("labels recorded");
+    assert_eq!(labels.label_kind, proto::LabelKind::Interface as i32);
+    assert_eq!(labels.implicit_label_provider, "p1");
+    // A malformed or repeated observation is refused by name, never guessed.
+    for (param, named) in [
+        (format!("{claims}&label_shown=yes"), "label_shown"),
+        (format!("{claims}&label_kind=overlay"), "label_kind"),
+        (
+            format!("{claims}&label_shown=1&label_shown=0"),
+            "label_shown",
+        ),
+        (
+            format!(
+                "{claims}&label_shown=1&label_kind=OVERLAY&implicit_label=0&implicit_label_provider=p1"
+            ),
+            "implicit_label_provider",
+        ),
+    ] {
+        let (status, body) = http(
+            http_addr,
+            "POST",
+            "/srs/srs-2/on_publish",
+            "application/json",
+            &srs(&param),
+        )
+        .await;
+        assert_eq!(status, 403, "{param}: {body}");
+        let denied = json(&body);
+        assert_eq!(rules(&denied), ["GATEWAY"], "{param}");
+        assert!(body.contains(named), "{param}: {body}");
+    }
+
+    let mut client = AuthorizationClient::connect(format!("http://{}", s.addr))
+        .await
+        .expect("connect");
+    let mut whip = WHIP.to_vec();
+    whip[0] = ("x-pdp-room", "r2");
+    s.room("r2", "m1").await;
+    s.approve(proto::RegistrationKind::Room, "r2").await;
+    let denied = client
+        .check(check(None, &whip))
+        .await
+        .expect("check")
+        .into_inner();
+    let Some(HttpResponse::DeniedResponse(denied)) = denied.http_response else {
+        panic!("expected denied_response");
+    };
+    assert_eq!(rules(&json(&denied.body)), ["L1", "L2"]);
+    whip.extend([
+        ("x-pdp-label-shown", "1"),
+        ("x-pdp-label-kind", "OVERLAY"),
+        ("x-pdp-implicit-label", "1"),
+        ("x-pdp-implicit-label-provider", "p1"),
+    ]);
+    let allowed = client
+        .check(check(None, &whip))
+        .await
+        .expect("check")
+        .into_inner();
+    let Some(HttpResponse::OkResponse(ok)) = allowed.http_response else {
+        panic!("expected ok_response: {allowed:?}");
+    };
+    let session = ok
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .find(|h| h.key == "x-pdp-session-id")
+        .map(|h| h.value.clone())
+        .expect("session header");
+    // At LIVE, a header saying the label is gone shuts the session down.
+    let gone = client
+        .check(check(
+            Some("live"),
+            &[("x-pdp-session", &session), ("x-pdp-label-shown", "0")],
+        ))
+        .await
+        .expect("check")
+        .into_inner();
+    let Some(HttpResponse::DeniedResponse(gone)) = gone.http_response else {
+        panic!("expected denied_response");
+    };
+    assert_eq!(rules(&json(&gone.body)), ["L1"]);
+    let session = s.session(&session).await;
+    assert_eq!(session.state, proto::SessionState::ShutDown as i32);
+    // A malformed header is named as the header.
+    let bad = client
+        .check(check(
+            None,
+            &[("x-pdp-room", "r2"), ("x-pdp-label-kind", "SKY")],
+        ))
+        .await
+        .expect("check")
+        .into_inner();
+    let Some(HttpResponse::DeniedResponse(bad)) = bad.http_response else {
+        panic!("expected denied_response");
+    };
+    assert!(bad.body.contains("x-pdp-label-kind"), "{}", bad.body);
+}
