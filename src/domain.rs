@@ -568,6 +568,14 @@ impl Registration {
         self.body.kind()
     }
 
+    /// The consent filing an anchor names, if any.
+    pub fn consent_id(&self) -> Option<&str> {
+        match &self.body {
+            RecordBody::Anchor { consent_id, .. } if !consent_id.is_empty() => Some(consent_id),
+            _ => None,
+        }
+    }
+
     /// The image hash an approved anchor's approval is bound to, if any.
     pub fn bound_image(&self) -> Option<&str> {
         if self.review_status != ReviewStatus::Approved {
@@ -1076,6 +1084,10 @@ pub struct Session {
     /// that reports none, and the PDP's own re-checks, decide on these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<LabelReport>,
+    /// The consent filing the anchor named at START (C1): the session relies on it as on its
+    /// anchor, so it cannot change materially while the session is live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_id: Option<String>,
 }
 
 /// The START an idempotency key admitted: a retry with the key is answered with it.
@@ -1467,6 +1479,7 @@ mod tests {
             stream: None,
             idempotency_key: None,
             labels: None,
+            consent_id: None,
         }
     }
 

@@ -630,6 +630,7 @@ async fn run_case(
             stream: None,
             idempotency_key: None,
             labels: None,
+            consent_id: None,
         };
         let store = pdp.store();
         let facts = store

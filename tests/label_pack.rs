@@ -398,3 +398,54 @@ async fn bad_consent_and_label_input_gets_a_precise_error_and_changes_nothing() 
         .into_inner();
     assert!(live.sessions.is_empty(), "{live:?}");
 }
+
+#[tokio::test]
+async fn a_consent_in_use_cannot_change_materially_until_its_broadcast_ends() {
+    let (mut s, _policies) = admitted_with_labels().await;
+    s.register(consent("c1", "m1", "person-1")).await;
+    s.approve(K::Consent, "c1").await;
+    s.register(cloned_anchor("a-clone", "person-1", "c1")).await;
+    s.approve(K::Anchor, "a-clone").await;
+    let mut request = start_labelled();
+    request.anchor_id = "a-clone".into();
+    let session_id = s.authorize(request).await.session_id;
+
+    // Another document would send the consent back to review and end the broadcast.
+    let Record::Consent(mut changed) = consent("c1", "m1", "person-1") else {
+        unreachable!("a consent record")
+    };
+    changed.consent_reference = "oss://consents/c1-v2.pdf".into();
+    let (status, message) = register_err(&mut s, Record::Consent(changed.clone())).await;
+    assert_eq!(status, tonic::Code::FailedPrecondition, "{message}");
+    assert!(
+        message.contains(&format!(
+            "consent c1 is in use by live session {session_id}"
+        )),
+        "{message}"
+    );
+    // A new display name is not material: accepted, the broadcast goes on.
+    let Record::Consent(mut renamed) = consent("c1", "m1", "person-1") else {
+        unreachable!("a consent record")
+    };
+    renamed.display_name = "Consent of person 1".into();
+    let kept = s.register(Record::Consent(renamed)).await;
+    assert_eq!(kept.review_status, proto::ReviewStatus::Approved as i32);
+    assert_eq!(
+        s.session(&session_id).await.state,
+        proto::SessionState::Active as i32
+    );
+
+    s.pdp
+        .end_session(proto::EndSessionRequest {
+            session_id: session_id.clone(),
+            reason: "publisher stopped".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("end");
+    let resubmitted = s.register(Record::Consent(changed)).await;
+    assert_eq!(
+        resubmitted.review_status,
+        proto::ReviewStatus::PendingReview as i32
+    );
+}

@@ -429,7 +429,7 @@ impl Pdp {
             ai_features: &cmd.ai_features,
             labels: cmd.labels.as_ref(),
         };
-        let session = Session {
+        let mut session = Session {
             id: new_id(),
             state: SessionState::Active,
             merchant_id: merchant_id.clone(),
@@ -447,6 +447,7 @@ impl Pdp {
             stream: cmd.stream,
             idempotency_key: cmd.idempotency_key,
             labels: cmd.labels.clone(),
+            consent_id: None,
         };
         // Decided on the view, committed only on the same facts: when the commit finds them
         // changed (a freeze, revoke or delisting landed between), it decides again on what it
@@ -484,6 +485,12 @@ impl Pdp {
                 }
                 records
             };
+            // The session relies on the consent its anchor names now, as on the anchor.
+            session.consent_id = facts
+                .anchor
+                .as_ref()
+                .and_then(Registration::consent_id)
+                .map(str::to_owned);
             self.injected_delay().await;
             let opened = self
                 .store

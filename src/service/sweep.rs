@@ -371,11 +371,7 @@ impl Pdp {
                     Kind::Driver => s.driver_id == id,
                     Kind::Room => s.room_id == id,
                     Kind::AiFeature => s.ai_features.contains(id),
-                    Kind::Consent => matches!(
-                        store.get_registration(Kind::Anchor, &s.anchor_id),
-                        Ok(Some(Registration { body: RecordBody::Anchor { ref consent_id, .. }, .. }))
-                            if consent_id == id
-                    ),
+                    Kind::Consent => s.consent_id.as_deref() == Some(id),
                     Kind::Provider => matches!(
                         store.get_registration(Kind::Anchor, &s.anchor_id),
                         Ok(Some(Registration { body: RecordBody::Anchor { ref provider_id, .. }, .. }))

@@ -1240,6 +1240,7 @@ mod tests {
             stream: None,
             idempotency_key: None,
             labels: None,
+            consent_id: None,
         }
     }
 

@@ -383,10 +383,14 @@ fn index_rooms(data: &sled::Tree) -> Result<(), PdpError> {
                 .map_err(storage)?;
         }
         // At open, before anything else runs: plain writes suffice.
+        let consent = session.consent_id.iter().map(|c| (Kind::Consent, c));
         for (kind, filing) in [
             (Kind::Anchor, &session.anchor_id),
             (Kind::Driver, &session.driver_id),
-        ] {
+        ]
+        .into_iter()
+        .chain(consent)
+        {
             let key = tx::in_use_key(kind, filing);
             let mut using: std::collections::BTreeSet<String> =
                 match data.get(key.as_bytes()).map_err(storage)? {

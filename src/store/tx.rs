@@ -219,8 +219,10 @@ fn tx_mark_in_use(tx: &dyn Tx, kind: Kind, id: &str, session_id: &str, live: boo
 pub fn tx_live_session_using(tx: &dyn Tx, kind: Kind, id: &str) -> TxResult<Option<String>> {
     Ok(match kind {
         Kind::Room => tx_get_str(tx, &room_key(id))?,
-        Kind::Anchor | Kind::Driver => tx_get::<BTreeSet<String>>(tx, &in_use_key(kind, id))?
-            .and_then(|sessions| sessions.into_iter().next()),
+        Kind::Anchor | Kind::Driver | Kind::Consent => {
+            tx_get::<BTreeSet<String>>(tx, &in_use_key(kind, id))?
+                .and_then(|sessions| sessions.into_iter().next())
+        }
         _ => None,
     })
 }
@@ -252,6 +254,9 @@ pub fn tx_index_session(tx: &dyn Tx, session: &Session) -> TxResult<()> {
     }
     tx_mark_in_use(tx, Kind::Anchor, &session.anchor_id, &session.id, active)?;
     tx_mark_in_use(tx, Kind::Driver, &session.driver_id, &session.id, active)?;
+    if let Some(consent_id) = &session.consent_id {
+        tx_mark_in_use(tx, Kind::Consent, consent_id, &session.id, active)?;
+    }
     if !active && let Some(closed_at) = session.closed_at {
         tx.put(&closed_key(closed_at, &session.id), Vec::new())?;
     }
