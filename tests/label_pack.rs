@@ -449,3 +449,90 @@ async fn a_consent_in_use_cannot_change_materially_until_its_broadcast_ends() {
         proto::ReviewStatus::PendingReview as i32
     );
 }
+
+/// STARTs of a cloned anchor racing the revocation of its consent: each either commits before
+/// the revocation, and the revocation's re-check shuts it down, or sees it and is refused
+/// (C1). Once the revocation is answered, no live session relies on the revoked consent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_start_racing_a_consent_revocation_is_refused_or_shut_down_by_the_recheck() {
+    let (mut s, _policies) = admitted_with_labels().await;
+    const ROOMS: usize = 16;
+    for room in 0..ROOMS {
+        s.room(&format!("race-{room}"), "m1").await;
+        s.approve(K::Room, &format!("race-{room}")).await;
+    }
+    let (mut refused, mut shut_down) = (0, 0);
+    for round in 0..12 {
+        // A revoked consent is filed afresh, so each round has its own consent and anchor.
+        let (consent_id, anchor) = (format!("c-{round}"), format!("a-clone-{round}"));
+        s.register(consent(&consent_id, "m1", "person-1")).await;
+        s.approve(K::Consent, &consent_id).await;
+        s.register(cloned_anchor(&anchor, "person-1", &consent_id))
+            .await;
+        s.approve(K::Anchor, &anchor).await;
+        let starts: Vec<_> = (0..ROOMS)
+            .map(|room| {
+                let mut pdp = s.pdp.clone();
+                let mut request = start_labelled();
+                request.anchor_id = anchor.clone();
+                request.room_id = format!("race-{room}");
+                tokio::spawn(async move {
+                    // Spread over the revocation's commit: some before, some after.
+                    tokio::time::sleep(std::time::Duration::from_micros(150 * room as u64)).await;
+                    pdp.authorize(request).await.map(|r| r.into_inner())
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        s.review(K::Consent, &consent_id, proto::Verdict::Revoke)
+            .await;
+        let mut opened = Vec::new();
+        for start in starts {
+            let response = start.await.expect("task").expect("authorize");
+            if decision(&response) == Decision::Deny {
+                let rules = rule_ids(&response);
+                assert!(
+                    rules.contains(&"C1".to_owned()),
+                    "round {round}: {response:?}"
+                );
+                refused += 1;
+            } else {
+                opened.push(response.session_id);
+            }
+        }
+        let live = s
+            .admin
+            .list_live_sessions(proto::ListLiveSessionsRequest {
+                merchant_id: "m1".into(),
+            })
+            .await
+            .expect("live sessions")
+            .into_inner()
+            .sessions;
+        assert!(
+            live.iter().all(|session| session.anchor_id != anchor),
+            "round {round}: the consent is revoked but {live:?} are live"
+        );
+        for session_id in opened {
+            let session = s.session(&session_id).await;
+            assert_eq!(session.state, proto::SessionState::ShutDown as i32);
+            assert!(
+                session.close_reason.contains("C1"),
+                "{}",
+                session.close_reason
+            );
+            shut_down += 1;
+        }
+        s.admin
+            .lift_freeze(proto::LiftFreezeRequest {
+                request_id: String::new(),
+                merchant_id: "m1".into(),
+                operator: "ops-1".into(),
+                reason: "next round".into(),
+            })
+            .await
+            .expect("lift");
+    }
+    println!("refused (C1): {refused}, shut down by the re-check: {shut_down}");
+    assert!(refused > 0 && shut_down > 0, "the race was not raced");
+}
