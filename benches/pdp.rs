@@ -313,12 +313,30 @@ async fn main() -> Result<()> {
     let policies = direct.policies();
     let memoized = |facts: &domain::Facts| policies.decide(facts, &observation, now);
     let uncached = |facts: &domain::Facts| policies.decide_uncached(facts, &observation, now);
+    // The same decision with the label rule pack enabled and a compliant label report: what
+    // the pack costs a decision Cedar makes (its LIVE checks evaluate a second, warning set).
+    let pack_dir = tempfile::tempdir()?;
+    anchor_pdp::policy::builtin::materialize(pack_dir.path())?;
+    std::fs::write(pack_dir.path().join("packs.toml"), "packs = [\"labels\"]\n")?;
+    let with_pack = anchor_pdp::policy::load(pack_dir.path())?;
+    let labels = domain::LabelReport {
+        label_shown: true,
+        label_kind: domain::LabelKind::Overlay,
+        implicit_label: true,
+        implicit_label_provider: "p1".into(),
+    };
+    let labelled = Observation {
+        labels: Some(&labels),
+        ..observation.clone()
+    };
+    let uncached_pack = |facts: &domain::Facts| with_pack.decide_uncached(facts, &labelled, now);
     for (name, decide) in [
         (
             "decide (memoized, facts seen)",
             &memoized as &dyn Fn(&domain::Facts) -> anchor_pdp::policy::Decision,
         ),
         ("decide (Cedar, not memoized)", &uncached),
+        ("decide (Cedar, label pack on)", &uncached_pack),
     ] {
         let mut took = Vec::with_capacity(iterations as usize);
         for _ in 0..iterations {

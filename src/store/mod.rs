@@ -1258,6 +1258,7 @@ mod tests {
             request: serde_json::Value::Null,
             allowed: Some(false),
             rule_ids: vec![],
+            warning_rule_ids: vec![],
             enforcement: "SHUT_DOWN".into(),
             policy_version: "v".into(),
             outcome: "ok".into(),

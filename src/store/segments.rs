@@ -875,6 +875,7 @@ mod tests {
             request: serde_json::json!({"room_id": "r1"}),
             allowed: Some(at % 2 == 0),
             rule_ids: vec![],
+            warning_rule_ids: vec![],
             enforcement: "NONE".into(),
             policy_version: "v".into(),
             outcome: "ok".into(),
