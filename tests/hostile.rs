@@ -39,6 +39,7 @@ fn any_request() -> impl Strategy<Value = proto::AuthorizeRequest> {
         proptest::collection::vec(any_id(), 0..40),
         any_id(),
         ".{0,200}",
+        proptest::option::of((any::<bool>(), -2i32..4, any::<bool>(), any_id())),
     )
         .prop_map(
             |(
@@ -52,6 +53,7 @@ fn any_request() -> impl Strategy<Value = proto::AuthorizeRequest> {
                 ai_features,
                 session,
                 gateway,
+                labels,
             )| {
                 proto::AuthorizeRequest {
                     phase,
@@ -67,7 +69,12 @@ fn any_request() -> impl Strategy<Value = proto::AuthorizeRequest> {
                     explain: false,
                     idempotency_key: String::new(),
                     min_revision: 0,
-                    labels: None,
+                    labels: labels.map(|(shown, kind, implicit, provider)| proto::LabelReport {
+                        label_shown: shown,
+                        label_kind: kind,
+                        implicit_label: implicit,
+                        implicit_label_provider: provider,
+                    }),
                 }
             },
         )
@@ -162,6 +169,11 @@ proptest! {
             for id in ids.into_iter().flatten().chain(command.ai_features.iter()) {
                 prop_assert!(!id.is_empty() && id.len() <= 128);
                 prop_assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || ".:_-".contains(c)));
+            }
+            if let Some(labels) = &command.labels {
+                let provider = &labels.implicit_label_provider;
+                prop_assert!(provider.is_empty() || labels.implicit_label);
+                prop_assert!(provider.len() <= 128);
             }
         }
     }
