@@ -4,7 +4,11 @@
 //! own session fields, then the event's, then the publisher's URL arguments appended raw. So
 //! the first occurrence of each of nginx's own fields is nginx's; a later one is the
 //! publisher's attempt to pass for nginx and is ignored. Every other argument must be a claim
-//! (`anchor`, `driver`, `livestream_type`, `drive_mode`, `ai_features`); anything else denies.
+//! (`anchor`, `driver`, `livestream_type`, `drive_mode`, `ai_features`, and the label
+//! observations `label_shown`, `label_kind`, `implicit_label`, `implicit_label_provider`);
+//! anything else denies. `on_update` repeats the publish URL, so it re-checks on the labels
+//! the publish reported; a label that disappears mid-stream is reported by whatever watches
+//! the picture, with a LIVE Authorize.
 //!
 //! Configure, per nginx instance (GATEWAY names it):
 //!   on_publish      http://PDP_HTTP/rtmp/GATEWAY/on_publish;
