@@ -1432,3 +1432,480 @@ async fn every_forms_refusal_comes_back_in_its_page_translated_with_what_was_typ
     );
     in_layout(&unknown, 404, "nobody", "返回控制台");
 }
+
+/// A likeness consent (C1) filed by m1 for `person`.
+fn consent(id: &str, person: &str) -> proto::RegisterRequest {
+    proto::RegisterRequest {
+        request_id: String::new(),
+        record: Some(Record::Consent(proto::LikenessConsent {
+            id: id.into(),
+            owner_merchant_id: "m1".into(),
+            person_reference: person.into(),
+            consent_reference: format!("doc://consents/{id}.pdf"),
+            display_name: format!("Consent {id}"),
+        })),
+        expected_revision: None,
+    }
+}
+
+/// An anchor of m1 cloned from `likeness_of`, relying on consent `consent_id` (empty: none).
+fn cloned_anchor(id: &str, likeness_of: &str, consent_id: &str) -> proto::RegisterRequest {
+    proto::RegisterRequest {
+        request_id: String::new(),
+        record: Some(Record::Anchor(proto::VirtualAnchor {
+            id: id.into(),
+            owner_merchant_id: "m1".into(),
+            provider_id: "p1".into(),
+            image_style: proto::ImageStyle::RealisticHuman as i32,
+            image_reference: format!("oss://anchors/{id}.png"),
+            display_name: format!("Clone {id}"),
+            likeness_of: likeness_of.into(),
+            consent_id: consent_id.into(),
+        })),
+        expected_revision: None,
+    }
+}
+
+/// The review state of consent `id`, as gRPC reads it.
+async fn consent_status(admin: &mut common::bearer::Admin, id: &str) -> proto::ReviewStatus {
+    let filing = admin
+        .get_registration(proto::GetRegistrationRequest {
+            kind: proto::RegistrationKind::Consent as i32,
+            id: id.into(),
+        })
+        .await
+        .expect("get consent")
+        .into_inner()
+        .registration
+        .expect("registration");
+    proto::ReviewStatus::try_from(filing.review_status).unwrap_or(proto::ReviewStatus::Unspecified)
+}
+
+/// A consent filing waits in the queue beside the others (its own kind in the filter, found
+/// by search), shows its person and document, and takes approve & next, bulk approval and
+/// revoke like a driver: no image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_filing_is_reviewed_in_the_queue_like_the_others() {
+    let (server, mut pdp, mut admin) = console_server().await;
+    let addr = server.console_addr.expect("console");
+    for id in ["c1", "c2"] {
+        pdp.register(consent(id, "person://mei"))
+            .await
+            .expect("consent");
+    }
+    let (cookie, csrf) = sign_in(addr, "reviewer");
+    let get = |path: &str| http(addr, "GET", path, &[("Cookie", &cookie)], "").body;
+
+    let queue = get("/review?kind=consent");
+    assert!(
+        queue.contains("<option value=\"consent\" selected>Likeness consent</option>"),
+        "{queue}"
+    );
+    assert!(queue.contains("2 pending"), "{queue}");
+    assert!(
+        queue.contains("<td>Likeness consent</td><td><a href=\"/review/consent/c1?kind=consent\">c1</a></td><td>m1</td><td>Consent c1</td>"),
+        "{queue}"
+    );
+    assert!(!queue.contains("/review/anchor/a1"), "{queue}");
+    let everything = get("/review");
+    assert!(everything.contains("3 pending"), "a1, c1, c2: {everything}");
+    for (search, found) in [("q=CONSENT%20C2", "1 pending"), ("q=m1", "3 pending")] {
+        let page = get(&format!("/review?{search}"));
+        assert!(page.contains(found), "{search}: {page}");
+    }
+    let by_name = get("/review?kind=consent&sort=name");
+    assert!(
+        position(&by_name, "/review/consent/c1") < position(&by_name, "/review/consent/c2"),
+        "{by_name}"
+    );
+    let chinese = http(
+        addr,
+        "GET",
+        "/review?kind=consent",
+        &[("Cookie", &cookie), ("Accept-Language", "zh-CN")],
+        "",
+    );
+    assert!(
+        chinese
+            .body
+            .contains("<option value=\"consent\" selected>肖像同意</option>"),
+        "{}",
+        chinese.body
+    );
+
+    // Its page: the person and the signed document, no image, approve and reject.
+    let filing = get("/review/consent/c1?kind=consent");
+    assert!(
+        filing.contains("<dt>Owner</dt><dd>m1</dd>")
+            && filing.contains("<dt>Person who consents</dt><dd><code>person://mei</code></dd>")
+            && filing.contains(
+                "<dt>Signed consent (document reference)</dt><dd><code>doc://consents/c1.pdf</code></dd>"
+            ),
+        "{filing}"
+    );
+    assert!(!filing.contains("<img"), "{filing}");
+    assert!(
+        filing.contains("name=\"verdict\" value=\"approve\"")
+            && filing.contains("name=\"verdict\" value=\"reject\""),
+        "{filing}"
+    );
+    let chinese = http(
+        addr,
+        "GET",
+        "/review/consent/c1",
+        &[("Cookie", &cookie), ("Accept-Language", "zh-CN")],
+        "",
+    );
+    assert!(
+        chinese
+            .body
+            .contains("<dt>同意人</dt><dd><code>person://mei</code></dd>")
+            && chinese.body.contains("<dt>单独同意书(文件引用)</dt>")
+            && chinese.body.contains("<title>肖像同意 c1"),
+        "{}",
+        chinese.body
+    );
+
+    // Approve & next: on to c2, in the same queue.
+    let approved = http(
+        addr,
+        "POST",
+        "/review/consent/c1",
+        &[("Cookie", &cookie)],
+        &form(&[
+            ("verdict", "approve"),
+            ("expected_revision", "1"),
+            ("kind", "consent"),
+            ("csrf", &csrf),
+        ]),
+    );
+    assert_eq!(
+        (approved.status, approved.header("location")),
+        (
+            303,
+            Some("/review/consent/c2?kind=consent&done=consent%2Fc1")
+        ),
+        "{}",
+        approved.body
+    );
+    assert_eq!(
+        consent_status(&mut admin, "c1").await,
+        proto::ReviewStatus::Approved
+    );
+    let next = get("/review/consent/c2?kind=consent&done=consent%2Fc1");
+    assert!(
+        next.contains("Verdict recorded. Likeness consent c1 · approved"),
+        "{next}"
+    );
+
+    // Bulk approval: asked once, then each consent its own verdict.
+    let pick = [("pick.consent/c2", "1"), ("csrf", &csrf)];
+    let asked = http(
+        addr,
+        "POST",
+        "/review/bulk",
+        &[("Cookie", &cookie)],
+        &form(&pick),
+    );
+    assert_eq!(asked.status, 200, "{}", asked.body);
+    assert!(
+        asked
+            .body
+            .contains("<td>Likeness consent</td><td>c2</td><td>m1</td><td>Consent c2</td>"),
+        "{}",
+        asked.body
+    );
+    let mut confirmed = pick.to_vec();
+    confirmed.push(("confirm", "yes"));
+    let done = http(
+        addr,
+        "POST",
+        "/review/bulk",
+        &[("Cookie", &cookie)],
+        &form(&confirmed),
+    );
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("1 / 1 approved"), "{}", done.body);
+    assert_eq!(
+        consent_status(&mut admin, "c2").await,
+        proto::ReviewStatus::Approved
+    );
+
+    // Approved: revoke only, and it takes.
+    let filing = get("/review/consent/c1");
+    assert!(
+        filing.contains("<p class=\"state\">approved")
+            && filing.contains("name=\"verdict\" value=\"revoke\"")
+            && !filing.contains("name=\"verdict\" value=\"approve\""),
+        "{filing}"
+    );
+    let revoked = http(
+        addr,
+        "POST",
+        "/review/consent/c1",
+        &[("Cookie", &cookie)],
+        &form(&[
+            ("verdict", "revoke"),
+            ("expected_revision", "2"),
+            ("csrf", &csrf),
+        ]),
+    );
+    assert_eq!(revoked.status, 303, "{}", revoked.body);
+    assert_eq!(
+        consent_status(&mut admin, "c1").await,
+        proto::ReviewStatus::Revoked
+    );
+    // The merchant's account lists its consents with its other filings.
+    let (admin_cookie, _) = sign_in(addr, "admin");
+    let account = http(
+        addr,
+        "GET",
+        "/accounts?merchant=m1",
+        &[("Cookie", &admin_cookie)],
+        "",
+    );
+    assert!(
+        account.body.contains(
+            "<td>Likeness consent</td><td><a href=\"/review/consent/c1\">c1</a></td><td>revoked</td>"
+        ),
+        "{}",
+        account.body
+    );
+}
+
+/// A cloned anchor's page names the person it is cloned from and links the consent it relies
+/// on with that consent's state, in the viewer's language; without one it says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloned_anchor_shows_the_person_and_its_consents_state() {
+    let (server, mut pdp, mut admin) = console_server().await;
+    let addr = server.console_addr.expect("console");
+    pdp.register(consent("c1", "person://mei"))
+        .await
+        .expect("consent");
+    for (id, person, consent_id) in [
+        ("a2", "person://mei", "c1"),
+        ("a3", "person://mei", ""),
+        ("a4", "person://lin", "c1"),
+    ] {
+        pdp.register(cloned_anchor(id, person, consent_id))
+            .await
+            .expect("anchor");
+    }
+    let (cookie, _) = sign_in(addr, "reviewer");
+    let page = |path: &str, lang: &str| {
+        http(
+            addr,
+            "GET",
+            path,
+            &[("Cookie", &cookie), ("Accept-Language", lang)],
+            "",
+        )
+        .body
+    };
+    let likeness = "<dt>Cloned from (likeness of)</dt><dd><code>person://mei</code></dd>";
+
+    let a2 = page("/review/anchor/a2", "en");
+    assert!(
+        a2.contains(&format!(
+            "{likeness}<dt>Likeness consent</dt><dd><a href=\"/review/consent/c1\">c1</a> — <span class=\"error\">pending review</span></dd>"
+        )),
+        "{a2}"
+    );
+    admin
+        .review_filing(proto::ReviewFilingRequest {
+            kind: proto::RegistrationKind::Consent as i32,
+            id: "c1".into(),
+            verdict: proto::Verdict::Approve as i32,
+            reviewer: "rev".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("approve c1");
+    let a2 = page("/review/anchor/a2", "en");
+    assert!(
+        a2.contains(
+            "<dt>Likeness consent</dt><dd><a href=\"/review/consent/c1\">c1</a> — approved</dd>"
+        ),
+        "{a2}"
+    );
+    let chinese = page("/review/anchor/a2", "zh-CN");
+    assert!(
+        chinese.contains("<dt>克隆自(真人肖像)</dt><dd><code>person://mei</code></dd>")
+            && chinese.contains(
+                "<dt>肖像同意</dt><dd><a href=\"/review/consent/c1\">c1</a> — 已通过</dd>"
+            ),
+        "{chinese}"
+    );
+    assert!(!chinese.contains("APPROVED"), "{chinese}");
+
+    // No consent named; a consent for someone else.
+    let a3 = page("/review/anchor/a3", "en");
+    assert!(
+        a3.contains(&format!(
+            "{likeness}<dt>Likeness consent</dt><dd><span class=\"error\">no consent filed</span></dd>"
+        )),
+        "{a3}"
+    );
+    let a3 = page("/review/anchor/a3", "zh-CN");
+    assert!(
+        a3.contains("<dt>肖像同意</dt><dd><span class=\"error\">未报备肖像同意</span></dd>"),
+        "{a3}"
+    );
+    let a4 = page("/review/anchor/a4", "en");
+    assert!(
+        a4.contains("<a href=\"/review/consent/c1\">c1</a> — approved — <span class=\"error\">it names another person: <code>person://mei</code></span></dd>"),
+        "{a4}"
+    );
+    // An anchor of no real person says nothing of likeness.
+    let a1 = page("/review/anchor/a1", "en");
+    assert!(
+        !a1.contains("Cloned from") && !a1.contains("Likeness consent"),
+        "{a1}"
+    );
+}
+
+/// The live board and a session's page show the AI-content labels the session last reported,
+/// and "not reported" for a session that reported none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_board_shows_whether_each_session_reports_its_ai_label() {
+    let (server, mut pdp, mut admin) = console_server().await;
+    let addr = server.console_addr.expect("console");
+    // A second room: a room has one live session.
+    pdp.register(proto::RegisterRequest {
+        request_id: String::new(),
+        record: Some(Record::Room(proto::LivestreamRoom {
+            id: "r2".into(),
+            owner_merchant_id: "m1".into(),
+            display_name: String::new(),
+        })),
+        expected_revision: None,
+    })
+    .await
+    .expect("room");
+    for (kind, id) in [
+        (proto::RegistrationKind::Anchor, "a1"),
+        (proto::RegistrationKind::Room, "r2"),
+    ] {
+        admin
+            .review_filing(proto::ReviewFilingRequest {
+                kind: kind as i32,
+                id: id.into(),
+                verdict: proto::Verdict::Approve as i32,
+                reviewer: "rev".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("approve");
+    }
+    let labelled = pdp
+        .authorize(proto::AuthorizeRequest {
+            labels: Some(proto::LabelReport {
+                label_shown: true,
+                label_kind: proto::LabelKind::Overlay as i32,
+                implicit_label: true,
+                implicit_label_provider: "p1".into(),
+            }),
+            ..start()
+        })
+        .await
+        .expect("start")
+        .into_inner();
+    assert_eq!(
+        labelled.decision,
+        proto::Decision::Allow as i32,
+        "{labelled:?}"
+    );
+    let unlabelled = pdp
+        .authorize(proto::AuthorizeRequest {
+            room_id: "r2".into(),
+            ..start()
+        })
+        .await
+        .expect("start")
+        .into_inner();
+    assert_eq!(
+        unlabelled.decision,
+        proto::Decision::Allow as i32,
+        "{unlabelled:?}"
+    );
+    let (labelled, unlabelled) = (labelled.session_id, unlabelled.session_id);
+
+    let (cookie, _) = sign_in(addr, "inspector");
+    let get = |path: &str, lang: &str| {
+        http(
+            addr,
+            "GET",
+            path,
+            &[("Cookie", &cookie), ("Accept-Language", lang)],
+            "",
+        )
+        .body
+    };
+    // The labels cell of `session`'s row.
+    let cell = |board: &str, session: &str| {
+        let row = &board[position(board, &format!("href=\"/live/{session}\""))..];
+        let cell = &row[position(row, "<td class=\"labels\">")..];
+        cell[..position(cell, "</td>") + "</td>".len()].to_owned()
+    };
+    let board = get("/live", "en");
+    assert!(
+        board.contains("<th title=\"The AI-content labels the gateway last reported for this session: the label viewers see, and the implicit one in the stream's metadata.\">AI label</th>"),
+        "{board}"
+    );
+    assert_eq!(
+        cell(&board, &labelled),
+        "<td class=\"labels\">shown (overlay)<br>metadata: p1</td>"
+    );
+    assert_eq!(
+        cell(&board, &unlabelled),
+        "<td class=\"labels\">not reported</td>"
+    );
+    let chinese = get("/live", "zh-CN");
+    assert!(chinese.contains(">AI 标识</th>"), "{chinese}");
+    assert_eq!(
+        cell(&chinese, &labelled),
+        "<td class=\"labels\">已显示(画面叠加)<br>元数据标识: p1</td>"
+    );
+    assert_eq!(
+        cell(&chinese, &unlabelled),
+        "<td class=\"labels\">未上报</td>"
+    );
+    let page = get(&format!("/live/{labelled}"), "en");
+    assert!(
+        page.contains("AI label</dt><dd class=\"labels\">shown (overlay)<br>metadata: p1</dd>"),
+        "{page}"
+    );
+
+    // A LIVE check that reports the label gone replaces the report; one that reports nothing
+    // leaves it as it was.
+    let gone = pdp
+        .authorize(proto::AuthorizeRequest {
+            labels: Some(proto::LabelReport::default()),
+            ..common::live(&labelled)
+        })
+        .await
+        .expect("live")
+        .into_inner();
+    assert_eq!(gone.decision, proto::Decision::Allow as i32, "{gone:?}");
+    let silent = pdp
+        .authorize(common::live(&labelled))
+        .await
+        .expect("live")
+        .into_inner();
+    assert_eq!(silent.decision, proto::Decision::Allow as i32, "{silent:?}");
+    let board = get("/live", "en");
+    assert_eq!(
+        cell(&board, &labelled),
+        "<td class=\"labels\"><span class=\"error\">NOT shown</span><br><span class=\"error\">no metadata label</span></td>"
+    );
+    let chinese = get("/live", "zh-CN");
+    assert_eq!(
+        cell(&chinese, &labelled),
+        "<td class=\"labels\"><span class=\"error\">未显示</span><br><span class=\"error\">无元数据标识</span></td>"
+    );
+    let page = get(&format!("/live/{unlabelled}"), "en");
+    assert!(
+        page.contains("AI label</dt><dd class=\"labels\">not reported</dd>"),
+        "{page}"
+    );
+}

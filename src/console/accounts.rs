@@ -15,7 +15,7 @@ use super::page;
 use super::session::Session;
 use super::viewer::Viewer;
 use super::{Access, Console, READ_LOG, access, csrf_ok, error_page, may, not_done, status_of};
-use crate::domain::{Kind, Millis, RecordBody};
+use crate::domain::{Millis, RecordBody};
 use crate::error::PdpError;
 
 const GET_ACCOUNT: &str = "/anchorpdp.v1.PolicyAdmin/GetAccount";
@@ -65,7 +65,7 @@ fn account_page(
         }
     };
     let filings = if found.is_some() {
-        super::review::filings(console, &[Kind::Anchor, Kind::Driver, Kind::Room], |r| {
+        super::review::filings(console, &super::review::REVIEWED_KINDS, |r| {
             r.body.owner() == Some(merchant_id.as_str())
         })
     } else {

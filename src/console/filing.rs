@@ -348,7 +348,7 @@ fn filing_page(
             dt { (lang.t("id")) } dd { (filing.id) }
             dt { (lang.t("owner")) } dd { (filing.body.owner().unwrap_or("")) }
             @match &filing.body {
-                RecordBody::Anchor { provider_id, image_style, .. } => {
+                RecordBody::Anchor { provider_id, image_style, likeness_of, consent_id, .. } => {
                     dt { (lang.t("provider")) }
                     dd {
                         (provider_id) " — "
@@ -358,9 +358,17 @@ fn filing_page(
                         }
                     }
                     dt { (lang.t("image_style")) } dd { (lang.value(image_style.policy_name())) }
+                    @if !likeness_of.is_empty() {
+                        dt { (lang.t("likeness_of")) } dd { code { (likeness_of) } }
+                        dt { (lang.t("consent")) } dd { (consent_of(console, lang, filing, likeness_of, consent_id)) }
+                    }
                 }
                 RecordBody::Driver { identity_reference, .. } => {
                     dt { (lang.t("identity")) } dd { code { (identity_reference) } }
+                }
+                RecordBody::Consent { person_reference, consent_reference, .. } => {
+                    dt { (lang.t("person")) } dd { code { (person_reference) } }
+                    dt { (lang.t("consent_document")) } dd { code { (consent_reference) } }
                 }
                 _ => {}
             }
@@ -381,6 +389,46 @@ fn filing_page(
             Ok(records) => { (history_table(viewer, filing, records)) }
             Err(e) => { h2 { (lang.t("history")) } p.notice { (lang.t("history_unreadable")) " " (e) } }
         }
+    }
+}
+
+/// The consent a cloned anchor relies on, as its reviewer needs to see it before approving:
+/// a link to the consent filing with its review state, and anything that would keep it from
+/// counting for this anchor under C1 (another person, another merchant, an expired approval).
+fn consent_of(
+    console: &Console,
+    lang: Lang,
+    anchor: &Registration,
+    likeness_of: &str,
+    consent_id: &str,
+) -> Markup {
+    let none = html! { span.error { (lang.t("no_consent")) } };
+    if consent_id.is_empty() {
+        return none;
+    }
+    let consent = match console.pdp.get_registration(Kind::Consent, consent_id) {
+        Ok(consent) => consent,
+        // Named but not found: C1 counts it as none, and the reviewer needs the id to chase.
+        Err(PdpError::NotFound(_)) => return html! { (none) " — " code { (consent_id) } },
+        Err(e) => return html! { span.error { (e) } },
+    };
+    let approved = consent.review_status == ReviewStatus::Approved;
+    let expired = consent
+        .approval_expires_at()
+        .is_some_and(|at| at <= console.pdp.now());
+    let state = lang.value(consent.review_status.policy_name());
+    html! {
+        a href=(filing_path(&consent)) { (consent.id) } " — "
+        @if approved { (state) } @else { span.error { (state) } }
+        @if let RecordBody::Consent { owner_merchant_id, person_reference, .. } = &consent.body {
+            @if person_reference != likeness_of {
+                " — " span.error { (lang.t("consent_other_person")) " " code { (person_reference) } }
+            }
+            @if anchor.body.owner() != Some(owner_merchant_id.as_str()) {
+                " — " span.error { (lang.t("consent_other_merchant")) " " (owner_merchant_id) }
+            }
+        }
+        @if expired { " — " span.error { (lang.t("consent_expired")) } }
     }
 }
 

@@ -1,6 +1,7 @@
-//! The inspector's pages: the live board, a session with its decisions, and "report
-//! violation" with a rule picker from the active policy set; the penalty the report will
-//! bring is shown before it is confirmed (PolicyAdmin/ReportViolation behind the same roles).
+//! The inspector's pages: the live board (with the AI-content labels each session reports), a
+//! session with its decisions, and "report violation" with a rule picker from the active policy
+//! set; the penalty the report will bring is shown before it is confirmed
+//! (PolicyAdmin/ReportViolation behind the same roles).
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use super::page::{self, Lang};
 use super::session::Session;
 use super::viewer::Viewer;
 use super::{Access, Console, READ_LOG, access, csrf_ok, error_page, not_done, status_of};
-use crate::domain::{LogRecord, Penalty, SessionState};
+use crate::domain::{LabelKind, LabelReport, LogRecord, Penalty, SessionState};
 
 const LIST: &str = "/anchorpdp.v1.PolicyAdmin/ListLiveSessions";
 const GET: &str = "/anchorpdp.v1.PolicyAdmin/GetSession";
@@ -30,6 +31,36 @@ pub fn penalty_text(lang: Lang, penalty: Penalty) -> &'static str {
         Penalty::None => lang.t("penalty_none"),
         Penalty::E1 => lang.t("penalty_e1"),
         Penalty::E2 => lang.t("penalty_e2"),
+    }
+}
+
+/// The AI-content labels a session last reported: the explicit label viewers see (L1), then
+/// the implicit one in the stream's metadata (L2). What the label rule pack would refuse is
+/// marked, whether or not the active set enables the pack: an inspector looks for it either way.
+fn labels_cell(lang: Lang, labels: Option<&LabelReport>) -> Markup {
+    let Some(labels) = labels else {
+        return html! { (lang.t("label_not_reported")) };
+    };
+    let shown = match (labels.label_shown, labels.label_kind) {
+        (false, _) => None,
+        (true, LabelKind::Overlay) => Some(lang.t("label_overlay")),
+        (true, LabelKind::Interface) => Some(lang.t("label_interface")),
+        (true, LabelKind::None) => Some(lang.t("label_shown_nowhere")),
+    };
+    let provider = labels.implicit_label_provider.as_str();
+    html! {
+        @match shown {
+            Some(shown) => { (shown) }
+            None => { span.error { (lang.t("label_not_shown")) } }
+        }
+        br;
+        @if !labels.implicit_label {
+            span.error { (lang.t("no_metadata_label")) }
+        } @else if provider.is_empty() {
+            span.error { (lang.t("metadata_no_provider")) }
+        } @else {
+            (lang.t("metadata_label")) " " (provider)
+        }
     }
 }
 
@@ -53,6 +84,7 @@ pub async fn board(State(console): State<Arc<Console>>, headers: HeaderMap) -> R
                 th { (lang.t("anchor")) } th { (lang.t("driver")) } th { (lang.t("gateway")) }
                 th { (lang.t("started")) } th { (lang.t("time_live")) }
                 th title=(lang.t("last_check_hint")) { (lang.t("last_check")) }
+                th title=(lang.t("ai_label_hint")) { (lang.t("ai_label")) }
             } }
             tbody {
                 @for s in &live {
@@ -68,6 +100,7 @@ pub async fn board(State(console): State<Arc<Console>>, headers: HeaderMap) -> R
                                 None => { span title=(lang.t("not_checked_here")) { "—" } }
                             }
                         }
+                        td.labels { (labels_cell(lang, s.labels.as_ref())) }
                     }
                 }
             }
@@ -195,6 +228,7 @@ fn live_page(
             dt { (lang.t("driver")) } dd { (live.driver_id) }
             dt { (lang.t("gateway")) } dd { (live.gateway_id) }
             dt { (lang.t("started")) } dd { (viewer.time(live.started_at)) }
+            dt title=(lang.t("ai_label_hint")) { (lang.t("ai_label")) } dd.labels { (labels_cell(lang, live.labels.as_ref())) }
             @if let Some(closed) = live.closed_at {
                 dt { (lang.t("closed")) } dd { (viewer.time(closed)) " — " (live.close_reason) }
             }

@@ -3,10 +3,10 @@
 //! stylesheet and script embedded. Every action goes through the same service calls and role
 //! table as the gRPC API and is recorded in the decision log under the signed-in caller.
 //!
-//! Pages: sign-in and sign-out; the review queue (pending anchors, drivers and rooms, oldest
-//! first) with each filing's page and verdict form; the live board, each session with its
-//! decisions and "report violation"; accounts with "lift freeze"; the decision log; and the
-//! catalog of providers and AI features.
+//! Pages: sign-in and sign-out; the review queue (pending anchors, drivers, rooms and likeness
+//! consents, oldest first) with each filing's page and verdict form; the live board, each
+//! session with its decisions and "report violation"; accounts with "lift freeze"; the
+//! decision log; and the catalog of providers and AI features.
 
 mod accounts;
 mod catalog;

@@ -1,5 +1,6 @@
-//! The reviewer's queue: pending anchors, drivers and rooms with thumbnails, searched, sorted
-//! and claimed, and bulk approval with one confirmation (each filing still its own verdict).
+//! The reviewer's queue: pending anchors, drivers, rooms and likeness consents (anchors with
+//! thumbnails), searched, sorted and claimed, and bulk approval with one confirmation (each
+//! filing still its own verdict).
 //! One filing's page and its verdict are in `filing.rs`.
 
 use std::cmp::Ordering;
@@ -25,7 +26,10 @@ use crate::error::PdpError;
 
 pub(super) const LIST: &str = "/anchorpdp.v1.PolicyAdmin/ListRegistrations";
 pub(super) const REVIEW: &str = "/anchorpdp.v1.PolicyAdmin/ReviewFiling";
-pub(super) const REVIEWED_KINDS: [Kind; 3] = [Kind::Anchor, Kind::Driver, Kind::Room];
+/// The kinds a reviewer gives verdicts on: the three parts of admission (R7) and the consent
+/// a cloned anchor relies on (C1).
+pub(super) const REVIEWED_KINDS: [Kind; 4] =
+    [Kind::Anchor, Kind::Driver, Kind::Room, Kind::Consent];
 
 /// Rows per queue page.
 const QUEUE_PAGE: usize = 50;
