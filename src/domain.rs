@@ -714,7 +714,7 @@ pub fn apply_review(
     let current = current.ok_or_else(|| PdpError::NotFound(format!("{what} is not registered")))?;
     if !cmd.kind.needs_review() {
         return Err(PdpError::FailedPrecondition(format!(
-            "{what}: only anchor, driver and room filings are reviewed"
+            "{what}: only anchor, driver, room and consent filings are reviewed"
         )));
     }
     check_revision(cmd.expected_revision, Some(current), &what)?;

@@ -151,7 +151,10 @@ fn run(
             }
         },
         Command::Policy(PolicyCommand::Validate { dir }) => validate(&dir),
-        Command::Policy(PolicyCommand::Export { dir, with }) => {
+        Command::Policy(PolicyCommand::Export { dir, mut with }) => {
+            // `--with labels --with labels` asks for one pack.
+            with.sort_by_key(|pack| pack.name);
+            with.dedup_by_key(|pack| pack.name);
             match policy::builtin::export(&dir, &with) {
                 Ok(files) => {
                     for file in files {

@@ -1909,3 +1909,69 @@ async fn the_live_board_shows_whether_each_session_reports_its_ai_label() {
         "{page}"
     );
 }
+
+/// With the label pack on, an inspector can report L1 (a label gone from the picture) and C1,
+/// but not L2 (it only warns when found live) nor E3 (a freeze is no violation on a stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_label_pack_the_report_form_offers_what_a_report_can_shut_down() {
+    let policies = tempfile::tempdir().expect("temp dir");
+    anchor_pdp::policy::builtin::materialize(policies.path()).expect("built-in set");
+    std::fs::write(policies.path().join("packs.toml"), "packs = [\"labels\"]\n").expect("packs");
+    let (server, mut pdp, mut admin) = common::console::console_server_from(common::Options {
+        policies: Some(policies.path().to_owned()),
+        ..common::console::options()
+    })
+    .await;
+    let addr = server.console_addr.expect("console");
+    admin
+        .review_filing(proto::ReviewFilingRequest {
+            kind: proto::RegistrationKind::Anchor as i32,
+            id: "a1".into(),
+            verdict: proto::Verdict::Approve as i32,
+            reviewer: "rev".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("approve");
+    let started = pdp
+        .authorize(proto::AuthorizeRequest {
+            labels: Some(proto::LabelReport {
+                label_shown: true,
+                label_kind: proto::LabelKind::Overlay as i32,
+                implicit_label: true,
+                implicit_label_provider: "p1".into(),
+            }),
+            ..start()
+        })
+        .await
+        .expect("start")
+        .into_inner();
+    assert_eq!(
+        started.decision,
+        proto::Decision::Allow as i32,
+        "{started:?}"
+    );
+    let (cookie, _) = sign_in(addr, "inspector");
+    let page = http(
+        addr,
+        "GET",
+        &format!("/live/{}", started.session_id),
+        &[("Cookie", &cookie)],
+        "",
+    )
+    .body;
+    let form = &page[position(&page, "<select name=\"rule_id\"")..];
+    let form = &form[..position(form, "</select>")];
+    let offered: Vec<&str> = form
+        .split("<option value=\"")
+        .skip(1)
+        .filter_map(|o| o.split('"').next())
+        .collect();
+    assert_eq!(
+        offered,
+        [
+            "L1", "C1", "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9"
+        ],
+        "{form}"
+    );
+}

@@ -241,7 +241,7 @@ impl proto::policy_admin_server::PolicyAdmin for AdminService {
                     return Err(PdpError::invalid(
                         "kind",
                         format!(
-                            "{} records are not reviewed; use ANCHOR, DRIVER or ROOM",
+                            "{} records are not reviewed; use ANCHOR, DRIVER, ROOM or CONSENT",
                             kind.name()
                         ),
                     ));

@@ -374,6 +374,12 @@ pub fn record_from_proto(
         ),
         Record::Anchor(a) => (id("anchor.id", &a.id)?, {
             let likeness_of = text("anchor.likeness_of", &a.likeness_of, MAX_REFERENCE_LEN)?;
+            if !likeness_of.is_empty() && likeness_of.trim().is_empty() {
+                return Err(PdpError::invalid(
+                    "anchor.likeness_of",
+                    "only whitespace: name the person, or leave it empty",
+                ));
+            }
             let consent_id = optional_id("anchor.consent_id", &a.consent_id)?.unwrap_or_default();
             if !consent_id.is_empty() && likeness_of.is_empty() {
                 return Err(PdpError::invalid(

@@ -240,7 +240,7 @@ impl proto::policy_decision_point_server::PolicyDecisionPoint for DecisionServic
             if caller.role == auth::Role::Registrar && !body.kind().needs_review() {
                 tracing::warn!(%caller, kind = body.kind().name(), "register refused");
                 return Err(Status::permission_denied(format!(
-                    "{caller} may register anchors, drivers and rooms, not {} records",
+                    "{caller} may register anchors, drivers, rooms and consents, not {} records",
                     body.kind().name()
                 )));
             }

@@ -34,6 +34,13 @@ pub fn penalty_text(lang: Lang, penalty: Penalty) -> &'static str {
     }
 }
 
+/// Whether an inspector may report `rule` broken in a live session: not E3 (a freeze is the
+/// account's state, not something seen on a stream) and not a rule that only warns when found
+/// live (ReportViolation refuses those).
+fn reportable(rule: &crate::policy::RuleInfo) -> bool {
+    rule.id != "E3" && rule.penalty != Penalty::WarningOnly
+}
+
 /// The AI-content labels a session last reported: the explicit label viewers see (L1), then
 /// the implicit one in the stream's metadata (L2). What the label rule pack would refuse is
 /// marked, whether or not the active set enables the pack: an inspector looks for it either way.
@@ -239,7 +246,7 @@ fn live_page(
                 label { (lang.t("rule"))
                     select name="rule_id" required {
                         @for rule in &rules {
-                            @if rule.penalty != Penalty::None || rule.id.starts_with('R') {
+                            @if reportable(rule) {
                                 option value=(rule.id) selected[rule.id == shown.rule_id] {
                                     (rule.id) " — " (match lang { Lang::En => &rule.message_en, Lang::Zh => &rule.message_zh })
                                 }

@@ -8,7 +8,8 @@
 //!   `x-pdp-drive-mode`, `x-pdp-ai-features` (comma-separated), `x-pdp-session` (LIVE, END);
 //!   the AI-content labels (read by the label rule pack): `x-pdp-label-shown` (1/0),
 //!   `x-pdp-label-kind` (OVERLAY/INTERFACE), `x-pdp-implicit-label` (1/0),
-//!   `x-pdp-implicit-label-provider`. At LIVE, labels left out keep the session's last report.
+//!   `x-pdp-implicit-label-provider`. At LIVE, a check with no label header keeps the session's
+//!   last report; any label header makes a whole new report (headers left out count as absent).
 //! The merchant is the room's registered owner. Allow: `ok_response` adding `x-pdp-session-id`
 //! and `x-pdp-decision-id` to the upstream request (and the session id to the client's
 //! response). Deny, or anything that cannot be mapped: `denied_response` 403 with the reasons

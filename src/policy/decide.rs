@@ -188,6 +188,7 @@ impl PolicyBundle {
         let response = Authorizer::new().is_authorized(&inputs.request, set, &inputs.entities);
         let mut violations = self.broken(&response);
         let mut warnings = Vec::new();
+        let mut warning_errors = Vec::new();
         if split {
             let warned = Authorizer::new().is_authorized(
                 &inputs.request,
@@ -196,12 +197,12 @@ impl PolicyBundle {
             );
             warnings = self.broken(&warned);
             // A warning rule that cannot be evaluated might have been broken: fail closed.
-            violations.extend(
-                warned
-                    .diagnostics()
-                    .errors()
-                    .map(|e| Violation::pdp_failure(&e.to_string())),
-            );
+            warning_errors = warned
+                .diagnostics()
+                .errors()
+                .map(|e| e.to_string())
+                .collect();
+            violations.extend(warning_errors.iter().map(|e| Violation::pdp_failure(e)));
         }
         // Cedar skips a policy whose condition errors; a skipped forbid might have denied.
         for error in response.diagnostics().errors() {
@@ -234,6 +235,7 @@ impl PolicyBundle {
                     .diagnostics()
                     .errors()
                     .map(|e| e.to_string())
+                    .chain(warning_errors)
                     .collect(),
             })
         } else {

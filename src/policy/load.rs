@@ -225,7 +225,20 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
     let (schema_files, mut policy_files) = read_sources(dir, &mut problems);
     match super::packs::enabled(dir) {
         Ok(packs) => {
+            let schema: String = schema_files.iter().map(|f| f.text.as_str()).collect();
             for pack in packs {
+                if !schema_files.is_empty()
+                    && let Some(gap) = super::packs::schema_gap(pack, &schema)
+                {
+                    problems.push(PolicyProblem {
+                        file: dir.join(super::packs::KEY_FILE),
+                        line: 0,
+                        column: 0,
+                        message: gap,
+                    });
+                    // Its rules would only repeat the gap as Cedar errors.
+                    continue;
+                }
                 for (name, text) in pack.policies() {
                     policy_files.push(SourceFile {
                         path: super::packs::display_path(pack, name),

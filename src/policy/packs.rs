@@ -17,6 +17,8 @@ pub struct Pack {
     pub name: &'static str,
     pub summary: &'static str,
     pub files: &'static [(&'static str, &'static str)],
+    /// What the pack's rules read that a schema written before the pack lacks.
+    pub schema_needs: &'static [&'static str],
 }
 
 impl Pack {
@@ -51,7 +53,34 @@ pub const PACKS: &[Pack] = &[Pack {
             include_str!("../../policies/packs/labels/tests/labels.yaml"),
         ),
     ],
+    schema_needs: &[
+        "\"label_shown\"",
+        "\"implicit_label\"",
+        "\"likeness_of\"",
+        "entity Consent",
+    ],
 }];
+
+/// Why `schema` (the directory's schema files' text) cannot hold `pack`'s rules, if it
+/// cannot: a schema exported by an anchor-pdp from before the pack. Said at the key file, so
+/// the fix is plain rather than a Cedar error inside the pack.
+pub fn schema_gap(pack: &Pack, schema: &str) -> Option<String> {
+    let missing: Vec<&str> = pack
+        .schema_needs
+        .iter()
+        .filter(|need| !schema.contains(*need))
+        .map(|need| need.trim_matches('"'))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "pack {:?} reads {} which this directory's schema does not declare: it was \
+             written by an earlier anchor-pdp; merge the anchor.cedarschema of \
+             `anchor-pdp policy export` into it",
+            pack.name,
+            missing.join(", ")
+        )
+    })
+}
 
 /// The pack called `name`, or an error naming the packs there are.
 pub fn find(name: &str) -> Result<&'static Pack, String> {
@@ -154,6 +183,25 @@ mod tests {
         assert!(
             stray[0].contains("packs.toml:1:1: unknown field `pack`"),
             "{stray:?}"
+        );
+    }
+
+    #[test]
+    fn a_schema_from_before_the_pack_is_named_as_the_cause() {
+        let labels = find("labels").unwrap_or_else(|e| panic!("{e}"));
+        let current = include_str!("../../policies/anchor.cedarschema");
+        assert_eq!(schema_gap(labels, current), None);
+        let before: String = current
+            .lines()
+            .filter(|l| !l.contains("label") && !l.contains("likeness_of"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let gap = schema_gap(labels, &before).unwrap_or_default();
+        assert!(
+            gap.starts_with(
+                "pack \"labels\" reads label_shown, implicit_label, likeness_of which this directory's schema does not declare"
+            ),
+            "{gap}"
         );
     }
 

@@ -2,7 +2,7 @@
 //! with values they can take. The schema types them as strings, so Cedar's validator accepts
 //! `"REAL_PERSN"`; a rule comparing with it would silently never (or always) match.
 
-use crate::domain::{DriveMode, ImageStyle, LivestreamType, ReviewStatus, Tier};
+use crate::domain::{DriveMode, ImageStyle, LabelKind, LivestreamType, ReviewStatus, Tier};
 
 /// The values an attribute (or context key) of this name can take, if it is enumerated.
 pub fn allowed(attribute: &str) -> Option<Vec<&'static str>> {
@@ -19,6 +19,7 @@ pub fn allowed(attribute: &str) -> Option<Vec<&'static str>> {
         "review" => names(&ReviewStatus::ALL, ReviewStatus::policy_name),
         "livestream_type" => names(&LivestreamType::ALL, LivestreamType::policy_name),
         "drive_mode" => names(&DriveMode::ALL, DriveMode::policy_name),
+        "label_kind" => names(&LabelKind::ALL, LabelKind::policy_name),
         "phase" => vec!["START", "LIVE"],
         _ => return None,
     })
@@ -132,6 +133,12 @@ mod tests {
                 r#"permit(principal, action, resource) when { principal.tier == "CHINESE_GOLD_SUPPLIER" && context.phase == "LIVE" };"#
             )
             .is_empty()
+        );
+        assert_eq!(
+            strays_in(
+                r#"forbid(principal, action, resource) unless { ["OVERLAY", "INTERFASE"].contains(context.label_kind) };"#
+            ),
+            [("label_kind".into(), "INTERFASE".into())]
         );
     }
 }

@@ -735,7 +735,10 @@ impl Pdp {
         let mut features: BTreeSet<String> = session.ai_features.clone();
         features.extend(check.ai_features.iter().cloned());
         let feature_list: Vec<String> = features.iter().cloned().collect();
-        let labels = check.labels.or(session.labels.as_ref()).cloned();
+        // A check that reports no labels decides on the session's latest report, and leaves it
+        // as it is: only a report replaces it (another check may have written a newer one).
+        let reported = check.labels.cloned();
+        let labels = reported.clone().or_else(|| session.labels.clone());
         let view = match self.store.current().await {
             Ok(()) => self.store.facts(
                 &session.merchant_id,
@@ -769,7 +772,9 @@ impl Pdp {
                 outcome.recheck_after = Some(self.recheck_after);
                 if features == session.ai_features
                     && drive_mode == session.drive_mode
-                    && labels == session.labels
+                    && reported
+                        .as_ref()
+                        .is_none_or(|r| Some(r) == session.labels.as_ref())
                 {
                     return self.unchanged(check.origin, check.cause_id, outcome).await;
                 }
@@ -789,7 +794,9 @@ impl Pdp {
                             let mut next = s.clone();
                             next.ai_features.extend(features.iter().cloned());
                             next.drive_mode = drive_mode;
-                            next.labels = labels.clone();
+                            if let Some(reported) = &reported {
+                                next.labels = Some(reported.clone());
+                            }
                             Ok(next)
                         },
                         None,
@@ -818,7 +825,7 @@ impl Pdp {
                 now,
                 drive_mode,
                 &features,
-                &labels,
+                &reported,
             );
             let enforced_outcome =
                 |enforced: &crate::domain::Enforced| Self::enforced_outcome(&base, enforced, now);

@@ -371,7 +371,15 @@ impl Pdp {
                     Kind::Driver => s.driver_id == id,
                     Kind::Room => s.room_id == id,
                     Kind::AiFeature => s.ai_features.contains(id),
-                    Kind::Consent => s.consent_id.as_deref() == Some(id),
+                    // The session's own record, or (for a session a replica of an earlier
+                    // version opened, which recorded none) its anchor's current consent.
+                    Kind::Consent => {
+                        s.consent_id.as_deref() == Some(id)
+                            || matches!(
+                                store.get_registration(Kind::Anchor, &s.anchor_id),
+                                Ok(Some(anchor)) if anchor.consent_id() == Some(id)
+                            )
+                    }
                     Kind::Provider => matches!(
                         store.get_registration(Kind::Anchor, &s.anchor_id),
                         Ok(Some(Registration { body: RecordBody::Anchor { ref provider_id, .. }, .. }))

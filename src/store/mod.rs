@@ -977,7 +977,8 @@ impl Store {
     }
 
     /// How many shutdowns one `enforce_decided_batch` may carry: on etcd a `Txn` holds at
-    /// most 128 operations (a shutdown compares ~7 facts and writes ~7 keys).
+    /// most 128 operations (a shutdown compares ~7 facts and writes ~7 keys; one whose anchor
+    /// names a consent, one more of each).
     pub fn enforce_batch_limit(&self) -> usize {
         match &self.backend {
             Backend::Sled(_) => 256,

@@ -37,11 +37,19 @@ pub fn options() -> Options {
 pub async fn console_server_with(
     configure: fn(&mut anchor_pdp::config::ServeArgs),
 ) -> (TestServer, super::bearer::Pdp, super::bearer::Admin) {
-    let server = TestServer::start_with_options(Options {
+    console_server_from(Options {
         configure: Some(configure),
         ..options()
     })
-    .await;
+    .await
+}
+
+/// `console_server` started with `options` (which should keep `options()`'s console and
+/// tokens).
+pub async fn console_server_from(
+    options: Options,
+) -> (TestServer, super::bearer::Pdp, super::bearer::Admin) {
+    let server = TestServer::start_with_options(options).await;
     let (mut pdp, mut admin) = super::bearer::clients(server.addr, Some(&token("admin"))).await;
     let register = |record| proto::RegisterRequest {
         request_id: String::new(),
