@@ -1,7 +1,7 @@
 //! Loading a policy directory: schema, policies, rule annotations, validation. A set that
 //! fails any check is refused whole, with `file:line:col` and the reason for every problem.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -71,7 +71,7 @@ pub struct RuleInfo {
 }
 
 /// Which of the facts that only some policy sets use this set reads. A policy can only read
-/// an attribute by naming it, so a set whose text never names one is not given it: its
+/// an attribute by naming it, so a set whose policies never read one is not given it: its
 /// decisions, explanations and memo keys stay what they were before the attribute existed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Reads {
@@ -84,12 +84,19 @@ pub(crate) struct Reads {
 }
 
 impl Reads {
-    fn of<'a>(texts: impl Iterator<Item = &'a str> + Clone) -> Reads {
-        let names = |words: &[&str]| texts.clone().any(|t| words.iter().any(|w| t.contains(w)));
+    /// From the attributes the policies read (`values::attributes_read`): exact, so a comment
+    /// or a string that merely mentions a name gives nothing.
+    fn of(read: &BTreeSet<String>) -> Reads {
+        let any = |names: &[&str]| names.iter().any(|n| read.contains(*n));
         Reads {
-            now: names(&["now_ms"]),
-            labels: names(&["label_shown", "label_kind", "implicit_label"]),
-            consent: names(&["likeness_of", "consent"]),
+            now: any(&["now_ms"]),
+            labels: any(&[
+                "label_shown",
+                "label_kind",
+                "implicit_label",
+                "implicit_label_provider",
+            ]),
+            consent: any(&["likeness_of", "consent"]),
         }
     }
 }
@@ -106,7 +113,7 @@ pub struct PolicyBundle {
     rules_by_id: BTreeMap<String, RuleInfo>,
     version: String,
     pub(crate) types: super::inputs::EntityTypes,
-    /// What the policies may read beyond the 2023 facts. A set whose text never says
+    /// What the policies may read beyond the 2023 facts. A set whose policies never read
     /// `now_ms` does not get the time, only the conditions computed from it, and its
     /// decisions are memoized across time.
     pub(crate) reads: Reads,
@@ -299,6 +306,7 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
         None
     };
 
+    let mut attributes_read = BTreeSet::new();
     let mut set = PolicySet::new();
     let mut live_set = PolicySet::new();
     let mut warning_set = PolicySet::new();
@@ -338,6 +346,7 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
             });
             let at = |message: String| file.problem_at(offset, message);
             if let Ok(json) = policy.to_json() {
+                attributes_read.extend(super::values::attributes_read(&json));
                 for stray in super::values::strays(&json) {
                     let quoted = format!("\"{}\"", stray.value);
                     let from = offset.unwrap_or(0);
@@ -523,7 +532,7 @@ pub fn load(dir: &Path) -> Result<PolicyBundle, PolicyLoadError> {
         rules_by_id,
         version: format!("sha256:{hex}"),
         types,
-        reads: Reads::of(policy_files.iter().map(|f| f.text.as_str())),
+        reads: Reads::of(&attributes_read),
         memo: super::memo::Memo::default(),
     })
 }

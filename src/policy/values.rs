@@ -25,6 +25,35 @@ pub fn allowed(attribute: &str) -> Option<Vec<&'static str>> {
     })
 }
 
+/// Every attribute and context key a policy reads or tests for (`x.name`, `x has name`),
+/// from its JSON form.
+pub fn attributes_read(policy: &serde_json::Value) -> Vec<String> {
+    let mut found = Vec::new();
+    collect_attributes(policy, &mut found);
+    found
+}
+
+fn collect_attributes(node: &serde_json::Value, found: &mut Vec<String>) {
+    match node {
+        serde_json::Value::Object(map) => {
+            for (op, body) in map {
+                if matches!(op.as_str(), "." | "has")
+                    && let Some(name) = body.get("attr").and_then(|a| a.as_str())
+                {
+                    found.push(name.to_owned());
+                }
+                collect_attributes(body, found);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                collect_attributes(item, found);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// A string a policy compares an enumerated attribute with, which it can never hold.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Stray {
@@ -112,6 +141,23 @@ mod tests {
             .into_iter()
             .map(|s| (s.attribute, s.value))
             .collect()
+    }
+
+    #[test]
+    fn the_attributes_a_policy_reads_are_found_and_nothing_it_merely_mentions() {
+        let policy = cedar_policy::Policy::parse(
+            None,
+            r#"// reads no consent
+forbid(principal, action, resource) when {
+  context.anchor has likeness_of && context.label_shown && principal.tier != "now_ms"
+};"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let json = policy.to_json().unwrap_or_else(|e| panic!("{e}"));
+        let mut read = attributes_read(&json);
+        read.sort();
+        read.dedup();
+        assert_eq!(read, ["anchor", "label_shown", "likeness_of", "tier"]);
     }
 
     #[test]
