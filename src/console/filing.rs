@@ -221,22 +221,23 @@ fn neighbours(
     me: &str,
     claims: &HashMap<String, ReviewClaim>,
 ) -> Neighbours {
-    let pending = filter.pending(console);
-    let free = |f: &&Registration| {
+    let free = |f: &&&Registration| {
         claim_key(f) != claim_key(filing) && claims.get(&claim_key(f)).is_none_or(|c| c.by == me)
     };
-    let split = pending.partition_point(|f| filter.compare(f, filing).is_lt());
-    let (before, after) = pending.split_at(split);
-    let place = after
-        .first()
-        .filter(|f| claim_key(f) == claim_key(filing))
-        .map(|_| split + 1);
-    Neighbours {
-        previous: before.iter().rev().find(free).cloned(),
-        next: after.iter().chain(before).find(free).cloned(),
-        place,
-        count: pending.len(),
-    }
+    filter.with_pending(console, |pending| {
+        let split = pending.partition_point(|f| filter.compare(f, filing).is_lt());
+        let (before, after) = pending.split_at(split);
+        let place = after
+            .first()
+            .filter(|f| claim_key(f) == claim_key(filing))
+            .map(|_| split + 1);
+        Neighbours {
+            previous: before.iter().rev().find(free).map(|f| (*f).clone()),
+            next: after.iter().chain(before).find(free).map(|f| (*f).clone()),
+            place,
+            count: pending.len(),
+        }
+    })
 }
 
 pub(super) fn filing_path(filing: &Registration) -> String {

@@ -129,22 +129,31 @@ impl QueueFilter {
             .then(a.id.cmp(&b.id))
     }
 
-    /// Every pending filing the filter selects, in its order: read from the in-memory view
-    /// that decisions read (no disk reads, no decoding).
-    pub fn pending(&self, console: &Console) -> Vec<Registration> {
+    /// Calls `visit` with every pending filing the filter selects, in its order, as
+    /// references into the in-memory view that decisions read (no disk reads, no decoding): a
+    /// page copies only the filings it shows, however long the queue.
+    pub fn with_pending<R>(
+        &self,
+        console: &Console,
+        visit: impl FnOnce(&[&Registration]) -> R,
+    ) -> R {
         let keep =
             |r: &Registration| r.review_status == ReviewStatus::PendingReview && self.matches(r);
-        let mut filings = filings(console, &self.kinds(), keep);
-        if self.sort == "name" {
-            // Each name lower-cased once, not at every comparison.
-            filings.sort_by_cached_key(|f| {
-                let name = display_name(&f.body).to_lowercase();
-                (name, f.kind().name(), f.id.clone())
-            });
-        } else {
-            filings.sort_by(|a, b| self.compare(a, b));
-        }
-        filings
+        console
+            .pdp
+            .store()
+            .visit_registrations(&self.kinds(), keep, |mut filings| {
+                if self.sort == "name" {
+                    // Each name lower-cased once, not at every comparison.
+                    filings.sort_by_cached_key(|f| {
+                        let name = display_name(&f.body).to_lowercase();
+                        (name, f.kind().name(), f.id.as_str())
+                    });
+                } else {
+                    filings.sort_unstable_by(|a, b| self.compare(a, b));
+                }
+                visit(&filings)
+            })
     }
 }
 
@@ -246,21 +255,30 @@ pub async fn queue(
         Access::Refused(response) => return response,
     };
     let filter = &query.filter;
-    let pending = filter.pending(&console);
     let claims = claims(&console);
-    let pages = pending.len().div_ceil(QUEUE_PAGE).max(1);
-    // A page past the end shows the last one.
-    let page_no = query.page.min(pages - 1);
-    let shown = &pending[(page_no * QUEUE_PAGE).min(pending.len())
-        ..((page_no + 1) * QUEUE_PAGE).min(pending.len())];
+    // Only the page and the first filing free to review are copied out of the view.
+    let (count, page_no, pages, shown, start) = filter.with_pending(&console, |pending| {
+        let pages = pending.len().div_ceil(QUEUE_PAGE).max(1);
+        // A page past the end shows the last one.
+        let page_no = query.page.min(pages - 1);
+        let shown: Vec<Registration> = pending[(page_no * QUEUE_PAGE).min(pending.len())
+            ..((page_no + 1) * QUEUE_PAGE).min(pending.len())]
+            .iter()
+            .map(|f| (*f).clone())
+            .collect();
+        // The first filing not claimed by another: where "start" (and the j key) leads.
+        let start = pending
+            .iter()
+            .find(|f| {
+                claims
+                    .get(&claim_key(f))
+                    .is_none_or(|c| c.by == session.caller_name())
+            })
+            .map(|f| (*f).clone());
+        (pending.len(), page_no, pages, shown, start)
+    });
     let page_link = |page: usize| filter.link("/review", &[("page", &page.to_string())]);
     let bulk = may(&session, REVIEW);
-    // The first filing not claimed by another: where "start" (and the j key) leads.
-    let start = pending.iter().find(|f| {
-        claims
-            .get(&claim_key(f))
-            .is_none_or(|c| c.by == session.caller_name())
-    });
     let body = html! {
         @if !query.done.is_empty() { p.notice role="status" { (super::filing::done_notice(&console, lang, &query.done)) " " (lang.t("queue_done")) } }
         form.filter method="get" action="/review" {
@@ -283,12 +301,12 @@ pub async fn queue(
             button type="submit" { (lang.t("filter")) }
         }
         p {
-            (pending.len()) " " (lang.t("pending"))
-            @if let Some(first) = start {
+            (count) " " (lang.t("pending"))
+            @if let Some(first) = &start {
                 " · " a.start data-key="j" href=(filter.link(&super::filing::filing_path(first), &[])) { (lang.t("start_reviewing")) " (j)" }
             }
         }
-        @if pending.is_empty() {
+        @if count == 0 {
             (page::message(lang.t("empty_queue")))
         } @else {
             form.bulk method="post" action="/review/bulk" {
@@ -301,7 +319,7 @@ pub async fn queue(
                             th { (lang.t("name")) } th { (lang.t("filed")) } th { (lang.t("claim")) }
                         } }
                         tbody {
-                            @for filing in shown {
+                            @for filing in &shown {
                                 tr {
                                     @if bulk {
                                         td { input type="checkbox" class="pick" name=(format!("pick.{}", claim_key(filing))) value=(filing.revision) aria-label=(filing.id); }

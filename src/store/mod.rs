@@ -692,6 +692,17 @@ impl Store {
             .registrations_page(kinds, keep, offset, limit)
     }
 
+    /// `visit` over references to every registration of `kinds` that `keep` accepts, in the
+    /// in-memory view, under one read lock (see `FactsView::visit_registrations`).
+    pub fn visit_registrations<R>(
+        &self,
+        kinds: &[Kind],
+        keep: impl Fn(&Registration) -> bool,
+        visit: impl FnOnce(Vec<&Registration>) -> R,
+    ) -> R {
+        self.shared.view.visit_registrations(kinds, keep, visit)
+    }
+
     pub fn list_registrations(
         &self,
         kind: Kind,

@@ -142,6 +142,25 @@ impl FactsView {
             .cloned()
     }
 
+    /// Calls `visit` with every registration of `kinds` that `keep` accepts, as references
+    /// into the view, under one read lock: for a caller that sorts or searches many and copies
+    /// few (a queue page, a filing's neighbours).
+    pub fn visit_registrations<R>(
+        &self,
+        kinds: &[Kind],
+        keep: impl Fn(&Registration) -> bool,
+        visit: impl FnOnce(Vec<&Registration>) -> R,
+    ) -> R {
+        let state = self.read();
+        let found: Vec<&Registration> = kinds
+            .iter()
+            .filter_map(|kind| state.registrations.get(kind))
+            .flat_map(|by_id| by_id.values())
+            .filter(|r| keep(r))
+            .collect();
+        visit(found)
+    }
+
     /// How many registrations of `kinds` `keep` accepts, and `limit` of them from `offset`,
     /// oldest first. Only the page is copied, so a long list costs a sort of references.
     pub fn registrations_page(
@@ -151,16 +170,11 @@ impl FactsView {
         offset: usize,
         limit: usize,
     ) -> (usize, Vec<Registration>) {
-        let state = self.read();
-        let mut found: Vec<&Registration> = kinds
-            .iter()
-            .filter_map(|kind| state.registrations.get(kind))
-            .flat_map(|by_id| by_id.values())
-            .filter(|r| keep(r))
-            .collect();
-        found.sort_unstable_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        let page = found.iter().skip(offset).take(limit).map(|r| (*r).clone());
-        (found.len(), page.collect())
+        self.visit_registrations(kinds, keep, |mut found| {
+            found.sort_unstable_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            let page = found.iter().skip(offset).take(limit).map(|r| (*r).clone());
+            (found.len(), page.collect())
+        })
     }
 
     pub fn account(&self, merchant_id: &str) -> Option<Account> {
