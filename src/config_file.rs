@@ -288,7 +288,10 @@ pub fn show(applied: Option<&Applied>) -> Result<String, String> {
         };
         let values: Vec<String> = shown
             .get_raw(id)
-            .map(|raw| raw.map(|v| v.to_string_lossy().into_owned()).collect())
+            .map(|raw| {
+                raw.map(|v| without_url_credentials(&v.to_string_lossy()))
+                    .collect()
+            })
             .unwrap_or_default();
         let shown_value = if SECRET_FLAGS.contains(&long) || arg.is_hide_env_values_set() {
             format!("\"<{} redacted>\"", values.len())
@@ -316,9 +319,54 @@ pub fn show(applied: Option<&Applied>) -> Result<String, String> {
     Ok(out)
 }
 
+/// `value` with the user information of every URL in it (`scheme://user:password@host`)
+/// replaced, so a credential written into an endpoint (`--otlp-endpoint`, `--etcd`,
+/// `--nginx-control`) is not printed.
+fn without_url_credentials(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(scheme_end) = rest.find("://") {
+        let (head, tail) = rest.split_at(scheme_end + 3);
+        out.push_str(head);
+        let authority_end = tail.find(['/', '?', '#', ',', ' ']).unwrap_or(tail.len());
+        let authority = &tail[..authority_end];
+        match authority.rfind('@') {
+            Some(at) => {
+                out.push_str("<redacted>");
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[authority_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_not_shown() {
+        assert_eq!(
+            without_url_credentials("https://user:s3cret@otel.example:4317/v1"),
+            "https://<redacted>@otel.example:4317/v1"
+        );
+        assert_eq!(
+            without_url_credentials("edge-1=http://admin:pw@127.0.0.1:8081/control"),
+            "edge-1=http://<redacted>@127.0.0.1:8081/control"
+        );
+        assert_eq!(
+            without_url_credentials("http://a:1@h1:2379,http://h2:2379"),
+            "http://<redacted>@h1:2379,http://h2:2379"
+        );
+        assert_eq!(
+            without_url_credentials("http://127.0.0.1:4317/?to=a@b"),
+            "http://127.0.0.1:4317/?to=a@b"
+        );
+        assert_eq!(without_url_credentials("./data"), "./data");
+    }
 
     fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
