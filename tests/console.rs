@@ -1762,6 +1762,34 @@ async fn a_cloned_anchor_shows_the_person_and_its_consents_state() {
         !a1.contains("Cloned from") && !a1.contains("Likeness consent"),
         "{a1}"
     );
+
+    // The consent's page names what revoking it would stop.
+    let c1 = page("/review/consent/c1", "en");
+    assert!(
+        c1.contains(
+            "<dt>Anchors relying on it (revoking it stops their broadcasts)</dt><dd><a href=\"/review/anchor/a2\">a2</a> (pending review), <a href=\"/review/anchor/a4\">a4</a> (pending review)</dd>"
+        ),
+        "{c1}"
+    );
+    let c1 = page("/review/consent/c1", "zh-CN");
+    assert!(
+        c1.contains("<dt>依赖此同意的虚拟主播(撤销将关停其直播)</dt><dd><a href=\"/review/anchor/a2\">a2</a> (待审核)"),
+        "{c1}"
+    );
+    // Searching the queue for a person finds every pending filing about them.
+    let queue = page("/review?q=person%3A%2F%2Fmei", "en");
+    for id in ["a2", "a3"] {
+        assert!(
+            queue.contains(&format!(
+                "<a href=\"/review/anchor/{id}?q=person%3A%2F%2Fmei\">{id}</a>"
+            )),
+            "{id}: {queue}"
+        );
+    }
+    assert!(
+        !queue.contains(">a4</a>") && !queue.contains(">a1</a>"),
+        "{queue}"
+    );
 }
 
 /// The live board and a session's page show the AI-content labels the session last reported,

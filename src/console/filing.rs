@@ -370,6 +370,7 @@ fn filing_page(
                 RecordBody::Consent { person_reference, consent_reference, .. } => {
                     dt { (lang.t("person")) } dd { code { (person_reference) } }
                     dt { (lang.t("consent_document")) } dd { code { (consent_reference) } }
+                    dt { (lang.t("relied_on_by")) } dd { (relying_anchors(console, lang, &filing.id)) }
                 }
                 _ => {}
             }
@@ -430,6 +431,29 @@ fn consent_of(
             }
         }
         @if expired { " — " span.error { (lang.t("consent_expired")) } }
+    }
+}
+
+/// The anchors that name consent `consent_id`, each with its review state: what revoking the
+/// consent would stop (C1 shuts their live broadcasts down).
+fn relying_anchors(console: &Console, lang: Lang, consent_id: &str) -> Markup {
+    let anchors: Vec<(String, &'static str)> = console.pdp.store().visit_registrations(
+        &[Kind::Anchor],
+        |a| a.consent_id() == Some(consent_id),
+        |mut found| {
+            found.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            found
+                .iter()
+                .map(|a| (a.id.clone(), a.review_status.policy_name()))
+                .collect()
+        },
+    );
+    html! {
+        @if anchors.is_empty() { (lang.t("relied_on_by_none")) }
+        @for (i, (id, state)) in anchors.iter().enumerate() {
+            @if i > 0 { ", " }
+            a href=(format!("/review/anchor/{id}")) { (id) } " (" (lang.value(state)) ")"
+        }
     }
 }
 

@@ -103,7 +103,11 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("review_queue", "Review queue", "审核队列"),
     ("pending", "pending filings", "条待审核报备"),
     ("search", "Search", "搜索"),
-    ("search_hint", "id, name or merchant", "编号、名称或商家"),
+    (
+        "search_hint",
+        "id, name, merchant or person",
+        "编号、名称、商家或真人",
+    ),
     ("sort", "Sort", "排序"),
     ("sort_oldest", "Oldest first", "最早提交在前"),
     ("sort_newest", "Newest first", "最新提交在前"),
@@ -168,6 +172,12 @@ const TEXTS: &[(&str, &str, &str)] = &[
         "克隆自(真人肖像)",
     ),
     ("no_consent", "no consent filed", "未报备肖像同意"),
+    (
+        "relied_on_by",
+        "Anchors relying on it (revoking it stops their broadcasts)",
+        "依赖此同意的虚拟主播(撤销将关停其直播)",
+    ),
+    ("relied_on_by_none", "none", "无"),
     (
         "consent_other_person",
         "it names another person:",

@@ -51,7 +51,7 @@ pub struct QueueFilter {
     /// One kind, or all when empty.
     #[serde(default)]
     pub kind: String,
-    /// Part of an id, a name or a merchant id (any case).
+    /// Part of an id, a name, a merchant id or a cloned person (any case).
     #[serde(default)]
     pub q: String,
     /// `oldest` (the default), `newest`, `name` or `merchant`.
@@ -108,6 +108,7 @@ impl QueueFilter {
                 .body
                 .owner()
                 .is_some_and(|o| o.to_lowercase().contains(&q))
+            || person(&filing.body).is_some_and(|p| p.to_lowercase().contains(&q))
     }
 
     /// The queue's order; ties broken by kind and id so that it is total.
@@ -186,6 +187,18 @@ pub(super) fn claims(console: &Console) -> HashMap<String, ReviewClaim> {
             tracing::warn!(%error, "cannot read review claims");
             HashMap::new()
         })
+}
+
+/// The real person a filing is about, when it is a cloned anchor or a consent: a reviewer
+/// searches for them to see every filing about one person together.
+fn person(body: &RecordBody) -> Option<&str> {
+    match body {
+        RecordBody::Anchor { likeness_of, .. } if !likeness_of.is_empty() => Some(likeness_of),
+        RecordBody::Consent {
+            person_reference, ..
+        } => Some(person_reference),
+        _ => None,
+    }
 }
 
 pub(super) fn display_name(body: &RecordBody) -> &str {
