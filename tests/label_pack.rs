@@ -536,3 +536,40 @@ async fn a_start_racing_a_consent_revocation_is_refused_or_shut_down_by_the_rech
     println!("refused (C1): {refused}, shut down by the re-check: {shut_down}");
     assert!(refused > 0 && shut_down > 0, "the race was not raced");
 }
+
+/// L1 brings no freeze as shipped; the penalty is an annotation, so an operator who exports the
+/// pack may make a dropped label cost a freeze like an unfiled anchor.
+#[tokio::test]
+async fn an_operator_may_make_a_dropped_label_freeze_by_editing_l1s_penalty() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let labels = anchor_pdp::policy::packs::find("labels").expect("labels pack");
+    anchor_pdp::policy::builtin::export(dir.path(), &[labels]).expect("export");
+    let path = dir.path().join("labels.cedar");
+    let text = std::fs::read_to_string(&path).expect("labels.cedar");
+    let shipped = "@id(\"L1\")\n@penalty(\"none\")";
+    assert!(text.contains(shipped), "L1 as shipped changed");
+    std::fs::write(
+        &path,
+        text.replace(shipped, "@id(\"L1\")\n@penalty(\"E2\")"),
+    )
+    .expect("edit");
+    let mut s = TestServer::admitted_with(Options {
+        policies: Some(dir.path().to_owned()),
+        ..Options::default()
+    })
+    .await;
+    let session_id = s.authorize(start_labelled()).await.session_id;
+    let mut check = live(&session_id);
+    check.labels = Some(proto::LabelReport {
+        label_shown: false,
+        ..labelled()
+    });
+    let shut = s.authorize(check).await;
+    assert_eq!(rule_ids(&shut), ["L1"]);
+    assert_eq!(
+        shut.penalty_applied,
+        Penalty::E2WarnShutDownAndFreeze as i32
+    );
+    assert!(shut.warning_issued);
+    assert_eq!(millis(&shut.frozen_until), Some(T0 + FREEZE_MS));
+}
