@@ -7,8 +7,8 @@ mod common;
 use std::net::SocketAddr;
 
 use anchor_pdp::proto::{self, register_request::Record};
-use common::console::{Reply, console_server, exchange, form, http, sign_in, token};
-use common::start;
+use common::console::{Reply, approve, console_server, exchange, form, http, sign_in, token};
+use common::{labelled, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_takes_a_console_role_and_every_page_carries_the_security_headers() {
@@ -311,16 +311,7 @@ async fn an_inspector_may_read_the_queue_but_not_record_a_verdict_and_chinese_is
 async fn an_inspector_reports_on_the_live_board_and_the_admin_sees_the_freeze_and_why() {
     let (server, mut pdp, mut admin) = console_server().await;
     let addr = server.console_addr.expect("console");
-    admin
-        .review_filing(proto::ReviewFilingRequest {
-            kind: proto::RegistrationKind::Anchor as i32,
-            id: "a1".into(),
-            verdict: proto::Verdict::Approve as i32,
-            reviewer: "rev".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("approve");
+    approve(&mut admin, proto::RegistrationKind::Anchor, "a1").await;
     let started = pdp.authorize(start()).await.expect("start").into_inner();
     assert_eq!(started.decision, proto::Decision::Allow as i32);
     let session = started.session_id;
@@ -1711,16 +1702,7 @@ async fn a_cloned_anchor_shows_the_person_and_its_consents_state() {
         )),
         "{a2}"
     );
-    admin
-        .review_filing(proto::ReviewFilingRequest {
-            kind: proto::RegistrationKind::Consent as i32,
-            id: "c1".into(),
-            verdict: proto::Verdict::Approve as i32,
-            reviewer: "rev".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("approve c1");
+    approve(&mut admin, proto::RegistrationKind::Consent, "c1").await;
     let a2 = page("/review/anchor/a2", "en");
     assert!(
         a2.contains(
@@ -1814,25 +1796,11 @@ async fn the_live_board_shows_whether_each_session_reports_its_ai_label() {
         (proto::RegistrationKind::Anchor, "a1"),
         (proto::RegistrationKind::Room, "r2"),
     ] {
-        admin
-            .review_filing(proto::ReviewFilingRequest {
-                kind: kind as i32,
-                id: id.into(),
-                verdict: proto::Verdict::Approve as i32,
-                reviewer: "rev".into(),
-                ..Default::default()
-            })
-            .await
-            .expect("approve");
+        approve(&mut admin, kind, id).await;
     }
     let labelled = pdp
         .authorize(proto::AuthorizeRequest {
-            labels: Some(proto::LabelReport {
-                label_shown: true,
-                label_kind: proto::LabelKind::Overlay as i32,
-                implicit_label: true,
-                implicit_label_provider: "p1".into(),
-            }),
+            labels: Some(labelled()),
             ..start()
         })
         .await
@@ -1942,33 +1910,17 @@ async fn the_live_board_shows_whether_each_session_reports_its_ai_label() {
 /// but not L2 (it only warns when found live) nor E3 (a freeze is no violation on a stream).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_label_pack_the_report_form_offers_what_a_report_can_shut_down() {
-    let policies = tempfile::tempdir().expect("temp dir");
-    anchor_pdp::policy::builtin::materialize(policies.path()).expect("built-in set");
-    std::fs::write(policies.path().join("packs.toml"), "packs = [\"labels\"]\n").expect("packs");
+    let policies = common::labels_enabled();
     let (server, mut pdp, mut admin) = common::console::console_server_from(common::Options {
         policies: Some(policies.path().to_owned()),
         ..common::console::options()
     })
     .await;
     let addr = server.console_addr.expect("console");
-    admin
-        .review_filing(proto::ReviewFilingRequest {
-            kind: proto::RegistrationKind::Anchor as i32,
-            id: "a1".into(),
-            verdict: proto::Verdict::Approve as i32,
-            reviewer: "rev".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("approve");
+    approve(&mut admin, proto::RegistrationKind::Anchor, "a1").await;
     let started = pdp
         .authorize(proto::AuthorizeRequest {
-            labels: Some(proto::LabelReport {
-                label_shown: true,
-                label_kind: proto::LabelKind::Overlay as i32,
-                implicit_label: true,
-                implicit_label_provider: "p1".into(),
-            }),
+            labels: Some(labelled()),
             ..start()
         })
         .await

@@ -184,9 +184,7 @@ const LABELLED: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_label_pack_an_unlabelled_stream_is_refused_and_one_that_drops_its_label_is_cut() {
-    let policies = tempfile::tempdir().expect("temp dir");
-    anchor_pdp::policy::builtin::materialize(policies.path()).expect("built-in set");
-    std::fs::write(policies.path().join("packs.toml"), "packs = [\"labels\"]\n").expect("packs");
+    let policies = common::labels_enabled();
     let control_port = programs::free_port();
     let mut s = TestServer::admitted_with(Options {
         http: true,

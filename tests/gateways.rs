@@ -712,9 +712,7 @@ use common::programs;
 
 #[tokio::test]
 async fn srs_and_envoy_carry_the_label_observations_to_the_label_pack() {
-    let policies = tempfile::tempdir().expect("temp dir");
-    anchor_pdp::policy::builtin::materialize(policies.path()).expect("built-in set");
-    std::fs::write(policies.path().join("packs.toml"), "packs = [\"labels\"]\n").expect("packs");
+    let policies = common::labels_enabled();
     let mut s = TestServer::admitted_with(Options {
         http: true,
         policies: Some(policies.path().to_owned()),

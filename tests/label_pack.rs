@@ -8,14 +8,6 @@ use anchor_pdp::proto::register_request::Record;
 use anchor_pdp::proto::{self, Decision, Enforcement, Penalty, RegistrationKind as K};
 use common::*;
 
-/// A policy directory holding the built-in set with `packs = ["labels"]`.
-fn labels_enabled() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    anchor_pdp::policy::builtin::materialize(dir.path()).expect("built-in set");
-    std::fs::write(dir.path().join("packs.toml"), "packs = [\"labels\"]\n").expect("packs.toml");
-    dir
-}
-
 /// `admitted()`, serving the built-in set with the label pack enabled.
 async fn admitted_with_labels() -> (TestServer, tempfile::TempDir) {
     let policies = labels_enabled();
@@ -25,16 +17,6 @@ async fn admitted_with_labels() -> (TestServer, tempfile::TempDir) {
     })
     .await;
     (s, policies)
-}
-
-/// A report of a label burned into the video and an implicit label naming provider p1.
-fn labelled() -> proto::LabelReport {
-    proto::LabelReport {
-        label_shown: true,
-        label_kind: proto::LabelKind::Overlay as i32,
-        implicit_label: true,
-        implicit_label_provider: "p1".into(),
-    }
 }
 
 fn start_labelled() -> proto::AuthorizeRequest {

@@ -105,18 +105,23 @@ pub async fn console_server_from(
         (proto::RegistrationKind::Driver, "d1"),
         (proto::RegistrationKind::Room, "r1"),
     ] {
-        admin
-            .review_filing(proto::ReviewFilingRequest {
-                kind: kind as i32,
-                id: id.into(),
-                verdict: proto::Verdict::Approve as i32,
-                reviewer: "rev".into(),
-                ..Default::default()
-            })
-            .await
-            .expect("approve");
+        approve(&mut admin, kind, id).await;
     }
     (server, pdp, admin)
+}
+
+/// Approves a filing over gRPC, as reviewer `rev`.
+pub async fn approve(admin: &mut super::bearer::Admin, kind: proto::RegistrationKind, id: &str) {
+    admin
+        .review_filing(proto::ReviewFilingRequest {
+            kind: kind as i32,
+            id: id.into(),
+            verdict: proto::Verdict::Approve as i32,
+            reviewer: "rev".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("approve {id}: {e}"));
 }
 
 /// One HTTP/1.1 exchange: (status, headers lower-cased, body).

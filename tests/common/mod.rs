@@ -515,6 +515,25 @@ pub fn start() -> proto::AuthorizeRequest {
     }
 }
 
+/// A policy directory holding the built-in set with `packs = ["labels"]`.
+pub fn labels_enabled() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    anchor_pdp::policy::builtin::materialize(dir.path()).expect("built-in set");
+    std::fs::write(dir.path().join("packs.toml"), "packs = [\"labels\"]\n").expect("packs.toml");
+    dir
+}
+
+/// A label report the label rule pack admits: a label burned into the video, and an
+/// implicit label naming provider p1.
+pub fn labelled() -> proto::LabelReport {
+    proto::LabelReport {
+        label_shown: true,
+        label_kind: proto::LabelKind::Overlay as i32,
+        implicit_label: true,
+        implicit_label_provider: "p1".into(),
+    }
+}
+
 /// A LIVE re-check of `session_id`.
 pub fn live(session_id: &str) -> proto::AuthorizeRequest {
     proto::AuthorizeRequest {
