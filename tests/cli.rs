@@ -847,17 +847,8 @@ fn a_rule_pack_is_exported_or_named_in_packs_toml_and_its_suites_run_with_the_sh
 
     // The same pack named in packs.toml: the same rules, in the same order, same version.
     let named = temp.path().join("named");
-    copy_policies(&named);
-    std::fs::create_dir_all(named.join("tests")).expect("tests dir");
-    let suites = common::repo_policies().join("tests");
-    for entry in std::fs::read_dir(&suites).expect("suites") {
-        let path = entry.expect("entry").path();
-        std::fs::copy(
-            &path,
-            named.join("tests").join(path.file_name().expect("name")),
-        )
-        .expect("copy suite");
-    }
+    // The built-in set is the shipped directory, suites included.
+    anchor_pdp::policy::builtin::export(&named, &[]).expect("export");
     std::fs::write(named.join("packs.toml"), "packs = [\"labels\"]\n").expect("packs.toml");
     let output = pdp()
         .args(["policy", "validate"])
