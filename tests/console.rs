@@ -1459,16 +1459,7 @@ fn cloned_anchor(id: &str, likeness_of: &str, consent_id: &str) -> proto::Regist
 
 /// The review state of consent `id`, as gRPC reads it.
 async fn consent_status(admin: &mut common::bearer::Admin, id: &str) -> proto::ReviewStatus {
-    let filing = admin
-        .get_registration(proto::GetRegistrationRequest {
-            kind: proto::RegistrationKind::Consent as i32,
-            id: id.into(),
-        })
-        .await
-        .expect("get consent")
-        .into_inner()
-        .registration
-        .expect("registration");
+    let filing = common::console::registration(admin, proto::RegistrationKind::Consent, id).await;
     proto::ReviewStatus::try_from(filing.review_status).unwrap_or(proto::ReviewStatus::Unspecified)
 }
 

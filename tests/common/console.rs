@@ -243,9 +243,18 @@ pub fn csrf_of(page: &str) -> String {
 
 /// An anchor as stored now.
 pub async fn anchor(admin: &mut super::bearer::Admin, id: &str) -> proto::Registration {
+    registration(admin, proto::RegistrationKind::Anchor, id).await
+}
+
+/// A filing of any kind as stored now.
+pub async fn registration(
+    admin: &mut super::bearer::Admin,
+    kind: proto::RegistrationKind,
+    id: &str,
+) -> proto::Registration {
     admin
         .get_registration(proto::GetRegistrationRequest {
-            kind: proto::RegistrationKind::Anchor as i32,
+            kind: kind as i32,
             id: id.into(),
         })
         .await
