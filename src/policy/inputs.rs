@@ -134,10 +134,11 @@ impl DecisionInputs {
             _ => "UNREGISTERED",
         };
         let frozen_until_ms = facts.account.as_ref().and_then(|a| a.frozen_until);
-        let (provider, image_style) = match facts.anchor.as_ref().map(|a| &a.body) {
+        let (provider, image_style, likeness_of) = match facts.anchor.as_ref().map(|a| &a.body) {
             Some(RecordBody::Anchor {
                 provider_id,
                 image_style,
+                likeness_of,
                 ..
             }) => (
                 Some(ProviderInputs {
@@ -151,21 +152,14 @@ impl DecisionInputs {
                         .is_some_and(|l| l.listed),
                 }),
                 Some(image_style.policy_name()),
-            ),
-            _ => (None, None),
-        };
-        let (likeness_of, consent_id) = match facts.anchor.as_ref().map(|a| &a.body) {
-            Some(RecordBody::Anchor {
-                likeness_of,
-                consent_id,
-                ..
-            }) => (
                 (!likeness_of.is_empty()).then(|| likeness_of.clone()),
-                (!consent_id.is_empty()).then_some(consent_id.as_str()),
             ),
-            _ => (None, None),
+            _ => (None, None, None),
         };
-        let consent = consent_id
+        let consent = facts
+            .anchor
+            .as_ref()
+            .and_then(Registration::consent_id)
             .filter(|_| reads.consent)
             .map(|id| ConsentInputs {
                 filing: Filing::new(id, facts.consent.as_ref(), now),

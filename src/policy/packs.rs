@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::load::PolicyProblem;
+use super::load::{PolicyProblem, line_col};
 
 /// The file in a policy directory that names the packs it enables.
 pub const KEY_FILE: &str = "packs.toml";
@@ -150,10 +150,6 @@ fn problem(path: &Path, at: Option<(usize, usize)>, message: String) -> PolicyPr
         column,
         message,
     }
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    super::load::line_col(text, offset)
 }
 
 #[cfg(test)]

@@ -170,11 +170,9 @@ pub fn tx_facts(tx: &dyn Tx, decided: &Facts) -> TxResult<Facts> {
         Some(RecordBody::Anchor { provider_id, .. }) => registration(Kind::Provider, provider_id)?,
         _ => None,
     };
-    let consent = match anchor.as_ref().map(|a| &a.body) {
-        Some(RecordBody::Anchor { consent_id, .. }) if !consent_id.is_empty() => {
-            registration(Kind::Consent, consent_id)?
-        }
-        _ => None,
+    let consent = match anchor.as_ref().and_then(Registration::consent_id) {
+        Some(consent_id) => registration(Kind::Consent, consent_id)?,
+        None => None,
     };
     let mut ai_features = Vec::with_capacity(decided.ai_features.len());
     for (id, _) in &decided.ai_features {

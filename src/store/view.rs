@@ -204,12 +204,10 @@ impl FactsView {
             Some(RecordBody::Anchor { provider_id, .. }) => get(Kind::Provider, provider_id),
             _ => None,
         };
-        let consent = match anchor.as_ref().map(|a| &a.body) {
-            Some(RecordBody::Anchor { consent_id, .. }) if !consent_id.is_empty() => {
-                get(Kind::Consent, consent_id)
-            }
-            _ => None,
-        };
+        let consent = anchor
+            .as_ref()
+            .and_then(Registration::consent_id)
+            .and_then(|consent_id| get(Kind::Consent, consent_id));
         Facts {
             merchant_id: merchant_id.to_owned(),
             room_id: room_id.to_owned(),
